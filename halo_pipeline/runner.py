@@ -1,0 +1,262 @@
+"""The only module that imports Prefect: one flow per run, one task per step, caching states, task runners."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, tags, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging.handlers import APILogHandler
+from prefect.states import Completed
+
+from halo_pipeline import manifest
+from halo_pipeline.cache import default_cache_dir
+from halo_pipeline.config import compose
+from halo_pipeline.errors import Issue, RecipeError
+from halo_pipeline.execute import StepCall, StepError, StepResult, cached_result, execute, write_state
+from halo_pipeline.graph import select
+from halo_pipeline.validate import Plan, build_plan
+
+TRANSIENT = (OSError, TimeoutError, ConnectionError)
+
+
+@dataclass
+class RunOptions:
+    """Choices of one invocation that are not part of the recipe's config (and so not flow parameters)."""
+
+    only: list[str] = field(default_factory=list)
+    from_: str | None = None
+    until: str | None = None
+    no_cache: bool = False
+    check: bool = False  # replay --check: re-execute deterministic steps outside the cache
+    quiet: bool = False
+    run_dir: Path | None = None
+    command: list[str] = field(default_factory=list)
+    plan: Plan | None = None  # already composed and validated by the caller (saves a second composition)
+    progress: Any = None  # a callable(run_dir, plan, futures) -> None that shows progress
+
+
+_options: contextvars.ContextVar[RunOptions] = contextvars.ContextVar("halo_run_options", default=RunOptions())
+
+
+def set_options(opts: RunOptions) -> contextvars.Token[RunOptions]:
+    return _options.set(opts)
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except StepError as exc:
+        return bool(getattr(exc, "transient", False))
+    except TRANSIENT:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def run_step(call: StepCall, upstream: dict[str, StepResult]) -> Any:
+    """Run one step; a verified cache hit returns Prefect's `Cached` state without running it."""
+    step_logger = logging.getLogger(f"halo_pipeline.steps.{call.id}")
+    step_logger.propagate = False  # the terminal shows states; the log goes to the file and to Prefect
+    api_handler = APILogHandler()
+    step_logger.addHandler(api_handler)
+    try:
+        result = execute(call, upstream)
+    except StepError as exc:
+        cause = exc.__cause__
+        exc.transient = isinstance(cause, TRANSIENT)  # type: ignore[attr-defined]
+        raise
+    finally:
+        step_logger.removeHandler(api_handler)
+    _publish(call, result)
+    if result.state == "cached":
+        return Completed(name="Cached", message=f"cache hit {result.key[:12] if result.key else ''}", data=result)
+    return result
+
+
+def _publish(call: StepCall, result: StepResult) -> None:
+    lines = [f"### {call.id} ({result.kind}) — {result.state}", ""]
+    lines += result.summary
+    if result.metrics:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(result.metrics.items()) if not isinstance(v, dict | list)]
+    if result.outputs:
+        lines += ["", "| output | type | sha256 |", "|---|---|---|"]
+        lines += [f"| {n} | {o.type} | `{o.sha256[:12]}` |" for n, o in result.outputs.items()]
+    key = "".join(c if c.isalnum() else "-" for c in f"{call.id}-{result.kind}".lower()).strip("-")
+    try:
+        create_markdown_artifact(key=key, markdown="\n".join(lines), description=f"{call.id}: {result.state}")
+    except Exception:  # an artifact is a nicety; never fail a step for it
+        pass
+
+
+def make_task_runner(runner_cfg: dict[str, Any]) -> Any:
+    name = (runner_cfg or {}).get("name", "threads")
+    if name == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=int(runner_cfg.get("max_workers", 4)))
+    if name == "processes":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=int(runner_cfg.get("max_workers", 2)))
+    if name == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if runner_cfg.get("address"):
+            return DaskTaskRunner(address=runner_cfg["address"])
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": int(runner_cfg.get("n_workers", 2)),
+                "threads_per_worker": int(runner_cfg.get("threads_per_worker", 1)),
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+    raise RecipeError([Issue(f"unknown runner '{name}'", key="runner", hint="choose runner=threads, processes or dask")])
+
+
+def make_calls(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str, StepCall]:
+    cache_root = str(default_cache_dir())
+    calls = {}
+    for sid, ps in plan.steps.items():
+        store = not (opts.check and ps.kind.is_deterministic(ps.params))
+        calls[sid] = StepCall(
+            id=sid,
+            uses=ps.spec.uses or sid,
+            params=ps.params.model_dump(mode="json"),
+            inputs={n: (f"file:{r}" if isinstance(r, Path) else str(r)) for n, r in ps.inputs.items()},
+            input_types=ps.input_types,
+            output_types=ps.output_types,
+            seed=plan.recipe.seed,
+            run_dir=str(run_dir.resolve()),
+            cache_root=cache_root,
+            use_cache=ps.spec.cache and not opts.no_cache,
+            store=store,
+            retries=ps.spec.retries,
+        )
+    return calls
+
+
+def upstream_from_cache(plan: Plan, calls: dict[str, StepCall], selected: set[str]) -> dict[str, StepResult]:
+    """Results of unselected steps that selected ones read, taken from the cache; an error if absent."""
+    needed = {r.step for sid in selected for r in plan.steps[sid].inputs.values() if not isinstance(r, Path)}
+    have: dict[str, StepResult] = {}
+    for sid in plan.steps:  # topological order, so a step's own upstream is known first
+        if sid not in needed - selected:
+            continue
+        _, hit = cached_result(_as_cached_call(calls[sid]), {k: v for k, v in have.items()})
+        if hit is None:
+            raise RecipeError(
+                [Issue(f"step '{sid}' is not selected and has no cached result", key=f"steps.{sid}", hint=f"run it first, or add it to --only ({sid})")]
+            )
+        have[sid] = hit
+    return have
+
+
+def _as_cached_call(call: StepCall) -> StepCall:
+    from dataclasses import replace
+
+    return replace(call, use_cache=True, store=True)
+
+
+@flow(name="halo-pipeline", persist_result=False, validate_parameters=False)
+def pipeline(recipe: str, overrides: list[str] | None = None, tags: list[str] | None = None) -> dict[str, Any]:  # noqa: A002
+    """Compose the recipe with its overrides, validate it, and run its steps as Prefect tasks."""
+    opts = _options.get()
+    overrides = list(overrides or [])
+    plan = opts.plan or build_plan(compose(recipe, overrides))
+    return run_plan(plan, opts, list(tags or []))
+
+
+def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any]:
+    run_dir = (opts.run_dir or plan.composed.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "steps").mkdir(exist_ok=True)
+    selected = select(plan.deps, opts.only, opts.from_, opts.until)
+    calls = make_calls(plan, run_dir, opts)
+    results: dict[str, StepResult] = upstream_from_cache(plan, calls, selected)
+    for sid, res in results.items():
+        res.state = "cached"
+        write_state(calls[sid], "cached", seconds=0)
+    extra = {"run_dir": str(run_dir), "selected": sorted(selected), "check": opts.check}
+    manifest.write(run_dir, manifest.build(plan, {}, opts.command, "running", extra))
+    started = time.time()
+    runner = make_task_runner(plan.composed.config.get("runner", {}))
+    futures: dict[str, Any] = {}
+    with runner, tags(*tag_list, plan.recipe.name):
+        for sid, ps in plan.steps.items():
+            if sid not in selected:
+                continue
+            call = calls[sid]
+            up = {d: futures.get(d, results.get(d)) for d in ps.deps if d in futures or d in results}
+            t = run_step.with_options(
+                name=f"{sid}:{ps.kind.name}",
+                task_run_name=f"{sid}:{ps.kind.name}",
+                retries=ps.spec.retries,
+                retry_delay_seconds=ps.spec.retry_delay_seconds,
+                retry_condition_fn=_retry_transient,
+            )
+            futures[sid] = runner.submit(t, parameters={"call": call, "upstream": up}, wait_for=[futures[d] for d in ps.deps if d in futures])
+        if opts.progress:
+            opts.progress(run_dir, plan, futures, selected)
+        for f in futures.values():
+            f.wait()
+    failed = False
+    for sid, fut in futures.items():
+        state = fut.state
+        if state.is_completed():
+            results[sid] = state.result()
+            if state.name == "Cached":
+                results[sid].state = "cached"
+            continue
+        failed = True
+        try:
+            state.result()
+            err = state.message
+        except Exception as exc:
+            err = str(exc)
+        upstream_failed = any(d in futures and not futures[d].state.is_completed() for d in plan.steps[sid].deps)
+        results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="skipped" if upstream_failed else "failed", error=err)
+        if not upstream_failed:
+            write_state(calls[sid], "failed", error=err)
+        else:
+            write_state(calls[sid], "skipped")
+    ended = time.time()
+    objective = objective_value(plan, results)
+    extra.update(started=started, ended=ended, seconds=round(ended - started, 3), objective=objective)
+    manifest.write(run_dir, manifest.build(plan, results, opts.command, "failed" if failed else "completed", extra))
+    return {
+        "run_dir": str(run_dir),
+        "state": "failed" if failed else "completed",
+        "objective": objective,
+        "steps": {sid: r.state for sid, r in results.items()},
+    }
+
+
+def objective_value(plan: Plan, results: dict[str, StepResult]) -> float | None:
+    if not plan.recipe.objective:
+        return None
+    step, _, metric = plan.recipe.objective.partition(".")
+    res = results.get(step)
+    value: Any = res.metrics if res else None
+    for part in metric.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def run(recipe: str, overrides: list[str], opts: RunOptions, tag_list: list[str] | None = None) -> dict[str, Any]:
+    """Run a recipe as a Prefect flow; the flow's own parameters are only recipe, overrides and tags."""
+    token = set_options(opts)
+    try:
+        return pipeline(recipe=str(recipe), overrides=overrides, tags=tag_list or [])
+    finally:
+        _options.reset(token)

@@ -1,0 +1,89 @@
+"""Hydra multirun (`run -m`): Hydra's own sweepers and launchers, one Prefect flow run per job.
+
+Every job is composed by Hydra, validated, and run through the same flow as a single run; its run
+directory is the job's directory under `multirun/<name>/<time>/<n>`. A recipe's `objective`
+(`<step>.<metric>`) is returned to the sweeper, so `hydra/sweeper=optuna` optimizes it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from halo_pipeline.config import Composed, hydra_defaults, search_path
+from halo_pipeline.errors import Issue, RecipeError
+from halo_pipeline.recipe import read_yaml
+
+
+def multirun(recipe: str, overrides: list[str], quiet: bool = False) -> int:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    from halo_pipeline import local_server
+    from halo_pipeline.validate import build_plan
+
+    path = Path(recipe).resolve()
+    if not path.exists():
+        raise RecipeError([Issue(f"recipe not found: {recipe}")])
+    _, smap, issues = read_yaml(path)
+    if issues:
+        raise RecipeError(issues)
+    local_server.ensure_api_url()  # one API for every job (and for launcher subprocesses)
+    failures: list[str] = []
+    sweeper = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/sweeper=")), "basic")
+
+    def job(cfg: DictConfig) -> float | None:
+        from halo_pipeline import runner
+
+        hc = HydraConfig.get()
+        job_overrides = list(hc.overrides.task)
+        OmegaConf.set_struct(cfg, False)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        composed = Composed(
+            config=config,  # type: ignore[arg-type]
+            choices={k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None},
+            recipe_path=path,
+            base_dir=path.parent,
+            overrides=job_overrides,
+            run_dir=Path(hc.runtime.output_dir),
+            source=smap,
+            recipe_sha256=__import__("halo_pipeline.cache", fromlist=["sha256_file"]).sha256_file(path),
+        )
+        plan = build_plan(composed)
+        opts = runner.RunOptions(run_dir=composed.run_dir, command=["halo-pipeline", *sys.argv[1:]], plan=plan, quiet=True)
+        with local_server.active_run():
+            result = runner.run(str(path), job_overrides, opts, tag_list=["multirun", f"job-{hc.job.num}"])
+        print(f"job {hc.job.num} ({' '.join(job_overrides)}): {result['state']}  objective={result['objective']}  {result['run_dir']}", flush=True)
+        if result["state"] != "completed":
+            failures.append(result["run_dir"])
+            if sweeper == "optuna":
+                return None
+        if plan.recipe.objective and result["objective"] is None and sweeper == "optuna":
+            raise RecipeError([Issue(f"objective '{plan.recipe.objective}' produced no value", key="objective")])
+        return result["objective"]
+
+    direction = _direction(path)
+    extra = hydra_defaults(overrides)
+    extra = [e for e in extra if not e.startswith("hydra/hydra_logging")]
+    extra.append("hydra.searchpath=[" + ",".join(f"'{s}'" for s in search_path(path.parent)) + "]")
+    if sweeper == "optuna" and not any(o.startswith("hydra.sweeper.direction=") for o in overrides):
+        extra.append(f"hydra.sweeper.direction={direction}")
+    task = hydra.main(version_base="1.3", config_path=str(path.parent), config_name=path.stem)(job)
+    argv = sys.argv
+    sys.argv = ["halo-pipeline", "-m", *overrides, *extra]
+    try:
+        task()
+    except SystemExit as exc:  # hydra exits 1 on composition errors after printing them
+        return int(exc.code or 0) and 2
+    finally:
+        sys.argv = argv
+    return 1 if failures else 0
+
+
+def _direction(path: Path) -> str:
+    import yaml
+
+    data: Any = yaml.safe_load(path.read_text()) or {}
+    return str(data.get("direction", "maximize"))

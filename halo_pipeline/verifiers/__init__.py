@@ -1,0 +1,141 @@
+"""Verifiers: reward functions that turn a completion into a reward in [0, 1].
+
+A verifier is registered with `@register_verifier("name", settings=SettingsModel)` on a function
+`fn(settings, sample) -> VerifyResult`. `sample` is a read-only mapping with `prompt`, `completion`
+and the task's own fields. Recipes choose one through the `verifier` config group
+(`conf/verifier/<name>.yaml`: `name:` plus its settings), or by `module:function` path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENTRY_POINT_GROUP = "halo_pipeline.verifiers"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    reward: float
+    passed: bool
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class VerifierSettings(BaseModel):
+    """Settings every verifier has; subclass to add its own (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., description="Registered verifier name or `module:function`.")
+    pass_threshold: float = Field(1.0, ge=0, le=1, description="Reward at or above which a sample counts as passed.")
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    settings: type[VerifierSettings]
+    fn: Callable[[Any, Mapping[str, Any]], VerifyResult]
+    doc: str
+
+
+_REGISTRY: dict[str, Registered] = {}
+
+
+def register_verifier(name: str, settings: type[VerifierSettings] = VerifierSettings) -> Callable[[Callable[..., VerifyResult]], Callable[..., VerifyResult]]:
+    def wrap(fn: Callable[..., VerifyResult]) -> Callable[..., VerifyResult]:
+        _REGISTRY[name] = Registered(name, settings, fn, (fn.__doc__ or "").strip())
+        fn.__halo_verifier__ = _REGISTRY[name]  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+def registry() -> dict[str, Registered]:
+    from halo_pipeline.verifiers import builtin  # noqa: F401  (registers the built-ins)
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            ep.load()
+    return dict(_REGISTRY)
+
+
+class UnknownVerifier(LookupError):
+    pass
+
+
+def lookup(name: str) -> Registered:
+    known = registry()
+    if name in known:
+        return known[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        fn = getattr(importlib.import_module(module), attr, None)
+        reg = getattr(fn, "__halo_verifier__", None)
+        if reg is None:
+            raise UnknownVerifier(f"'{name}' is not a verifier (decorate it with @register_verifier)")
+        return reg
+    from halo_pipeline.errors import did_you_mean
+
+    hint = did_you_mean(name, known) or f"known verifiers: {', '.join(sorted(known))}"
+    raise UnknownVerifier(f"unknown verifier '{name}'; {hint}")
+
+
+class Verifier:
+    """A verifier bound to its validated settings."""
+
+    def __init__(self, reg: Registered, settings: VerifierSettings):
+        self.reg, self.settings = reg, settings
+
+    @property
+    def name(self) -> str:
+        return self.reg.name
+
+    def verify(self, sample: Mapping[str, Any]) -> VerifyResult:
+        frozen = MappingProxyType(dict(sample))
+        try:
+            result = self.reg.fn(self.settings, frozen)
+        except Exception as exc:  # a verifier bug is a zero with the reason, not a crashed pipeline
+            return VerifyResult(0.0, False, {}, f"{type(exc).__name__}: {exc}")
+        reward = min(1.0, max(0.0, float(result.reward)))
+        return VerifyResult(reward, reward >= self.settings.pass_threshold and result.passed, result.details, result.error)
+
+    def verify_batch(self, samples: Iterable[Mapping[str, Any]], workers: int | None = None) -> list[VerifyResult]:
+        samples = list(samples)
+        workers = workers or min(len(samples), os.cpu_count() or 1) or 1
+        if workers == 1:
+            return [self.verify(s) for s in samples]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(self.verify, samples))
+
+
+def build_verifier(spec: str | Mapping[str, Any]) -> Verifier:
+    """From a name or a `{name: ..., settings...}` mapping (a `conf/verifier/*.yaml` node)."""
+    data = {"name": spec} if isinstance(spec, str) else dict(spec)
+    if "name" not in data:
+        raise UnknownVerifier("a verifier needs `name:`")
+    reg = lookup(str(data["name"]))
+    try:
+        settings = reg.settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UnknownVerifier(f"verifier '{reg.name}' settings: {problems}") from None
+    return Verifier(reg, settings)
+
+
+def check_spec(spec: str | Mapping[str, Any] | None) -> list[str]:
+    """Validation problems of a verifier spec (for step kinds' `check` hooks)."""
+    if spec is None:
+        return []
+    try:
+        build_verifier(spec)
+    except (UnknownVerifier, ImportError) as exc:
+        return [str(exc)]
+    return []

@@ -1,0 +1,1 @@
+"""Built-in step kinds: one module per kind, named as its `uses:` value."""

