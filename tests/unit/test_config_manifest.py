@@ -1,0 +1,63 @@
+"""Hydra composition details, the manifest, and replay's use of the resolved config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import FAKE_RECIPE, write
+from halo_pipeline import manifest
+from halo_pipeline.config import compose
+from halo_pipeline.execute import execute
+from halo_pipeline.runner import RunOptions, make_calls
+from halo_pipeline.validate import build_plan
+
+
+def test_project_conf_is_searched_before_the_packaged_one(project: Path) -> None:
+    write(project / "conf/algorithm/sft.yaml", "name: sft\nlearning_rate: 0.5\n")
+    write(project / "conf/algorithm/mine.yaml", "name: mine\n")
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    assert compose(recipe, []).config["algorithm"]["learning_rate"] == 0.5
+    assert compose(recipe, ["algorithm=mine"]).config["algorithm"]["name"] == "mine"
+    assert compose(recipe, ["algorithm=dpo"]).config["algorithm"]["beta"] == 0.1  # packaged
+
+
+def test_run_dir_defaults_and_hydra_override(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    assert str(compose(recipe, []).run_dir).startswith("outputs/fake/")
+    assert compose(recipe, ["hydra.run.dir=elsewhere/x"]).run_dir == Path("elsewhere/x")
+
+
+def test_recipe_text_composes(project: Path) -> None:
+    composed = compose(FAKE_RECIPE, ["steps.make.with.n=2"])
+    assert composed.config["steps"]["make"]["with"]["n"] == 2
+
+
+def test_manifest_has_the_contract_fields_sorted(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    plan = build_plan(compose(recipe, ["algorithm=dpo"]))
+    run_dir = project / "outputs/run"
+    calls = make_calls(plan, run_dir, RunOptions())
+    results = {}
+    results["make"] = execute(calls["make"], {})
+    results["copy"] = execute(calls["copy"], {"make": results["make"]})
+    results["report"] = execute(calls["report"], {"copy": results["copy"]})
+    path = manifest.write(run_dir, manifest.build(plan, results, ["halo-pipeline", "run"], "completed", {}))
+    text = path.read_text()
+    data = json.loads(text)
+    assert text == json.dumps(data, sort_keys=True, indent=2) + "\n"
+    for key in ("schema_version", "command", "overrides", "recipe", "config", "groups", "git", "environment", "seed", "steps"):
+        assert key in data, key
+    assert data["overrides"] == ["algorithm=dpo"]
+    assert data["recipe"]["sha256"] and data["environment"]["packages"]["prefect"]
+    step = data["steps"]["copy"]
+    for key in ("kind", "version", "params", "cache_key", "inputs", "outputs", "state", "started", "ended", "metrics"):
+        assert key in step, key
+    assert step["params"]["suffix"] == "-dpo" and step["state"] == "ran"
+    assert step["outputs"]["dataset"]["sha256"] == results["copy"].outputs["dataset"].sha256
+    # replay composes from the manifest's resolved config, not from the (now changed) recipe
+    recipe.write_text(FAKE_RECIPE.replace("n: 4", "n: 9"))
+    replayed = build_plan(compose(path, []))
+    assert replayed.steps["make"].params.n == 4  # type: ignore[attr-defined]
+    assert replayed.steps["copy"].params.suffix == "-dpo"  # type: ignore[attr-defined]
+    assert replayed.composed.replay_of == str(run_dir.resolve())

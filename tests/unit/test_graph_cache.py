@@ -1,0 +1,100 @@
+"""The DAG helpers, digests, cache keys and the cache's refusal to trust tampered entries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE_RECIPE, write
+from halo_pipeline.cache import Cache, atomic_path, digest
+from halo_pipeline.config import compose
+from halo_pipeline.execute import StepCall, cache_key, execute, input_artifacts
+from halo_pipeline.graph import CycleError, select, topo_order
+
+DEPS = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "e": []}
+
+
+def test_topo_order_keeps_recipe_order_for_ties() -> None:
+    assert topo_order(DEPS) == ["a", "e", "b", "c", "d"]
+    with pytest.raises(CycleError) as info:
+        topo_order({"x": ["y"], "y": ["z"], "z": ["x"]})
+    assert info.value.cycle[0] == info.value.cycle[-1] and len(info.value.cycle) == 4
+
+
+def test_select_only_from_until() -> None:
+    assert select(DEPS, only=["b", "d"]) == {"b", "d"}
+    assert select(DEPS, from_="b") == {"b", "d"}
+    assert select(DEPS, until="d") == {"a", "b", "c", "d"}
+    assert select(DEPS, from_="a", until="b") == {"a", "b"}
+
+
+def test_directory_digest_covers_names_and_contents(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    write(d / "x.txt", "1")
+    write(d / "sub/y.txt", "2")
+    first = digest(d)
+    (d / "sub/y.txt").write_text("3")
+    assert digest(d) != first
+    (d / "sub/y.txt").write_text("2")
+    assert digest(d) == first
+    (d / "sub/y.txt").rename(d / "sub/z.txt")
+    assert digest(d) != first
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "half").write_text("x")
+        raise RuntimeError("killed")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def _calls(project: Path, overrides: list[str]) -> dict[str, StepCall]:
+    from halo_pipeline.runner import RunOptions, make_calls
+    from halo_pipeline.validate import build_plan
+
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    plan = build_plan(compose(recipe, overrides))
+    return make_calls(plan, project / "outputs/run", RunOptions())
+
+
+def test_cache_key_depends_on_params_and_input_content_not_run(project: Path) -> None:
+    calls = _calls(project, [])
+    make = calls["make"]
+    kind = make.kind()
+    key = cache_key(make, kind, {})
+    assert key == cache_key(_calls(project, [])["make"], kind, {})
+    assert key != cache_key(_calls(project, ["steps.make.with.n=5"])["make"], kind, {})
+    result = execute(make, {})
+    copy = calls["copy"]
+    k1 = cache_key(copy, copy.kind(), input_artifacts(copy, {"make": result}))
+    other = execute(_calls(project, ["steps.make.with.n=5"])["make"], {})
+    k2 = cache_key(copy, copy.kind(), input_artifacts(copy, {"make": other}))
+    assert k1 != k2
+
+
+def test_cache_entry_is_verified_before_reuse(project: Path) -> None:
+    make = _calls(project, [])["make"]
+    first = execute(make, {})
+    assert first.state == "ran"
+    assert execute(make, {}).state == "cached"
+    cache = Cache(Path(make.cache_root))
+    record = json.loads((cache.entry(first.key) / "record.json").read_text())  # type: ignore[arg-type]
+    assert record["outputs"]["dataset"]["sha256"] == first.outputs["dataset"].sha256
+    Path(first.outputs["dataset"].path).write_text("tampered\n")
+    assert cache.lookup(first.key) is None  # type: ignore[arg-type]
+    again = execute(make, {})
+    assert again.state == "ran" and again.outputs["dataset"].sha256 == first.outputs["dataset"].sha256
+
+
+def test_partial_work_is_never_mistaken_for_a_result(project: Path) -> None:
+    make = _calls(project, [])["make"]
+    cache = Cache(Path(make.cache_root))
+    key = cache_key(make, make.kind(), {})
+    cache.partial(key).mkdir(parents=True)
+    (cache.partial(key) / "data.jsonl").write_text("half")
+    assert cache.lookup(key) is None
+    assert execute(make, {}).state == "ran"

@@ -1,0 +1,191 @@
+"""Validation reports every problem at once, with file:line, key path and a hint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE_RECIPE, cli, write
+from halo_pipeline.config import compose
+from halo_pipeline.errors import RecipeError
+from halo_pipeline.validate import build_plan
+
+
+def problems(recipe: Path, *overrides: str) -> RecipeError:
+    with pytest.raises(RecipeError) as info:
+        build_plan(compose(recipe, list(overrides)))
+    return info.value
+
+
+def test_valid_recipe_builds_a_plan(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    plan = build_plan(compose(recipe, ["algorithm=dpo"]))
+    assert list(plan.steps) == ["make", "copy", "report"]
+    assert plan.steps["copy"].params.suffix == "-dpo"  # type: ignore[attr-defined]
+    assert plan.steps["copy"].output_types == {"dataset": "sft_dataset"}
+    assert plan.composed.choices == {"backend": "cpu", "algorithm": "dpo"}
+
+
+def test_all_problems_reported_at_once_with_lines_and_hints(project: Path) -> None:
+    recipe = write(
+        project / "recipes/bad.yaml",
+        """
+        defaults:
+          - backend: cpu
+          - _self_
+        name: bad
+        steps:
+          make:
+            uses: fake_steps:make
+            with: {n: -1, txt: hi}
+          copy:
+            uses: fake_steps:copy
+            inputs: {dataset: mak.dataset}
+          other:
+            uses: fake_steps:copy
+            inputs: {dataset: make.datset}
+          typo:
+            uses: dedupp
+          report:
+            uses: fake_steps:sft_only
+            inputs: {dataset: pairs.pairs}
+          pairs:
+            uses: fake_steps:prefs
+        """,
+    )
+    err = problems(recipe)
+    text = err.format()
+    assert len(err.issues) == 6, text
+    by_key = {i.key: i for i in err.issues}
+    assert by_key["steps.make.with.n"].line == 8
+    assert "greater than or equal to 1" in by_key["steps.make.with.n"].message
+    assert by_key["steps.make.with.txt"].message == "unknown param 'txt'"
+    assert by_key["steps.make.with.txt"].hint == "did you mean 'text'?"
+    assert by_key["steps.copy.inputs.dataset"].message == "reference to missing step 'mak'"
+    assert by_key["steps.copy.inputs.dataset"].hint == "did you mean 'make'?"
+    assert by_key["steps.copy.inputs.dataset"].line == 11
+    assert "has no output 'datset'" in by_key["steps.other.inputs.dataset"].message
+    assert by_key["steps.other.inputs.dataset"].hint == "did you mean 'dataset'?"
+    assert "unknown step kind 'dedupp'" in by_key["steps.typo.uses"].message
+    assert by_key["steps.typo.uses"].hint == "did you mean 'dedup'?"
+    mismatch = by_key["steps.report.inputs.dataset"]
+    assert "'pairs.pairs' is a preference_dataset" in mismatch.message and "takes sft_dataset" in mismatch.message
+    assert f"{recipe}:8:" in text and "hint:" in text
+
+
+def test_unknown_group_option_lists_the_available_ones(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE.replace("algorithm: sft", "algorithm: sftt"))
+    err = problems(recipe)
+    (issue,) = err.issues
+    assert issue.line == 4 and issue.file == str(recipe)
+    assert "unknown option 'sftt' for group 'algorithm'" in issue.message
+    assert "dpo, grpo, raft, rm, sft" in issue.message
+    assert issue.hint and issue.hint.startswith("did you mean 'sft'?")
+
+
+def test_unknown_group_option_on_the_command_line(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    (issue,) = problems(recipe, "backend=cudaa").issues
+    assert issue.file is None and "unknown option 'cudaa' for group 'backend'" in issue.message
+    assert issue.hint and "did you mean 'cuda'?" in issue.hint
+
+
+def test_override_values_are_blamed_on_the_command_line(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    (issue,) = problems(recipe, "steps.make.with.n=zero").issues
+    assert issue.file is None and issue.key == "steps.make.with.n"
+    assert "from override `steps.make.with.n=zero`" in issue.message
+
+
+def test_overriding_a_key_the_recipe_lacks_suggests_plus(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    (issue,) = problems(recipe, "steps.copy.with.sufix=x").issues
+    assert "cannot override 'steps.copy.with.sufix'" in issue.message
+    assert issue.hint and "did you mean 'suffix'?" in issue.hint and "+steps.copy.with.sufix=VALUE" in issue.hint
+
+
+def test_cycle_is_reported(project: Path) -> None:
+    recipe = write(
+        project / "recipes/cycle.yaml",
+        """
+        name: cycle
+        steps:
+          a: {uses: "fake_steps:copy", inputs: {dataset: b.dataset}}
+          b: {uses: "fake_steps:copy", inputs: {dataset: a.dataset}}
+        """,
+    )
+    (issue,) = problems(recipe).issues
+    assert "cycle: a -> b -> a" in issue.message
+
+
+def test_duplicate_step_id_and_unreadable_yaml(project: Path) -> None:
+    dup = write(
+        project / "recipes/dup.yaml",
+        """
+        name: dup
+        steps:
+          a: {uses: "fake_steps:make"}
+          a: {uses: "fake_steps:make"}
+        """,
+    )
+    (issue,) = problems(dup).issues
+    assert issue.line == 4 and "duplicate step id 'a' (first written on line 3)" in issue.message
+    broken = write(project / "recipes/broken.yaml", "name: x\nsteps:\n  a: {uses: [unclosed\n")
+    (issue,) = problems(broken).issues
+    assert issue.message.startswith("unreadable YAML") and issue.line is not None
+
+
+def test_missing_input_and_needs(project: Path) -> None:
+    recipe = write(
+        project / "recipes/missing.yaml",
+        """
+        name: missing
+        steps:
+          copy: {uses: "fake_steps:copy", needs: [nope]}
+        """,
+    )
+    err = problems(recipe)
+    messages = sorted(i.message for i in err.issues)
+    assert messages == ["missing input 'dataset' (sft_dataset or preference_dataset)", "needs unknown step 'nope'"]
+
+
+def test_file_inputs_are_relative_to_the_recipe(project: Path) -> None:
+    write(project / "recipes/data/rows.jsonl", '{"id": "1", "prompt": "p", "completion": "c"}\n')
+    recipe = write(
+        project / "recipes/files.yaml",
+        """
+        name: files
+        steps:
+          copy: {uses: "fake_steps:copy", inputs: {dataset: "file:data/rows.jsonl"}}
+          other: {uses: "fake_steps:copy", inputs: {dataset: "file:data/missing.jsonl"}}
+        """,
+    )
+    (issue,) = problems(recipe).issues
+    assert issue.key == "steps.other.inputs.dataset" and "file not found" in issue.message
+
+
+def test_cli_validate_exits_2_and_leaves_no_run_dir(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    ok = cli("validate", str(recipe), cwd=project)
+    assert ok.returncode == 0, ok.stderr
+    assert "3 steps" in ok.stdout
+    bad = cli("run", str(recipe), "steps.make.with.n=0", cwd=project)
+    assert bad.returncode == 2
+    assert "steps.make.with.n" in bad.stderr and "greater than or equal to 1" in bad.stderr
+    assert not (project / "outputs" / "fake").exists()
+
+
+def test_validate_imports_no_heavy_library(project: Path) -> None:
+    code = (
+        "import sys; from halo_pipeline.cli import main; "
+        f"rc = main(['validate', *{[str(p) for p in sorted(Path(__file__).parents[2].glob('recipes/*.yaml'))]!r}]); "
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'prefect', 'llama_cpp', 'mlx', 'lm_eval') if m in sys.modules]; "
+        "print('HEAVY', heavy); sys.exit(rc)"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout

@@ -1,0 +1,35 @@
+"""Every recipe and config file in the repository is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from halo_pipeline.config import compose, group_options
+from halo_pipeline.validate import build_plan
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+GROUPS = ["backend", "algorithm", "verifier", "quant", "model", "runner"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_validates(recipe: Path) -> None:
+    first_line = recipe.read_text().splitlines()[0]
+    assert first_line.startswith(f"# recipes/{recipe.name}") and "halo-pipeline run" in first_line  # the command that runs it
+    plan = build_plan(compose(recipe, []))
+    assert plan.steps
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_option_composes(group: str) -> None:
+    options = group_options(group)
+    assert options, group
+    recipe = REPO / "recipes" / "grpo_code.yaml"
+    for option in options:
+        data = yaml.safe_load((REPO / "conf" / group / f"{option}.yaml").read_text())
+        assert data["name"] == option  # one name everywhere: file name = choice = name
+        composed = compose(recipe, [f"{group}={option}"])
+        assert composed.config[group]["name"] == option
