@@ -28,6 +28,7 @@ def _prefect_env() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -214,14 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="show the DAG, resolved params and what is cached")
     pl.add_argument("recipe")
-    pl.add_argument("overrides", nargs="*")
     pl.add_argument("--format", choices=["table", "json", "mermaid"], default="table")
     pl.add_argument("--no-cache", action="store_true")
     pl.set_defaults(func=cmd_plan)
 
     r = sub.add_parser("run", help="run a recipe (Hydra overrides after it; -m for a sweep)")
     r.add_argument("recipe")
-    r.add_argument("overrides", nargs="*")
     r.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun: grid or hydra/sweeper=optuna")
     r.add_argument("--only", action="append", help="run only these steps (comma-separated); others come from the cache")
     r.add_argument("--from", dest="from_", metavar="STEP", help="run STEP and everything after it")
@@ -233,14 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("replay", help="run again from a run's manifest (its resolved config)")
     rp.add_argument("run_dir")
-    rp.add_argument("overrides", nargs="*")
     rp.add_argument("--check", action="store_true", help="re-execute deterministic steps and compare output digests")
     rp.add_argument("-q", "--quiet", action="store_true")
     rp.set_defaults(func=cmd_replay)
 
     d = sub.add_parser("deploy", help="a Prefect deployment of a recipe with a schedule; serves it until interrupted")
     d.add_argument("recipe")
-    d.add_argument("overrides", nargs="*")
     d.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *"')
     d.add_argument("--interval", type=float, help="or an interval in seconds")
     d.add_argument("--name", help="deployment name (default: the recipe's name)")
@@ -269,8 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+TAKES_OVERRIDES = {"plan", "run", "replay", "deploy"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Hydra overrides may come before or after options (`run r.yaml -m a=1,2 --quiet b=3`): they are
+    # the arguments argparse does not know, and must look like overrides.
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if a.startswith("-") or args.command not in TAKES_OVERRIDES]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = extra
     if args.command == "validate":
         args.recipes, args.overrides = _split_recipe_args(args.items)
     try:

@@ -45,6 +45,12 @@ class RunOptions:
 _options: contextvars.ContextVar[RunOptions] = contextvars.ContextVar("halo_run_options", default=RunOptions())
 
 
+def current_options() -> RunOptions:
+    # A function, not the ContextVar itself, is what the flow's code refers to: workers that
+    # pickle the flow by value (dask) can pickle a function reference but not a ContextVar.
+    return _options.get()
+
+
 def set_options(opts: RunOptions) -> contextvars.Token[RunOptions]:
     return _options.set(opts)
 
@@ -61,8 +67,7 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(cache_policy=NO_CACHE, persist_result=False)
-def run_step(call: StepCall, upstream: dict[str, StepResult]) -> Any:
+def step_task(call: StepCall, upstream: dict[str, StepResult]) -> Any:
     """Run one step; a verified cache hit returns Prefect's `Cached` state without running it."""
     step_logger = logging.getLogger(f"halo_pipeline.steps.{call.id}")
     step_logger.propagate = False  # the terminal shows states; the log goes to the file and to Prefect
@@ -80,6 +85,11 @@ def run_step(call: StepCall, upstream: dict[str, StepResult]) -> Any:
     if result.state == "cached":
         return Completed(name="Cached", message=f"cache hit {result.key[:12] if result.key else ''}", data=result)
     return result
+
+
+# The task wraps a module-level function of another name, so that workers (processes, dask)
+# unpickle it by reference instead of by value.
+run_step = task(step_task, cache_policy=NO_CACHE, persist_result=False)
 
 
 def _publish(call: StepCall, result: StepResult) -> None:
@@ -181,7 +191,7 @@ def _as_cached_call(call: StepCall) -> StepCall:
 @flow(name="halo-pipeline", persist_result=False, validate_parameters=False)
 def pipeline(recipe: str, overrides: list[str] | None = None, tags: list[str] | None = None) -> dict[str, Any]:  # noqa: A002
     """Compose the recipe with its overrides, validate it, and run its steps as Prefect tasks."""
-    opts = _options.get()
+    opts = current_options()
     overrides = list(overrides or [])
     plan = opts.plan or build_plan(compose(recipe, overrides))
     return run_plan(plan, opts, list(tags or []))

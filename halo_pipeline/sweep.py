@@ -66,7 +66,6 @@ def multirun(recipe: str, overrides: list[str], quiet: bool = False) -> int:
 
     direction = _direction(path)
     extra = hydra_defaults(overrides)
-    extra = [e for e in extra if not e.startswith("hydra/hydra_logging")]
     extra.append("hydra.searchpath=[" + ",".join(f"'{s}'" for s in search_path(path.parent)) + "]")
     if sweeper == "optuna" and not any(o.startswith("hydra.sweeper.direction=") for o in overrides):
         extra.append(f"hydra.sweeper.direction={direction}")

@@ -1,0 +1,157 @@
+"""Hydra multirun (grid and Optuna), the dask and process runners, Prefect deployments, the reusable server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TESTS, cli, write
+
+SWEEP = """
+# a sweepable recipe: its objective is copy.score = rows / 10
+defaults:
+  - backend: cpu
+  - algorithm: sft
+  - runner: threads
+  - _self_
+name: sweep
+objective: copy.score
+direction: maximize
+steps:
+  make:
+    uses: fake_steps:make
+    with: {n: 4}
+  copy:
+    uses: fake_steps:copy
+    inputs: {dataset: make.dataset}
+    with: {suffix: "-${algorithm.name}"}
+"""
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_multirun_grid_one_flow_run_per_job(project: Path) -> None:
+    recipe = write(project / "recipes/sweep.yaml", SWEEP)
+    res = cli("run", str(recipe), "-m", "algorithm=sft,dpo", "steps.make.with.n=3,5", cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (sweep_dir,) = (project / "multirun/sweep").iterdir()
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1", "2", "3"]
+    seen = set()
+    for job in jobs:
+        m = json.loads((job / "replay.json").read_text())
+        seen.add((m["groups"]["algorithm"], m["config"]["steps"]["make"]["with"]["n"]))
+        assert m["state"] == "completed" and m["objective"] == m["config"]["steps"]["make"]["with"]["n"] / 10
+    assert seen == {("sft", 3), ("sft", 5), ("dpo", 3), ("dpo", 5)}
+    assert (sweep_dir / "multirun.yaml").exists()
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_optuna_sweep_optimizes_the_objective(project: Path) -> None:
+    recipe = write(project / "recipes/sweep.yaml", SWEEP)
+    res = cli(
+        "run", str(recipe), "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.sampler.seed=0", "steps.make.with.n=int(interval(1,9))", cwd=project,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    (sweep_dir,) = (project / "multirun/sweep").iterdir()
+    results = (sweep_dir / "optimization_results.yaml").read_text()
+    import yaml
+
+    best = yaml.safe_load(results)
+    values = [json.loads((j / "replay.json").read_text())["objective"] for j in sweep_dir.iterdir() if j.name.isdigit()]
+    assert len(values) == 4 and best["best_value"] == max(values)
+    assert best["best_params"]["steps.make.with.n"] == round(best["best_value"] * 10)
+
+
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize("runner", ["dask", "processes"])
+def test_runner_group_runs_a_real_recipe(project: Path, runner: str) -> None:
+    recipe = write(
+        project / "recipes/par.yaml",
+        """
+defaults:
+  - runner: threads
+  - _self_
+name: par
+steps:
+  make:
+    uses: fake_steps:make
+  other:
+    uses: fake_steps:copy
+    inputs: {dataset: make.dataset}
+    with: {suffix: "?", sleep: 5}
+  slow:
+    uses: fake_steps:copy
+    inputs: {dataset: make.dataset}
+    with: {suffix: "!", sleep: 5}
+""",
+    )
+    res = cli("run", str(recipe), f"runner={runner}", "-q", cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = json.loads((Path(res.stdout.strip()) / "replay.json").read_text())
+    assert m["groups"]["runner"] == runner and m["config"]["runner"]["name"] == runner
+    assert {s["state"] for s in m["steps"].values()} == {"ran"}
+    assert (Path(res.stdout.strip()) / "steps/slow/data.jsonl").read_text().count("!") == 3
+    other, slow = m["steps"]["other"], m["steps"]["slow"]
+    assert other["started"] < slow["ended"] and slow["started"] < other["ended"], "independent steps overlap"
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_deployment_triggered_through_the_api_runs_the_recipe(project: Path) -> None:
+    recipe = write(project / "recipes/sweep.yaml", SWEEP)
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    exe = Path(sys.executable).parent / "halo-pipeline"
+    server = subprocess.Popen(
+        [str(exe), "deploy", str(recipe), "--cron", "0 3 * * *", "--name", "nightly"],
+        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.deployments import run_deployment
+
+        deadline = time.time() + 90
+        deployment = None
+        while time.time() < deadline and deployment is None:
+            try:
+                with get_client(sync_client=True) as client:
+                    deployment = client.read_deployment_by_name("halo-pipeline/nightly")
+            except Exception:
+                time.sleep(1)
+        assert deployment is not None, "deployment was not registered"
+        assert deployment.parameters["recipe"] == str(recipe)
+        assert any("0 3 * * *" in str(s.schedule) for s in deployment.schedules)
+        flow_run = run_deployment("halo-pipeline/nightly", parameters={"overrides": ["algorithm=dpo"]}, timeout=120)
+        assert flow_run.state.is_completed(), flow_run.state
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    (run_dir,) = (project / "outputs/sweep").iterdir()
+    m = json.loads((run_dir / "replay.json").read_text())
+    assert m["groups"]["algorithm"] == "dpo" and m["state"] == "completed"
+
+
+def test_local_server_is_started_once_and_reused(project: Path, tmp_path: Path) -> None:
+    """Without PREFECT_API_URL, the first run starts a background server and later runs reuse it."""
+    recipe = write(project / "recipes/sweep.yaml", SWEEP)
+    home = tmp_path / "home"
+    env = {"HALO_PIPELINE_HOME": str(home), "HALO_PIPELINE_LOCAL_SERVER": "1", "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "ph")}
+    env_clean = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    try:
+        first = cli("run", str(recipe), "-q", cwd=project, env={**env_clean, **env})
+        assert first.returncode == 0, first.stderr
+        info = json.loads((home / "server.json").read_text())
+        t0 = time.time()
+        second = cli("run", str(recipe), "-q", cwd=project, env={**env_clean, **env})
+        warm = time.time() - t0
+        assert second.returncode == 0, second.stderr
+        assert json.loads((home / "server.json").read_text())["pid"] == info["pid"]  # same server
+        assert warm < 15, f"a warm run took {warm:.1f} s"
+    finally:
+        stop = cli("server", "--stop", cwd=project, env={**env_clean, **env})
+        assert stop.returncode == 0
