@@ -99,11 +99,24 @@ def _score(row: dict[str, Any], field: str | None) -> float:
     return float("-inf")
 
 
+def check(params: DedupParams) -> list[str]:
+    if not params.fuzzy:
+        return []
+    from datasketch import MinHashLSH
+
+    try:
+        MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, weights=params.lsh_weights)
+    except ValueError as exc:
+        return [f"datasketch rejects threshold={params.threshold} with num_perm={params.num_perm}: {exc} (raise num_perm or lower threshold)"]
+    return []
+
+
 @step(
     inputs={"dataset": ("sft_dataset", "preference_dataset", "prompts")},
     outputs={"dataset": "same:dataset", "clusters": "file"},
     version="1",
     libraries=("datasketch", "numpy"),
+    check=check,
 )
 def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     from datasketch import MinHashLSH

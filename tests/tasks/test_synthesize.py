@@ -1,0 +1,92 @@
+"""synthesize on the tiny model: prompts in, scored completions out, resumable, sft and preference rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from halo_pipeline.step import Artifact
+from helpers import read_jsonl, run_kind, write_jsonl
+
+TINY = {"model": "tiny", "max_new_tokens": 12, "samples_per_prompt": 2, "batch_size": 4}
+
+
+def test_humaneval_splits_are_disjoint_and_stable() -> None:
+    from halo_pipeline.tasks.synthesize import humaneval_prompts
+
+    train, test = humaneval_prompts("train"), humaneval_prompts("test")
+    assert len(train) + len(test) == 164 and 20 <= len(test) <= 45
+    assert not {r["id"] for r in train} & {r["id"] for r in test}
+    assert humaneval_prompts("test") == test
+    assert {"prompt", "test", "entry_point"} <= set(train[0])
+
+
+def test_generates_verified_sft_rows(tmp_path: Path) -> None:
+    params = {**TINY, "source": "humaneval:train", "limit": 3, "verifier": {"name": "python_syntax"}, "keep_unverified": True}
+    out, ctx = run_kind("synthesize", params, {}, tmp_path / "o")
+    rows = read_jsonl(out["dataset"])
+    assert 1 <= len(rows) <= 6
+    for row in rows:
+        assert set(row) >= {"id", "prompt", "completion", "reward", "verified", "source_id", "test", "entry_point"}
+        assert row["id"].startswith(row["source_id"]) and row["reward"] in (0.0, 1.0)
+    assert ctx.metrics["prompts"] == 3 and ctx.metrics["samples"] == 6 and ctx.metrics["generated_tokens"] > 0
+    assert sum(ctx.metrics["rejected"].values()) + len(rows) == 6
+
+
+def test_failed_verification_is_counted_not_silently_dropped(tmp_path: Path) -> None:
+    params = {**TINY, "source": "humaneval:train", "limit": 2, "verifier": {"name": "regex_format", "pattern": "^IMPOSSIBLE$"}}
+    out, ctx = run_kind("synthesize", params, {}, tmp_path / "o")
+    assert read_jsonl(out["dataset"]) == []
+    assert sum(v for k, v in ctx.metrics["rejected"].items() if k.startswith("failed verifier") or k == "empty completion") >= 1
+    assert ctx.metrics["pass_rate"] == 0.0
+
+
+def test_greedy_generation_is_deterministic(tmp_path: Path) -> None:
+    params = {**TINY, "source": "humaneval:test", "limit": 2, "temperature": 0, "samples_per_prompt": 1}
+    a, _ = run_kind("synthesize", params, {}, tmp_path / "a")
+    b, _ = run_kind("synthesize", params, {}, tmp_path / "b")
+    assert Path(a["dataset"]).read_text() == Path(b["dataset"]).read_text()
+
+
+def test_resumes_without_regenerating_finished_prompts(tmp_path: Path) -> None:
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    done = {"source_id": "p1", "samples": [{"completion": "RESUMED", "reward": None, "verified": None, "error": None}] * 2}
+    (out_dir / "generated.jsonl").write_text(json.dumps(done) + "\n" + '{"source_id": "p2", "samp')  # torn last line
+    prompts = write_jsonl(tmp_path / "seeds.jsonl", [{"id": "p1", "question": "Say hi."}, {"id": "p2", "question": "Say bye."}])
+    out, ctx = run_kind("synthesize", TINY, {"prompts": Artifact("prompts", prompts)}, out_dir)
+    assert ctx.metrics["resumed_prompts"] == 1
+    rows = read_jsonl(out["dataset"])
+    assert [r["completion"] for r in rows if r["source_id"] == "p1"] == ["RESUMED"]  # the repeated sample is rejected
+    assert ctx.metrics["rejected"].get("repeated sample") == 1
+    assert {r["prompt"] for r in rows if r["source_id"] == "p2"} <= {"Say bye."}
+
+
+def test_text_prompts_and_preference_pairs(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("Write a function.\n\nSay hello.\n")
+    params = {**TINY, "samples_per_prompt": 4, "output": "preference", "verifier": {"name": "regex_format", "pattern": "[a-z]{3}"}}
+    out, ctx = run_kind("synthesize", params, {"prompts": Artifact("file", seeds)}, tmp_path / "o")
+    assert ctx.metrics["prompts"] == 2
+    for row in read_jsonl(out["dataset"]):
+        assert row["chosen_reward"] > row["rejected_reward"]
+        assert set(row) >= {"id", "prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"}
+
+
+def test_missing_prompt_field_names_the_line(tmp_path: Path) -> None:
+    prompts = write_jsonl(tmp_path / "seeds.jsonl", [{"id": "a", "prompt": "x"}, {"id": "b", "body": "y"}])
+    with pytest.raises(ValueError, match=r"seeds.jsonl:2: no prompt field"):
+        run_kind("synthesize", TINY, {"prompts": Artifact("prompts", prompts)}, tmp_path / "o")
+
+
+def test_check_reports_bad_verifier_and_model() -> None:
+    from halo_pipeline import registry
+
+    kind = registry.get("synthesize")
+    problems = kind.check(kind.params.model_validate({"model": "no-such-model", "verifier": {"name": "pyhton_syntax"}}))  # type: ignore[misc]
+    assert any("did you mean 'python_syntax'" in p for p in problems)
+    assert any("unknown model 'no-such-model'" in p for p in problems)
+    problems = kind.check(kind.params.model_validate({"backend": {"name": "mps"}}))  # type: ignore[misc]
+    assert any("needs Apple silicon" in p for p in problems)
