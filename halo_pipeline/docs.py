@@ -11,8 +11,19 @@ from halo_pipeline.step import StepKind
 
 
 def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "")
+    import typing
+
+    if typing.get_origin(annotation) is None and hasattr(annotation, "__name__"):
+        return str(annotation.__name__)
+    return str(annotation).replace("typing.", "")
+
+
+def _constraint(meta: Any) -> str:
+    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "min_length": "min length", "max_length": "max length"}
+    for attr, symbol in symbols.items():
+        if getattr(meta, attr, None) is not None:
+            return f"{symbol} {getattr(meta, attr)}"
+    return str(meta)
 
 
 def param_rows(kind: StepKind) -> list[tuple[str, str, str, str]]:
@@ -21,7 +32,7 @@ def param_rows(kind: StepKind) -> list[tuple[str, str, str, str]]:
         default = "required" if field.default is PydanticUndefined and field.default_factory is None else (
             repr(field.default_factory()) if field.default_factory is not None else repr(field.default)
         )
-        constraints = " ".join(str(m) for m in field.metadata)
+        constraints = ", ".join(_constraint(m) for m in field.metadata)
         rows.append((field.alias or name, _type_name(field.annotation) + (f" ({constraints})" if constraints else ""), default, field.description or ""))
     return rows
 
