@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import subprocess
@@ -20,6 +21,7 @@ PACKAGES = (
 )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=8)
 def git_info(where: Path) -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:

@@ -81,9 +81,9 @@ def step_task(call: StepCall, upstream: dict[str, StepResult]) -> Any:
         raise
     finally:
         step_logger.removeHandler(api_handler)
-    _publish(call, result)
-    if result.state == "cached":
+    if result.state == "cached":  # the run that made it published its artifact already
         return Completed(name="Cached", message=f"cache hit {result.key[:12] if result.key else ''}", data=result)
+    _publish(call, result)
     return result
 
 

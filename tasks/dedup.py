@@ -54,8 +54,13 @@ class DedupParams(Params):
     on_bad_rows: OnBadRows = Field("error", description="`error` stops at a malformed row; `skip` counts it.")
 
 
-def _signatures(texts: list[str], num_perm: int, seed: int, ngram: int, unit: str) -> np.ndarray:
-    return Signer(num_perm, seed, ngram, unit).sign(texts)
+def _shard_work(texts: list[str], normalize: dict[str, Any], exact: bool, fuzzy: bool, signer_args: tuple[int, int, int, str]) -> tuple[list[bytes], np.ndarray | None]:
+    """Normalize, exact-hash and sign one shard (runs in a worker process for large inputs)."""
+    norm = Normalizer(**normalize)
+    texts = [norm(t) for t in texts]
+    digests = [hashlib.sha256(t.encode("utf-8")).digest()[:16] for t in texts] if exact else []
+    sigs = Signer(*signer_args).sign(texts) if fuzzy else None
+    return digests, sigs
 
 
 def _shards(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -122,7 +127,6 @@ def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     from datasketch import MinHashLSH
 
     src = inputs["dataset"]
-    norm = Normalizer(**params.normalize.model_dump())
     workers = params.workers or os.cpu_count() or 1
     lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, weights=params.lsh_weights) if params.fuzzy else None
     signer = Signer(params.num_perm, params.seed, params.ngram, params.unit)
@@ -136,26 +140,25 @@ def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     numbered = read_numbered_rows(src.path, src.type, params.on_bad_rows, bad)
     rows = (lines.append(n) or row for n, row in numbered)
 
-    def prepare(shard: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-        fields = params.key or default_text_fields(src.type, shard[0])
-        return shard, [norm(row_text(r, fields)) for r in shard]
-
-    pool = ProcessPoolExecutor(max_workers=workers) if params.fuzzy and workers > 1 else None
-    pending: deque[tuple[list[dict[str, Any]], list[str], Future[np.ndarray] | np.ndarray | None]] = deque()
+    work_args = (params.normalize.model_dump(), params.exact, params.fuzzy, (params.num_perm, params.seed, params.ngram, params.unit))
+    pool: ProcessPoolExecutor | None = None
+    pending: deque[tuple[list[dict[str, Any]], Any]] = deque()
     try:
-        for shard in _shards(rows, params.shard_size):
-            shard, texts = prepare(shard)
-            if not params.fuzzy:
-                sigs: Future[np.ndarray] | np.ndarray | None = None
-            elif pool:
-                sigs = pool.submit(_signatures, texts, params.num_perm, params.seed, params.ngram, params.unit)
+        for n, shard in enumerate(_shards(rows, params.shard_size)):
+            fields = params.key or default_text_fields(src.type, shard[0])
+            texts = [row_text(r, fields) for r in shard]
+            if n == 1 and workers > 1:  # more than one shard: worth starting processes
+                pool = ProcessPoolExecutor(max_workers=workers)
+                first_shard, first_texts = pending.popleft()
+                pending.append((first_shard, pool.submit(_shard_work, first_texts, *work_args)))
+            if pool:
+                pending.append((shard, pool.submit(_shard_work, texts, *work_args)))
             else:
-                sigs = signer.sign(texts)
-            pending.append((shard, texts, sigs))
+                pending.append((shard, texts))
             while len(pending) > 2 * workers:  # bounded: memory stays flat on large files
-                sig_store = _consume(pending.popleft(), params, lsh, signer, clusters, exact_seen, sig_store, ids, stats)
+                sig_store = _consume(pending.popleft(), params, lsh, signer, clusters, exact_seen, sig_store, ids, stats, work_args)
         while pending:
-            sig_store = _consume(pending.popleft(), params, lsh, signer, clusters, exact_seen, sig_store, ids, stats)
+            sig_store = _consume(pending.popleft(), params, lsh, signer, clusters, exact_seen, sig_store, ids, stats, work_args)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -188,17 +191,16 @@ def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     return {"dataset": out_path, "clusters": clusters_path}
 
 
-def _consume(item, params, lsh, signer, clusters, exact_seen, sig_store, ids, stats):  # type: ignore[no-untyped-def]
-    shard, texts, sigs = item
-    if isinstance(sigs, Future):
-        sigs = sigs.result()
-    for i, (row, text) in enumerate(zip(shard, texts, strict=True)):
+def _consume(item, params, lsh, signer, clusters, exact_seen, sig_store, ids, stats, work_args):  # type: ignore[no-untyped-def]
+    shard, work = item
+    digests, sigs = work.result() if isinstance(work, Future) else _shard_work(work, *work_args)
+    for i, row in enumerate(shard):
         index = len(ids)
         ids.append(str(row["id"]))
         stats["rows_in"] += 1
         score = _score(row, params.score_field)
         if params.exact:
-            h = hashlib.sha256(text.encode("utf-8")).digest()[:16]
+            h = digests[i]
             cluster = exact_seen.get(h)
             if cluster is not None:
                 clusters.add(cluster, index, score, "exact")
