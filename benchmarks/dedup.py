@@ -130,10 +130,15 @@ def main() -> None:
     corpus = tmp / "corpus.jsonl"
     t0 = time.time()
     truth = make_corpus(corpus, args.rows)
-    print(f"corpus: {args.rows} docs, {len(truth)} injected duplicates, {corpus.stat().st_size / 1e6:.0f} MB, built in {time.time() - t0:.0f} s", file=sys.stderr)
+    print(
+        f"corpus: {args.rows} docs, {len(truth)} injected duplicates, {corpus.stat().st_size / 1e6:.0f} MB, built in {time.time() - t0:.0f} s",
+        file=sys.stderr,
+    )
 
     def run_child(mode: str, n: int) -> dict:
-        out = subprocess.run([sys.executable, __file__, "--child", mode, str(corpus), str(tmp / mode), str(n)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", mode, str(corpus), str(tmp / mode), str(n)], capture_output=True, text=True, check=True
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     o = run_child("ours", args.workers)
@@ -142,7 +147,12 @@ def main() -> None:
     o_prec, o_rec = score(o["removed"], truth)
     first = {f"d{i}" for i in range(p["rows"])}
     p_prec, p_rec = score(p["removed"], truth, first)
-    result = {"rows": args.rows, "injected": len(truth), "ours": {**o, "removed": len(o["removed"])}, "plain": {**p, "removed": len(p["removed"])}}
+    result = {
+        "rows": args.rows,
+        "injected": len(truth),
+        "ours": {**o, "removed": len(o["removed"])},
+        "plain": {**p, "removed": len(p["removed"])},
+    }
     Path("outputs").mkdir(exist_ok=True)
     Path("outputs/bench-dedup.json").write_text(json.dumps(result, indent=2))
     print("| | ours (dedup step) | plain datasketch loop |\n|---|---|---|")

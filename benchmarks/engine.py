@@ -76,7 +76,9 @@ def main() -> None:
             _, m3 = run(project, "ephemeral", {**env, "HALO_PIPELINE_LOCAL_SERVER": "0"})
             results["startup_ephemeral"].append(min(s["started"] for s in m3["steps"].values()) - m3["_t0"])
     finally:
-        subprocess.run([str(Path(sys.executable).parent / "halo-pipeline"), "server", "--stop"], env=base_env, capture_output=True, check=False)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "halo-pipeline"), "server", "--stop"], env=base_env, capture_output=True, check=False
+        )
     med = {k: statistics.median(v) for k, v in results.items()}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"raw": results, "median": med}, indent=2))

@@ -56,7 +56,6 @@ def _split_recipe_args(values: list[str]) -> tuple[list[str], list[str]]:
 def cmd_plan(args: argparse.Namespace) -> int:
     from halo_pipeline.config import compose
     from halo_pipeline.plan import cache_status, mermaid, render_plan
-
     from halo_pipeline.validate import build_plan
 
     plan = build_plan(compose(args.recipe, args.overrides))
@@ -65,7 +64,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     status = cache_status(plan, no_cache=args.no_cache)
     if args.format == "json":
-        print(json.dumps({sid: {"kind": ps.kind.name, "needs": ps.deps, "params": ps.params.model_dump(mode="json"), "status": status[sid]} for sid, ps in plan.steps.items()}, indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    sid: {"kind": ps.kind.name, "needs": ps.deps, "params": ps.params.model_dump(mode="json"), "status": status[sid]}
+                    for sid, ps in plan.steps.items()
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return 0
     render_plan(plan, status, _console())
     return 0
@@ -86,7 +94,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if unknown:
         from halo_pipeline.errors import Issue, did_you_mean
 
-        raise RecipeError([Issue(f"no step '{s}' in the recipe", hint=did_you_mean(s, plan.steps) or f"steps: {', '.join(plan.steps)}") for s in unknown])
+        raise RecipeError(
+            [Issue(f"no step '{s}' in the recipe", hint=did_you_mean(s, plan.steps) or f"steps: {', '.join(plan.steps)}") for s in unknown]
+        )
     return _exit_code(execute_plan(plan, args.recipe, args.overrides, args, only=only))
 
 

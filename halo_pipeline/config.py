@@ -108,15 +108,14 @@ def _compose_file(path: Path, overrides: list[str], base_dir: Path) -> Composed:
 
 
 def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any]) -> Any:
+    from hydra import version
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.utils import setup_globals
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
-
-    from hydra import version
-    from hydra.core.utils import setup_globals
 
     setup_globals()  # the ${now:} and ${hydra:} resolvers
     version.setbase("1.3")
@@ -184,9 +183,7 @@ def _resolve(cfg: Any, smap: SourceMap) -> tuple[dict[str, Any], dict[str, str],
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    choices = {
-        k: str(v) for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")
-    }
+    choices = {k: str(v) for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")}
     run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
     OmegaConf.set_struct(cfg, False)
     body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])

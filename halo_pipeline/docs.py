@@ -29,11 +29,20 @@ def _constraint(meta: Any) -> str:
 def param_rows(kind: StepKind) -> list[tuple[str, str, str, str]]:
     rows = []
     for name, field in kind.params.model_fields.items():
-        default = "required" if field.default is PydanticUndefined and field.default_factory is None else (
-            repr(field.default_factory()) if field.default_factory is not None else repr(field.default)
+        default = (
+            "required"
+            if field.default is PydanticUndefined and field.default_factory is None
+            else (repr(field.default_factory()) if field.default_factory is not None else repr(field.default))
         )
         constraints = ", ".join(_constraint(m) for m in field.metadata)
-        rows.append((field.alias or name, _type_name(field.annotation) + (f" ({constraints})" if constraints else ""), default, field.description or ""))
+        rows.append(
+            (
+                field.alias or name,
+                _type_name(field.annotation) + (f" ({constraints})" if constraints else ""),
+                default,
+                field.description or "",
+            )
+        )
     return rows
 
 

@@ -122,5 +122,7 @@ def make_generator(
 
     backend = backend or {"engine": "torch", "device": "cpu", "dtype": "float32"}
     if backend.get("engine", "torch") != "torch":
-        raise RuntimeError(f"backend '{backend.get('name')}' generation is not available in this step yet; use backend=cpu/cuda/mps or base_url")
+        raise RuntimeError(
+            f"backend '{backend.get('name')}' generation is not available in this step yet; use backend=cpu/cuda/mps or base_url"
+        )
     return HFGenerator(resolve(model or "tiny"), backend.get("device", "cpu"), backend.get("dtype", "float32"), use_chat_template).generate

@@ -94,7 +94,9 @@ def _profile_api_url() -> str | None:
     try:
         import tomllib
 
-        profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")) / "profiles.toml"))
+        profiles = Path(
+            os.environ.get("PREFECT_PROFILES_PATH", Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")) / "profiles.toml")
+        )
         data = tomllib.loads(profiles.read_text())
         active = data.get("active", "ephemeral")
         return data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")

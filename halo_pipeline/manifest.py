@@ -84,7 +84,9 @@ def build(plan: Any, results: dict[str, Any], command: list[str], state: str, ex
         "name": plan.recipe.name,
         "config": composed.config,
         "groups": composed.choices,
-        "backend": composed.config.get("backend", {}).get("name") if isinstance(composed.config.get("backend"), dict) else composed.choices.get("backend"),
+        "backend": composed.config.get("backend", {}).get("name")
+        if isinstance(composed.config.get("backend"), dict)
+        else composed.choices.get("backend"),
         "git": git_info(composed.base_dir),
         "environment": environment(libs),
         "seed": plan.recipe.seed,

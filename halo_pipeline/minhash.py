@@ -19,7 +19,9 @@ import numpy as np
 SCHEME = "affine32"
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 # Multipliers that mix the word hashes of an n-gram into one 32-bit shingle hash (odd, fixed).
-_NGRAM_MULT = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1, 0xD3A2646C | 1, 0xFD7046C5, 0xB55A4F09], dtype=np.uint32)
+_NGRAM_MULT = np.array(
+    [0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1, 0xD3A2646C | 1, 0xFD7046C5, 0xB55A4F09], dtype=np.uint32
+)
 
 
 @dataclass(frozen=True)

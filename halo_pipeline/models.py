@@ -101,7 +101,11 @@ def check_reference(ref: str | dict[str, Any] | None) -> list[str]:
         return []
     p = Path(source).expanduser()
     if p.exists():
-        return [] if p.is_file() and p.suffix == ".gguf" or (p / "config.json").exists() else [f"{p} is neither an HF model directory (config.json) nor a .gguf file"]
+        return (
+            []
+            if p.is_file() and p.suffix == ".gguf" or (p / "config.json").exists()
+            else [f"{p} is neither an HF model directory (config.json) nor a .gguf file"]
+        )
     if source.count("/") == 1 and not source.startswith((".", "/")):
         return []  # a hub id: checked when loaded
     return [f"unknown model '{source}': not a catalog name (conf/model/), a local path, or a hub id"]
@@ -192,7 +196,9 @@ def build_tiny() -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     corpus = [TOY_TEXT] * 4 + [
         "def f(x):\n    return x * 2\n",
         "for i in range(10):\n    print(i)\n",

@@ -19,9 +19,7 @@ class StepSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    uses: str | None = Field(
-        None, description="Step kind (a registered name or `pkg.module:function`); defaults to the step id."
-    )
+    uses: str | None = Field(None, description="Step kind (a registered name or `pkg.module:function`); defaults to the step id.")
     inputs: dict[str, str] = Field(
         default_factory=dict,
         description="Input name -> `<step_id>.<output>` reference or `file:<path>` (relative to the recipe).",
@@ -64,8 +62,11 @@ class SourceMap:
         parts = tuple(path.split(".")) if isinstance(path, str) else path
         if parts[:1] == ("steps",) and len(parts) > 2 and parts[2] == "with_":
             parts = (*parts[:2], "with", *parts[3:])
-        if self.file is None or not self.positions or parts not in self.positions and not any(
-            parts[:n] in self.positions for n in range(1, len(parts))
+        if (
+            self.file is None
+            or not self.positions
+            or parts not in self.positions
+            and not any(parts[:n] in self.positions for n in range(1, len(parts)))
         ):
             line, col, file = None, None, self.file
         else:

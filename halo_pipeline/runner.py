@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import time
@@ -42,16 +43,16 @@ class RunOptions:
     progress: Any = None  # a callable(run_dir, plan, futures) -> None that shows progress
 
 
-_options: contextvars.ContextVar[RunOptions] = contextvars.ContextVar("halo_run_options", default=RunOptions())
+_options: contextvars.ContextVar[RunOptions | None] = contextvars.ContextVar("halo_run_options", default=None)
 
 
 def current_options() -> RunOptions:
     # A function, not the ContextVar itself, is what the flow's code refers to: workers that
     # pickle the flow by value (dask) can pickle a function reference but not a ContextVar.
-    return _options.get()
+    return _options.get() or RunOptions()
 
 
-def set_options(opts: RunOptions) -> contextvars.Token[RunOptions]:
+def set_options(opts: RunOptions) -> contextvars.Token[RunOptions | None]:
     return _options.set(opts)
 
 
@@ -102,10 +103,8 @@ def _publish(call: StepCall, result: StepResult) -> None:
         lines += ["", "| output | type | sha256 |", "|---|---|---|"]
         lines += [f"| {n} | {o.type} | `{o.sha256[:12]}` |" for n, o in result.outputs.items()]
     key = "".join(c if c.isalnum() else "-" for c in f"{call.id}-{result.kind}".lower()).strip("-")
-    try:
+    with contextlib.suppress(Exception):  # an artifact is a nicety; never fail a step for it
         create_markdown_artifact(key=key, markdown="\n".join(lines), description=f"{call.id}: {result.state}")
-    except Exception:  # an artifact is a nicety; never fail a step for it
-        pass
 
 
 def make_task_runner(runner_cfg: dict[str, Any]) -> Any:
@@ -176,7 +175,13 @@ def upstream_from_cache(plan: Plan, calls: dict[str, StepCall], selected: set[st
         _, hit = cached_result(_as_cached_call(calls[sid]), have)
         if hit is None:
             raise RecipeError(
-                [Issue(f"step '{sid}' is not selected and has no cached result", key=f"steps.{sid}", hint=f"run it first, or add it to --only ({sid})")]
+                [
+                    Issue(
+                        f"step '{sid}' is not selected and has no cached result",
+                        key=f"steps.{sid}",
+                        hint=f"run it first, or add it to --only ({sid})",
+                    )
+                ]
             )
         have[sid] = hit
     return have
@@ -225,7 +230,9 @@ def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any
                 retry_delay_seconds=ps.spec.retry_delay_seconds,
                 retry_condition_fn=_retry_transient,
             )
-            futures[sid] = runner.submit(t, parameters={"call": call, "upstream": up}, wait_for=[futures[d] for d in ps.deps if d in futures])
+            futures[sid] = runner.submit(
+                t, parameters={"call": call, "upstream": up}, wait_for=[futures[d] for d in ps.deps if d in futures]
+            )
         if opts.progress:
             opts.progress(run_dir, plan, futures, selected)
         for f in futures.values():

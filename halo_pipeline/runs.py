@@ -12,7 +12,9 @@ from halo_pipeline.manifest import MANIFEST, read
 
 def all_runs(root: Path) -> list[Path]:
     found = [p.parent for p in root.glob(f"*/*/{MANIFEST}")] + [p.parent for p in root.glob(f"*/*/*/{MANIFEST}")]
-    return sorted({p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts)}, key=lambda p: p.stat().st_mtime)
+    return sorted(
+        {p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts)}, key=lambda p: p.stat().st_mtime
+    )
 
 
 def find_run(ref: str, root: Path) -> Path:
@@ -66,7 +68,9 @@ def show(run: Path, console: Any) -> int:
         table.add_column(col, overflow="fold")
     for sid, s in m["steps"].items():
         metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(flatten(s.get("metrics", {})).items()))
-        table.add_row(sid, s["kind"], s["state"], _fmt(s.get("seconds", "")), (s.get("cache_key") or "")[:12], metrics or (s.get("error") or ""))
+        table.add_row(
+            sid, s["kind"], s["state"], _fmt(s.get("seconds", "")), (s.get("cache_key") or "")[:12], metrics or (s.get("error") or "")
+        )
     console.print(table)
     return 0
 

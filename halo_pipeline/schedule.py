@@ -19,7 +19,8 @@ def deploy(
 
     from halo_pipeline.runner import pipeline
 
-    recipe_name = (yaml.safe_load(open(recipe)) or {}).get("name", "recipe")
+    with open(recipe) as f:
+        recipe_name = (yaml.safe_load(f) or {}).get("name", "recipe")
     schedule: dict[str, Any] = {}
     if cron:
         schedule["cron"] = cron

@@ -55,7 +55,10 @@ def multirun(recipe: str, overrides: list[str], quiet: bool = False) -> int:
         opts = runner.RunOptions(run_dir=composed.run_dir, command=["halo-pipeline", *sys.argv[1:]], plan=plan, quiet=True)
         with local_server.active_run():
             result = runner.run(str(path), job_overrides, opts, tag_list=["multirun", f"job-{hc.job.num}"])
-        print(f"job {hc.job.num} ({' '.join(job_overrides)}): {result['state']}  objective={result['objective']}  {result['run_dir']}", flush=True)
+        print(
+            f"job {hc.job.num} ({' '.join(job_overrides)}): {result['state']}  objective={result['objective']}  {result['run_dir']}",
+            flush=True,
+        )
         if result["state"] != "completed":
             failures.append(result["run_dir"])
             if sweeper == "optuna":

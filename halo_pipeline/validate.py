@@ -205,7 +205,11 @@ def build_plan(composed: Composed) -> Plan:
     if recipe is not None and recipe.objective:
         step_id = recipe.objective.split(".", 1)[0]
         if step_id not in raw_steps or "." not in recipe.objective:
-            issues.append(smap.issue("objective", f"objective '{recipe.objective}' is not `<step>.<metric>` of a step", did_you_mean(step_id, raw_steps)))
+            issues.append(
+                smap.issue(
+                    "objective", f"objective '{recipe.objective}' is not `<step>.<metric>` of a step", did_you_mean(step_id, raw_steps)
+                )
+            )
 
     if issues:
         raise RecipeError(_blame_overrides(issues, composed.overrides))

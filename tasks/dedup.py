@@ -35,9 +35,7 @@ class NormalizeParams(Params):
 
 
 class DedupParams(Params):
-    key: list[str] | None = Field(
-        None, description="Fields compared (default: prompt+completion, prompt+chosen+rejected, or messages)."
-    )
+    key: list[str] | None = Field(None, description="Fields compared (default: prompt+completion, prompt+chosen+rejected, or messages).")
     exact: bool = Field(True, description="Remove exact duplicates (SHA-256 of the normalized text).")
     fuzzy: bool = Field(True, description="Remove near-duplicates with MinHash + LSH.")
     normalize: NormalizeParams = Field(default_factory=NormalizeParams, description="Text normalization before hashing.")
@@ -54,7 +52,9 @@ class DedupParams(Params):
     on_bad_rows: OnBadRows = Field("error", description="`error` stops at a malformed row; `skip` counts it.")
 
 
-def _shard_work(texts: list[str], normalize: dict[str, Any], exact: bool, fuzzy: bool, signer_args: tuple[int, int, int, str]) -> tuple[list[bytes], np.ndarray | None]:
+def _shard_work(
+    texts: list[str], normalize: dict[str, Any], exact: bool, fuzzy: bool, signer_args: tuple[int, int, int, str]
+) -> tuple[list[bytes], np.ndarray | None]:
     """Normalize, exact-hash and sign one shard (runs in a worker process for large inputs)."""
     norm = Normalizer(**normalize)
     texts = [norm(t) for t in texts]
@@ -112,7 +112,9 @@ def check(params: DedupParams) -> list[str]:
     try:
         MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, weights=params.lsh_weights)
     except ValueError as exc:
-        return [f"datasketch rejects threshold={params.threshold} with num_perm={params.num_perm}: {exc} (raise num_perm or lower threshold)"]
+        return [
+            f"datasketch rejects threshold={params.threshold} with num_perm={params.num_perm}: {exc} (raise num_perm or lower threshold)"
+        ]
     return []
 
 
@@ -181,11 +183,18 @@ def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     ctx.meta["clusters"] = {
         "datasketch_version": _version("datasketch"),
         "hashing": f"MinHash scheme={SCHEME} seed={params.seed} num_perm={params.num_perm}; shingles: {params.unit} {params.ngram}-grams, crc32 tokens",
-        "lsh": {"threshold": params.threshold, "weights": list(params.lsh_weights), "bands": lsh.b if lsh else None, "rows_per_band": lsh.r if lsh else None},
+        "lsh": {
+            "threshold": params.threshold,
+            "weights": list(params.lsh_weights),
+            "bands": lsh.b if lsh else None,
+            "rows_per_band": lsh.r if lsh else None,
+        },
     }
     for line in bad[:20]:
         ctx.log.warning("bad row skipped: %s", line)
-    ctx.summary(f"{stats['rows_in']} rows in, {kept} kept: {stats['exact_removed']} exact and {stats['fuzzy_removed']} near-duplicates removed.")
+    ctx.summary(
+        f"{stats['rows_in']} rows in, {kept} kept: {stats['exact_removed']} exact and {stats['fuzzy_removed']} near-duplicates removed."
+    )
     if sizes:
         _plot_cluster_sizes(list(sizes.values()), ctx.path("cluster_sizes.png"))
     return {"dataset": out_path, "clusters": clusters_path}

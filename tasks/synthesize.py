@@ -103,7 +103,9 @@ def load_prompts(params: SynthesizeParams, inputs: dict[str, Artifact]) -> list[
                 data = json.loads(line)
                 field = params.field or next((f for f in PROMPT_FIELDS if f in data), None)
                 if field is None or field not in data:
-                    raise ValueError(f"{path}:{lineno}: no prompt field (looked for {params.field or ', '.join(PROMPT_FIELDS)}); set `field:`")
+                    raise ValueError(
+                        f"{path}:{lineno}: no prompt field (looked for {params.field or ', '.join(PROMPT_FIELDS)}); set `field:`"
+                    )
                 rows.append({**data, "id": str(data.get("id", f"p{lineno}")), "prompt": str(data[field])})
         else:
             lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -155,7 +157,15 @@ def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) 
     sampling = Sampling(params.samples_per_prompt, params.temperature, params.top_p, params.max_new_tokens, params.seed)
     tokens, started = 0, time.time()
     if todo:
-        generate = make_generator(params.model, params.backend, params.base_url, params.endpoint_model, params.api_key_env, params.concurrency, params.use_chat_template)
+        generate = make_generator(
+            params.model,
+            params.backend,
+            params.base_url,
+            params.endpoint_model,
+            params.api_key_env,
+            params.concurrency,
+            params.use_chat_template,
+        )
         index = {p["id"]: i for i, p in enumerate(prompts)}
         batches = [todo[i : i + params.batch_size] for i in range(0, len(todo), params.batch_size)]
         with open(generated_path, "a", encoding="utf-8") as out:
@@ -167,7 +177,12 @@ def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) 
                 for prompt, samples in zip(batch, completions, strict=True):
                     results = verifier.verify_batch([{**prompt, "completion": c} for c in samples]) if verifier else None
                     recs = [
-                        {"completion": c, "reward": r.reward if r else None, "verified": r.passed if r else None, "error": r.error if r else None}
+                        {
+                            "completion": c,
+                            "reward": r.reward if r else None,
+                            "verified": r.passed if r else None,
+                            "error": r.error if r else None,
+                        }
                         for c, r in zip(samples, results or [None] * len(samples), strict=True)
                     ]
                     out.write(json.dumps({"source_id": prompt["id"], "samples": recs}) + "\n")
@@ -191,11 +206,15 @@ def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) 
         pass_rate=_mean([float(bool(s["verified"])) for p in prompts for s in done[p["id"]] if s["verified"] is not None]),
     )
     ctx.meta["dataset"] = {"rows": len(rows), "kind": params.output}
-    ctx.summary(f"{len(prompts)} prompts x {params.samples_per_prompt} samples -> {len(rows)} {params.output} rows; rejected: {rejected or 'none'}.")
+    ctx.summary(
+        f"{len(prompts)} prompts x {params.samples_per_prompt} samples -> {len(rows)} {params.output} rows; rejected: {rejected or 'none'}."
+    )
     return {"dataset": out_path, "generated": generated_path}
 
 
-def build_rows(prompts: list[dict[str, Any]], done: dict[str, list[dict[str, Any]]], p: SynthesizeParams) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def build_rows(
+    prompts: list[dict[str, Any]], done: dict[str, list[dict[str, Any]]], p: SynthesizeParams
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     rows: list[dict[str, Any]] = []
     rejected: dict[str, int] = {}
 

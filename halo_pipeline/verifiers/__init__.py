@@ -49,7 +49,9 @@ class Registered:
 _REGISTRY: dict[str, Registered] = {}
 
 
-def register_verifier(name: str, settings: type[VerifierSettings] = VerifierSettings) -> Callable[[Callable[..., VerifyResult]], Callable[..., VerifyResult]]:
+def register_verifier(
+    name: str, settings: type[VerifierSettings] = VerifierSettings
+) -> Callable[[Callable[..., VerifyResult]], Callable[..., VerifyResult]]:
     def wrap(fn: Callable[..., VerifyResult]) -> Callable[..., VerifyResult]:
         _REGISTRY[name] = Registered(name, settings, fn, (fn.__doc__ or "").strip())
         fn.__halo_verifier__ = _REGISTRY[name]  # type: ignore[attr-defined]
