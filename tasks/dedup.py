@@ -104,17 +104,25 @@ def _score(row: dict[str, Any], field: str | None) -> float:
     return float("-inf")
 
 
+def lsh_bands(threshold: float, num_perm: int, weights: tuple[float, float]) -> tuple[int, int]:
+    """The (bands, rows) datasketch's MinHashLSH picks: the pair minimizing the weighted false
+    positive and negative areas. Same objective, integrated with numpy so that `validate` does not
+    import scipy (datasketch integrates with scipy.integrate.quad)."""
+    pairs = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=float)
+    b, r = pairs[:, :1], pairs[:, 1:]
+    lo, hi = np.linspace(0.0, threshold, 801), np.linspace(threshold, 1.0, 801)
+    fp = np.trapezoid(1 - (1 - lo**r) ** b, lo, axis=1)
+    fn = np.trapezoid((1 - hi**r) ** b, hi, axis=1)
+    best = int(np.argmin(fp * weights[0] + fn * weights[1]))
+    return int(pairs[best, 0]), int(pairs[best, 1])
+
+
 def check(params: DedupParams) -> list[str]:
     if not params.fuzzy:
         return []
-    from datasketch import MinHashLSH
-
-    try:
-        MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, weights=params.lsh_weights)
-    except ValueError as exc:
-        return [
-            f"datasketch rejects threshold={params.threshold} with num_perm={params.num_perm}: {exc} (raise num_perm or lower threshold)"
-        ]
+    bands, rows = lsh_bands(params.threshold, params.num_perm, params.lsh_weights)
+    if bands < 2:
+        return [f"LSH with threshold={params.threshold} and num_perm={params.num_perm} gets {bands} band of {rows} rows; datasketch needs >= 2 (raise num_perm or lower threshold)"]
     return []
 
 

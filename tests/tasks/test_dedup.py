@@ -124,3 +124,13 @@ def test_impossible_lsh_settings_fail_validation() -> None:
     kind = registry.get("dedup")
     problems = kind.check(kind.params.model_validate({"threshold": 0.99, "num_perm": 16}))  # type: ignore[misc]
     assert problems and "raise num_perm or lower threshold" in problems[0]
+
+
+@pytest.mark.parametrize(("threshold", "num_perm", "weights"), [(0.8, 128, (0.5, 0.5)), (0.5, 64, (0.3, 0.7)), (0.95, 128, (0.5, 0.5))])
+def test_validate_time_band_choice_matches_datasketch(threshold: float, num_perm: int, weights: tuple[float, float]) -> None:
+    from datasketch import MinHashLSH
+
+    from halo_pipeline.tasks.dedup import lsh_bands
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights)
+    assert lsh_bands(threshold, num_perm, weights) == (lsh.b, lsh.r)
