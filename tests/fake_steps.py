@@ -88,3 +88,22 @@ def die_once(params: KillParams, inputs: dict[str, Artifact], ctx: RunContext) -
     out = ctx.path("data.jsonl")
     out.write_text(inputs["dataset"].path.read_text())
     return {"dataset": out}
+
+
+class FlakyParams(Params):
+    counter: str
+    failures: int = 1
+    error: str = "OSError"
+
+
+@step(outputs={"dataset": "sft_dataset"})
+def flaky(params: FlakyParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    """Fails `failures` times with `error` (counted in a file), then succeeds."""
+    counter = Path(params.counter)
+    attempts = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(attempts + 1))
+    if attempts < params.failures:
+        raise {"OSError": OSError, "ValueError": ValueError}[params.error](f"attempt {attempts + 1} failed")
+    out = ctx.path("data.jsonl")
+    out.write_text(json.dumps({"id": "x", "prompt": "p", "completion": "c"}) + "\n")
+    return {"dataset": out}

@@ -165,3 +165,43 @@ def test_steps_and_schema_commands(project: Path) -> None:
     assert "dedup" in schema["properties"]["steps"]["properties"]
     dedup_with = schema["$defs"]["step_dedup"]["properties"]["with"]
     assert dedup_with["properties"]["threshold"]["exclusiveMaximum"] == 1
+
+
+def test_retries_apply_to_transient_errors_only(project: Path) -> None:
+    recipe = write(
+        project / "recipes/flaky.yaml",
+        f"""
+        name: flaky
+        steps:
+          transient:
+            uses: fake_steps:flaky
+            retries: 2
+            retry_delay_seconds: 0
+            with: {{counter: "{project / "t.count"}", failures: 1}}
+          permanent:
+            uses: fake_steps:flaky
+            retries: 2
+            retry_delay_seconds: 0
+            with: {{counter: "{project / "p.count"}", failures: 1, error: ValueError}}
+        """,
+    )
+    res = cli("run", str(recipe), "-q", cwd=project)
+    assert res.returncode == 1
+    m = json.loads((next((project / "outputs/flaky").iterdir()) / "replay.json").read_text())
+    assert m["steps"]["transient"]["state"] == "ran" and (project / "t.count").read_text() == "2"
+    assert m["steps"]["permanent"]["state"] == "failed" and (project / "p.count").read_text() == "1"
+
+
+def test_plan_shows_what_is_cached(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    before = cli("plan", str(recipe), "--format", "json", cwd=project)
+    assert before.returncode == 0, before.stderr
+    assert {s["status"].split(" (")[0] for s in json.loads(before.stdout).values()} == {"will run"}
+    cli("run", str(recipe), "--until", "copy", "-q", cwd=project)
+    after = json.loads(cli("plan", str(recipe), "--format", "json", cwd=project).stdout)
+    assert after["make"]["status"].startswith("cached") and after["copy"]["status"].startswith("cached")
+    assert after["report"]["status"].startswith("will run")
+    assert after["copy"]["params"]["suffix"] == "-sft" and after["copy"]["needs"] == ["make"]
+    table = cli("plan", str(recipe), "algorithm=dpo", cwd=project)
+    assert "copy" in table.stdout and "suffix=-dpo" in table.stdout
+    assert "flowchart LR" in cli("plan", str(recipe), "--format", "mermaid", cwd=project).stdout

