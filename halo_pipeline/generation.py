@@ -54,6 +54,7 @@ class HFGenerator:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.use_chat_template).to(self.device)
         torch.manual_seed(sampling.seed * 1_000_003 + batch_index)
         do_sample = sampling.temperature > 0
+        n = sampling.n if do_sample else 1  # greedy samples are identical: decode once, repeat
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
@@ -61,14 +62,44 @@ class HFGenerator:
                 do_sample=do_sample,
                 temperature=sampling.temperature if do_sample else None,
                 top_p=sampling.top_p if do_sample else None,
-                num_return_sequences=sampling.n,
+                num_return_sequences=n,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         new = out[:, enc["input_ids"].shape[1] :]
         eos = self.tokenizer.eos_token_id
         tokens = int(((new != self.tokenizer.pad_token_id) | (new == eos)).sum()) if eos is not None else int(new.numel())
         decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [decoded[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch))], tokens
+        return [decoded[i * n : (i + 1) * n] * (sampling.n // n) for i in range(len(batch))], tokens
+
+
+class LlamaCppGenerator:
+    """GGUF models in-process with llama-cpp-python, one sequence at a time on all cores."""
+
+    def __init__(self, gguf: Path, use_chat_template: bool = True, n_ctx: int = 2048, threads: int | None = None):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads or os.cpu_count() or 1, verbose=False)
+        self.use_chat_template = use_chat_template
+
+    def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]:
+        out: list[list[str]] = []
+        tokens = 0
+        for i, messages in enumerate(batch):
+            texts = []
+            for j in range(sampling.n):
+                kwargs: dict[str, Any] = dict(
+                    temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
+                    seed=sampling.seed * 1_000_003 + batch_index * 997 + i * 31 + j,
+                )  # fmt: skip
+                if self.use_chat_template:
+                    resp: Any = self.llm.create_chat_completion(messages=messages, **kwargs)  # type: ignore[arg-type]
+                    texts.append(resp["choices"][0]["message"]["content"] or "")
+                else:
+                    resp = self.llm.create_completion(prompt="\n\n".join(m["content"] for m in messages), **kwargs)
+                    texts.append(resp["choices"][0]["text"])
+                tokens += int(resp["usage"]["completion_tokens"])
+            out.append(texts)
+        return out, tokens
 
 
 class OpenAIGenerator:
@@ -107,6 +138,16 @@ class OpenAIGenerator:
         return out, sum(t for _, t in results)
 
 
+def choose_engine(engine: str, model: str | dict[str, Any] | None, backend: dict[str, Any] | None) -> str:
+    """`auto`: llama.cpp for a GGUF model on the CPU backend, transformers otherwise."""
+    if engine != "auto":
+        return engine
+    from halo_pipeline.models import gguf_source
+
+    on_cpu = (backend or {}).get("name", "cpu") == "cpu"
+    return "llama_cpp" if on_cpu and gguf_source(model or "tiny") is not None else "transformers"
+
+
 def make_generator(
     model: str | dict[str, Any] | None,
     backend: dict[str, Any] | None,
@@ -115,11 +156,17 @@ def make_generator(
     api_key_env: str | None,
     concurrency: int,
     use_chat_template: bool,
+    engine: str = "transformers",
 ) -> Callable[..., tuple[list[list[str]], int]]:
     if base_url:
         return OpenAIGenerator(base_url, endpoint_model or str(model or "default"), api_key_env, concurrency).generate
-    from halo_pipeline.models import resolve
+    from halo_pipeline.models import gguf_source, resolve
 
+    if choose_engine(engine, model, backend) == "llama_cpp":
+        gguf = gguf_source(model or "tiny")
+        if gguf is None:
+            raise RuntimeError("engine llama_cpp needs a GGUF model (a .gguf path or a catalog entry whose source is one)")
+        return LlamaCppGenerator(gguf, use_chat_template).generate
     backend = backend or {"engine": "torch", "device": "cpu", "dtype": "float32"}
     if backend.get("engine", "torch") != "torch":
         raise RuntimeError(

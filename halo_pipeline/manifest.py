@@ -103,6 +103,10 @@ def write(run_dir: Path, manifest: dict[str, Any]) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(manifest["config"], sort_keys=True))
     atomic_write_json(run_dir / MANIFEST, manifest)
+    if manifest.get("state") != "running":
+        from halo_pipeline.report import write_report
+
+        write_report(run_dir, manifest)
     return run_dir / MANIFEST
 
 

@@ -111,6 +111,18 @@ def check_reference(ref: str | dict[str, Any] | None) -> list[str]:
     return [f"unknown model '{source}': not a catalog name (conf/model/), a local path, or a hub id"]
 
 
+def gguf_source(ref: str | dict[str, Any]) -> Path | None:
+    """The GGUF file a reference points at, if it is one (without converting anything)."""
+    source, _ = source_of(ref)
+    if source.startswith("pypi:") and source.endswith(".gguf"):
+        try:
+            return pypi_file(source)
+        except ModelNotFound:
+            return None
+    p = Path(source).expanduser()
+    return p if p.suffix == ".gguf" and p.is_file() else None
+
+
 def resolve(ref: str | dict[str, Any]) -> Path:
     """A local HF directory for the reference, building or converting it once if needed."""
     source, hf_id = source_of(ref)

@@ -122,7 +122,9 @@ def check(params: DedupParams) -> list[str]:
         return []
     bands, rows = lsh_bands(params.threshold, params.num_perm, params.lsh_weights)
     if bands < 2:
-        return [f"LSH with threshold={params.threshold} and num_perm={params.num_perm} gets {bands} band of {rows} rows; datasketch needs >= 2 (raise num_perm or lower threshold)"]
+        return [
+            f"LSH with threshold={params.threshold} and num_perm={params.num_perm} gets {bands} band of {rows} rows; datasketch needs >= 2 (raise num_perm or lower threshold)"
+        ]
     return []
 
 

