@@ -183,7 +183,8 @@ def _resolve(cfg: Any, smap: SourceMap) -> tuple[dict[str, Any], dict[str, str],
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    choices = {k: str(v) for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")}
+    raw_choices: dict[str, Any] = OmegaConf.to_container(cfg.hydra.runtime.choices)  # type: ignore[assignment]
+    choices = {str(k): str(v) for k, v in raw_choices.items() if not str(k).startswith("hydra")}
     run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
     OmegaConf.set_struct(cfg, False)
     body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])

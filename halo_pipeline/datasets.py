@@ -81,7 +81,7 @@ def read_numbered_rows(
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        parts = []
+        parts: list[str] = []
         for e in exc.errors():
             field = ".".join(str(p) for p in e["loc"]) or "row"
             parts.append(f"field '{field}': {e['msg']}")
@@ -103,7 +103,7 @@ def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 
 def row_text(row: dict[str, Any], fields: list[str]) -> str:
     """The text of the named fields of a row (`messages` flattened to its contents)."""
-    parts = []
+    parts: list[str] = []
     for field in fields:
         value = row.get(field)
         if value is None:

@@ -29,11 +29,8 @@ def _constraint(meta: Any) -> str:
 def param_rows(kind: StepKind) -> list[tuple[str, str, str, str]]:
     rows = []
     for name, field in kind.params.model_fields.items():
-        default = (
-            "required"
-            if field.default is PydanticUndefined and field.default_factory is None
-            else (repr(field.default_factory()) if field.default_factory is not None else repr(field.default))
-        )
+        required = field.default is PydanticUndefined and field.default_factory is None
+        default = "required" if required else repr(field.get_default(call_default_factory=True))
         constraints = ", ".join(_constraint(m) for m in field.metadata)
         rows.append(
             (

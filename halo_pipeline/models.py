@@ -167,7 +167,7 @@ def from_gguf(path: Path) -> Path:
 
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model.hf_quantizer = None  # saving refuses a model still marked as GGUF-quantized
+    model.hf_quantizer = None  # type: ignore[assignment]  # saving refuses a model still marked as GGUF-quantized
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with atomic_path(out) as tmp:

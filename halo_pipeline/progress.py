@@ -33,7 +33,7 @@ def _table(plan: Any, states: dict[str, dict[str, Any]], selected: set[str], sta
         st = states.get(sid, {}) if sid in selected else {"state": "not selected"}
         state = st.get("state", "pending")
         if state == "running":
-            secs = f"{now - st.get('started', now):.1f} s"
+            secs = f"{now - float(st.get('started', now)):.1f} s"
         elif "seconds" in st:
             secs = f"{st['seconds']:.2f} s"
         else:

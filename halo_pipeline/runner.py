@@ -90,7 +90,7 @@ def step_task(call: StepCall, upstream: dict[str, StepResult]) -> Any:
 
 # The task wraps a module-level function of another name, so that workers (processes, dask)
 # unpickle it by reference instead of by value.
-run_step = task(step_task, cache_policy=NO_CACHE, persist_result=False)
+run_step = task(cache_policy=NO_CACHE, persist_result=False)(step_task)
 
 
 def _publish(call: StepCall, result: StepResult) -> None:

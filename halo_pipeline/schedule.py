@@ -16,6 +16,7 @@ def deploy(
 ) -> int:
     import yaml
     from prefect import serve as prefect_serve
+    from prefect.deployments.runner import RunnerDeployment
 
     from halo_pipeline.runner import pipeline
 
@@ -26,7 +27,7 @@ def deploy(
         schedule["cron"] = cron
     if interval:
         schedule["interval"] = interval
-    deployment = pipeline.to_deployment(
+    deployment: RunnerDeployment = pipeline.to_deployment(  # type: ignore[assignment]  # sync call, sync context
         name=name or str(recipe_name),
         parameters={"recipe": recipe, "overrides": overrides, "tags": tags},
         tags=["halo-pipeline", str(recipe_name), *tags],

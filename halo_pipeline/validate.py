@@ -125,45 +125,44 @@ def build_plan(composed: Composed) -> Plan:
     for sid, spec in specs.items():
         deps[sid] = []
         inputs[sid] = {}
-        kind = kinds.get(sid)
+        step_kind = kinds.get(sid)
         for name, value in spec.inputs.items():
-            where = ("steps", sid, "inputs", name)
-            if kind and name not in kind.inputs:
-                hint = did_you_mean(name, kind.inputs) or f"inputs of '{kind.name}': {', '.join(kind.inputs) or 'none'}"
-                issues.append(smap.issue(where, f"'{kind.name}' has no input '{name}'", hint))
+            at: tuple[str, ...] = ("steps", sid, "inputs", name)
+            if step_kind and name not in step_kind.inputs:
+                hint = did_you_mean(name, step_kind.inputs) or f"inputs of '{step_kind.name}': {', '.join(step_kind.inputs) or 'none'}"
+                issues.append(smap.issue(at, f"'{step_kind.name}' has no input '{name}'", hint))
                 continue
             ref = _parse_input(str(value), composed.base_dir)
             if isinstance(ref, Issue):
-                issues.append(smap.issue(where, ref.message, ref.hint))
+                issues.append(smap.issue(at, ref.message, ref.hint))
                 continue
             if isinstance(ref, Path):
                 if not ref.exists():
-                    issues.append(smap.issue(where, f"file not found: {ref}", "paths after `file:` are relative to the recipe's folder"))
+                    issues.append(smap.issue(at, f"file not found: {ref}", "paths after `file:` are relative to the recipe's folder"))
                 inputs[sid][name] = ref
                 continue
             if ref.step not in raw_steps:
                 hint = did_you_mean(ref.step, raw_steps) or f"steps: {', '.join(map(str, raw_steps))}"
-                issues.append(smap.issue(where, f"reference to missing step '{ref.step}'", hint))
+                issues.append(smap.issue(at, f"reference to missing step '{ref.step}'", hint))
                 continue
             up = kinds.get(ref.step)
             if up and ref.output not in up.outputs:
                 hint = did_you_mean(ref.output, up.outputs) or f"outputs of '{ref.step}': {', '.join(up.outputs)}"
-                issues.append(smap.issue(where, f"step '{ref.step}' has no output '{ref.output}'", hint))
+                issues.append(smap.issue(at, f"step '{ref.step}' has no output '{ref.output}'", hint))
                 continue
             inputs[sid][name] = ref
             if ref.step not in deps[sid]:
                 deps[sid].append(ref.step)
-        if kind:
-            missing = [n for n in kind.inputs if n not in spec.inputs and n not in kind.optional_inputs]
+        if step_kind:
+            missing = [n for n in step_kind.inputs if n not in spec.inputs and n not in step_kind.optional_inputs]
             for name in missing:
-                types = " or ".join(kind.inputs[name])
+                types = " or ".join(step_kind.inputs[name])
                 issues.append(
                     smap.issue(("steps", sid, "inputs"), f"missing input '{name}' ({types})", f"add `inputs: {{{name}: <step>.<output>}}`")
                 )
         for i, need in enumerate(spec.needs):
             if need not in raw_steps:
-                hint = did_you_mean(need, raw_steps)
-                issues.append(smap.issue(("steps", sid, "needs", str(i)), f"needs unknown step '{need}'", hint))
+                issues.append(smap.issue(("steps", sid, "needs", str(i)), f"needs unknown step '{need}'", did_you_mean(need, raw_steps)))
             elif need not in deps[sid]:
                 deps[sid].append(need)
 
@@ -176,9 +175,9 @@ def build_plan(composed: Composed) -> Plan:
     out_types: dict[str, dict[str, str]] = {}
     in_types: dict[str, dict[str, str]] = {}
     for sid in order:
-        kind = kinds.get(sid)
-        if kind is None:
+        if sid not in kinds:
             continue
+        kind = kinds[sid]
         in_types[sid] = {}
         for name, ref in inputs[sid].items():
             accepted = kind.inputs[name]
@@ -211,7 +210,7 @@ def build_plan(composed: Composed) -> Plan:
                 )
             )
 
-    if issues:
+    if issues or recipe is None:
         raise RecipeError(_blame_overrides(issues, composed.overrides))
     steps = {
         sid: PlannedStep(
