@@ -18,7 +18,7 @@ def test_wheel_ships_tasks_and_conf_and_works_installed(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     (wheel,) = tmp_path.glob("halo_pipeline-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for expected in ("halo_pipeline/cli.py", "halo_pipeline/tasks/dedup.py", "halo_pipeline/tasks/synthesize.py",
+    for expected in ("halo_pipeline/cli.py", "halo_pipeline/verifiers/builtin.py", "halo_pipeline/tasks/dedup.py", "halo_pipeline/tasks/synthesize.py",
                      "halo_pipeline/conf/algorithm/dpo.yaml", "halo_pipeline/conf/model/tiny.yaml", "halo_pipeline/conf/runner/dask.yaml"):  # fmt: skip
         assert expected in names, expected
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
@@ -30,7 +30,10 @@ def test_wheel_ships_tasks_and_conf_and_works_installed(tmp_path: Path) -> None:
     assert install.returncode == 0, install.stderr
     # The installed copy (not the checkout) validates a recipe, finding its step kinds and config groups.
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("defaults:\n  - algorithm: dpo\n  - _self_\nname: r\nsteps:\n  score: {inputs: {dataset: 'file:r.yaml'}}\n")
+    recipe.write_text(
+        "defaults:\n  - algorithm: dpo\n  - verifier: python_syntax\n  - _self_\nname: r\nsteps:\n"
+        "  synthesize: {with: {source: humaneval, verifier: '${verifier}'}}\n  score: {inputs: {dataset: synthesize.dataset}}\n"
+    )
     code = (
         "import halo_pipeline, sys; from halo_pipeline.cli import main; "
         f"assert halo_pipeline.__file__.startswith({str(target)!r}), halo_pipeline.__file__; sys.exit(main(['validate', {str(recipe)!r}]))"
@@ -39,4 +42,4 @@ def test_wheel_ships_tasks_and_conf_and_works_installed(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "1 steps (score)" in run.stdout
+    assert "2 steps (synthesize, score)" in run.stdout
