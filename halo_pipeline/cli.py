@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from halo_pipeline.errors import RecipeError
+from halo_pipeline.errors import Issue, RecipeError
 
 
 def _console() -> Any:
@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     only = [s for part in (args.only or []) for s in part.split(",") if s]
     unknown = [s for s in [*only, args.from_, args.until] if s and s not in plan.steps]
     if unknown:
-        from halo_pipeline.errors import Issue, did_you_mean
+        from halo_pipeline.errors import did_you_mean
 
         raise RecipeError(
             [Issue(f"no step '{s}' in the recipe", hint=did_you_mean(s, plan.steps) or f"steps: {', '.join(plan.steps)}") for s in unknown]
@@ -210,7 +210,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return runs.show(runs.find_run(args.runs[0], Path(args.root)), console)
     if args.action == "diff":
         if len(args.runs) != 2:
-            raise RecipeError([__import__("halo_pipeline.errors", fromlist=["Issue"]).Issue("runs diff takes two runs")])
+            raise RecipeError([Issue("runs diff takes two runs", hint="halo-pipeline runs diff RUN_A RUN_B")])
         return runs.diff(runs.find_run(args.runs[0], Path(args.root)), runs.find_run(args.runs[1], Path(args.root)), console)
     return 2
 

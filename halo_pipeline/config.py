@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,7 +213,3 @@ def group_options(group: str, recipe_dir: Path | None = None) -> list[str]:
         if (d / group).is_dir():
             names |= {p.stem for p in (d / group).glob("*.yaml")}
     return sorted(names)
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes"}

@@ -65,7 +65,6 @@ class StepCall:
     cache_root: str
     use_cache: bool = True
     store: bool = True  # False: write into the run dir only (replay --check)
-    retries: int = 0
 
     def kind(self) -> StepKind:
         return registry.get(self.uses)

@@ -108,7 +108,8 @@ class MLXGenerator:
     def __init__(self, model_dir: Path, use_chat_template: bool = True):
         from mlx_lm import load
 
-        self.model, self.tokenizer = load(str(model_dir))
+        loaded = load(str(model_dir))
+        self.model, self.tokenizer = loaded[0], loaded[1]
         self.use_chat_template = use_chat_template and bool(getattr(self.tokenizer, "chat_template", None))
 
     def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]:

@@ -121,11 +121,6 @@ def shingle_hashes(text: str, ngram: int, unit: str = "word") -> np.ndarray:
     return _ngrams(tokens, min(ngram, len(tokens)))
 
 
-def shingle_hash_bytes(shingle_hash: int) -> int:
-    """The `hashfunc` to give datasketch so that it sees the same shingle hashes (for checks)."""
-    return int(shingle_hash)
-
-
 class Signer:
     """Computes datasketch-compatible MinHash signatures for batches of documents."""
 

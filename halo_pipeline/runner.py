@@ -150,7 +150,6 @@ def make_calls(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str, StepCal
             cache_root=cache_root,
             use_cache=ps.spec.cache and not opts.no_cache,
             store=store,
-            retries=ps.spec.retries,
         )
     return calls
 

@@ -146,7 +146,6 @@ class RunContext:
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # output name -> metadata
     summary_lines: list[str] = field(default_factory=list)
-    quiet: bool = False
 
     def path(self, name: str) -> Path:
         """Where to write an output file or directory named `name` (inside the step's work dir)."""

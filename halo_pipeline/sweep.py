@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from halo_pipeline.cache import sha256_file
 from halo_pipeline.config import Composed, hydra_defaults, search_path
 from halo_pipeline.errors import Issue, RecipeError
 from halo_pipeline.recipe import read_yaml
@@ -49,16 +50,15 @@ def multirun(recipe: str, overrides: list[str], quiet: bool = False) -> int:
             overrides=job_overrides,
             run_dir=Path(hc.runtime.output_dir),
             source=smap,
-            recipe_sha256=__import__("halo_pipeline.cache", fromlist=["sha256_file"]).sha256_file(path),
+            recipe_sha256=sha256_file(path),
         )
         plan = build_plan(composed)
         opts = runner.RunOptions(run_dir=composed.run_dir, command=["halo-pipeline", *sys.argv[1:]], plan=plan, quiet=True)
         with local_server.active_run():
             result = runner.run(str(path), job_overrides, opts, tag_list=["multirun", f"job-{hc.job.num}"])
-        print(
-            f"job {hc.job.num} ({' '.join(job_overrides)}): {result['state']}  objective={result['objective']}  {result['run_dir']}",
-            flush=True,
-        )
+        if not quiet:
+            line = f"job {hc.job.num} ({' '.join(job_overrides)}): {result['state']}  objective={result['objective']}  {result['run_dir']}"
+            print(line, flush=True)
         if result["state"] != "completed":
             failures.append(result["run_dir"])
             if sweeper == "optuna":

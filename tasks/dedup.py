@@ -63,6 +63,11 @@ def _shard_work(
     return digests, sigs
 
 
+def _band_key(band: bytes) -> bytes:
+    """8-byte keys for LSH bands: datasketch keeps every band key twice, so short keys halve the index."""
+    return hashlib.blake2b(band, digest_size=8).digest()
+
+
 def _shards(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     shard: list[dict[str, Any]] = []
     for row in rows:
@@ -140,7 +145,11 @@ def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
 
     src = inputs["dataset"]
     workers = params.workers or os.cpu_count() or 1
-    lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, weights=params.lsh_weights) if params.fuzzy else None
+    lsh = (
+        MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, weights=params.lsh_weights, hashfunc=_band_key)
+        if params.fuzzy
+        else None
+    )
     signer = Signer(params.num_perm, params.seed, params.ngram, params.unit)
     clusters = _Clusters(params.keep)
     exact_seen: dict[bytes, int] = {}

@@ -90,7 +90,7 @@ def test_params_reach_datasketch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     _, ctx = run_kind(
         "dedup", {"num_perm": 64, "threshold": 0.6, "lsh_weights": [0.3, 0.7], "workers": 1}, {"dataset": art}, tmp_path / "o"
     )
-    assert seen == {"threshold": 0.6, "num_perm": 64, "weights": (0.3, 0.7)}
+    assert {k: v for k, v in seen.items() if k != "hashfunc"} == {"threshold": 0.6, "num_perm": 64, "weights": (0.3, 0.7)}
     assert "num_perm=64" in ctx.meta["clusters"]["hashing"]
     # a stricter threshold and longer shingles stop counting the one-word edit as a duplicate
     out, ctx = run_kind("dedup", {"threshold": 0.95, "ngram": 8, "workers": 1}, {"dataset": art}, tmp_path / "p")
