@@ -232,10 +232,14 @@ def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any
             futures[sid] = runner.submit(
                 t, parameters={"call": call, "upstream": up}, wait_for=[futures[d] for d in ps.deps if d in futures]
             )
-        if opts.progress:
-            opts.progress(run_dir, plan, futures, selected)
-        for f in futures.values():
-            f.wait()
+        try:
+            if opts.progress:
+                opts.progress(run_dir, plan, futures, selected)
+            for f in futures.values():
+                f.wait()
+        except KeyboardInterrupt:  # finished steps stay in the cache; the manifest says where it stopped
+            manifest.write(run_dir, manifest.build(plan, results, opts.command, "interrupted", extra))
+            raise
     failed = False
     for sid, fut in futures.items():
         state = fut.state
