@@ -198,9 +198,17 @@ def execute(call: StepCall, upstream: dict[str, StepResult]) -> StepResult:
     handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
-    ctx = RunContext(step_id=call.id, kind=kind.name, out_dir=out_dir, run_dir=Path(call.run_dir), seed=call.seed, log=logger)
-    params = kind.params.model_validate(call.params)
     started = time.time()
+    ctx = RunContext(
+        step_id=call.id,
+        kind=kind.name,
+        out_dir=out_dir,
+        run_dir=Path(call.run_dir),
+        seed=call.seed,
+        log=logger,
+        on_progress=lambda done, total: write_state(call, "running", started=started, done=done, total=total),
+    )
+    params = kind.params.model_validate(call.params)
     write_state(call, "running", started=started)
     try:
         produced = kind.fn(params, inputs, ctx) or {}

@@ -26,7 +26,7 @@ def _table(plan: Any, states: dict[str, dict[str, Any]], selected: set[str], sta
     from rich.table import Table
 
     table = Table(title=f"{plan.recipe.name}  ({time.time() - started:.1f} s)", title_justify="left", box=None, pad_edge=False)
-    for col in ("", "step", "kind", "state", "time"):
+    for col in ("", "step", "kind", "state", "progress", "time"):
         table.add_column(col)
     now = time.time()
     for sid, ps in plan.steps.items():
@@ -39,8 +39,14 @@ def _table(plan: Any, states: dict[str, dict[str, Any]], selected: set[str], sta
         else:
             secs = ""
         style = STYLE.get(state, "")
-        table.add_row(SYMBOL.get(state, "?"), sid, ps.kind.name, f"[{style}]{state}[/]" if style else state, secs)
+        progress = _bar(st["done"], st["total"]) if state == "running" and st.get("total") else ""
+        table.add_row(SYMBOL.get(state, "?"), sid, ps.kind.name, f"[{style}]{state}[/]" if style else state, progress, secs)
     return table
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / total) if total else 0
+    return f"{'━' * filled}{'╌' * (width - filled)} {done}/{total}"
 
 
 def show(run_dir: Path, plan: Any, futures: dict[str, Any], selected: set[str]) -> None:

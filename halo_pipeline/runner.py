@@ -211,7 +211,7 @@ def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any
     for sid, res in results.items():
         res.state = "cached"
         write_state(calls[sid], "cached", seconds=0)
-    extra = {"run_dir": str(run_dir), "selected": sorted(selected), "check": opts.check}
+    extra = {"run_dir": str(run_dir), "selected": sorted(selected), "check": opts.check, "prefect": _flow_run_info()}
     manifest.write(run_dir, manifest.build(plan, {}, opts.command, "running", extra))
     started = time.time()
     runner = make_task_runner(plan.composed.config.get("runner", {}))
@@ -266,10 +266,18 @@ def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any
     manifest.write(run_dir, manifest.build(plan, results, opts.command, "failed" if failed else "completed", extra))
     return {
         "run_dir": str(run_dir),
+        "prefect_ui": extra["prefect"].get("ui_url"),
         "state": "failed" if failed else "completed",
         "objective": objective,
         "steps": {sid: r.state for sid, r in results.items()},
     }
+
+
+def _flow_run_info() -> dict[str, Any]:
+    """Where this run is in Prefect, so a manifest leads to its flow run and back."""
+    from prefect.runtime import flow_run
+
+    return {"flow_run_id": flow_run.get_id(), "flow_run_name": flow_run.get_name(), "ui_url": flow_run.get_flow_run_ui_url()}
 
 
 def fresh_dir(run_dir: Path) -> Path:

@@ -144,6 +144,8 @@ def print_result(result: dict[str, Any], console: Any) -> None:
     if result.get("objective") is not None:
         console.print(f"objective: {result['objective']}")
     console.print(f"run dir: {result['run_dir']}")
+    if result.get("prefect_ui"):
+        console.print(f"prefect: {result['prefect_ui']}")
     if result["state"] != "completed":
         try:
             m = json.loads((Path(result["run_dir"]) / MANIFEST).read_text())

@@ -146,6 +146,7 @@ class RunContext:
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # output name -> metadata
     summary_lines: list[str] = field(default_factory=list)
+    on_progress: Callable[[int, int], None] | None = None  # set by the engine: feeds the terminal's progress column
 
     def path(self, name: str) -> Path:
         """Where to write an output file or directory named `name` (inside the step's work dir)."""
@@ -159,7 +160,11 @@ class RunContext:
         """Iterate with progress logged every ~10% (the terminal shows step states separately)."""
         total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)  # type: ignore[arg-type]
         step_every = max(1, (total or 0) // 10)
+        if total and self.on_progress:
+            self.on_progress(0, total)
         for i, item in enumerate(items, 1):
             yield item
+            if total and self.on_progress:
+                self.on_progress(i, total)
             if total and (i % step_every == 0 or i == total):
                 self.log.info("%s %d/%d (%.0f%%)", description or self.step_id, i, total, 100 * i / total)

@@ -22,7 +22,9 @@ def test_run_then_cached_rerun(project: Path) -> None:
     assert first.returncode == 0, first.stderr
     m1 = manifest_of(first.stdout)
     assert {s["state"] for s in m1["steps"].values()} == {"ran"}
+    assert m1["prefect"]["flow_run_id"] and m1["prefect"]["flow_run_id"] in m1["prefect"]["ui_url"]
     run_dir = Path(first.stdout.strip())
+    assert (run_dir / "report.html").exists() and "copy" in (run_dir / "report.html").read_text()
     assert run_dir.parent == project / "outputs" / "fake"
     assert (run_dir / "config.yaml").exists() and (run_dir / "steps/copy/data.jsonl").exists()
     rows = (run_dir / "steps/copy/data.jsonl").read_text().splitlines()

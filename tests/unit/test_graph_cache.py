@@ -98,3 +98,18 @@ def test_partial_work_is_never_mistaken_for_a_result(project: Path) -> None:
     (cache.partial(key) / "data.jsonl").write_text("half")
     assert cache.lookup(key) is None
     assert execute(make, {}).state == "ran"
+
+
+def test_step_progress_reaches_the_state_file(project: Path) -> None:
+    import logging
+
+    from halo_pipeline.progress import read_states
+    from halo_pipeline.step import RunContext
+
+    seen: list[tuple[int, int]] = []
+    ctx = RunContext("s", "k", project, project, 0, logging.getLogger("t"), on_progress=lambda d, t: seen.append((d, t)))
+    assert list(ctx.progress(range(3))) == [0, 1, 2]
+    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    make = _calls(project, [])["make"]
+    execute(make, {})
+    assert read_states(Path(make.run_dir), ["make"])["make"]["state"] == "ran"
