@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from halo_pipeline import registry
-from halo_pipeline.cache import Cache, atomic_write_json, canonical_json, digest, remove, sha256_text
+from halo_pipeline.cache import Cache, atomic_write_json, canonical_json, default_cache_dir, digest, remove, sha256_text
 from halo_pipeline.step import Artifact, RunContext, StepKind
 
 
@@ -68,6 +68,27 @@ class StepCall:
 
     def kind(self) -> StepKind:
         return registry.get(self.uses)
+
+
+def step_calls(plan: Any, run_dir: Path, no_cache: bool = False, check: bool = False) -> dict[str, StepCall]:
+    """One StepCall per planned step. With `check`, deterministic steps run outside the cache."""
+    cache_root = str(default_cache_dir())
+    return {
+        sid: StepCall(
+            id=sid,
+            uses=ps.spec.uses or sid,
+            params=ps.params.model_dump(mode="json"),
+            inputs={n: (f"file:{r}" if isinstance(r, Path) else str(r)) for n, r in ps.inputs.items()},
+            input_types=ps.input_types,
+            output_types=ps.output_types,
+            seed=plan.recipe.seed,
+            run_dir=str(run_dir.resolve()),
+            cache_root=cache_root,
+            use_cache=ps.spec.cache and not no_cache,
+            store=not (check and ps.kind.is_deterministic(ps.params)),
+        )
+        for sid, ps in plan.steps.items()
+    }
 
 
 class StepError(RuntimeError):

@@ -10,9 +10,9 @@ from halo_pipeline.validate import Plan
 
 def cache_status(plan: Plan, no_cache: bool = False) -> dict[str, str]:
     """Per step: 'cached' when its exact cache entry exists and verifies, else 'will run'."""
-    from halo_pipeline.cache import default_cache_dir
-    from halo_pipeline.execute import StepCall, cached_result
+    from halo_pipeline.execute import cached_result, step_calls
 
+    calls = step_calls(plan, Path("/nonexistent"))
     status: dict[str, str] = {}
     known: dict[str, Any] = {}
     for sid, ps in plan.steps.items():
@@ -23,18 +23,7 @@ def cache_status(plan: Plan, no_cache: bool = False) -> dict[str, str]:
         if any(d not in known for d in data_deps):
             status[sid] = "will run (upstream will run)"
             continue
-        call = StepCall(
-            id=sid,
-            uses=ps.spec.uses or sid,
-            params=ps.params.model_dump(mode="json"),
-            inputs={n: (f"file:{r}" if isinstance(r, Path) else str(r)) for n, r in ps.inputs.items()},
-            input_types=ps.input_types,
-            output_types=ps.output_types,
-            seed=plan.recipe.seed,
-            run_dir="/nonexistent",
-            cache_root=str(default_cache_dir()),
-        )
-        key, hit = cached_result(call, {d: known[d] for d in data_deps})
+        key, hit = cached_result(calls[sid], {d: known[d] for d in data_deps})
         if hit is None:
             status[sid] = f"will run (key {key[:12]})"
         else:

@@ -39,7 +39,7 @@ def _table(plan: Any, states: dict[str, dict[str, Any]], selected: set[str], sta
         else:
             secs = ""
         style = STYLE.get(state, "")
-        progress = _bar(st["done"], st["total"]) if state == "running" and st.get("total") else ""
+        progress = _bar(int(st["done"]), int(st["total"])) if state == "running" and st.get("total") else ""
         table.add_row(SYMBOL.get(state, "?"), sid, ps.kind.name, f"[{style}]{state}[/]" if style else state, progress, secs)
     return table
 

@@ -17,10 +17,9 @@ from prefect.logging.handlers import APILogHandler
 from prefect.states import Completed
 
 from halo_pipeline import manifest
-from halo_pipeline.cache import default_cache_dir
 from halo_pipeline.config import compose
 from halo_pipeline.errors import Issue, RecipeError
-from halo_pipeline.execute import StepCall, StepError, StepResult, cached_result, execute, write_state
+from halo_pipeline.execute import StepCall, StepError, StepResult, cached_result, execute, step_calls, write_state
 from halo_pipeline.graph import select
 from halo_pipeline.validate import Plan, build_plan
 
@@ -134,24 +133,7 @@ def make_task_runner(runner_cfg: dict[str, Any]) -> Any:
 
 
 def make_calls(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str, StepCall]:
-    cache_root = str(default_cache_dir())
-    calls = {}
-    for sid, ps in plan.steps.items():
-        store = not (opts.check and ps.kind.is_deterministic(ps.params))
-        calls[sid] = StepCall(
-            id=sid,
-            uses=ps.spec.uses or sid,
-            params=ps.params.model_dump(mode="json"),
-            inputs={n: (f"file:{r}" if isinstance(r, Path) else str(r)) for n, r in ps.inputs.items()},
-            input_types=ps.input_types,
-            output_types=ps.output_types,
-            seed=plan.recipe.seed,
-            run_dir=str(run_dir.resolve()),
-            cache_root=cache_root,
-            use_cache=ps.spec.cache and not opts.no_cache,
-            store=store,
-        )
-    return calls
+    return step_calls(plan, run_dir, no_cache=opts.no_cache, check=opts.check)
 
 
 def upstream_from_cache(plan: Plan, calls: dict[str, StepCall], selected: set[str]) -> dict[str, StepResult]:
@@ -211,7 +193,8 @@ def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any
     for sid, res in results.items():
         res.state = "cached"
         write_state(calls[sid], "cached", seconds=0)
-    extra = {"run_dir": str(run_dir), "selected": sorted(selected), "check": opts.check, "prefect": _flow_run_info()}
+    prefect_run = _flow_run_info()
+    extra = {"run_dir": str(run_dir), "selected": sorted(selected), "check": opts.check, "prefect": prefect_run}
     manifest.write(run_dir, manifest.build(plan, {}, opts.command, "running", extra))
     started = time.time()
     runner = make_task_runner(plan.composed.config.get("runner", {}))
@@ -266,7 +249,7 @@ def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any
     manifest.write(run_dir, manifest.build(plan, results, opts.command, "failed" if failed else "completed", extra))
     return {
         "run_dir": str(run_dir),
-        "prefect_ui": extra["prefect"].get("ui_url"),
+        "prefect_ui": prefect_run.get("ui_url"),
         "state": "failed" if failed else "completed",
         "objective": objective,
         "steps": {sid: r.state for sid, r in results.items()},
