@@ -105,6 +105,12 @@ def test_overriding_a_key_the_recipe_lacks_suggests_plus(project: Path) -> None:
     assert issue.hint and "did you mean 'suffix'?" in issue.hint and "+steps.copy.with.sufix=VALUE" in issue.hint
 
 
+def test_adding_a_key_the_recipe_already_sets_says_drop_the_plus(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    (issue,) = problems(recipe, "+steps.make.with.n=3").issues
+    assert "already sets it" in issue.message and issue.hint == "drop the '+': steps.make.with.n=VALUE"
+
+
 def test_cycle_is_reported(project: Path) -> None:
     recipe = write(
         project / "recipes/cycle.yaml",
