@@ -107,3 +107,25 @@ def flaky(params: FlakyParams, inputs: dict[str, Artifact], ctx: RunContext) -> 
     out = ctx.path("data.jsonl")
     out.write_text(json.dumps({"id": "x", "prompt": "p", "completion": "c"}) + "\n")
     return {"dataset": out}
+
+
+class RendezvousParams(Params):
+    dir: str
+    me: str
+    other: str
+    timeout: float = 60.0
+
+
+@step(inputs={"dataset": "sft_dataset"}, outputs={"dataset": "same:dataset"})
+def rendezvous(params: RendezvousParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    """Succeeds only if `other` starts while this step is running: proves two steps ran concurrently."""
+    d = Path(params.dir)
+    (d / params.me).touch()
+    deadline = time.time() + params.timeout
+    while not (d / params.other).exists():
+        if time.time() > deadline:
+            raise TimeoutError(f"{params.other} never started while {params.me} was running")
+        time.sleep(0.05)
+    out = ctx.path("data.jsonl")
+    out.write_text(inputs["dataset"].path.read_text())
+    return {"dataset": out}
