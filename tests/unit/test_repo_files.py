@@ -33,3 +33,11 @@ def test_every_group_option_composes(group: str) -> None:
         assert data["name"] == option  # one name everywhere: file name = choice = name
         composed = compose(recipe, [f"{group}={option}"])
         assert composed.config[group]["name"] == option
+
+
+def test_step_reference_in_docs_is_current() -> None:
+    from halo_pipeline.docs import render_steps
+
+    assert (REPO / "docs/steps.md").read_text() == render_steps(markdown=True) + "\n", (
+        "regenerate: halo-pipeline steps --markdown > docs/steps.md"
+    )
