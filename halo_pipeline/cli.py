@@ -200,6 +200,23 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verifiers(args: argparse.Namespace) -> int:
+    from halo_pipeline.verifiers.cli import list_verifiers, run_verifier
+
+    if args.action == "run":
+        if not args.name or not args.input:
+            raise RecipeError(
+                [
+                    Issue(
+                        "verifiers run needs NAME and --input samples.jsonl",
+                        hint="halo-pipeline verifiers run python_syntax --input s.jsonl",
+                    )
+                ]
+            )
+        return run_verifier(args.name, Path(args.input), Path(args.output) if args.output else None, args.set or [], _console())
+    return list_verifiers(_console())
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from halo_pipeline import runs
 
@@ -267,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("schema", help="JSON Schema of recipes (for editors)")
     sc.set_defaults(func=cmd_schema)
+
+    vf = sub.add_parser("verifiers", help="list verifiers, or score a JSONL of samples with one (verifiers run NAME --input F)")
+    vf.add_argument("action", nargs="?", choices=["ls", "run"], default="ls")
+    vf.add_argument("name", nargs="?")
+    vf.add_argument("--input", help="JSONL of samples: prompt, completion and the task's fields")
+    vf.add_argument("--output", help="write each sample with its reward, passed, details and error")
+    vf.add_argument("--set", action="append", metavar="KEY=VALUE", help="a verifier setting (repeatable)")
+    vf.set_defaults(func=cmd_verifiers)
 
     rs = sub.add_parser("runs", help="runs from their manifests: ls, show RUN, diff RUN_A RUN_B")
     rs.add_argument("action", choices=["ls", "show", "diff"])

@@ -144,7 +144,9 @@ def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any
             raise RecipeError([_bad_override_issue(msg.split("'")[1], data)]) from exc
         if msg.startswith("Could not append to config. An item is already at '"):
             key = msg.split("'")[1]
-            raise RecipeError([Issue(f"'+{key}' adds a key, but the recipe already sets it", key=key, hint=f"drop the '+': {key}=VALUE")]) from exc
+            raise RecipeError(
+                [Issue(f"'+{key}' adds a key, but the recipe already sets it", key=key, hint=f"drop the '+': {key}=VALUE")]
+            ) from exc
         key = getattr(exc, "full_key", "") or ""
         issue = smap.issue(key, msg) if key else Issue(msg, file=str(path))
         raise RecipeError([issue]) from exc

@@ -195,3 +195,18 @@ def test_validate_imports_no_heavy_library(project: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
+
+
+def test_verifiers_list_and_run(project: Path) -> None:
+    listing = cli("verifiers", cwd=project)
+    assert listing.returncode == 0 and "python_syntax" in listing.stdout and "pattern" in listing.stdout
+    samples = write(project / "s.jsonl", '{"completion": "def f():\\n    return 1"}\n{"completion": "def f(:"}\n')
+    out = project / "r.jsonl"
+    res = cli("verifiers", "run", "python_syntax", "--input", str(samples), "--output", str(out), "--set", "with_prompt=false", cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert "2 samples, mean reward 0.500, passed 1/2" in res.stdout
+    import json
+
+    assert [json.loads(line)["reward"] for line in out.read_text().splitlines()] == [1.0, 0.0]
+    bad = cli("verifiers", "run", "pyton_syntax", "--input", str(samples), cwd=project)
+    assert bad.returncode == 2 and "did you mean 'python_syntax'" in bad.stderr
