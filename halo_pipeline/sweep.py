@@ -33,6 +33,7 @@ def multirun(recipe: str, overrides: list[str], quiet: bool = False) -> int:
         raise RecipeError(issues)
     local_server.ensure_api_url()  # one API for every job (and for launcher subprocesses)
     failures: list[str] = []
+    jobs: list[dict[str, Any]] = []
     sweeper = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/sweeper=")), "basic")
 
     def job(cfg: DictConfig) -> float | None:
@@ -56,6 +57,15 @@ def multirun(recipe: str, overrides: list[str], quiet: bool = False) -> int:
         opts = runner.RunOptions(run_dir=composed.run_dir, command=["halo-pipeline", *sys.argv[1:]], plan=plan, quiet=True)
         with local_server.active_run():
             result = runner.run(str(path), job_overrides, opts, tag_list=["multirun", f"job-{hc.job.num}"])
+        jobs.append(
+            {
+                "job": hc.job.num,
+                "overrides": job_overrides,
+                "state": result["state"],
+                "objective": result["objective"],
+                "run_dir": result["run_dir"],
+            }
+        )
         if not quiet:
             line = f"job {hc.job.num} ({' '.join(job_overrides)}): {result['state']}  objective={result['objective']}  {result['run_dir']}"
             print(line, flush=True)
@@ -81,7 +91,21 @@ def multirun(recipe: str, overrides: list[str], quiet: bool = False) -> int:
         return int(exc.code or 0) and 2
     finally:
         sys.argv = argv
+    if jobs:
+        write_summary(jobs, direction, quiet)
     return 1 if failures else 0
+
+
+def write_summary(jobs: list[dict[str, Any]], direction: str, quiet: bool) -> None:
+    """`summary.json` in the sweep directory: every job, and the best one by the recipe's objective."""
+    from halo_pipeline.cache import atomic_write_json
+
+    scored = [j for j in jobs if j["objective"] is not None]
+    best = (max if direction == "maximize" else min)(scored, key=lambda j: j["objective"]) if scored else None
+    sweep_dir = Path(jobs[0]["run_dir"]).parent
+    atomic_write_json(sweep_dir / "summary.json", {"direction": direction, "best": best, "jobs": jobs})
+    if not quiet and best is not None:
+        print(f"best: job {best['job']} ({' '.join(best['overrides'])}) objective={best['objective']}  -> {sweep_dir / 'summary.json'}")
 
 
 def _direction(path: Path) -> str:

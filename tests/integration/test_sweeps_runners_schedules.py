@@ -49,6 +49,9 @@ def test_multirun_grid_one_flow_run_per_job(project: Path) -> None:
         assert m["state"] == "completed" and m["objective"] == m["config"]["steps"]["make"]["with"]["n"] / 10
     assert seen == {("sft", 3), ("sft", 5), ("dpo", 3), ("dpo", 5)}
     assert (sweep_dir / "multirun.yaml").exists()
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert len(summary["jobs"]) == 4 and summary["best"]["objective"] == 0.5 and "steps.make.with.n=5" in summary["best"]["overrides"]
+    assert "best: job" in res.stdout
 
 
 @pytest.mark.usefixtures("prefect_api")
