@@ -118,7 +118,6 @@ def execute_plan(
         until=getattr(args, "until", None),
         no_cache=getattr(args, "no_cache", False),
         check=check,
-        quiet=args.quiet,
         command=["halo-pipeline", *sys.argv[1:]],
         plan=plan,
         progress=None if args.quiet else progress.show,

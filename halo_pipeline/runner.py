@@ -35,7 +35,6 @@ class RunOptions:
     until: str | None = None
     no_cache: bool = False
     check: bool = False  # replay --check: re-execute deterministic steps outside the cache
-    quiet: bool = False
     run_dir: Path | None = None
     command: list[str] = field(default_factory=list)
     plan: Plan | None = None  # already composed and validated by the caller (saves a second composition)
@@ -132,10 +131,6 @@ def make_task_runner(runner_cfg: dict[str, Any]) -> Any:
     raise RecipeError([Issue(f"unknown runner '{name}'", key="runner", hint="choose runner=threads, processes or dask")])
 
 
-def make_calls(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str, StepCall]:
-    return step_calls(plan, run_dir, no_cache=opts.no_cache, check=opts.check)
-
-
 def upstream_from_cache(plan: Plan, calls: dict[str, StepCall], selected: set[str]) -> dict[str, StepResult]:
     """Results of unselected steps that selected ones read, taken from the cache; an error if absent."""
 
@@ -188,7 +183,7 @@ def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "steps").mkdir(exist_ok=True)
     selected = select(plan.deps, opts.only, opts.from_, opts.until)
-    calls = make_calls(plan, run_dir, opts)
+    calls = step_calls(plan, run_dir, no_cache=opts.no_cache, check=opts.check)
     results: dict[str, StepResult] = upstream_from_cache(plan, calls, selected)
     for sid, res in results.items():
         res.state = "cached"

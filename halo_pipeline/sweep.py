@@ -54,7 +54,7 @@ def multirun(recipe: str, overrides: list[str], quiet: bool = False) -> int:
             recipe_sha256=sha256_file(path),
         )
         plan = build_plan(composed)
-        opts = runner.RunOptions(run_dir=composed.run_dir, command=["halo-pipeline", *sys.argv[1:]], plan=plan, quiet=True)
+        opts = runner.RunOptions(run_dir=composed.run_dir, command=["halo-pipeline", *sys.argv[1:]], plan=plan)
         with local_server.active_run():
             result = runner.run(str(path), job_overrides, opts, tag_list=["multirun", f"job-{hc.job.num}"])
         jobs.append(

@@ -92,7 +92,6 @@ def build_plan(composed: Composed) -> Plan:
     specs: dict[str, StepSpec] = {}
     kinds: dict[str, StepKind] = {}
     params: dict[str, Params] = {}
-    known = sorted(registry.all_kinds())
     for sid, raw in raw_steps.items():
         sid = str(sid)
         try:
@@ -118,7 +117,6 @@ def build_plan(composed: Composed) -> Plan:
         if kind.check:
             for problem in kind.check(params[sid]):
                 issues.append(smap.issue(("steps", sid, "with"), problem))
-    del known
 
     deps: dict[str, list[str]] = {}
     inputs: dict[str, dict[str, Ref | Path]] = {}

@@ -46,8 +46,8 @@ def test_prefect_shows_cached_states_and_task_names(project: Path) -> None:
 
     recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
     plan = build_plan(compose(recipe, []))
-    runner.run(str(recipe), [], runner.RunOptions(plan=plan, quiet=True))
-    runner.run(str(recipe), [], runner.RunOptions(plan=build_plan(compose(recipe, [])), quiet=True))
+    runner.run(str(recipe), [], runner.RunOptions(plan=plan))
+    runner.run(str(recipe), [], runner.RunOptions(plan=build_plan(compose(recipe, []))))
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 

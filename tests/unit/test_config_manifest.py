@@ -8,8 +8,7 @@ from pathlib import Path
 from conftest import FAKE_RECIPE, write
 from halo_pipeline import manifest
 from halo_pipeline.config import compose
-from halo_pipeline.execute import execute
-from halo_pipeline.runner import RunOptions, make_calls
+from halo_pipeline.execute import execute, step_calls
 from halo_pipeline.validate import build_plan
 
 
@@ -37,7 +36,7 @@ def test_manifest_has_the_contract_fields_sorted(project: Path) -> None:
     recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
     plan = build_plan(compose(recipe, ["algorithm=dpo"]))
     run_dir = project / "outputs/run"
-    calls = make_calls(plan, run_dir, RunOptions())
+    calls = step_calls(plan, run_dir)
     results = {}
     results["make"] = execute(calls["make"], {})
     results["copy"] = execute(calls["copy"], {"make": results["make"]})

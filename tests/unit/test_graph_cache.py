@@ -53,12 +53,12 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
 
 
 def _calls(project: Path, overrides: list[str]) -> dict[str, StepCall]:
-    from halo_pipeline.runner import RunOptions, make_calls
+    from halo_pipeline.execute import step_calls
     from halo_pipeline.validate import build_plan
 
     recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
     plan = build_plan(compose(recipe, overrides))
-    return make_calls(plan, project / "outputs/run", RunOptions())
+    return step_calls(plan, project / "outputs/run")
 
 
 def test_cache_key_depends_on_params_and_input_content_not_run(project: Path) -> None:
