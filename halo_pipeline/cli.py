@@ -212,7 +212,8 @@ def cmd_verifiers(args: argparse.Namespace) -> int:
                     )
                 ]
             )
-        return run_verifier(args.name, Path(args.input), Path(args.output) if args.output else None, args.set or [], _console())
+        output = Path(args.output) if args.output else None
+        return run_verifier(args.name, Path(args.input), output, args.set or [], _console(), args.allow_code_execution)
     return list_verifiers(_console())
 
 
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--input", help="JSONL of samples: prompt, completion and the task's fields")
     vf.add_argument("--output", help="write each sample with its reward, passed, details and error")
     vf.add_argument("--set", action="append", metavar="KEY=VALUE", help="a verifier setting (repeatable)")
+    vf.add_argument("--allow-code-execution", action="store_true", help="let code verifiers run the completions (sandboxed)")
     vf.set_defaults(func=cmd_verifiers)
 
     rs = sub.add_parser("runs", help="runs from their manifests: ls, show RUN, diff RUN_A RUN_B")

@@ -93,8 +93,23 @@ def build(plan: Any, results: dict[str, Any], command: list[str], state: str, ex
         "state": state,
         "replay_of": composed.replay_of,
         "steps": steps,
+        "code_execution": code_execution(plan),
         **extra,
     }
+
+
+def code_execution(plan: Any) -> dict[str, Any]:
+    """Which steps run model-written code (a verifier with allow_code_execution) and how it is isolated."""
+    from halo_pipeline.verifiers import code_execution as runs_code
+
+    steps = sorted(
+        sid for sid, ps in plan.steps.items() if any(runs_code(v) for k, v in ps.params.model_dump(mode="json").items() if "verifier" in k)
+    )
+    if not steps:
+        return {"enabled": False}
+    from halo_pipeline import sandbox
+
+    return {"enabled": True, "steps": steps, **sandbox.describe()}
 
 
 def write(run_dir: Path, manifest: dict[str, Any]) -> Path:

@@ -116,10 +116,11 @@ def run(params: ScoreParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     rows = list(read_rows(src.path, src.type, params.on_bad_rows, bad))
     weights = {**DEFAULT_WEIGHTS, **params.weights}
     judge = _verifier(params.verifier)
-    for row in rows:
+    judged = judge.verify_batch([_sample(row, params.field) for row in rows]) if judge is not None else None
+    for i, row in enumerate(rows):
         comps = components(row_text(row, params.field), row, params)
-        if judge is not None:
-            comps["verifier"] = round(judge.verify(_sample(row, params.field)).reward, 6)
+        if judged is not None:
+            comps["verifier"] = round(judged[i].reward, 6)
         row["score_components"] = comps
         row["score"] = combine(comps, weights)
     scores = [r["score"] for r in rows]

@@ -1,13 +1,16 @@
 """Verifiers: reward functions that turn a completion into a reward in [0, 1].
 
 A verifier is registered with `@register_verifier("name", settings=SettingsModel)` on a function
-`fn(settings, sample) -> VerifyResult`. `sample` is a read-only mapping with `prompt`, `completion`
-and the task's own fields. Recipes choose one through the `verifier` config group
-(`conf/verifier/<name>.yaml`: `name:` plus its settings), or by `module:function` path.
+`fn(settings, sample) -> VerifyResult`. `sample` is a read-only copy of a mapping with `prompt`,
+`completion` and the task's own fields. Recipes choose one through the `verifier` config group
+(`conf/verifier/<name>.yaml`: `name:` plus its settings), or by path (`uses: my_pkg.mod:fn`).
+Verifiers whose settings have `allow_code_execution` run model-written code; they refuse to unless
+it is true, and validation says how to turn it on.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -15,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,6 +37,7 @@ class VerifierSettings(BaseModel):
     """Settings every verifier has; subclass to add its own (unknown keys are errors)."""
 
     model_config = ConfigDict(extra="forbid")
+    runs_code: ClassVar[bool] = False  # True for verifiers that execute the completion (need allow_code_execution)
     name: str = Field(..., description="Registered verifier name or `module:function`.")
     pass_threshold: float = Field(1.0, ge=0, le=1, description="Reward at or above which a sample counts as passed.")
 
@@ -43,17 +47,26 @@ class Registered:
     name: str
     settings: type[VerifierSettings]
     fn: Callable[[Any, Mapping[str, Any]], VerifyResult]
-    doc: str
+    doc_text: str
+    check: Callable[[Any], list[str]] | None = None  # environment problems (a missing compiler), for validation
+
+    @property
+    def doc(self) -> str:
+        return self.doc_text or (self.fn.__doc__ or "").strip()
+
+    @property
+    def executes_code(self) -> bool:
+        return self.settings.runs_code
 
 
 _REGISTRY: dict[str, Registered] = {}
 
 
 def register_verifier(
-    name: str, settings: type[VerifierSettings] = VerifierSettings
+    name: str, settings: type[VerifierSettings] = VerifierSettings, check: Callable[[Any], list[str]] | None = None
 ) -> Callable[[Callable[..., VerifyResult]], Callable[..., VerifyResult]]:
     def wrap(fn: Callable[..., VerifyResult]) -> Callable[..., VerifyResult]:
-        _REGISTRY[name] = Registered(name, settings, fn, (fn.__doc__ or "").strip())
+        _REGISTRY[name] = Registered(name, settings, fn, (fn.__doc__ or "").strip(), check)
         fn.__halo_verifier__ = _REGISTRY[name]  # type: ignore[attr-defined]
         return fn
 
@@ -61,7 +74,7 @@ def register_verifier(
 
 
 def registry() -> dict[str, Registered]:
-    from halo_pipeline.verifiers import builtin  # noqa: F401  (registers the built-ins)
+    from halo_pipeline.verifiers import builtin, code, compose, judge, text  # noqa: F401  (registers the built-ins)
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in _REGISTRY:
@@ -100,8 +113,12 @@ class Verifier:
     def name(self) -> str:
         return self.reg.name
 
+    @property
+    def executes_code(self) -> bool:
+        return bool(getattr(self.settings, "allow_code_execution", False))
+
     def verify(self, sample: Mapping[str, Any]) -> VerifyResult:
-        frozen = MappingProxyType(dict(sample))
+        frozen = MappingProxyType(copy.deepcopy(dict(sample)))  # a verifier cannot change the caller's rows
         try:
             result = self.reg.fn(self.settings, frozen)
         except Exception as exc:  # a verifier bug is a zero with the reason, not a crashed pipeline
@@ -119,11 +136,16 @@ class Verifier:
 
 
 def build_verifier(spec: str | Mapping[str, Any]) -> Verifier:
-    """From a name or a `{name: ..., settings...}` mapping (a `conf/verifier/*.yaml` node)."""
+    """From a name or a `{name: ..., settings...}` mapping (a `conf/verifier/*.yaml` node);
+    `uses: pkg.mod:fn` names a project's own verifier."""
     data = {"name": spec} if isinstance(spec, str) else dict(spec)
+    if "uses" in data:
+        data["name"] = data.pop("uses")
     if "name" not in data:
-        raise UnknownVerifier("a verifier needs `name:`")
+        raise UnknownVerifier("a verifier needs `name:` (a registered verifier) or `uses:` (module:function)")
     reg = lookup(str(data["name"]))
+    if "allow_code_execution" not in reg.settings.model_fields:
+        data.pop("allow_code_execution", None)  # a permission: meaningless, and harmless, for verifiers that run no code
     try:
         settings = reg.settings.model_validate(data)
     except ValidationError as exc:
@@ -137,7 +159,38 @@ def check_spec(spec: str | Mapping[str, Any] | None) -> list[str]:
     if spec is None:
         return []
     try:
-        build_verifier(spec)
+        verifier = build_verifier(spec)
     except (UnknownVerifier, ImportError) as exc:
         return [str(exc)]
-    return []
+    return problems(verifier)
+
+
+def problems(verifier: Verifier) -> list[str]:
+    """Code execution not allowed, or a missing toolchain; composites report their parts'."""
+    found: list[str] = []
+    if verifier.reg.executes_code and not verifier.executes_code:
+        found.append(
+            f"verifier '{verifier.name}' runs model-written code, which is off unless the recipe says so: set "
+            f"`allow_code_execution: true` in the recipe's verifier (or override verifier.allow_code_execution=true); "
+            "it then runs sandboxed, one process per sample"
+        )
+    elif verifier.reg.check is not None:
+        found += [f"verifier '{verifier.name}': {p}" for p in verifier.reg.check(verifier.settings)]
+    for part in getattr(verifier.settings, "parts", lambda: [])():
+        found += problems(part)
+    return found
+
+
+def code_execution(spec: str | Mapping[str, Any] | None) -> bool:
+    """Whether this spec (or a part of it) will run model-written code."""
+    if spec is None:
+        return False
+    try:
+        verifier = build_verifier(spec)
+    except (UnknownVerifier, ImportError):
+        return False
+
+    def runs(v: Verifier) -> bool:
+        return v.executes_code or any(runs(p) for p in getattr(v.settings, "parts", lambda: [])())
+
+    return runs(verifier)

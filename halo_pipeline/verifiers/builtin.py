@@ -1,4 +1,4 @@
-"""Built-in verifiers that run no model-written code."""
+"""Simple built-in verifiers (no model-written code runs): python_syntax, regex_format, exact_match."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from halo_pipeline.verifiers import VerifierSettings, VerifyResult, register_ver
 
 
 def _code(text: str) -> str:
-    """The first fenced code block of a completion, or the whole text."""
-    m = re.search(r"```(?:python|py)?\s*\n(.*?)```", text, re.DOTALL)
-    return m.group(1) if m else text
+    from halo_pipeline.verifiers.code import extract_code
+
+    return extract_code(text, ("python", "py"))
 
 
 class PythonSyntaxSettings(VerifierSettings):

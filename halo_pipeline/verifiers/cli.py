@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from halo_pipeline.errors import Issue, RecipeError
-from halo_pipeline.verifiers import UnknownVerifier, build_verifier, registry
+from halo_pipeline.verifiers import UnknownVerifier, build_verifier, lookup, problems, registry
 
 
 def list_verifiers(console: Any) -> int:
@@ -22,16 +22,18 @@ def list_verifiers(console: Any) -> int:
         table.add_column(col, overflow="fold")
     for name, reg in sorted(registry().items()):
         settings = [
-            f"{f}: {_type_name(field.annotation)} = {field.get_default(call_default_factory=True)!r}"
+            f"{f}: {_type_name(field.annotation)}"
+            + (" (required)" if field.is_required() else f" = {field.get_default(call_default_factory=True)!r}")
             for f, field in reg.settings.model_fields.items()
             if f != "name"
         ]
-        table.add_row(name, reg.doc.splitlines()[0] if reg.doc else "", "\n".join(settings))
+        doc = " ".join(reg.doc.split()) + (" [runs code: sandboxed, needs allow_code_execution]" if reg.executes_code else "")
+        table.add_row(name, doc, "\n".join(settings))
     console.print(table)
     return 0
 
 
-def run_verifier(name: str, input_path: Path, output: Path | None, sets: list[str], console: Any) -> int:
+def run_verifier(name: str, input_path: Path, output: Path | None, sets: list[str], console: Any, allow_code: bool = False) -> int:
     spec: dict[str, Any] = {"name": name}
     for item in sets:
         key, sep, value = item.partition("=")
@@ -39,9 +41,19 @@ def run_verifier(name: str, input_path: Path, output: Path | None, sets: list[st
             raise RecipeError([Issue(f"--set takes KEY=VALUE, got '{item}'")])
         spec[key] = yaml.safe_load(value)
     try:
+        if allow_code and "allow_code_execution" in lookup(str(spec["name"])).settings.model_fields:
+            spec["allow_code_execution"] = True
         verifier = build_verifier(spec)
     except UnknownVerifier as exc:
         raise RecipeError([Issue(str(exc), hint="halo-pipeline verifiers lists them")]) from None
+    if verifier.reg.executes_code and not verifier.executes_code:
+        raise RecipeError(
+            [Issue(f"verifier '{verifier.name}' runs the completions as code, which is off by default", hint="add --allow-code-execution")]
+        )
+    if found := problems(verifier):
+        raise RecipeError([Issue(p) for p in found])
+    if not input_path.is_file():
+        raise RecipeError([Issue(f"input file '{input_path}' does not exist", hint="--input takes a JSONL file of samples")])
     samples = []
     for lineno, line in enumerate(input_path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
@@ -59,4 +71,12 @@ def run_verifier(name: str, input_path: Path, output: Path | None, sets: list[st
     errors = sum(r.error is not None for r in results)
     mean = sum(r.reward for r in results) / n if n else 0.0
     console.print(f"{verifier.name}: {n} samples, mean reward {mean:.3f}, passed {passed}/{n}, errors {errors}")
+    if verifier.executes_code:
+        from halo_pipeline import sandbox
+
+        facts = sandbox.describe()
+        console.print(f"isolation: {facts['isolation']}" + (f" [yellow]warning: {facts['warning']}[/yellow]" if facts["warning"] else ""))
+    for sample, r in list(zip(samples, results, strict=True))[:5]:
+        if r.error:
+            console.print(f"  {sample.get('id', sample.get('task_id', '?'))}: {r.error}")
     return 0
