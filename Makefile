@@ -46,6 +46,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/dedup.py
+	$(BIN)/python benchmarks/verifiers.py
 
 clean:
 	rm -rf $(VENV) outputs/.cache

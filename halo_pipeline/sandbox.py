@@ -22,12 +22,12 @@ import functools
 import os
 import random
 import secrets
+import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -202,32 +202,16 @@ def _run_in(
         os.close(write_fd)
         if stdin_file:
             stdin.close()  # type: ignore[union-attr]
-    cap = limits.output_kb * 1024
-    exceeded = threading.Event()
-
-    def over_limit() -> None:
-        exceeded.set()
-        _kill_group(proc.pid)
-
-    readers = [
-        _CappedReader(proc.stdout, cap, over_limit),  # type: ignore[arg-type]
-        _CappedReader(proc.stderr, cap, over_limit),  # type: ignore[arg-type]
-        _CappedReader(os.fdopen(read_fd, "rb"), 1 << 20, over_limit),
-    ]
-    timed_out = False
-    try:
-        proc.wait(timeout=limits.timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
-        _kill_group(proc.pid)  # the sample's leftovers in its session go with it, finished or not
-        proc.wait()
-        if iso.name != "bubblewrap":  # with bubblewrap the pid namespace already took everything with it
-            _sweep(uid, marker)
-        for r in readers:
-            r.join(5)
+    streams = _collect(proc, read_fd, limits)
+    _kill_group(proc.pid)  # the sample's leftovers in its session go with it, finished or not
+    proc.wait()
+    proc.stdout.close()  # type: ignore[union-attr]
+    proc.stderr.close()  # type: ignore[union-attr]
+    if iso.name != "bubblewrap":  # with bubblewrap the pid namespace already took everything with it
+        _sweep(uid, marker)
     wall = time.perf_counter() - started
-    out, err, results = (r.text() for r in readers)
+    out, err, results = (b"".join(streams.data[name]).decode("utf-8", errors="replace") for name in ("out", "err", "res"))
+    timed_out = streams.timed_out
     records, extra = [], 0
     for line in results.splitlines():
         if nonce and line.startswith(nonce):
@@ -239,31 +223,70 @@ def _run_in(
         path = work / name
         if path.is_file() and not path.is_symlink():
             collected[name] = path.read_bytes()
-    return RunResult(proc.returncode, out, err, records, wall, timed_out, exceeded.is_set(), extra, collected)
+    return RunResult(proc.returncode, out, err, records, wall, timed_out, streams.exceeded, extra, collected)
 
 
-class _CappedReader(threading.Thread):
-    """Drains a pipe so the child never blocks, keeping at most `cap` bytes."""
+@dataclass
+class _Streams:
+    data: dict[str, list[bytes]]
+    timed_out: bool = False
+    exceeded: bool = False
+    exited: bool = False
 
-    def __init__(self, stream, cap: int, on_overflow):  # type: ignore[no-untyped-def]
-        super().__init__(daemon=True)
-        self.stream, self.cap, self.on_overflow = stream, cap, on_overflow
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.start()
 
-    def run(self) -> None:
-        with self.stream:
-            while chunk := self.stream.read1(65536):
-                if self.size < self.cap:
-                    self.chunks.append(chunk[: self.cap - self.size])
-                self.size += len(chunk)
-                if self.size > self.cap:
-                    self.on_overflow()
-                    # keep draining until the group is dead so nothing blocks on a full pipe
-
-    def text(self) -> str:
-        return b"".join(self.chunks).decode("utf-8", errors="replace")
+def _collect(proc: subprocess.Popen[bytes], result_fd: int, limits: Limits) -> _Streams:
+    """Read stdout, stderr and the result pipe (each capped) until the process exits and its pipes
+    close, or the wall-clock limit passes. One thread, no polling: the process's exit is a pidfd."""
+    caps = {"out": limits.output_kb * 1024, "err": limits.output_kb * 1024, "res": 1 << 20}
+    streams = _Streams({name: [] for name in caps})
+    sizes = dict.fromkeys(caps, 0)
+    fds = {proc.stdout.fileno(): "out", proc.stderr.fileno(): "err", result_fd: "res"}  # type: ignore[union-attr]
+    sel = selectors.DefaultSelector()
+    for fd, name in fds.items():
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ, name)
+    pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
+    if pidfd is not None:
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+    deadline = time.monotonic() + limits.timeout_s
+    open_pipes, exited_at = len(fds), 0.0
+    try:
+        while open_pipes or not streams.exited:
+            now = time.monotonic()
+            # after the exit, give escaped children holding the pipes a moment, not the whole budget
+            limit = min(deadline, exited_at + 0.2) if streams.exited else deadline
+            if now >= limit:
+                streams.timed_out = not streams.exited
+                break
+            ready = sel.select(min(limit - now, 0.05) if pidfd is None else limit - now)
+            if pidfd is None and not streams.exited and proc.poll() is not None:
+                streams.exited, exited_at = True, time.monotonic()
+            for key, _ in ready:
+                name = key.data
+                if name == "exit":
+                    sel.unregister(key.fd)
+                    streams.exited, exited_at = True, time.monotonic()
+                    continue
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(key.fd)
+                    open_pipes -= 1
+                    continue
+                if sizes[name] < caps[name]:
+                    streams.data[name].append(chunk[: caps[name] - sizes[name]])
+                sizes[name] += len(chunk)
+                if sizes[name] > caps[name] and name != "res" and not streams.exceeded:
+                    streams.exceeded = True
+                    _kill_group(proc.pid)  # keep draining until the pipes close so nothing blocks
+    finally:
+        sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
+        os.close(result_fd)
+    return streams
 
 
 def _kill_group(pgid: int) -> None:

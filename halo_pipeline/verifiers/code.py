@@ -8,9 +8,12 @@ are never trusted.
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
+import marshal
 import re
+import site
 import shutil
 import subprocess
 import sys
@@ -38,6 +41,17 @@ class CodeSettings(VerifierSettings, sandbox.Limits):
         return sandbox.Limits(**{k: getattr(self, k) for k in sandbox.Limits.model_fields})
 
 
+@functools.cache
+def _harness() -> str:
+    return HARNESS_PYTHON.read_text()
+
+
+@functools.cache
+def _site_paths() -> list[str]:
+    """This environment's site-packages, so sandboxed code can import what is installed (the harness runs with -S)."""
+    return [p for p in site.getsitepackages() if Path(p).is_dir()]
+
+
 def extract_code(text: str, languages: tuple[str, ...] = ()) -> str:
     """The first fenced block (preferring one tagged with a language in `languages`), else the text."""
     blocks = FENCE.findall(text)
@@ -54,12 +68,16 @@ def _refuse(settings: CodeSettings) -> VerifyResult | None:
 
 
 def _record(run: sandbox.RunResult) -> tuple[dict[str, Any] | None, str | None]:
-    """The harness's single record, or why there is none."""
+    """The harness's single record (JSON, or a Python literal from the no-import Python harness), or why there is none."""
     if len(run.records) == 1:
         try:
-            return json.loads(run.records[0]), None
+            record = json.loads(run.records[0])
         except json.JSONDecodeError:
-            return None, "the harness record is not JSON"
+            try:
+                record = ast.literal_eval(run.records[0])
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                return None, "the harness record is unreadable"
+        return (record, None) if isinstance(record, dict) else (None, "the harness record is unreadable")
     if len(run.records) > 1:
         return None, "more than one result record (tampering)"
     why = run.killed_reason or f"the program exited (code {run.returncode}) before the tests reported"
@@ -111,6 +129,59 @@ def python_program(settings: PythonTestsSettings, sample: Mapping[str, Any]) -> 
     return code if mode == "completion" else prompt + completion
 
 
+def instrument_tests(test_source: str, check_function: str | None, entry_point: str | None) -> tuple[str, list[str]]:
+    """The test code with every test statement wrapped to report its own outcome, and each test's source.
+
+    A test is a statement that asserts something about the solution (`assert True, "..."` lines in
+    HumanEval are not): the top-level ones, or those of `check_function`'s body. Other statements
+    inside check() are setup; a failing one is skipped so the rest still run. Done here, not in the
+    sandbox, so the harness needs no `ast` import.
+    """
+    tree = ast.parse(test_source)
+    if check_function:
+        fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == check_function), None)
+        if fn is None:
+            raise ValueError(f"the test code defines no `{check_function}` function")
+        names = {a.arg for a in fn.args.args[:1]} | ({entry_point} if entry_point else set())
+        tests = [s for s in fn.body if _is_test(s, names)]
+        fn.body = [_wrap(s, tests) for s in fn.body]
+    else:
+        names = {entry_point} if entry_point else set()
+        tests = [s for s in tree.body if _is_test(s, names)]
+        tree.body = [_wrap(s, tests) if _has_assert(s) else s for s in tree.body]
+    sources = [ast.get_source_segment(test_source, t) or ast.unparse(t) for t in tests]
+    return ast.unparse(ast.fix_missing_locations(tree)), [s if len(s) <= 200 else s[:197] + "..." for s in sources]
+
+
+def _has_assert(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Assert) for n in ast.walk(node))
+
+
+def _is_test(stmt: ast.stmt, names: set[str]) -> bool:
+    asserts = [n for n in ast.walk(stmt) if isinstance(n, ast.Assert)]
+    if not asserts or all(isinstance(a.test, ast.Constant) for a in asserts):
+        return False
+    return not names or any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(stmt))
+
+
+def _call(name: str, *args: int | ast.expr) -> ast.Expr:
+    values: list[ast.expr] = [a if isinstance(a, ast.expr) else ast.Constant(a) for a in args]
+    return ast.Expr(ast.Call(ast.Name(name, ast.Load()), values, []))
+
+
+def _wrap(stmt: ast.stmt, tests: list[ast.stmt]) -> ast.stmt:
+    """try: begin(k); <test> / except BaseException: fail(k, exc) / else: ok(k)."""
+    k = next((i for i, t in enumerate(tests) if t is stmt), None)
+    if k is None:
+        return ast.Try(body=[stmt], handlers=[_handler(None)], orelse=[], finalbody=[])
+    return ast.Try(body=[_call("__halo_begin", k), stmt], handlers=[_handler(k)], orelse=[_call("__halo_ok", k)], finalbody=[])
+
+
+def _handler(k: int | None) -> ast.ExceptHandler:
+    body: list[ast.stmt] = [ast.Pass()] if k is None else [_call("__halo_fail", k, ast.Name("__halo_exc", ast.Load()))]
+    return ast.ExceptHandler(type=ast.Name("BaseException", ast.Load()), name="__halo_exc", body=body)
+
+
 def python_test_spec(sample: Mapping[str, Any]) -> dict[str, Any]:
     """HumanEval (`test` + `entry_point`: check(candidate)), MBPP (`test_list`, `test_setup_code`,
     `test_imports`) or generic (`tests`: assert statements, or `test` code with top-level asserts)."""
@@ -130,14 +201,29 @@ def python_tests(settings: PythonTestsSettings, sample: Mapping[str, Any]) -> Ve
     sandboxed, one process per sample, result reported by the harness after the tests (never the exit code)."""
     if refused := _refuse(settings):
         return refused
-    spec = python_test_spec(sample)
-    if not spec["test_source"].strip():
+    found = python_test_spec(sample)
+    if not found["test_source"].strip():
         return VerifyResult(0.0, False, {}, "sample has no tests (fields: test + entry_point, test_list, or tests)")
-    spec.update(program=python_program(settings, sample), plain_results=settings.plain_results)
+    try:
+        test_code, sources = instrument_tests(found["test_source"], found["check_function"], found["entry_point"])
+    except (SyntaxError, ValueError) as exc:
+        return VerifyResult(0.0, False, {}, f"the sample's test code is broken: {exc}")
+    spec = {
+        "program": python_program(settings, sample),
+        "test_code": test_code,
+        "tests": len(sources),
+        "check_function": found["check_function"],
+        "entry_point": found["entry_point"],
+        "plain_results": settings.plain_results,
+        "site_paths": _site_paths(),
+    }
     nonce = sandbox.new_nonce()
-    files = {"harness.py": HARNESS_PYTHON.read_text(), "spec.json": json.dumps(spec), ".nonce": nonce}
-    run = sandbox.run([sys.executable, "-I", "harness.py", "{result_fd}"], files=files, limits=settings.limits(), nonce=nonce)
+    files = {"harness.py": _harness(), "spec.bin": marshal.dumps(spec), ".nonce": nonce}
+    run = sandbox.run([sys.executable, "-I", "-S", "harness.py", "{result_fd}"], files=files, limits=settings.limits(), nonce=nonce)
     record, error = _record(run)
+    for failure in (record or {}).get("failures", []):
+        if isinstance(failure.get("test"), int) and 0 <= failure["test"] < len(sources):
+            failure["source"] = sources[failure["test"]]
     result = _tests_result(record, error, run)
     if not settings.partial_credit and not result.passed:
         return VerifyResult(0.0, False, result.details, result.error)

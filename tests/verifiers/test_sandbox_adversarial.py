@@ -85,6 +85,7 @@ ATTACKS = {
     "memory bomb": "    x = bytearray(8 * 1024 ** 3)\n    return a + b\n",
     "memory bomb, growing": "    x = []\n    while True:\n        x.append(bytearray(10 ** 7))\n",
     "fork bomb": ("    import os\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n"),
+    "closing its pipes, then looping": "    import os\n    for fd in range(1, 20):\n        try:\n            os.close(fd)\n        except OSError:\n            pass\n    while True:\n        pass\n",
     "huge output": "    import sys\n    while True:\n        sys.stdout.write('x' * 65536)\n",
     "background process that outlives the sample": (
         "    import subprocess\n    subprocess.Popen(['sleep', '300'], start_new_session=True)\n    import os\n    os._exit(0)\n"

