@@ -13,8 +13,8 @@ import functools
 import json
 import marshal
 import re
-import site
 import shutil
+import site
 import subprocess
 import sys
 from collections.abc import Mapping
