@@ -18,11 +18,11 @@ import sys
 
 def main() -> None:
     out_fd = int(sys.argv[1])
-    with open(".nonce", encoding="utf-8") as f:
-        nonce = f.read()
+    with open(".nonce", encoding="utf-8") as text:
+        nonce = text.read()
     os.unlink(".nonce")
-    with open("spec.bin", "rb") as f:
-        spec = marshal.loads(f.read())
+    with open("spec.bin", "rb") as binary:
+        spec = marshal.loads(binary.read())
     os.unlink("spec.bin")
     sys.path.extend(spec["site_paths"])  # site-packages without running .pth files (-S)
     write, getframe, exit_now, builtins = os.write, sys._getframe, os._exit, __builtins__

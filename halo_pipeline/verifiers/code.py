@@ -218,7 +218,7 @@ def python_tests(settings: PythonTestsSettings, sample: Mapping[str, Any]) -> Ve
         "site_paths": _site_paths(),
     }
     nonce = sandbox.new_nonce()
-    files = {"harness.py": _harness(), "spec.bin": marshal.dumps(spec), ".nonce": nonce}
+    files: dict[str, str | bytes] = {"harness.py": _harness(), "spec.bin": marshal.dumps(spec), ".nonce": nonce}
     run = sandbox.run([sys.executable, "-I", "-S", "harness.py", "{result_fd}"], files=files, limits=settings.limits(), nonce=nonce)
     record, error = _record(run)
     for failure in (record or {}).get("failures", []):
