@@ -65,6 +65,7 @@ class StepKind:
     deterministic: bool | Callable[[Any], bool] = True
     check: Callable[[Any], list[str]] | None = None
     fingerprint: Callable[[Any], dict[str, Any]] | None = None
+    accepts: Callable[[Any, str], tuple[str, ...]] | None = None  # input types that depend on params
     doc: str = ""
     import_path: str = ""
 
@@ -75,6 +76,12 @@ class StepKind:
         if declared.startswith(SAME_AS):
             return input_types.get(declared[len(SAME_AS) :], self.inputs[declared[len(SAME_AS) :]][0])
         return declared
+
+    def accepted(self, name: str, params: Any = None) -> tuple[str, ...]:
+        """Artifact types input `name` takes with these params (e.g. DPO takes preference datasets only)."""
+        if self.accepts is not None and params is not None:
+            return self.accepts(params, name)
+        return self.inputs[name]
 
     def is_deterministic(self, params: Params) -> bool:
         return self.deterministic(params) if callable(self.deterministic) else bool(self.deterministic)
@@ -93,6 +100,7 @@ def step(
     deterministic: bool | Callable[[Any], bool] = True,
     check: Callable[[Any], list[str]] | None = None,
     fingerprint: Callable[[Any], dict[str, Any]] | None = None,
+    accepts: Callable[[Any, str], tuple[str, ...]] | None = None,
 ) -> Callable[[F], F]:
     """Declare a function `run(params, inputs, ctx) -> {output: path}` as a step kind.
 
@@ -105,6 +113,7 @@ def step(
         deterministic: whether the same key always gives the same bytes (`replay --check`).
         check: extra validation of params, returning problems as text (run by `validate`).
         fingerprint: extra cache-key material derived from params (e.g. a model's digest).
+        accepts: `(params, input) -> types` when what an input takes depends on params.
     """
 
     def wrap(fn: F) -> F:
@@ -124,6 +133,7 @@ def step(
             deterministic=deterministic,
             check=check,
             fingerprint=fingerprint,
+            accepts=accepts,
             doc=(getattr(sys.modules.get(fn.__module__), "__doc__", None) or fn.__doc__ or "").strip(),
             import_path=f"{fn.__module__}:{fn.__name__}",
         )

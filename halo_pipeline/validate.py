@@ -178,7 +178,7 @@ def build_plan(composed: Composed) -> Plan:
         kind = kinds[sid]
         in_types[sid] = {}
         for name, ref in inputs[sid].items():
-            accepted = kind.inputs[name]
+            accepted = kind.accepted(name, params.get(sid))
             if isinstance(ref, Path):
                 in_types[sid][name] = accepted[0]
                 continue
@@ -190,8 +190,11 @@ def build_plan(composed: Composed) -> Plan:
                 issues.append(
                     smap.issue(
                         ("steps", sid, "inputs", name),
-                        f"'{ref}' is a {got}, but '{kind.name}' input '{name}' takes {' or '.join(accepted)}",
-                        "wire an output of the right type, or choose a step kind that takes this one",
+                        f"'{ref}' is a {got}, but '{kind.name}' input '{name}' takes {' or '.join(accepted)}"
+                        + (" with these params" if kind.accepts else ""),
+                        "change the params that decide it (e.g. the algorithm), or wire an output of that type"
+                        if kind.accepts
+                        else "wire an output of the right type, or choose a step kind that takes this one",
                     )
                 )
         try:

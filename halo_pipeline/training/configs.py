@@ -1,0 +1,101 @@
+"""Recipe params -> the TRL and peft config objects (a test checks every value gets through)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from halo_pipeline.training import algorithms as alg
+
+
+def device_args(backend: dict[str, Any] | None) -> dict[str, Any]:
+    """TrainingArguments for the backend: device, mixed precision."""
+    backend = backend or {"name": "cpu", "device": "cpu", "dtype": "float32"}
+    dtype = backend.get("dtype", "float32")
+    if backend.get("name", "cpu") == "cpu" or backend.get("device") == "cpu":
+        return {"use_cpu": True, "bf16": False, "fp16": False}
+    return {"use_cpu": False, "bf16": dtype == "bfloat16", "fp16": dtype == "float16"}
+
+
+def peft_config(params: Any, task_type: str = "CAUSAL_LM") -> Any:
+    if params.adapter == "none":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=params.lora_r,
+        lora_alpha=params.lora_alpha,
+        lora_dropout=params.lora_dropout,
+        target_modules=params.target_modules,
+        use_dora=params.adapter == "dora",
+        use_rslora=params.adapter == "rslora",
+        init_lora_weights="pissa_niter_4" if params.adapter == "pissa" else True,  # type: ignore[arg-type]
+        task_type=task_type,
+        bias="none",
+    )
+
+
+def common_args(params: Any, algo: Any, out_dir: Path) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "output_dir": str(out_dir),
+        "learning_rate": algo.learning_rate,
+        "num_train_epochs": algo.epochs,
+        "max_steps": params.max_steps if params.max_steps is not None else -1,
+        "per_device_train_batch_size": algo.batch_size,
+        "gradient_accumulation_steps": params.grad_accum,
+        "lr_scheduler_type": params.lr_scheduler,
+        "warmup_steps": params.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        "weight_decay": params.weight_decay,
+        "max_grad_norm": params.max_grad_norm,
+        "seed": params.seed,
+        "data_seed": params.seed,
+        "logging_steps": params.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": params.save_every,
+        "save_total_limit": 2,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "activation_checkpointing": params.gradient_checkpointing,
+        "include_num_input_tokens_seen": "all",
+        **device_args(params.backend),
+    }
+    return args
+
+
+def trainer_config(params: Any, out_dir: Path) -> Any:
+    """The TRL config object for the recipe's algorithm (RAFT uses SFT's for its training phases)."""
+    import trl
+
+    algo = params.algorithm
+    args = common_args(params, algo, out_dir)
+    if isinstance(algo, alg.SFT | alg.RAFT):
+        return trl.SFTConfig(
+            **args,
+            max_length=params.max_length,
+            completion_only_loss=algo.completion_only_loss if isinstance(algo, alg.SFT) else True,
+        )
+    if isinstance(algo, alg.DPO):
+        loss, weights = [algo.loss_type], None
+        if algo.loss_type == "robust":
+            loss = ["robust"]
+        elif algo.loss_type == "rpo":  # RPO = DPO + an NLL term on the chosen completion
+            loss, weights = ["sigmoid", "sft"], [1.0, algo.rpo_alpha]
+        return trl.DPOConfig(
+            **args, max_length=params.max_length, beta=algo.beta, loss_type=loss, loss_weights=weights, label_smoothing=algo.label_smoothing
+        )
+    if isinstance(algo, alg.GRPO):
+        return trl.GRPOConfig(
+            **args,
+            num_generations=algo.num_generations,
+            beta=algo.beta,
+            epsilon=algo.epsilon,
+            temperature=algo.temperature,
+            max_completion_length=algo.max_completion_length,
+            scale_rewards=algo.scale_rewards,
+            reward_weights=[algo.reward_scale],
+            log_completions=False,
+        )
+    if isinstance(algo, alg.RM):
+        return trl.RewardConfig(**args, max_length=params.max_length, center_rewards_coefficient=algo.center_rewards_coefficient)
+    raise ValueError(f"unknown algorithm {algo!r}")

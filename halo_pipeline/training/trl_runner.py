@@ -1,0 +1,297 @@
+"""Training on torch with TRL: sft, dpo, grpo, rm through TRL's trainers; raft as cycles of
+generate -> verify -> keep the best -> SFT. Resumes from the last complete checkpoint."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from halo_pipeline.training import algorithms as alg
+from halo_pipeline.training import data
+from halo_pipeline.training.configs import peft_config, trainer_config
+
+
+def last_checkpoint(root: Path) -> Path | None:
+    """The newest checkpoint that finished writing (trainer_state.json is saved after the weights and optimizer)."""
+    found = []
+    for path in root.glob("checkpoint-*") if root.is_dir() else ():
+        m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if m and (path / "trainer_state.json").is_file():
+            found.append((int(m.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def _trim_metrics(path: Path, upto_step: int) -> None:
+    """A resumed run logs again from its checkpoint: drop lines logged after it."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= upto_step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def _load(params: Any, for_reward_model: bool = False) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from halo_pipeline.models import resolve
+
+    path = resolve(params.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if params.adapter == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
+    torch.manual_seed(params.seed)
+    if for_reward_model:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model, tokenizer
+
+
+def _snapshot(model: Any) -> dict[str, Any]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _changed(before: dict[str, Any], model: Any) -> bool:
+    after = dict(model.named_parameters())
+    return any(n in after and not bool((after[n].detach() == t).all()) for n, t in before.items())
+
+
+def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
+    import warnings
+
+    import datasets
+
+    datasets.disable_progress_bars()  # the engine shows the step's progress
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")  # TRL's use of renamed APIs
+    algo = params.algorithm
+    if isinstance(algo, alg.RAFT):
+        return _raft(params, rows, ctx)
+    model, tokenizer = _load(params, for_reward_model=isinstance(algo, alg.RM))
+    chat = params.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+    config = trainer_config(params, ctx.path("checkpoints"))
+    trainer = _trainer(params, model, tokenizer, chat, rows, config, ctx)
+    _quiet(trainer)
+    before = _snapshot(trainer.model)
+    resume = last_checkpoint(ctx.path("checkpoints"))
+    if resume is not None:
+        step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
+        ctx.log.info("resuming from %s (step %d)", resume.name, step)
+        _trim_metrics(ctx.path("metrics.jsonl"), step)
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    summary = _summary(trainer, output, before, resume)
+    _save(params, trainer, tokenizer, ctx.path("model"))
+    return summary
+
+
+def _trainer(params: Any, model: Any, tokenizer: Any, chat: bool, rows: list[dict[str, Any]], config: Any, ctx: Any) -> Any:
+    import trl
+    from datasets import Dataset
+
+    from halo_pipeline.training.metrics import callback
+
+    algo = params.algorithm
+    recorder = callback(ctx.path("metrics.jsonl"), ctx.on_progress)
+    common = {"model": model, "args": config, "processing_class": tokenizer, "callbacks": [recorder]}
+    if isinstance(algo, alg.SFT):
+        dataset = Dataset.from_list(data.sft_rows(rows, chat, params.system_prompt))
+        return trl.SFTTrainer(**common, train_dataset=dataset, peft_config=peft_config(params))
+    if isinstance(algo, alg.DPO):
+        dataset = Dataset.from_list(data.preference_rows(rows, chat, params.system_prompt))
+        return trl.DPOTrainer(**common, train_dataset=dataset, peft_config=peft_config(params))
+    if isinstance(algo, alg.RM):
+        dataset = Dataset.from_list(data.preference_rows(rows, chat, params.system_prompt))
+        return trl.RewardTrainer(**common, train_dataset=dataset, peft_config=peft_config(params, task_type="SEQ_CLS"))
+    if isinstance(algo, alg.GRPO):
+        dataset = Dataset.from_list(data.prompt_rows(rows, chat, params.system_prompt))
+        return trl.GRPOTrainer(**common, train_dataset=dataset, reward_funcs=[_reward_fn(params)], peft_config=peft_config(params))
+    raise ValueError(f"unknown algorithm {algo.name}")
+
+
+def _quiet(trainer: Any) -> None:
+    """Metrics go to metrics.jsonl and the engine's progress, not as dicts printed to stdout."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def _reward_fn(params: Any) -> Any:
+    from halo_pipeline.verifiers import build_verifier
+
+    verifier = build_verifier(params.verifier)
+    skip = {"prompts", "prompt", "completion_ids", "trainer_state", "log_extra", "log_metric"}
+
+    def verifier_reward(completions: list[Any], **columns: Any) -> list[float]:
+        samples = []
+        for i, completion in enumerate(completions):
+            task = {k: v[i] for k, v in columns.items() if k not in skip and isinstance(v, list) and len(v) == len(completions)}
+            task["prompt"] = task.pop("task_prompt", "")
+            samples.append({**task, "completion": data.completion_text(completion)})
+        return [r.reward for r in verifier.verify_batch(samples)]
+
+    verifier_reward.__name__ = f"verifier_{verifier.name}"  # TRL logs rewards under the function's name
+    return verifier_reward
+
+
+def _summary(trainer: Any, output: Any, before: dict[str, Any], resumed: Path | None) -> dict[str, Any]:
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    summary: dict[str, Any] = {
+        "steps": trainer.state.global_step,
+        "final_loss": history[-1]["loss"] if history else output.training_loss,
+        "weights_changed": _changed(before, trainer.model),
+        "tokens": int(trainer.state.num_input_tokens_seen or 0),
+        "train_s": round(output.metrics.get("train_runtime", 0.0), 3),
+        "resumed_from": resumed.name if resumed else None,
+        "trainable_params": sum(t.numel() for t in before.values()),
+    }
+    if rewards:
+        summary["mean_reward"] = round(sum(rewards) / len(rewards), 4)
+    return summary
+
+
+def _save(params: Any, trainer: Any, tokenizer: Any, out: Path) -> None:
+    from halo_pipeline.models import fingerprint
+
+    model = trainer.model
+    merge = params.adapter != "none" and isinstance(params.algorithm, alg.RM)
+    if merge:  # reward models ship merged, so the reward_model verifier loads them as one directory
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    provenance = {
+        "base": params.model if isinstance(params.model, str) else dict(params.model),
+        "base_fingerprint": fingerprint(params.model),
+        "algorithm": params.algorithm.model_dump(),
+        "adapter": params.adapter,
+        "kind": "adapter" if params.adapter != "none" and not merge else "model",
+    }
+    (out / "halo_provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------- RAFT
+
+
+def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
+    """Cycles of: sample N completions per prompt, verify, keep each prompt's best (reward >= threshold,
+    never 0), SFT one pass on those. Prompts are balanced: at most one kept sample per prompt."""
+    import time
+
+    import trl
+    from datasets import Dataset
+    from peft import get_peft_model
+
+    from halo_pipeline.training.metrics import callback
+    from halo_pipeline.verifiers import build_verifier
+
+    algo = params.algorithm
+    model, tokenizer = _load(params)
+    chat = params.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+    lora = peft_config(params)
+    if lora is not None:
+        model = get_peft_model(model, lora)
+    before = _snapshot(model)
+    verifier = build_verifier(params.verifier)
+    prompts = data.prompt_rows(rows, False, None)
+    metrics_path = ctx.path("metrics.jsonl")
+    step, tokens, train_s, losses, cycle_rewards = 0, 0, 0.0, [], []
+    for cycle in range(algo.cycles):
+        samples = _sample(model, tokenizer, prompts, algo, params, chat, seed=params.seed + cycle)
+        results = verifier.verify_batch(
+            [{**p, "prompt": p["task_prompt"], "completion": c} for p, cs in zip(prompts, samples, strict=True) for c in cs]
+        )
+        kept, flat = [], iter(results)
+        rewards = []
+        for p, cs in zip(prompts, samples, strict=True):
+            scored = [(next(flat).reward, c) for c in cs]
+            rewards += [r for r, _ in scored]
+            best_reward, best = max(scored, key=lambda x: x[0])
+            if best_reward > 0 and best_reward >= algo.reward_threshold:
+                kept.append({"prompt": p["task_prompt"], "completion": best})
+        mean_reward = sum(rewards) / len(rewards) if rewards else 0.0
+        cycle_rewards.append(mean_reward)
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "cycle": cycle, "reward": round(mean_reward, 4), "kept": len(kept)}) + "\n")
+        ctx.log.info("raft cycle %d: mean reward %.3f, kept %d of %d prompts", cycle + 1, mean_reward, len(kept), len(prompts))
+        if ctx.on_progress:
+            ctx.on_progress(cycle, algo.cycles)
+        if not kept:
+            continue  # nothing good enough to learn from this round: never train on reward-0 samples
+        config = trainer_config(params, ctx.path("checkpoints") / f"cycle-{cycle}")
+        trainer = trl.SFTTrainer(
+            model=model,
+            args=config,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list(data.sft_rows(kept, chat, params.system_prompt)),
+            callbacks=[callback(metrics_path, None)],
+        )
+        _quiet(trainer)
+        started = time.time()
+        out = trainer.train()
+        train_s += time.time() - started
+        step += trainer.state.global_step
+        tokens += int(trainer.state.num_input_tokens_seen or 0)
+        losses.append(out.training_loss)
+        model = trainer.model
+    if ctx.on_progress:
+        ctx.on_progress(algo.cycles, algo.cycles)
+
+    class _Holder:  # _save takes a trainer-like object
+        pass
+
+    holder = _Holder()
+    holder.model = model  # type: ignore[attr-defined]
+    _save(params, holder, tokenizer, ctx.path("model"))
+    return {
+        "steps": step,
+        "final_loss": losses[-1] if losses else None,
+        "weights_changed": _changed(before, model),
+        "tokens": tokens,
+        "train_s": round(train_s, 3),
+        "mean_reward": round(cycle_rewards[-1], 4) if cycle_rewards else None,
+        "reward_by_cycle": [round(r, 4) for r in cycle_rewards],
+        "trainable_params": sum(t.numel() for t in before.values()),
+    }
+
+
+def _sample(model: Any, tokenizer: Any, prompts: list[dict[str, Any]], algo: Any, params: Any, chat: bool, seed: int) -> list[list[str]]:
+    import torch
+
+    texts = []
+    for p in prompts:
+        if chat:
+            messages = data._user(p["task_prompt"], params.system_prompt)
+            texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        else:
+            texts.append(p["task_prompt"])
+    tokenizer.padding_side = "left"
+    out: list[list[str]] = []
+    model.eval()
+    torch.manual_seed(seed)
+    for i in range(0, len(texts), algo.batch_size):
+        batch = tokenizer(texts[i : i + algo.batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
+        with torch.no_grad():
+            generated = model.generate(
+                **batch,
+                do_sample=True,
+                temperature=algo.temperature,
+                max_new_tokens=algo.max_completion_length,
+                num_return_sequences=algo.samples_per_prompt,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = generated[:, batch["input_ids"].shape[1] :]
+        decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+        out += [
+            decoded[j * algo.samples_per_prompt : (j + 1) * algo.samples_per_prompt] for j in range(len(decoded) // algo.samples_per_prompt)
+        ]
+    tokenizer.padding_side = "right"
+    model.train()
+    return out

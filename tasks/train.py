@@ -1,0 +1,164 @@
+"""train: fine-tune the recipe's model with TRL (sft, dpo, grpo, raft, rm) or MLX (sft on backend=mlx).
+
+The `algorithm` group picks the method and its hyperparameters (`conf/algorithm/*.yaml`); the
+`backend` group the device and precision; `adapter` LoRA / DoRA / rsLoRA / PiSSA / QLoRA (CUDA) or
+full fine-tuning (`none`). Inputs: an `sft_dataset` for sft, a `preference_dataset` for dpo and rm,
+prompts (a `prompts` or `sft_dataset` artifact, task fields kept) for grpo and raft, which reward
+with the recipe's verifier. The output `model` is a PEFT `adapter` that records its base model, or
+a full `model` directory (full fine-tuning, and reward models, which are merged so the
+`reward_model` verifier loads them directly).
+
+Checkpoints are written every `save_every` steps; a killed run, rerun, resumes from the last
+complete checkpoint (same global step, optimizer and scheduler state). Per-step metrics go to
+`metrics.jsonl`, curves to `curves.png` (also in the Prefect artifact), and
+`training_summary.json` holds steps, tokens, final loss, whether the weights changed, wall time and
+tokens/s.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from halo_pipeline.datasets import read_rows
+from halo_pipeline.step import Artifact, Params, RunContext, TypeByParam, step
+from halo_pipeline.training import algorithms as alg
+
+
+class TrainParams(Params):
+    model: str | dict[str, Any] = Field("tiny", description="Base model reference (usually `${model}`).")
+    backend: dict[str, Any] | None = Field(None, description="Backend node (usually `${backend}`).")
+    algorithm: alg.Algorithm = Field(default_factory=lambda: alg.SFT(name="sft"), description="Algorithm node (usually `${algorithm}`).")
+    verifier: dict[str, Any] | str | None = Field(None, description="Reward for grpo/raft (usually `${verifier}`).")
+    adapter: Literal["lora", "dora", "rslora", "pissa", "qlora", "none"] = Field(
+        "lora", description="PEFT method, or none (full fine-tuning)."
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters (`all-linear` or names).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (overrides the algorithm's epochs).")
+    max_length: int = Field(512, ge=16, description="Longest tokenized example (longer ones are truncated).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field("linear", description="LR schedule.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    seed: int = Field(0, description="Seed for init, data order and sampling.")
+    logging_steps: int = Field(1, ge=1, description="Log metrics every N steps.")
+    save_every: int = Field(50, ge=1, description="Checkpoint every N steps (a killed run resumes from the last one).")
+    use_chat_template: bool = Field(True, description="Train through the tokenizer's chat template (when it has one).")
+    system_prompt: str | None = Field(None, description="System message before each prompt.")
+
+    @property
+    def output_kind(self) -> str:
+        return "model" if self.adapter == "none" or self.algorithm.name == "rm" else "adapter"
+
+    @model_validator(mode="after")
+    def _grpo_batch(self) -> TrainParams:
+        algo = self.algorithm
+        if isinstance(algo, alg.GRPO) and (algo.batch_size * self.grad_accum) % algo.num_generations:
+            raise ValueError(
+                f"grpo: batch_size x grad_accum ({algo.batch_size} x {self.grad_accum}) must be a multiple of "
+                f"num_generations ({algo.num_generations}); e.g. algorithm.batch_size={algo.num_generations}"
+            )
+        return self
+
+
+def accepts(params: TrainParams, name: str) -> tuple[str, ...]:
+    return alg.INPUT_TYPES[params.algorithm.name]
+
+
+def check(params: TrainParams) -> list[str]:
+    from halo_pipeline.backends import available
+    from halo_pipeline.models import check_reference
+    from halo_pipeline.verifiers import check_spec
+
+    problems = check_reference(params.model)
+    backend = params.backend or {}
+    if backend and (why := available(backend)):
+        problems.append(why)
+    name = params.algorithm.name
+    if name in ("grpo", "raft"):
+        if params.verifier is None:
+            problems.append(f"{name} rewards with a verifier: set `verifier: ${{verifier}}` in the train step")
+        problems += check_spec(params.verifier)
+    if params.adapter == "qlora" and backend.get("name") not in ("cuda",):
+        problems.append("adapter qlora quantizes the base to 4 bits with bitsandbytes, which needs CUDA: use backend=cuda, or adapter=lora")
+    if backend.get("engine") == "mlx":
+        if name != "sft":
+            problems.append(
+                f"backend=mlx trains sft only (mlx-lm's LoRA trainer); algorithm={name} needs a torch backend (cpu/cuda/rocm/mps)"
+            )
+        if params.adapter not in ("lora", "dora"):
+            problems.append(f"backend=mlx supports adapter lora or dora, not {params.adapter}")
+    return problems
+
+
+def fingerprint(params: TrainParams) -> dict[str, Any]:
+    from halo_pipeline.models import fingerprint as model_fingerprint
+
+    return {"base": model_fingerprint(params.model)}
+
+
+@step(
+    inputs={"dataset": ("sft_dataset", "preference_dataset", "prompts")},
+    outputs={"model": TypeByParam("output_kind", {"adapter": "adapter", "model": "model"})},
+    version="1",
+    libraries=("torch", "transformers", "trl", "peft", "accelerate", "mlx-lm"),
+    deterministic=False,
+    check=check,
+    fingerprint=fingerprint,
+    accepts=accepts,
+)
+def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    src = inputs["dataset"]
+    bad: list[str] = []
+    rows = list(read_rows(src.path, src.type, "skip", bad))
+    if not rows:
+        raise ValueError(f"the training dataset {src.path} has no usable rows")
+    started = time.time()
+    if (params.backend or {}).get("engine") == "mlx":
+        from halo_pipeline.training.mlx import train_mlx
+
+        summary = train_mlx(params, rows, ctx)
+    else:
+        from halo_pipeline.training.trl_runner import train_torch
+
+        summary = train_torch(params, rows, ctx)
+    summary["wall_s"] = round(time.time() - started, 2)
+    if summary.get("tokens") and summary.get("train_s"):
+        summary["tokens_per_s"] = round(summary["tokens"] / max(summary["train_s"], 1e-9), 1)
+    summary["bad_rows"] = len(bad)
+    ctx.path("training_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(ctx.path("checkpoints"), ignore_errors=True)  # resumability is for unfinished runs; the cache keeps the result
+    _report(params, ctx, summary)
+    return {"model": ctx.path("model")}
+
+
+def _report(params: TrainParams, ctx: RunContext, summary: dict[str, Any]) -> None:
+    from halo_pipeline.training import metrics
+
+    rows = metrics.read(ctx.path("metrics.jsonl"))
+    title = f"{params.algorithm.name} · {params.adapter}"
+    if metrics.plot(rows, ctx.path("curves.png"), title):
+        ctx.summary(metrics.inline_image(ctx.path("curves.png")))
+    ctx.metrics.update(
+        {k: summary[k] for k in ("steps", "final_loss", "weights_changed", "tokens", "tokens_per_s", "mean_reward") if k in summary}
+    )
+    ctx.meta["model"] = {
+        "base": params.model if isinstance(params.model, str) else dict(params.model),
+        "algorithm": params.algorithm.name,
+        "adapter": params.adapter,
+        "format": "mlx" if (params.backend or {}).get("engine") == "mlx" else "hf",
+    }
+    loss = summary.get("final_loss")
+    ctx.summary(
+        f"{params.algorithm.name} ({params.adapter}): {summary.get('steps')} steps, final loss "
+        f"{loss if loss is None else round(loss, 4)}, weights changed: {summary.get('weights_changed')}, {summary.get('wall_s')} s."
+    )

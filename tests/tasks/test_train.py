@@ -1,0 +1,221 @@
+"""The train step really trains: every algorithm takes optimizer steps on the tiny model, the
+weights change, the artifact loads; recipe params reach TRL/peft; a killed run resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from halo_pipeline.step import Artifact
+from helpers import read_jsonl, run_kind, write_jsonl
+
+REWARD = {"name": "regex_format", "pattern": "today"}  # the tiny model says "today" in some samples, not all
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifact]:
+    root = tmp_path_factory.mktemp("data")
+    sft = write_jsonl(root / "sft.jsonl", [{"id": f"r{i}", "prompt": f"What is {i}+{i}?", "completion": f"{2 * i}"} for i in range(8)])
+    pref = write_jsonl(
+        root / "pref.jsonl", [{"id": f"p{i}", "prompt": f"What is {i}+{i}?", "chosen": f"{2 * i}", "rejected": "no idea"} for i in range(8)]
+    )
+    return {"sft": Artifact("sft_dataset", sft), "preference": Artifact("preference_dataset", pref)}
+
+
+ALGORITHMS = {
+    "sft": ({"name": "sft", "batch_size": 2}, "sft"),
+    "dpo": ({"name": "dpo", "batch_size": 2, "learning_rate": 1e-3}, "preference"),
+    "rm": ({"name": "rm", "batch_size": 2, "learning_rate": 1e-3}, "preference"),
+    "grpo": ({"name": "grpo", "batch_size": 4, "num_generations": 4, "max_completion_length": 8, "learning_rate": 1e-3}, "sft"),
+    "raft": ({"name": "raft", "cycles": 2, "samples_per_prompt": 2, "reward_threshold": 0.5, "max_completion_length": 8}, "sft"),
+}
+
+
+def train(tmp: Path, datasets: dict[str, Artifact], algo: str, **params: object) -> tuple[dict, Path]:
+    node, data = ALGORITHMS[algo]
+    full = {"model": "tiny", "algorithm": node, "max_steps": 2, "save_every": 1, **params}
+    if algo in ("grpo", "raft"):
+        full.setdefault("verifier", REWARD)
+    outputs, _ = run_kind("train", full, {"dataset": datasets[data]}, tmp)
+    return json.loads((tmp / "training_summary.json").read_text()), outputs["model"]
+
+
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_each_algorithm_trains_with_lora_and_the_adapter_loads(algo: str, tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    summary, model_dir = train(tmp_path, datasets, algo)
+    assert summary["weights_changed"] is True, summary
+    assert summary["steps"] >= 2 and summary["final_loss"] is not None
+    assert not (tmp_path / "checkpoints").exists()  # resumability is for unfinished runs
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert rows and all("step" in r for r in rows)
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    provenance = json.loads((model_dir / "halo_provenance.json").read_text())
+    assert provenance["base"] == "tiny" and provenance["algorithm"]["name"] == algo
+    if algo == "rm":  # merged, so the reward_model verifier loads it directly
+        from halo_pipeline.verifiers import build_verifier
+
+        reward = build_verifier({"name": "reward_model", "model": str(model_dir)}).verify({"prompt": "hi", "completion": "ok"})
+        assert 0 < reward.reward < 1 and reward.error is None
+    else:
+        from peft import AutoPeftModelForCausalLM
+
+        loaded = AutoPeftModelForCausalLM.from_pretrained(model_dir)
+        assert any("lora" in n for n, _ in loaded.named_parameters())
+    if algo == "grpo":
+        assert any("reward" in r for r in rows)
+    if algo == "raft":
+        assert summary["reward_by_cycle"] and all(0 <= r <= 1 for r in summary["reward_by_cycle"])
+
+
+@pytest.mark.parametrize("algo", ["sft", "dpo"])
+def test_full_fine_tuning_writes_a_model(algo: str, tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    summary, model_dir = train(tmp_path, datasets, algo, adapter="none")
+    assert summary["weights_changed"] and summary["trainable_params"] > 90_000
+    assert AutoModelForCausalLM.from_pretrained(model_dir).num_parameters() > 90_000
+
+
+@pytest.mark.parametrize("adapter", ["dora", "rslora", "pissa"])
+def test_adapter_variants_train(adapter: str, tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    summary, model_dir = train(tmp_path, datasets, "sft", adapter=adapter)
+    config = json.loads((model_dir / "adapter_config.json").read_text())
+    assert summary["weights_changed"]
+    assert config["use_dora"] is (adapter == "dora") and config["use_rslora"] is (adapter == "rslora")
+
+
+def test_raft_never_trains_on_zero_reward(tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    summary, _ = train(tmp_path, datasets, "raft", verifier={"name": "regex_format", "pattern": "^NEVER$"})
+    assert summary["steps"] == 0 and summary["weights_changed"] is False
+
+
+def test_mlx_sft_trains_the_tiny_model(tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    backend = {"name": "mlx", "engine": "mlx", "device": "default", "dtype": "float16"}
+    summary, model_dir = train(tmp_path, datasets, "sft", backend=backend, max_steps=3)
+    assert summary["weights_changed"] and summary["steps"] == 3 and summary["final_loss"] is not None
+    assert (model_dir / "adapters.safetensors").is_file() and (model_dir / "adapter_config.json").is_file()
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_every_recipe_param_reaches_trl_and_peft(tmp_path: Path) -> None:
+    import tasks.train as train_kind
+    from halo_pipeline.training.configs import peft_config, trainer_config
+
+    base = {"model": "tiny", "max_steps": 7, "grad_accum": 2, "seed": 11, "max_length": 123, "lr_scheduler": "cosine", "warmup_ratio": 0.1}
+    base |= {"weight_decay": 0.01, "max_grad_norm": 0.5, "save_every": 3, "logging_steps": 2, "lora_r": 4, "lora_alpha": 8}
+    base |= {"lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"], "adapter": "rslora"}
+    dpo = train_kind.TrainParams.model_validate(
+        {
+            **base,
+            "algorithm": {
+                "name": "dpo",
+                "learning_rate": 3e-5,
+                "epochs": 2,
+                "batch_size": 3,
+                "beta": 0.3,
+                "loss_type": "robust",
+                "label_smoothing": 0.2,
+            },
+        }
+    )
+    c = trainer_config(dpo, tmp_path)
+    assert (c.learning_rate, c.num_train_epochs, c.per_device_train_batch_size, c.beta, c.loss_type, c.label_smoothing) == (
+        3e-5,
+        2,
+        3,
+        0.3,
+        ["robust"],
+        0.2,
+    )
+    assert (c.max_steps, c.gradient_accumulation_steps, c.seed, c.max_length, c.lr_scheduler_type.value, c.warmup_steps) == (
+        7,
+        2,
+        11,
+        123,
+        "cosine",
+        0.1,
+    )
+    assert (c.weight_decay, c.max_grad_norm, c.save_steps, c.logging_steps, c.use_cpu, c.report_to) == (0.01, 0.5, 3, 2, True, [])
+    lora = peft_config(dpo)
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, set(lora.target_modules), lora.use_rslora) == (
+        4,
+        8,
+        0.05,
+        {"q_proj", "v_proj"},
+        True,
+    )
+    rpo = train_kind.TrainParams.model_validate({**base, "algorithm": {"name": "dpo", "loss_type": "rpo", "rpo_alpha": 0.5}})
+    assert (trainer_config(rpo, tmp_path).loss_type, trainer_config(rpo, tmp_path).loss_weights) == (["sigmoid", "sft"], [1.0, 0.5])
+    grpo_node = {"name": "grpo", "batch_size": 6, "num_generations": 3, "beta": 0.07, "epsilon": 0.3, "temperature": 0.7}
+    grpo_node |= {"max_completion_length": 17, "scale_rewards": "batch", "reward_scale": 2.0}
+    g = trainer_config(train_kind.TrainParams.model_validate({**base, "algorithm": grpo_node}), tmp_path)
+    assert (g.num_generations, g.beta, g.epsilon, g.temperature, g.max_completion_length, g.scale_rewards, g.reward_weights) == (
+        3, 0.07, 0.3, 0.7, 17, "batch", [2.0],
+    )  # fmt: skip
+    sft = trainer_config(
+        train_kind.TrainParams.model_validate({**base, "algorithm": {"name": "sft", "completion_only_loss": False}}), tmp_path
+    )
+    assert sft.completion_only_loss is False and sft.max_length == 123
+    rm = trainer_config(
+        train_kind.TrainParams.model_validate({**base, "algorithm": {"name": "rm", "center_rewards_coefficient": 0.01}}), tmp_path
+    )
+    assert rm.center_rewards_coefficient == 0.01
+    assert peft_config(train_kind.TrainParams.model_validate({**base, "adapter": "pissa"})).init_lora_weights == "pissa_niter_4"
+    assert peft_config(train_kind.TrainParams.model_validate({**base, "adapter": "none"})) is None
+    from halo_pipeline.training.configs import device_args
+
+    # (TrainingArguments refuses bf16 without a GPU, so the CUDA mapping is checked before it)
+    assert device_args({"name": "cuda", "device": "cuda", "dtype": "bfloat16"}) == {"use_cpu": False, "bf16": True, "fp16": False}
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path[:0] = [{tests!r}, {tasks!r}]
+from helpers import run_kind
+from halo_pipeline.step import Artifact
+params = {{"model": "tiny", "algorithm": {{"name": "sft", "batch_size": 1, "learning_rate": 1e-3}}, "max_steps": 40, "save_every": 3}}
+run_kind("train", params, {{"dataset": Artifact("sft_dataset", Path({data!r}))}}, Path({out!r}))
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    out = tmp_path / "work"
+    tests = Path(__file__).resolve().parents[1]
+    script = KILL_SCRIPT.format(tests=str(tests), tasks=str(tests / "tasks"), data=str(datasets["sft"].path), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("checkpoints/checkpoint-6/trainer_state.json")):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]  # type: ignore[union-attr]
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert list(out.glob("checkpoints/checkpoint-*")), "no checkpoint before the kill"
+    assert not (out / "training_summary.json").exists(), "finished before it could be killed"
+    from halo_pipeline.training.trl_runner import last_checkpoint
+
+    resume_from = last_checkpoint(out / "checkpoints")
+    assert resume_from is not None
+    params = {"model": "tiny", "algorithm": {"name": "sft", "batch_size": 1, "learning_rate": 1e-3}, "max_steps": 40, "save_every": 3}
+    run_kind("train", params, {"dataset": datasets["sft"]}, out)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["resumed_from"] == resume_from.name and summary["steps"] == 40
+    steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert steps == list(range(1, 41)), steps  # no step logged twice, none missing
+
+
+@pytest.mark.slow
+def test_sft_lora_lowers_smollm2_training_loss(tmp_path: Path) -> None:
+    rows = [
+        {"id": f"r{i}", "prompt": f"Say the secret word number {i}.", "completion": f"The secret word is banana-{i}."} for i in range(16)
+    ]
+    data = Artifact("sft_dataset", write_jsonl(tmp_path / "d.jsonl", rows))
+    params = {"model": "smollm2-135m-instruct", "algorithm": {"name": "sft", "batch_size": 4, "learning_rate": 1e-3}, "max_steps": 12}
+    run_kind("train", params, {"dataset": data}, tmp_path / "out")
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "loss" in r]
+    assert losses[-1] < 0.7 * losses[0], losses
