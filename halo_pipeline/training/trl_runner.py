@@ -41,6 +41,8 @@ def _load(params: Any, for_reward_model: bool = False) -> tuple[Any, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if (params.backend or {}).get("attention"):
+        kwargs["attn_implementation"] = params.backend["attention"]
     if params.adapter == "qlora":
         from transformers import BitsAndBytesConfig
 

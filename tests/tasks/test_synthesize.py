@@ -172,3 +172,12 @@ def test_mlx_backend_generates_with_mlx_lm(tmp_path: Path) -> None:
     assert ctx.metrics["samples"] == 4 and ctx.metrics["generated_tokens"] > 0
     b, _ = run_kind("synthesize", params, {}, tmp_path / "b")
     assert Path(a["generated"]).read_text() == Path(b["generated"]).read_text()  # seeded sampling reproduces
+
+
+def test_output_prompts_writes_the_tasks_without_generating(tmp_path: Path) -> None:
+    from helpers import read_jsonl, run_kind
+
+    outputs, ctx = run_kind("synthesize", {"source": "humaneval:test", "limit": 5, "output": "prompts"}, {}, tmp_path)
+    rows = read_jsonl(outputs["dataset"])
+    assert len(rows) == 5 and all({"id", "prompt", "test", "entry_point"} <= set(r) for r in rows)
+    assert ctx.meta["dataset"]["kind"] == "prompts" and outputs["generated"].read_text() == ""

@@ -103,7 +103,7 @@ def test_mlx_sft_trains_the_tiny_model(tmp_path: Path, datasets: dict[str, Artif
 
 
 def test_every_recipe_param_reaches_trl_and_peft(tmp_path: Path) -> None:
-    import tasks.train as train_kind
+    from halo_pipeline.tasks import train as train_kind
     from halo_pipeline.training.configs import peft_config, trainer_config
 
     base = {"model": "tiny", "max_steps": 7, "grad_accum": 2, "seed": 11, "max_length": 123, "lr_scheduler": "cosine", "warmup_ratio": 0.1}

