@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/dedup.py
 	$(BIN)/python benchmarks/verifiers.py
+	$(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) outputs/.cache

@@ -80,7 +80,6 @@ def child_direct(algo: str, steps: int, out: Path) -> dict:
 
     from halo_pipeline.models import resolve
 
-    path = resolve(MODEL)
     h = HYPER[algo]
     common = dict(
         output_dir=str(out / "direct"),
@@ -94,8 +93,19 @@ def child_direct(algo: str, steps: int, out: Path) -> dict:
         seed=0,
         include_num_input_tokens_seen="all",
         disable_tqdm=True,
+        # what the train step sets explicitly; TRL's own defaults differ (bf16 autocast, activation checkpointing)
+        bf16=False,
+        fp16=False,
+        activation_checkpointing=False,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        dataloader_num_workers=0,
+        data_seed=0,
     )
     started = time.perf_counter()
+    path = resolve(MODEL)  # the step resolves its model too (a cached directory by now)
     tokenizer = AutoTokenizer.from_pretrained(path)
     user = lambda p: [{"role": "user", "content": p}]  # noqa: E731
     bot = lambda c: [{"role": "assistant", "content": c}]  # noqa: E731
@@ -140,6 +150,8 @@ def child_direct(algo: str, steps: int, out: Path) -> dict:
 
 def child(side: str, algo: str, steps: int) -> None:
     # heavy imports first, untimed: both sides pay them
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
     import trl  # noqa: F401
