@@ -366,6 +366,8 @@ def _bwrap_argv(work: Path, uid: int | None, limits: Limits, argv: list[str], ro
     else:  # root: no user namespace, so setpriv can move to the sample's own host uid
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     args += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    # the private /tmp first: binds below it (a venv or work dir under /tmp) must land on top of it
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
     made: set[str] = {"/", "/tmp", "/proc", "/dev"}
 
     def bind(path: str, option: str = "--ro-bind") -> None:
@@ -387,7 +389,6 @@ def _bwrap_argv(work: Path, uid: int | None, limits: Limits, argv: list[str], ro
         made.add(link)
     for path in _interpreter_paths(ro_binds):
         bind(path)
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
     args += ["--bind", str(work), str(work), "--chdir", str(work), "--setenv", "HOME", str(work), "--setenv", "TMPDIR", str(work)]
     return args + ["--"] + _drop_privileges(uid) + argv
 

@@ -4,6 +4,7 @@ time budget, scores 0, and leaves no process or file behind."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -170,3 +171,17 @@ def test_the_manifest_facts_name_the_isolation():  # type: ignore[no-untyped-def
     facts = sandbox.describe()
     assert facts["isolation"] in ("bubblewrap", "rlimits")
     assert (facts["warning"] is None) == (facts["isolation"] == "bubblewrap")
+
+
+def test_read_only_binds_under_tmp_are_visible(tmp_path: Path) -> None:
+    """A Python or venv that lives under /tmp (a CI checkout) must stay reachable over the private /tmp."""
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    (tool / "data.txt").write_text("visible")
+    nonce = sandbox.new_nonce()
+    code = f"import os; os.write(int(__import__('sys').argv[1]), ({nonce!r} + open({str(tool / 'data.txt')!r}).read() + '\\n').encode())"
+    run = sandbox.run([sys.executable, "-I", "-S", "-c", code, "{result_fd}"], ro_binds=[str(tool)], nonce=nonce)
+    assert run.records == ["visible"], run.stderr
+    if BWRAP:
+        write = sandbox.run([sys.executable, "-I", "-S", "-c", f"open({str(tool / 'x')!r}, 'w')"], ro_binds=[str(tool)])
+        assert write.returncode != 0 and not (tool / "x").exists()  # read-only
