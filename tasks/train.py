@@ -53,6 +53,13 @@ class TrainParams(Params):
     logging_steps: int = Field(1, ge=1, description="Log metrics every N steps.")
     save_every: int = Field(50, ge=1, description="Checkpoint every N steps (a killed run resumes from the last one).")
     use_chat_template: bool = Field(True, description="Train through the tokenizer's chat template (when it has one).")
+    probe_every: int | None = Field(
+        None, ge=1, description="Probe held-out tasks every N steps (and before the first), logged with the curves."
+    )
+    probe_source: str = Field("humaneval:test", description="Tasks of the mid-training probe (humaneval:test: the held-out split).")
+    probe_limit: int = Field(8, ge=1, description="Tasks per mid-training probe.")
+    probe_max_new_tokens: int = Field(64, ge=1, description="Tokens per probe completion.")
+    probe_verifier: dict[str, Any] | str | None = Field(None, description="Scores the probe (default: `verifier`).")
     system_prompt: str | None = Field(None, description="System message before each prompt.")
 
     @property
@@ -90,6 +97,12 @@ def check(params: TrainParams) -> list[str]:
         problems += check_spec(params.verifier)
     if params.adapter == "qlora" and backend.get("name") not in ("cuda",):
         problems.append("adapter qlora quantizes the base to 4 bits with bitsandbytes, which needs CUDA: use backend=cuda, or adapter=lora")
+    if params.probe_every is not None:
+        if name in ("rm", "raft") or backend.get("engine") == "mlx":
+            problems.append(f"probe_every runs with TRL's sft, dpo and grpo trainers, not {name} on {backend.get('name', 'cpu')}")
+        if params.probe_verifier is None and params.verifier is None:
+            problems.append("probe_every scores the probe with a verifier: set probe_verifier (or verifier)")
+        problems += check_spec(params.probe_verifier)
     if backend.get("engine") == "mlx":
         if name != "sft":
             problems.append(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-CURVES = ("loss", "reward", "kl", "learning_rate", "rewards/accuracies", "accuracy")
+CURVES = ("loss", "reward", "kl", "learning_rate", "rewards/accuracies", "accuracy", "probe/pass@1", "probe/mean_reward")
 
 
 def callback(metrics_path: Path, on_progress: Callable[[int, int], None] | None) -> Any:

@@ -101,8 +101,12 @@ def _trainer(params: Any, model: Any, tokenizer: Any, chat: bool, rows: list[dic
     from halo_pipeline.training.metrics import callback
 
     algo = params.algorithm
-    recorder = callback(ctx.path("metrics.jsonl"), ctx.on_progress)
-    common = {"model": model, "args": config, "processing_class": tokenizer, "callbacks": [recorder]}
+    callbacks = [callback(ctx.path("metrics.jsonl"), ctx.on_progress)]
+    if params.probe_every is not None:
+        from halo_pipeline.training.midprobe import callback as probe_callback
+
+        callbacks.append(probe_callback(params, tokenizer, chat, ctx.path("metrics.jsonl"), ctx.log))
+    common = {"model": model, "args": config, "processing_class": tokenizer, "callbacks": callbacks}
     if isinstance(algo, alg.SFT):
         dataset = Dataset.from_list(data.sft_rows(rows, chat, params.system_prompt))
         return trl.SFTTrainer(**common, train_dataset=dataset, peft_config=peft_config(params))
@@ -265,35 +269,53 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
 
 
 def _sample(model: Any, tokenizer: Any, prompts: list[dict[str, Any]], algo: Any, params: Any, chat: bool, seed: int) -> list[list[str]]:
+    return generate(
+        model, tokenizer, [p["task_prompt"] for p in prompts], chat, params.system_prompt, algo.samples_per_prompt,
+        algo.temperature, algo.max_completion_length, algo.batch_size, seed,
+    )  # fmt: skip
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    chat: bool,
+    system: str | None,
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+) -> list[list[str]]:
+    """n completions per prompt from the model being trained (left padding, then back to train mode)."""
     import torch
 
-    texts = []
-    for p in prompts:
-        if chat:
-            messages = data._user(p["task_prompt"], params.system_prompt)
-            texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        else:
-            texts.append(p["task_prompt"])
-    tokenizer.padding_side = "left"
+    texts = [
+        tokenizer.apply_chat_template(data._user(p, system), tokenize=False, add_generation_prompt=True) if chat else p for p in prompts
+    ]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     out: list[list[str]] = []
+    was_training = model.training
     model.eval()
     torch.manual_seed(seed)
-    for i in range(0, len(texts), algo.batch_size):
-        batch = tokenizer(texts[i : i + algo.batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
+    sample = temperature > 0
+    for i in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat).to(model.device)
         with torch.no_grad():
             generated = model.generate(
                 **batch,
-                do_sample=True,
-                temperature=algo.temperature,
-                max_new_tokens=algo.max_completion_length,
-                num_return_sequences=algo.samples_per_prompt,
+                do_sample=sample,
+                temperature=temperature if sample else None,
+                top_p=None,
+                top_k=None,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=n if sample else 1,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        new = generated[:, batch["input_ids"].shape[1] :]
-        decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-        out += [
-            decoded[j * algo.samples_per_prompt : (j + 1) * algo.samples_per_prompt] for j in range(len(decoded) // algo.samples_per_prompt)
-        ]
-    tokenizer.padding_side = "right"
-    model.train()
+        decoded = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        per = n if sample else 1
+        out += [decoded[j * per : (j + 1) * per] * (n // per) for j in range(len(decoded) // per)]
+    tokenizer.padding_side = side
+    if was_training:
+        model.train()
     return out

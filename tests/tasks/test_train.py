@@ -219,3 +219,20 @@ def test_sft_lora_lowers_smollm2_training_loss(tmp_path: Path) -> None:
     run_kind("train", params, {"dataset": data}, tmp_path / "out")
     losses = [r["loss"] for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if "loss" in r]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_probe_every_logs_held_out_scores_with_the_curves(tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    probe = {"probe_every": 1, "probe_limit": 2, "probe_max_new_tokens": 8, "probe_verifier": "python_syntax"}
+    train(tmp_path, datasets, "sft", **probe)
+    probes = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "probe/pass@1" in r]
+    assert [r["step"] for r in probes] == [0, 1, 2]  # before training, then every step
+    assert all(0 <= r["probe/pass@1"] <= 1 and 0 <= r["probe/mean_reward"] <= 1 for r in probes)
+
+
+def test_probe_every_is_checked_at_validation() -> None:
+    from halo_pipeline.tasks import train as train_kind
+
+    rm = train_kind.TrainParams.model_validate({"algorithm": {"name": "rm"}, "probe_every": 5, "probe_verifier": "python_syntax"})
+    assert any("probe_every" in p for p in train_kind.check(rm))
+    unscored = train_kind.TrainParams.model_validate({"algorithm": {"name": "sft"}, "probe_every": 5})
+    assert any("probe_verifier" in p for p in train_kind.check(unscored))
