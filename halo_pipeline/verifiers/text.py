@@ -196,28 +196,27 @@ def _no_reference(settings: ReferenceSettings) -> VerifyResult:
     return VerifyResult(0.0, False, {}, f"sample has no '{settings.reference_field}' field")
 
 
-@register_verifier("bleu", ReferenceSettings)
-def bleu(settings: ReferenceSettings, sample: Mapping[str, Any]) -> VerifyResult:
-    """sacrebleu sentence BLEU against the reference(s), scaled to [0, 1] (graduated)."""
+def _sacrebleu(settings: ReferenceSettings, sample: Mapping[str, Any], metric: Literal["bleu", "chrf"]) -> VerifyResult:
     import sacrebleu
 
     refs = _references(settings, sample)
     if refs is None:
         return _no_reference(settings)
-    score = sacrebleu.sentence_bleu(str(sample.get("completion", "")), refs).score / 100
-    return VerifyResult(score, True, {"bleu": round(score * 100, 2)})
+    scorer = sacrebleu.sentence_bleu if metric == "bleu" else sacrebleu.sentence_chrf
+    score = scorer(str(sample.get("completion", "")), refs).score / 100
+    return VerifyResult(score, True, {metric: round(score * 100, 2)})
+
+
+@register_verifier("bleu", ReferenceSettings)
+def bleu(settings: ReferenceSettings, sample: Mapping[str, Any]) -> VerifyResult:
+    """sacrebleu sentence BLEU against the reference(s), scaled to [0, 1] (graduated)."""
+    return _sacrebleu(settings, sample, "bleu")
 
 
 @register_verifier("chrf", ReferenceSettings)
 def chrf(settings: ReferenceSettings, sample: Mapping[str, Any]) -> VerifyResult:
     """sacrebleu sentence chrF against the reference(s), scaled to [0, 1] (graduated)."""
-    import sacrebleu
-
-    refs = _references(settings, sample)
-    if refs is None:
-        return _no_reference(settings)
-    score = sacrebleu.sentence_chrf(str(sample.get("completion", "")), refs).score / 100
-    return VerifyResult(score, True, {"chrf": round(score * 100, 2)})
+    return _sacrebleu(settings, sample, "chrf")
 
 
 class RougeSettings(ReferenceSettings):
