@@ -53,7 +53,7 @@ class ProbeParams(Params):
             raise ValueError(f"pass@{max(self.k)} needs n >= {max(self.k)} samples per task (n={self.n})")
         if self.n > 1 and self.temperature == 0:
             raise ValueError("n > 1 identical greedy samples estimate nothing: set temperature > 0")
-        if self.source and self.source != "humaneval:test" and not self.source.startswith("humaneval"):
+        if self.source and not self.source.startswith("humaneval"):
             raise ValueError(f"unknown source '{self.source}'; built-in: humaneval:test")
         if not self.baseline == "base" and not self.baseline.startswith("file:"):
             raise ValueError("baseline is `base` or `file:<path to probe.json>`")
@@ -189,15 +189,12 @@ def _probe(
     from halo_pipeline.generation import HFGenerator, Sampling, to_messages
     from halo_pipeline.models import resolve
 
-    backend = params.backend or {"device": "cpu", "dtype": "float32"}
-    if candidate is None:
-        generator = HFGenerator(resolve(params.model), backend.get("device", "cpu"), "float32", params.use_chat_template)
-    elif (candidate.path / "adapter_config.json").is_file():
-        generator = HFGenerator(
-            resolve(params.model), backend.get("device", "cpu"), "float32", params.use_chat_template, adapter=candidate.path
-        )
-    else:
-        generator = HFGenerator(candidate.path, backend.get("device", "cpu"), "float32", params.use_chat_template)
+    is_adapter = candidate is not None and (candidate.path / "adapter_config.json").is_file()
+    full_model = candidate is not None and not is_adapter
+    model_dir = candidate.path if full_model else resolve(params.model)  # baseline and adapters run on the base
+    adapter = candidate.path if is_adapter else None
+    device = (params.backend or {}).get("device", "cpu")
+    generator = HFGenerator(model_dir, device, "float32", params.use_chat_template, adapter=adapter)
     who = "baseline" if candidate is None else "candidate"
     metrics: dict[str, Any] = {}
     if gen:

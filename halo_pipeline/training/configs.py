@@ -77,9 +77,7 @@ def trainer_config(params: Any, out_dir: Path) -> Any:
         )
     if isinstance(algo, alg.DPO):
         loss, weights = [algo.loss_type], None
-        if algo.loss_type == "robust":
-            loss = ["robust"]
-        elif algo.loss_type == "rpo":  # RPO = DPO + an NLL term on the chosen completion
+        if algo.loss_type == "rpo":  # RPO = DPO + an NLL term on the chosen completion
             loss, weights = ["sigmoid", "sft"], [1.0, algo.rpo_alpha]
         return trl.DPOConfig(
             **args, max_length=params.max_length, beta=algo.beta, loss_type=loss, loss_weights=weights, label_smoothing=algo.label_smoothing

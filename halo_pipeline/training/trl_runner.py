@@ -90,7 +90,7 @@ def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, 
         _trim_metrics(ctx.path("metrics.jsonl"), step)
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     summary = _summary(trainer, output, before, resume)
-    _save(params, trainer, tokenizer, ctx.path("model"))
+    _save(params, trainer.model, tokenizer, ctx.path("model"))
     return summary
 
 
@@ -164,10 +164,9 @@ def _summary(trainer: Any, output: Any, before: dict[str, Any], resumed: Path | 
     return summary
 
 
-def _save(params: Any, trainer: Any, tokenizer: Any, out: Path) -> None:
+def _save(params: Any, model: Any, tokenizer: Any, out: Path) -> None:
     from halo_pipeline.models import fingerprint
 
-    model = trainer.model
     merge = params.adapter != "none" and isinstance(params.algorithm, alg.RM)
     if merge:  # reward models ship merged, so the reward_model verifier loads them as one directory
         model = model.merge_and_unload()
@@ -250,12 +249,7 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
     if ctx.on_progress:
         ctx.on_progress(algo.cycles, algo.cycles)
 
-    class _Holder:  # _save takes a trainer-like object
-        pass
-
-    holder = _Holder()
-    holder.model = model  # type: ignore[attr-defined]
-    _save(params, holder, tokenizer, ctx.path("model"))
+    _save(params, model, tokenizer, ctx.path("model"))
     return {
         "steps": step,
         "final_loss": losses[-1] if losses else None,

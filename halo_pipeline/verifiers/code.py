@@ -120,13 +120,11 @@ def python_program(settings: PythonTestsSettings, sample: Mapping[str, Any]) -> 
     prompt, completion = str(sample.get("prompt") or ""), str(sample.get("completion") or "")
     code = extract_code(completion, ("python", "py", "python3"))
     entry = sample.get("entry_point")
-    mode = settings.program
-    if mode == "auto":
+    if settings.program == "auto":
         defines_entry = bool(entry) and re.search(rf"^\s*def\s+{re.escape(str(entry))}\s*\(", code, re.MULTILINE)
-        mode = "completion" if defines_entry else "prompt+completion"
-        if defines_entry:
-            return prompt + "\n\n" + code  # the prompt brings imports/helpers; the completion's def wins
-    return code if mode == "completion" else prompt + completion
+        # a full definition comes after the prompt (its imports/helpers) and wins; otherwise it continues the prompt
+        return prompt + "\n\n" + code if defines_entry else prompt + completion
+    return code if settings.program == "completion" else prompt + completion
 
 
 def instrument_tests(test_source: str, check_function: str | None, entry_point: str | None) -> tuple[str, list[str]]:
