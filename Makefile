@@ -8,6 +8,10 @@ LLAMA_VERSION := 0.3.36
 # here); a portable build runs everywhere. Built once and kept as a wheel (pip's cache ignores CMAKE_ARGS).
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 WHEELS := $(HOME)/.cache/halo-pipeline/wheels/llama-cpp-python-$(LLAMA_VERSION)-portable
+# The sdist is kept: it carries llama.cpp's GGUF converter (convert_hf_to_gguf.py + gguf-py), which
+# the convert step extracts once (the wheel does not ship it).
+SDISTS := $(HOME)/.cache/halo-pipeline/sdists
+SDIST := $(SDISTS)/llama_cpp_python-$(LLAMA_VERSION).tar.gz
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export DO_NOT_TRACK ?= 1
@@ -19,13 +23,15 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	test -f $(SDIST) || $(BIN)/pip download --quiet --no-deps --no-binary :all: -d $(SDISTS) llama-cpp-python==$(LLAMA_VERSION)
 	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
 		echo "building llama-cpp-python $(LLAMA_VERSION) (portable, ~6 min, once)"; \
 		CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
-		$(BIN)/pip wheel --no-cache-dir --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION); \
+		$(BIN)/pip wheel --no-cache-dir --no-deps -w $(WHEELS) $(SDIST); \
 	fi
 	$(BIN)/pip install --quiet $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "from halo_pipeline.export.gguf import ensure_converter; print('GGUF converter:', ensure_converter())"
 	touch $(STAMP)
 
 run: setup

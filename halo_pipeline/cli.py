@@ -232,6 +232,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 2
 
 
+def _export_command(args: argparse.Namespace) -> int:
+    from halo_pipeline.export import cli as export_cli
+
+    return int(getattr(export_cli, f"cmd_{args.command}")(args, _console()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="halo-pipeline", description="Declarative post-training pipelines: YAML recipes run as Prefect flows.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -293,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--set", action="append", metavar="KEY=VALUE", help="a verifier setting (repeatable)")
     vf.add_argument("--allow-code-execution", action="store_true", help="let code verifiers run the completions (sandboxed)")
     vf.set_defaults(func=cmd_verifiers)
+
+    from halo_pipeline.export.cli import add_parsers
+
+    add_parsers(sub)
+    for name in ("merge", "convert", "verify"):
+        sub.choices[name].set_defaults(func=_export_command)
 
     rs = sub.add_parser("runs", help="runs from their manifests: ls, show RUN, diff RUN_A RUN_B")
     rs.add_argument("action", choices=["ls", "show", "diff"])

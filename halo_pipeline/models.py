@@ -225,6 +225,9 @@ def from_gguf(path: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "halo_source.json").write_text(json.dumps({"gguf": str(path)}))
+        from halo_pipeline.export.converting import mlx_rope_compat
+
+        mlx_rope_compat(tmp / "config.json")  # so backend=mlx (training, generation) reads the right RoPE theta
     return out
 
 

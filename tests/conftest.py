@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -90,3 +91,32 @@ steps:
     uses: fake_steps:sft_only
     inputs: {dataset: copy.dataset}
 """
+
+
+@contextlib.contextmanager
+def llama_cpp_server(model: Path, n_ctx: int = 1024) -> Iterator[str]:
+    """llama_cpp.server on a free loopback port serving a GGUF file: a real OpenAI-compatible endpoint (its /v1 URL)."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port), "--n_threads", "1", "--n_ctx", str(n_ctx)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

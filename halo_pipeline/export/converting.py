@@ -1,0 +1,164 @@
+"""convert: any supported model -> GGUF, MLX or HF at one of the normalized quants."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from halo_pipeline.export.formats import EXPORT_FILE, QUANT_TABLE, TORCH_DTYPES, export_info, gguf_file, lossiest, pair_problem
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json")
+
+
+def convert(source: Path, fmt: str, quant: str, out: Path, work: Path | None = None) -> dict[str, Any]:
+    """Write `source` as `fmt`/`quant` into the directory `out`; returns the export record (also in out/halo_export.json)."""
+    if problem := pair_problem(fmt, quant):
+        raise ValueError(problem)
+    info = export_info(source)
+    started = time.time()
+    scratch = work is None
+    work = work or Path(tempfile.mkdtemp(prefix="halo-convert-"))
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _convert(source, info, fmt, quant, out, work, started)
+    finally:
+        if scratch:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _convert(source: Path, info: dict[str, Any], fmt: str, quant: str, out: Path, work: Path, started: float) -> dict[str, Any]:
+    hf_source = source
+    if info["format"] == "gguf":
+        if fmt == "gguf":
+            raise ValueError("the source is already GGUF: convert it to hf first, or quantize from the HF model")
+        hf_source = work / "from-gguf"
+        gguf_to_hf(gguf_file(source), hf_source, "fp32")  # type: ignore[arg-type]
+    elif info["format"] == "mlx" and fmt != "mlx":
+        raise ValueError(f"{source} is an MLX checkpoint; convert from its HF source (MLX -> {fmt} is not supported)")
+    elif info["format"] == "unknown":
+        raise ValueError(f"{source} is not a model: expected an HF directory (config.json), a .gguf file or an MLX directory")
+    spec = QUANT_TABLE[fmt][quant]
+    if fmt == "gguf":
+        facts = _to_gguf(hf_source, out, spec["gguf_type"], work)
+    elif fmt == "mlx":
+        facts = _to_mlx(hf_source, out, spec)
+    else:
+        facts = _to_hf(hf_source, out, quant)
+    record = {
+        "format": fmt,
+        "quant": quant,
+        "spec": {k: v for k, v in spec.items() if k != "bits"},
+        "source": str(source),
+        "source_format": info["format"],
+        "source_digest": _digest(source),
+        "verify_quant": lossiest(quant, info.get("verify_quant"), info.get("quant")),  # thresholds verify applies
+        "seconds": round(time.time() - started, 2),
+        **facts,
+    }
+    (out / EXPORT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def _digest(path: Path) -> str:
+    from halo_pipeline.cache import digest
+
+    return digest(path)
+
+
+def _to_gguf(source: Path, out: Path, gguf_type: str, work: Path) -> dict[str, Any]:
+    from halo_pipeline.export.gguf import convert_to_gguf
+
+    target = out / f"model-{gguf_type.lower()}.gguf"
+    facts = convert_to_gguf(source, target, gguf_type, work / "convert.log")
+    _copy_tokenizer(source, out)  # the GGUF carries its own; kept for tokenizer-parity checks and GGUF -> HF
+    return facts
+
+
+def _to_mlx(source: Path, out: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    # mlx_lm.convert refuses an existing directory and keeps its state in-process: a child process
+    # gives it a clean slate and lets us report its own peak memory.
+    shutil.rmtree(out)
+    args: dict[str, Any] = {"hf_path": str(source), "mlx_path": str(out)}
+    if "q_bits" in spec:
+        args.update(quantize=True, q_bits=spec["q_bits"], q_group_size=spec["q_group_size"])
+    else:
+        args["dtype"] = spec["dtype"]
+    code = (
+        "import json, resource, sys; from mlx_lm.convert import convert; convert(**json.loads(sys.argv[1])); "
+        "print('HALO_RESULT ' + json.dumps({'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"mlx_lm.convert failed for {source}:\n{done.stderr.strip()[-1500:]}")
+    facts = next(json.loads(ln[12:]) for ln in done.stdout.splitlines() if ln.startswith("HALO_RESULT "))
+    _copy_tokenizer(source, out, overwrite=False)
+    mlx_rope_compat(out / "config.json")
+    from importlib.metadata import version
+
+    return {"converter": f"mlx_lm.convert {version('mlx-lm')}", **facts}
+
+
+def mlx_rope_compat(config_path: Path) -> bool:
+    """transformers 5 writes RoPE settings under `rope_parameters`; mlx-lm 0.32 reads a top-level
+    `rope_theta` and silently uses 10000 without it (SmolLM2's is 100000: verify measured KL 0.04 at
+    fp32). Write the top-level keys mlx-lm reads; True when the file changed."""
+    config = json.loads(config_path.read_text())
+    rope = config.get("rope_parameters")
+    if not isinstance(rope, dict) or "rope_theta" in config or "rope_theta" not in rope:
+        return False
+    config["rope_theta"] = rope["rope_theta"]
+    if rope.get("rope_type", "default") != "default" and not config.get("rope_scaling"):
+        config["rope_scaling"] = rope
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return True
+
+
+def _to_hf(source: Path, out: Path, quant: str) -> dict[str, Any]:
+    import resource
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, __version__
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, TORCH_DTYPES[quant]))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    _copy_tokenizer(source, out, overwrite=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"converter": f"transformers {__version__} save_pretrained", "peak_rss_mb": round(peak, 1)}
+
+
+def gguf_to_hf(gguf: Path, out: Path, quant: str = "fp32") -> None:
+    """Dequantize a GGUF file into an HF directory (transformers' GGUF loader), so any export can go back to training."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, TORCH_DTYPES[quant]))
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model.hf_quantizer = None  # type: ignore[assignment]  # saving refuses a model still marked as GGUF-quantized
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = _gguf_chat_template(gguf)  # transformers' GGUF loader drops it
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _gguf_chat_template(path: Path) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("tokenizer.chat_template")
+    return None if field is None else bytes(field.parts[field.data[0]]).decode()
+
+
+def _copy_tokenizer(source: Path, out: Path, overwrite: bool = True) -> None:
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file() and (overwrite or not (out / name).exists()):
+            shutil.copy2(source / name, out / name)

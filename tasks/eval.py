@@ -1,0 +1,133 @@
+"""eval: lm-evaluation-harness on the model a pipeline produced — HF, GGUF or a running endpoint.
+
+The `model` input (a model directory, a GGUF export, or an adapter applied to its base) is
+evaluated with `lm_eval.simple_evaluate`: `engine: auto` picks `hf` for HF directories and adapters
+and `gguf` (llama.cpp in-process, log-likelihoods correct) for GGUF exports; `engine: api` evaluates
+an OpenAI-compatible endpoint (`base_url`) with lm-eval's `local-chat-completions` (generation tasks).
+Tasks are lm-eval's own (their datasets must be reachable) or local YAML + JSONL tasks: the shipped
+`halo_arith` (multiple choice), `halo_capitals` (generation, exact match) and `halo_prose_ppl`
+(perplexity) run offline; `include_path` adds your own task directories. Results are normalized to
+`{task: {metric: {value, stderr}}}` (eval.json) next to lm-eval's raw output, per-sample logs and a
+chart; every value is also a step metric `<task>/<metric>` (for `runs diff` and sweep objectives).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from halo_pipeline.step import Artifact, Params, RunContext, step
+
+
+class EvalParams(Params):
+    tasks: list[str] = Field(default_factory=lambda: ["halo_arith"], min_length=1, description="lm-eval task names (local or lm-eval's).")
+    include_path: list[str] = Field(default_factory=list, description="Directories of your own task YAMLs (data_files relative to them).")
+    engine: Literal["auto", "hf", "gguf", "api"] = Field("auto", description="auto: gguf for GGUF exports, hf otherwise; api: base_url.")
+    model: str | dict[str, Any] | None = Field(
+        None, description="The base for an adapter input (usually `${model}`), or the model when there is no input."
+    )
+    base_url: str | None = Field(
+        None, description="engine api: the endpoint's chat completions URL (http://127.0.0.1:8001/v1/chat/completions)."
+    )
+    api_model: str | None = Field(None, description="engine api: the model name sent to the endpoint.")
+    limit: int | None = Field(None, ge=1, description="Documents per task (None: all).")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (None: the task's default).")
+    batch_size: int = Field(8, ge=1, description="hf engine batch size.")
+    apply_chat_template: bool | None = Field(None, description="Prompt through the chat template (default: only for api).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalParams:
+        if self.engine == "api" and not self.base_url:
+            raise ValueError("engine: api needs base_url (an OpenAI-compatible /v1/chat/completions URL)")
+        if self.base_url and self.engine != "api":
+            raise ValueError("base_url is for engine: api")
+        return self
+
+
+def check(params: EvalParams) -> list[str]:
+    from halo_pipeline.models import check_reference
+
+    problems = check_reference(params.model)
+    for path in params.include_path:
+        if not Path(path).is_dir():
+            problems.append(f"include_path '{path}' is not a directory of task YAMLs")
+    return problems
+
+
+def fingerprint(params: EvalParams) -> dict[str, Any]:
+    from halo_pipeline.execute import external_digest
+    from halo_pipeline.models import fingerprint as model_fingerprint
+
+    found: dict[str, Any] = {"include": {p: external_digest(Path(p)) for p in params.include_path if Path(p).is_dir()}}
+    if params.model is not None:
+        found["model"] = model_fingerprint(params.model)
+    return found
+
+
+def _is_deterministic(params: EvalParams) -> bool:
+    return params.engine != "api"  # an endpoint can change under us
+
+
+@step(
+    inputs={"model": ("model", "adapter")},
+    optional_inputs=("model",),
+    outputs={"report": "report"},
+    version="1",
+    libraries=("lm-eval", "torch", "transformers", "peft", "llama-cpp-python"),
+    deterministic=_is_deterministic,
+    check=check,
+    fingerprint=fingerprint,
+)
+def run(params: EvalParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    from halo_pipeline.evaluation import harness
+    from halo_pipeline.export.formats import export_info
+    from halo_pipeline.models import resolve
+
+    artifact = inputs.get("model")
+    model_path, adapter = (artifact.path if artifact else None), None
+    if artifact is not None and (artifact.path / "adapter_config.json").is_file():
+        if params.model is None:
+            raise ValueError("an adapter input needs its base: set `model: ${model}`")
+        model_path, adapter = resolve(params.model), artifact.path
+    elif model_path is None and params.engine != "api":
+        if params.model is None:
+            raise ValueError("nothing to evaluate: connect a `model` input or set `model:`")
+        model_path = resolve(params.model)
+    engine = params.engine
+    if engine == "auto":
+        engine = "gguf" if export_info(model_path)["format"] == "gguf" else "hf"  # type: ignore[arg-type]
+    raw = harness.evaluate(
+        engine,
+        params.tasks,
+        ctx.path("work"),
+        model_path=model_path,
+        adapter=adapter,
+        include=[Path(p) for p in params.include_path],
+        limit=params.limit,
+        num_fewshot=params.num_fewshot,
+        batch_size=params.batch_size,
+        base_url=params.base_url,
+        api_model=params.api_model,
+        apply_chat_template=params.apply_chat_template,
+        seed=ctx.seed,
+    )
+    normalized = harness.normalize(raw)
+    report_dir = ctx.path("report")
+    harness.save(raw, normalized, report_dir)
+    lines = ["| task | metric | value | stderr |", "|---|---|---|---|"]
+    for task, metrics in normalized.items():
+        for metric, m in metrics.items():
+            ctx.metrics[f"{task}/{metric}"] = m["value"]
+            stderr = "" if m["stderr"] is None else f"{m['stderr']:.4g}"
+            lines.append(f"| {task} | {metric} | {m['value']:.4g} | {stderr} |")
+    ctx.summary(f"lm-eval on {engine} ({model_path or params.base_url}):\n\n" + "\n".join(lines))
+    if harness.plot(normalized, report_dir / "eval.png", f"eval ({engine})"):
+        from halo_pipeline.training.metrics import inline_image
+
+        ctx.summary(inline_image(report_dir / "eval.png"))
+    ctx.meta["report"] = {"engine": engine, "tasks": params.tasks}
+    (report_dir / "eval_run.json").write_text(json.dumps({"engine": engine, "model": str(model_path), "adapter": str(adapter)}) + "\n")
+    return {"report": report_dir}
