@@ -233,6 +233,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _export_command(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        from halo_pipeline.serving.cli import cmd_serve
+
+        return cmd_serve(args, _console())
     from halo_pipeline.export import cli as export_cli
 
     return int(getattr(export_cli, f"cmd_{args.command}")(args, _console()))
@@ -303,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     from halo_pipeline.export.cli import add_parsers
 
     add_parsers(sub)
-    for name in ("merge", "convert", "verify"):
+    from halo_pipeline.serving.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
+    for name in ("merge", "convert", "verify", "serve"):
         sub.choices[name].set_defaults(func=_export_command)
 
     rs = sub.add_parser("runs", help="runs from their manifests: ls, show RUN, diff RUN_A RUN_B")

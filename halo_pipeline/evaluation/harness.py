@@ -114,12 +114,14 @@ def evaluate(
     from lm_eval.tasks import TaskManager
 
     dirs = [shipped_tasks_dir(), *(include or [])]
-    manager = TaskManager(include_path=[str(stage_tasks(dirs, work / "tasks"))])
+    local = local_task_names(dirs)
+    # indexing lm-eval's thousands of task YAMLs takes ~20 s: skip it when every task is local
+    manager = TaskManager(include_path=[str(stage_tasks(dirs, work / "tasks"))], include_defaults=not set(tasks) <= set(local))
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise EvalTaskUnavailable(
             f"unknown eval task(s) {unknown}: not an lm-eval task and not in the task directories "
-            f"({', '.join(map(str, dirs))}); local tasks: {', '.join(sorted(local_task_names(dirs)))}"
+            f"({', '.join(map(str, dirs))}); local tasks: {', '.join(sorted(local))}"
         )
     model: Any
     model_args: dict[str, Any] = {}

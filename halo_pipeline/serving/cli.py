@@ -1,0 +1,58 @@
+"""`halo-pipeline serve`: an OpenAI-compatible server for a model or a run's final model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from halo_pipeline.errors import Issue, RecipeError
+
+
+def add_parser(sub: Any) -> None:
+    s = sub.add_parser("serve", help="OpenAI-compatible server (chat, completions, streaming) for a model or a run's final model")
+    s.add_argument("--model", help="model directory, GGUF export or .gguf file, or catalog name")
+    s.add_argument("--run", help="serve this run directory's final model (outputs/<recipe>/<run>)")
+    s.add_argument("--backend", choices=["auto", "torch", "gguf", "mlx"], default="auto")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs an API key)")
+    s.add_argument("--port", type=int, default=8001)
+    s.add_argument("--api-key-file", help="file holding the bearer key (or set $HALO_PIPELINE_API_KEY; never on argv)")
+    s.add_argument("--parallel", type=int, default=4, help="concurrent sequences (GGUF contexts; torch batch = 2x)")
+    s.add_argument("--no-prefix-reuse", action="store_true", help="disable prompt-prefix KV reuse (to measure what it buys)")
+    s.add_argument("--check", action="store_true", help="preflight only: model, backend, bind, auth; no weights loaded, nothing bound")
+
+
+def cmd_serve(args: argparse.Namespace, console: Any) -> int:
+    from halo_pipeline.serving.launch import ServeRefused, preflight, read_api_key, run_model, serve_forever
+
+    try:
+        if bool(args.model) == bool(args.run):
+            raise ServeRefused("give --model M or --run RUN_DIR (one of them)")
+        model = run_model(Path(args.run)) if args.run else _model(args.model)
+        api_key = read_api_key(args.api_key_file)
+        facts = preflight(model, args.backend, args.host, args.port, api_key)
+    except ServeRefused as exc:
+        raise RecipeError([Issue(str(exc), hint="halo-pipeline serve --model M [--host 127.0.0.1] [--api-key-file F] --check")]) from None
+    if args.check:
+        for key, value in facts.items():
+            console.print(f"{key:18} {value}")
+        console.print("[green]preflight ok[/green]: `halo-pipeline serve` without --check would start here")
+        return 0
+    serve_forever(model, facts["backend"], args.host, args.port, api_key, args.parallel, not args.no_prefix_reuse)
+    return 0
+
+
+def _model(ref: str) -> Path:
+    from halo_pipeline.export.formats import export_info
+    from halo_pipeline.models import ModelNotFound, check_reference, resolve
+    from halo_pipeline.serving.launch import ServeRefused
+
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path if export_info(path)["format"] != "unknown" else path  # preflight explains
+    if problems := check_reference(ref):
+        raise ServeRefused(f"--model {ref}: {problems[0]}")
+    try:
+        return resolve(ref)
+    except ModelNotFound as exc:
+        raise ServeRefused(f"--model {ref}: {exc}") from None

@@ -1,0 +1,128 @@
+"""serve: serve the pipeline's model over an OpenAI-compatible API.
+
+`mode: smoke` (default) starts the server on a free loopback port, runs the real `openai` client
+against it — model list, chat, streamed chat with usage, completions with echo log-probs, a few
+concurrent streams — records latency and throughput, stops it, and writes the exact command that
+serves the artifact. `mode: foreground` serves on `host:port` until interrupted (the API key comes
+from `$HALO_PIPELINE_API_KEY` or `api_key_file`, never the recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from pydantic import Field
+
+from halo_pipeline.step import Artifact, Params, RunContext, step
+
+
+class ServeParams(Params):
+    mode: Literal["smoke", "foreground"] = Field(
+        "smoke", description="smoke: start, probe with the openai client, stop; foreground: serve until interrupted."
+    )
+    backend: Literal["auto", "torch", "gguf", "mlx"] = Field("auto", description="Engine (auto: by the model's format).")
+    host: str = Field("127.0.0.1", description="foreground: bind address (non-loopback needs an API key).")
+    port: int = Field(8001, ge=1, le=65535, description="foreground: port (smoke uses a free loopback port).")
+    api_key_file: str | None = Field(None, description="foreground: file with the bearer key (or $HALO_PIPELINE_API_KEY).")
+    parallel: int = Field(4, ge=1, le=64, description="Concurrent sequences.")
+    max_tokens: int = Field(32, ge=1, description="smoke: tokens per probe request.")
+    concurrent: int = Field(4, ge=1, le=32, description="smoke: simultaneous streams in the load probe.")
+
+
+@step(
+    inputs={"model": "model"},
+    outputs={"report": "report"},
+    version="1",
+    deterministic=False,
+    libraries=("llama-cpp-python", "transformers", "mlx-lm"),
+)
+def run(params: ServeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    from halo_pipeline.serving.launch import Running, pick_backend_for, read_api_key, serve_forever
+
+    model = inputs["model"].path
+    backend = pick_backend_for(model, params.backend)
+    command = ["halo-pipeline", "serve", "--model", str(model), "--backend", backend, "--port", str(params.port)]
+    if params.mode == "foreground":
+        key = read_api_key(params.api_key_file)
+        ctx.summary(f"serving until interrupted: `{shlex.join(command)}`")
+        serve_forever(model, backend, params.host, params.port, key, params.parallel)
+        return {"report": _write(ctx, {"mode": "foreground", "command": shlex.join(command)})}
+    with Running(model, backend, parallel=params.parallel) as server:
+        found = smoke(server.url, server.model_id, params.max_tokens, params.concurrent)
+    found.update({"mode": "smoke", "backend": backend, "command": shlex.join(command)})
+    ctx.metrics.update({k: found[k] for k in ("ttft_p50_s", "chat_latency_s", "tokens_per_s_1", f"tokens_per_s_{params.concurrent}")})
+    ctx.summary(
+        f"{backend}: chat {found['chat_latency_s']} s, TTFT p50 {found['ttft_p50_s']} s, {found['tokens_per_s_1']} tok/s (1 stream), "
+        f"{found[f'tokens_per_s_{params.concurrent}']} tok/s ({params.concurrent} streams). Serve it with:\n\n    {shlex.join(command)}"
+    )
+    return {"report": _write(ctx, found)}
+
+
+def _write(ctx: RunContext, found: dict[str, Any]) -> Any:
+    out = ctx.path("report")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def _stream(client: Any, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    first, text, usage = None, [], None
+    for chunk in client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.7, seed=0,
+        stream=True, stream_options={"include_usage": True},
+    ):  # fmt: skip
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            text.append(chunk.choices[0].delta.content)
+        if chunk.usage:
+            usage = chunk.usage
+    done = time.perf_counter()
+    return {
+        "ttft": (first or done) - started,
+        "seconds": done - started,
+        "tokens": usage.completion_tokens if usage else 0,
+        "text": "".join(text),
+    }
+
+
+def smoke(url: str, model: str, max_tokens: int = 32, concurrent: int = 4) -> dict[str, Any]:
+    """Probe a running server with the openai client; raises on any failure."""
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="smoke", max_retries=0, timeout=120)
+    listed = [m.id for m in client.models.list()]
+    if model not in listed:
+        raise RuntimeError(f"/v1/models lists {listed}, not {model}")
+    started = time.perf_counter()
+    chat = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=max_tokens, temperature=0
+    )
+    chat_latency = time.perf_counter() - started
+    if chat.usage is None or chat.usage.prompt_tokens < 1:
+        raise RuntimeError("chat completion returned no usage")
+    single = _stream(client, model, "Write a function that adds two numbers.", max_tokens)
+    echo = client.completions.create(model=model, prompt="def add(a, b):", max_tokens=0, echo=True, logprobs=1)
+    scores = echo.choices[0].logprobs.token_logprobs if echo.choices[0].logprobs else None
+    if not scores or scores[0] is not None or any(s is None for s in scores[1:]):
+        raise RuntimeError(f"completions echo returned malformed prompt log-probs: {scores}")
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrent) as pool:
+        runs = list(pool.map(lambda i: _stream(client, model, f"Count to {i + 3}.", max_tokens), range(concurrent)))
+    wall = time.perf_counter() - started
+    ttfts = [r["ttft"] for r in [single, *runs]]
+    return {
+        "model": model,
+        "models_listed": listed,
+        "chat_latency_s": round(chat_latency, 3),
+        "chat_reply": chat.choices[0].message.content,
+        "ttft_p50_s": round(statistics.median(ttfts), 3),
+        "tokens_per_s_1": round(single["tokens"] / max(single["seconds"], 1e-9), 1),
+        f"tokens_per_s_{concurrent}": round(sum(r["tokens"] for r in runs) / max(wall, 1e-9), 1),
+        "echo_prompt_tokens": len(scores),
+    }
