@@ -54,6 +54,8 @@ bench: setup
 	$(BIN)/python benchmarks/dedup.py
 	$(BIN)/python benchmarks/verifiers.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) outputs/.cache

@@ -3,8 +3,10 @@
 In one run: aggregate generated tokens/s at 1, 4 and 8 concurrent streams for each engine (torch on the
 fp32 HF model, gguf on the PyPI Q4_1 GGUF, mlx on an MLX q8 export), TTFT p50/p95; our GGUF engine vs
 `llama_cpp.server` on the same file; a repeated ~1k-token prompt prefix with and without prefix reuse.
-Every server runs in its own process on loopback; generations use `ignore_eos` (llama_cpp.server:
-`min_tokens`) so every stream produces exactly `--tokens` tokens.
+Every server runs in its own process on loopback; generations ask for `--tokens` tokens with
+`ignore_eos` (llama_cpp.server: `min_tokens`; started with `--interrupt_requests False`, since by
+default a new request interrupts the one streaming), and throughput counts the tokens actually generated
+(usage, or one streamed chunk per token where a server reports no usage).
 
 Targets: torch aggregate throughput at 8 concurrent >= 2.5x at 1; GGUF engine >= 1.0x
 llama_cpp.server; prefix reuse cuts TTFT of a repeated 1k-token prefix >= 2x.
@@ -68,22 +70,47 @@ def ours(model: Path, backend: str, parallel: int = 8, reuse: bool = True) -> tu
 
 def llama_server(model: Path) -> tuple[Server, str]:
     port = free_port()
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port), "--n_threads", "1", "--n_ctx", "2048"]
+    argv = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--n_threads",
+        "1",
+        "--n_ctx",
+        "2048",
+        "--interrupt_requests",
+        "False",
+    ]
     return Server(argv, f"http://127.0.0.1:{port}/v1/models"), f"http://127.0.0.1:{port}/v1"
 
 
 def stream_once(url: str, model: str, prompt: str, tokens: int, extra: dict) -> tuple[float, float, int]:
     client = openai.OpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
     started = time.perf_counter()
-    first, count = None, 0
-    for chunk in client.completions.create(
-        model=model, prompt=prompt, max_tokens=tokens, temperature=0.8, seed=1, stream=True, extra_body=extra
-    ):
+    first, chunks, usage = None, 0, None
+    stream = client.completions.create(
+        model=model,
+        prompt=prompt,
+        max_tokens=tokens,
+        temperature=0.8,
+        seed=1,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=extra,
+    )
+    for chunk in stream:
         if chunk.choices and chunk.choices[0].text:
             first = first or time.perf_counter()
-            count += 1
+            chunks += 1
+        if getattr(chunk, "usage", None):
+            usage = chunk.usage.completion_tokens
     done = time.perf_counter()
-    return (first or done) - started, done - started, count
+    # generated tokens: the server's usage count, else one streamed chunk per token (llama_cpp.server)
+    return (first or done) - started, done - started, usage if usage is not None else chunks
 
 
 def load(url: str, model: str, concurrent: int, tokens: int, extra: dict) -> dict:
@@ -94,13 +121,13 @@ def load(url: str, model: str, concurrent: int, tokens: int, extra: dict) -> dic
         runs = list(pool.map(lambda p: stream_once(url, model, p, tokens, extra), prompts))
     wall = time.perf_counter() - started
     ttfts = sorted(r[0] for r in runs)
-    generated = len(prompts) * tokens  # exactly `tokens` each (ignore_eos / min_tokens)
+    generated = sum(r[2] for r in runs)  # counted, not assumed: a server may stop early
     return {
         "concurrent": concurrent,
         "tokens_per_s": round(generated / wall, 1),
         "ttft_p50_s": round(statistics.median(ttfts), 3),
         "ttft_p95_s": round(ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))], 3),
-        "chunks_seen": sum(r[2] for r in runs),
+        "generated": generated,
     }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 END = object()  # marks the end of a generation's token stream
+MIN_SHARED_PREFIX = 16  # tokens; shorter shared prefixes are not worth copying a cache for
 
 
 @dataclass
@@ -264,21 +265,23 @@ class TorchEngine(Engine):
         from transformers import DynamicCache
 
         key = tuple(prompt)
-        best: tuple[int, ...] = ()
-        for cached in self.prefix_cache:
-            if len(cached) > len(best) and len(cached) <= len(key) and key[: len(cached)] == cached:
-                best = cached
-        if best == key:  # the whole prompt was seen: reuse it as is
+        if key in self.prefix_cache:  # the whole prompt was seen: reuse it as is
             kv, logits = self.prefix_cache.pop(key)
             self.prefix_cache[key] = (kv, logits)
             self.prefix_hits += 1
             return [(k.clone(), v.clone()) for k, v in kv], logits
+        best, shared = None, 0
+        for cached in self.prefix_cache:  # the cached prompt sharing the longest token prefix with this one
+            n = _common_prefix(cached, key)
+            if n > shared:
+                best, shared = cached, n
+        shared = min(shared, len(prompt) - 1)  # at least one token is fed, for the next-token logits
         cache = None
         feed = prompt
-        if best:
+        if best is not None and shared >= MIN_SHARED_PREFIX:
             kv, _ = self.prefix_cache[best]
-            cache = DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in kv])
-            feed = prompt[len(best) :]
+            cache = DynamicCache(ddp_cache_data=[(k[:, :, :shared].clone(), v[:, :, :shared].clone()) for k, v in kv])
+            feed = prompt[shared:]
             self.prefix_hits += 1
         out = self.model(
             input_ids=torch.tensor([feed]),
@@ -324,6 +327,14 @@ class TorchEngine(Engine):
                 vec = hidden.mean(dim=0)
                 out.append((vec / vec.norm()).tolist())
         return out
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n]))[0]
+    return int(diff[0]) if diff.size else n
 
 
 def _rng(torch: Any, seed: int | None) -> Any:
@@ -484,7 +495,7 @@ class GGUFEngine(Engine):
 
 
 class MLXEngine(Engine):
-    """mlx-lm: `stream_generate`, one request at a time (the others wait in the queue)."""
+    """mlx-lm: `generate_step`, one request at a time (the others wait in the queue)."""
 
     name = "mlx"
 
@@ -510,27 +521,28 @@ class MLXEngine(Engine):
         threading.Thread(target=self._run, args=(generation,), daemon=True).start()
 
     def _run(self, gen: Generation) -> None:
-        from mlx_lm import stream_generate
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step
         from mlx_lm.sample_utils import make_sampler
 
         s = gen.sampling
         try:
             with self.lock:
                 if s.seed is not None:
-                    import mlx.core as mx
-
                     mx.random.seed(s.seed)
                 sampler = make_sampler(temp=s.temperature, top_p=s.top_p if s.top_p < 1 else 0.0, top_k=s.top_k or 0)
                 max_tokens = min(s.max_tokens, self.context_length - len(gen.prompt))
-                responses = stream_generate(self.model, self.wrapper, gen.prompt, max_tokens=max_tokens + 1, sampler=sampler)
-                for count, response in enumerate(responses, 1):
+                # generate_step, not stream_generate: the latter ends at EOS itself, and ignore_eos must go on
+                steps = generate_step(mx.array(gen.prompt), self.model, max_tokens=max_tokens + 1, sampler=sampler)
+                for count, (token, _) in enumerate(steps, 1):
+                    token = int(token)
                     if gen.cancelled.is_set():
                         gen.finish_reason = "cancelled"
                         break
-                    if response.token in self.eos_ids and not s.ignore_eos:
+                    if token in self.eos_ids and not s.ignore_eos:
                         gen.finish_reason = "stop"
                         break
-                    gen.emit(int(response.token))
+                    gen.emit(token)
                     if count >= max_tokens:
                         gen.finish_reason = "length"
                         break

@@ -28,12 +28,15 @@ def test_tiny_debug_recipe_runs_every_step(project: Path) -> None:
     rows = [json.loads(line) for line in (run_dir / "steps/score/dataset.jsonl").read_text().splitlines()]
     assert all({"id", "score", "score_components", "source_id", "reward"} <= set(r) for r in rows)
     assert m["steps"]["score"]["metrics"]["rows_in"] == m["steps"]["dedup"]["metrics"]["rows_out"]
-    assert all(m["steps"][s]["state"] == "ran" for s in ("train", "probe", "merge", "convert", "verify", "eval"))
+    assert all(m["steps"][s]["state"] == "ran" for s in ("train", "probe", "merge", "convert", "verify", "eval", "serve"))
     export = m["steps"]["convert"]["outputs"]["model"]["meta"]
     assert export["format"] == "gguf" and export["quant"] == "q8" and "llama.cpp" in export["converter"]
     assert m["steps"]["verify"]["metrics"]["passed"] is True and m["steps"]["verify"]["metrics"]["kl_mean"] < 0.03
     assert 0.0 <= m["steps"]["eval"]["metrics"]["halo_arith/acc"] <= 1.0
     assert json.loads((run_dir / "steps/eval/report/eval_run.json").read_text())["engine"] == "gguf"
+    assert json.loads((run_dir / "steps/serve/report/serve.json").read_text())["backend"] == "gguf"
+    served = cli("serve", "--run", str(run_dir), "--check", "--port", "0", cwd=project)  # the run's final model: its GGUF
+    assert served.returncode == 0 and "gguf" in served.stdout and "preflight ok" in served.stdout, served.stdout + served.stderr
     q4 = cli("run", "recipes/tiny_debug.yaml", "-q", "quant=q4", cwd=project)  # only convert, verify, eval rerun
     assert q4.returncode == 0, q4.stdout + q4.stderr
     m4 = json.loads((Path(q4.stdout.strip()) / "replay.json").read_text())
@@ -51,3 +54,4 @@ def test_quickstart_with_smollm2(project: Path) -> None:
     synth = m["steps"]["synthesize"]["metrics"]
     assert synth["samples"] == 24 and synth["generated_tokens"] > 100
     assert m["steps"]["synthesize"]["outputs"]["dataset"]["meta"]["rows"] > 0
+    assert m["steps"]["verify"]["metrics"]["passed"] is True and m["steps"]["serve"]["metrics"]["tokens_per_s_1"] > 0

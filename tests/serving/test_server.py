@@ -250,3 +250,20 @@ def test_serve_step_smoke_and_cli(models: dict[str, Path], tmp_path: Path) -> No
     assert check.returncode == 0 and "preflight ok" in check.stdout and "mlx" in check.stdout
     refused = cli("serve", "--model", str(models["torch"]), "--host", "0.0.0.0", "--check", env={"HALO_PIPELINE_API_KEY": ""})
     assert refused.returncode == 2 and "API key" in refused.stderr
+
+
+def test_prefix_reuse_changes_speed_not_answers(models: dict[str, Path]) -> None:
+    shared = "def f(x):\n    return x * 2\n" * 6  # a long common prefix, then different endings
+    prompts = [shared + "for i in range(10):\n", shared + "print(i)\n"]
+    answers = {}
+    for reuse in (True, False):
+        with Running(models["torch"]) as srv:
+            if not reuse:
+                srv.engine.prefix_cache_size = 0  # type: ignore[attr-defined]
+            c = client(srv)
+            answers[reuse] = [
+                c.completions.create(model=srv.model_id, prompt=p, max_tokens=12, temperature=0).choices[0].text for p in prompts
+            ]
+            hits = httpx.get(srv.url.removesuffix("/v1") + "/health").json()["prefix_cache_hits"]
+            assert (hits >= 1) is reuse  # the second prompt reused the first one's KV
+    assert answers[True] == answers[False]
