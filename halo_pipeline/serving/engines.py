@@ -534,8 +534,8 @@ class MLXEngine(Engine):
                 max_tokens = min(s.max_tokens, self.context_length - len(gen.prompt))
                 # generate_step, not stream_generate: the latter ends at EOS itself, and ignore_eos must go on
                 steps = generate_step(mx.array(gen.prompt), self.model, max_tokens=max_tokens + 1, sampler=sampler)
-                for count, (token, _) in enumerate(steps, 1):
-                    token = int(token)
+                for count, (sampled, _) in enumerate(steps, 1):
+                    token = int(sampled)
                     if gen.cancelled.is_set():
                         gen.finish_reason = "cancelled"
                         break
