@@ -68,23 +68,10 @@ def ours(model: Path, backend: str, parallel: int = 8, reuse: bool = True) -> tu
     return Server(argv, f"http://127.0.0.1:{port}/health"), f"http://127.0.0.1:{port}/v1"
 
 
-def llama_server(model: Path) -> tuple[Server, str]:
+def llama_server(model: Path, threads: int = 1) -> tuple[Server, str]:
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(model),
-        "--port",
-        str(port),
-        "--n_threads",
-        "1",
-        "--n_ctx",
-        "2048",
-        "--interrupt_requests",
-        "False",
-    ]
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port), "--n_ctx", "2048"]
+    argv += ["--n_threads", str(threads), "--interrupt_requests", "False"]  # by default a new request interrupts the streaming one
     return Server(argv, f"http://127.0.0.1:{port}/v1/models"), f"http://127.0.0.1:{port}/v1"
 
 
@@ -156,6 +143,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--engines", default="torch,gguf,mlx")
     ap.add_argument("--json")
+    ap.add_argument("--llama-threads", type=int, default=1, help="llama_cpp.server's n_threads (ours: 1 per context)")
     a = ap.parse_args()
     from halo_pipeline.export.converting import convert
     from halo_pipeline.models import pypi_file, resolve
@@ -180,7 +168,7 @@ def main() -> None:
             server.stop()
         print(engine, results["engines"][engine], flush=True)
     if "gguf" in engines:  # the same file, the same clients, under llama_cpp.server
-        server, url = llama_server(gguf)
+        server, url = llama_server(gguf, a.llama_threads)
         try:
             name = model_id(url)
             results["llama_cpp_server"] = [load(url, name, c, a.tokens, {"min_tokens": a.tokens}) for c in (1, 4, 8)]
