@@ -17,6 +17,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs an API key)")
     s.add_argument("--port", type=int, default=8001)
     s.add_argument("--api-key-file", help="file holding the bearer key (or set $HALO_PIPELINE_API_KEY; never on argv)")
+    s.add_argument("--model-name", help="the model id clients send (default: halo-<format>-<quant> for exports, else the file name)")
     s.add_argument("--parallel", type=int, default=4, help="concurrent sequences (GGUF contexts; torch batch = 2x)")
     s.add_argument("--no-prefix-reuse", action="store_true", help="disable prompt-prefix KV reuse (to measure what it buys)")
     s.add_argument("--check", action="store_true", help="preflight only: model, backend, bind, auth; no weights loaded, nothing bound")
@@ -38,7 +39,7 @@ def cmd_serve(args: argparse.Namespace, console: Any) -> int:
             console.print(f"{key:18} {value}")
         console.print("[green]preflight ok[/green]: `halo-pipeline serve` without --check would start here")
         return 0
-    serve_forever(model, facts["backend"], args.host, args.port, api_key, args.parallel, not args.no_prefix_reuse)
+    serve_forever(model, facts["backend"], args.host, args.port, api_key, args.parallel, not args.no_prefix_reuse, args.model_name)
     return 0
 
 

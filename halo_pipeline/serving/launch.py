@@ -117,14 +117,28 @@ def free_port() -> int:
 
 
 def model_id(model: Path) -> str:
-    return model.name if model.name not in ("model", "") else f"{model.parent.name}-{model.name}"
+    """The name clients send: `<name>-<format>-<quant>` for an export made here, else the file or directory name."""
+    from halo_pipeline.export.formats import EXPORT_FILE
+
+    record = model / EXPORT_FILE if model.is_dir() else None
+    if record is not None and record.is_file():
+        info = json.loads(record.read_text())
+        return f"halo-{info['format']}-{info['quant']}"
+    return model.name if model.name not in ("model", "") else f"{model.parent.name[:12]}-{model.name}"
 
 
 class Running:
     """A server started in this process (uvicorn in a thread): for smoke tests and tests."""
 
     def __init__(
-        self, model: Path, backend: str = "auto", host: str = "127.0.0.1", port: int = 0, api_key: str | None = None, **settings: Any
+        self,
+        model: Path,
+        backend: str = "auto",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        name: str | None = None,
+        **settings: Any,
     ) -> None:
         import uvicorn
 
@@ -135,7 +149,7 @@ class Running:
         preflight(model, backend, host, self.port, api_key)
         parallel = settings.pop("parallel", 4)
         self.engine = load_engine(model, backend, parallel=parallel)
-        self.model_id = model_id(model)
+        self.model_id = name or model_id(model)
         app = create_app(self.engine, Settings(model_id=self.model_id, api_key=api_key, aliases={str(model)}, **settings))
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -157,7 +171,14 @@ class Running:
 
 
 def serve_forever(
-    model: Path, backend: str, host: str, port: int, api_key: str | None, parallel: int = 4, prefix_reuse: bool = True
+    model: Path,
+    backend: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    parallel: int = 4,
+    prefix_reuse: bool = True,
+    name: str | None = None,
 ) -> None:
     import uvicorn
 
@@ -168,8 +189,9 @@ def serve_forever(
     if not prefix_reuse:  # benchmarks measure what reuse buys
         engine.reuse_prefix = False  # type: ignore[attr-defined]
         engine.prefix_cache_size = 0  # type: ignore[attr-defined]
-    app = create_app(engine, Settings(model_id=model_id(model), api_key=api_key, aliases={str(model)}))
-    print(f"serving {model_id(model)} ({engine.name}) on http://{host}:{port}/v1", flush=True)
+    served = name or model_id(model)
+    app = create_app(engine, Settings(model_id=served, api_key=api_key, aliases={str(model)}))
+    print(f"serving {served} ({engine.name}) on http://{host}:{port}/v1", flush=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
     finally:
