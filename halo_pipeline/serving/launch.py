@@ -43,20 +43,29 @@ def read_api_key(key_file: str | None) -> str | None:
 
 
 def run_model(run_dir: Path) -> Path:
-    """A run's final model: the output of the last step that produced one (convert before merge before train)."""
+    """A run's final model: a model output that no model-producing step consumed (the GGUF after
+    convert, not the merged model it came from); the most recently finished one if there are several."""
     manifest = run_dir / "replay.json"
     if not manifest.is_file():
         raise ServeRefused(f"{run_dir} is not a run directory (no replay.json)")
     steps = json.loads(manifest.read_text())["steps"]
-    found = None
-    for sid, step in steps.items():  # manifest order is the run's order
-        for name, out in (step.get("outputs") or {}).items():
-            if out.get("type") == "model" and step.get("state") in ("ran", "cached"):
-                path = run_dir / "steps" / sid / name
-                found = path if path.exists() else Path(out.get("path", ""))
-    if found is None or not found.exists():
+    models = {
+        f"{sid}.{name}": (sid, name, str(step.get("ended") or ""))
+        for sid, step in steps.items()
+        if step.get("state") in ("ran", "cached")
+        for name, out in (step.get("outputs") or {}).items()
+        if out.get("type") == "model"
+    }
+    producers = {ref.split(".")[0] for ref in models}
+    consumed = {ref for sid, step in steps.items() if sid in producers for ref in (step.get("inputs") or {}).values()}
+    finals = sorted((v for ref, v in models.items() if ref not in consumed), key=lambda v: v[2])
+    if not finals:
         raise ServeRefused(f"run {run_dir} produced no model (no step with a model output finished)")
-    return found
+    sid, name, _ = finals[-1]
+    path = run_dir / "steps" / sid / name
+    if not path.exists():
+        raise ServeRefused(f"the run's final model {path} is gone (the cache was cleaned?); rerun the recipe")
+    return path
 
 
 def preflight(model: Path, backend: str, host: str, port: int, api_key: str | None) -> dict[str, Any]:
