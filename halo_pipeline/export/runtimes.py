@@ -7,7 +7,7 @@ each position, greedy continuations, how it tokenizes a string, and what chat te
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,7 +41,21 @@ def load(path: Path, n_ctx: int = 512) -> Runtime:
     raise ValueError(f"{path} is not a model this tool can load (HF directory, GGUF, or MLX directory)")
 
 
-class HFRuntime:
+class _HFTokenizerChat:
+    """Chat template and rendering through an HF tokenizer (transformers and mlx-lm both carry one)."""
+
+    tokenizer: Any
+
+    def chat_template(self) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None)
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str | None:
+        if not self.chat_template():
+            return None
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+class HFRuntime(_HFTokenizerChat):
     name = "transformers"
 
     def __init__(self, path: Path) -> None:
@@ -70,14 +84,6 @@ class HFRuntime:
                 out.append(int(step.logits[0, -1].argmax()))
                 step = self.model(torch.tensor([out[-1:]]), past_key_values=step.past_key_values, use_cache=True)
         return out
-
-    def chat_template(self) -> str | None:
-        return getattr(self.tokenizer, "chat_template", None)
-
-    def render_chat(self, messages: list[dict[str, str]]) -> str | None:
-        if not self.chat_template():
-            return None
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 class GGUFRuntime:
@@ -124,7 +130,7 @@ class GGUFRuntime:
         return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt  # type: ignore[arg-type]
 
 
-class MLXRuntime:
+class MLXRuntime(_HFTokenizerChat):
     name = "mlx-lm"
 
     def __init__(self, path: Path) -> None:
@@ -152,11 +158,3 @@ class MLXRuntime:
             out.append(int(mx.argmax(logits[0, -1]).item()))  # type: ignore[arg-type]
             logits = self.model(mx.array([out[-1:]]), cache=cache)
         return out
-
-    def chat_template(self) -> str | None:
-        return getattr(self.tokenizer, "chat_template", None)
-
-    def render_chat(self, messages: list[dict[str, str]]) -> str | None:
-        if not self.chat_template():
-            return None
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))

@@ -363,6 +363,21 @@ def _join(torch: Any, layers: list[tuple[Any, Any]], mask: Any, kv: list[tuple[A
     return joined, mask
 
 
+def _relay(tokens: Any, gen: Generation, eos_ids: set[int], max_tokens: int) -> None:
+    """Hand an engine's sampled tokens to the request until it is cancelled, ends, or has max_tokens."""
+    for count, token in enumerate(tokens, 1):
+        if gen.cancelled.is_set():
+            gen.finish_reason = "cancelled"
+            return
+        if token in eos_ids and not gen.sampling.ignore_eos:
+            gen.finish_reason = "stop"
+            return
+        gen.emit(token)
+        if count >= max_tokens:
+            gen.finish_reason = "length"
+            return
+
+
 class GGUFEngine(Engine):
     """llama-cpp-python: a pool of contexts, one request each, so requests run in parallel (llama.cpp
     releases the GIL). A request takes the free context whose cached tokens share the longest prefix
@@ -465,17 +480,7 @@ class GGUFEngine(Engine):
             stream = llm.generate(
                 gen.prompt, temp=0.0 if greedy else s.temperature, top_p=s.top_p, top_k=1 if greedy else (s.top_k or 0), reset=True
             )
-            for count, token in enumerate(stream, 1):
-                if gen.cancelled.is_set():
-                    gen.finish_reason = "cancelled"
-                    break
-                if token in self.eos_ids and not s.ignore_eos:
-                    gen.finish_reason = "stop"
-                    break
-                gen.emit(int(token))
-                if count >= s.max_tokens or len(gen.prompt) + count >= self.context_length:
-                    gen.finish_reason = "length"
-                    break
+            _relay((int(t) for t in stream), gen, self.eos_ids, min(s.max_tokens, self.context_length - len(gen.prompt)))
         except Exception as exc:
             gen.error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -534,18 +539,7 @@ class MLXEngine(Engine):
                 max_tokens = min(s.max_tokens, self.context_length - len(gen.prompt))
                 # generate_step, not stream_generate: the latter ends at EOS itself, and ignore_eos must go on
                 steps = generate_step(mx.array(gen.prompt), self.model, max_tokens=max_tokens + 1, sampler=sampler)
-                for count, (sampled, _) in enumerate(steps, 1):
-                    token = int(sampled)
-                    if gen.cancelled.is_set():
-                        gen.finish_reason = "cancelled"
-                        break
-                    if token in self.eos_ids and not s.ignore_eos:
-                        gen.finish_reason = "stop"
-                        break
-                    gen.emit(token)
-                    if count >= max_tokens:
-                        gen.finish_reason = "length"
-                        break
+                _relay((int(sampled) for sampled, _ in steps), gen, self.eos_ids, max_tokens)
         except Exception as exc:
             gen.error = f"{type(exc).__name__}: {exc}"
         finally:
