@@ -14,11 +14,7 @@ from typing import Any
 import numpy as np
 from lm_eval.api.model import LM
 
-
-def _log_softmax(row: np.ndarray) -> np.ndarray:
-    row = row.astype(np.float64)
-    shifted = row - row.max()
-    return np.asarray(shifted - np.log(np.exp(shifted).sum()))
+from halo_pipeline.export.runtimes import log_softmax
 
 
 class LlamaCppLM(LM):
@@ -56,7 +52,7 @@ class LlamaCppLM(LM):
         first = len(inputs) - len(continuation_ids)  # position whose logits predict the first continuation token
         total, greedy = 0.0, True
         for i, token in enumerate(continuation_ids):
-            logprobs = _log_softmax(np.asarray(self.llm.scores[first + i]))
+            logprobs = log_softmax(np.asarray(self.llm.scores[first + i]))
             total += float(logprobs[token])
             greedy = greedy and int(logprobs.argmax()) == token
         return total, greedy

@@ -24,7 +24,8 @@ class Runtime(Protocol):
     def render_chat(self, messages: list[dict[str, str]]) -> str | None: ...
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis, in float64 (KL and log-likelihood sums need the precision)."""
     logits = logits.astype(np.float64)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return np.asarray(shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))
@@ -72,7 +73,7 @@ class HFRuntime(_HFTokenizerChat):
 
         with torch.no_grad():
             logits = self.model(torch.tensor([ids])).logits[0].float().numpy()
-        return _log_softmax(logits)
+        return log_softmax(logits)
 
     def greedy(self, ids: list[int], n: int) -> list[int]:
         import torch
@@ -104,7 +105,7 @@ class GGUFRuntime:
     def logprobs(self, ids: list[int]) -> np.ndarray:
         self.llm.reset()
         self.llm.eval(ids)
-        return _log_softmax(np.array(self.llm.scores[: len(ids)], dtype=np.float32))
+        return log_softmax(np.array(self.llm.scores[: len(ids)], dtype=np.float32))
 
     def greedy(self, ids: list[int], n: int) -> list[int]:
         self.llm.reset()
@@ -145,7 +146,7 @@ class MLXRuntime(_HFTokenizerChat):
         import mlx.core as mx
 
         logits = self.model(mx.array([ids]))[0].astype(mx.float32)
-        return _log_softmax(np.array(logits))
+        return log_softmax(np.array(logits))
 
     def greedy(self, ids: list[int], n: int) -> list[int]:
         import mlx.core as mx

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from halo_pipeline.export.runtimes import log_softmax
+
 END = object()  # marks the end of a generation's token stream
 MIN_SHARED_PREFIX = 16  # tokens; shorter shared prefixes are not worth copying a cache for
 
@@ -106,12 +108,6 @@ def _load_tokenizer(path: Path) -> Any:
 def _top(logprobs: np.ndarray, k: int = 5) -> dict[int, float]:
     idx = np.argpartition(-logprobs, k)[:k]
     return {int(i): float(logprobs[i]) for i in idx[np.argsort(-logprobs[idx])]}
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return np.asarray(x - np.log(np.exp(x).sum(axis=-1, keepdims=True)))
 
 
 def _scores_to_logprobs(ids: list[int], logprobs: np.ndarray) -> list[tuple[float | None, dict[int, float]]]:
@@ -316,7 +312,7 @@ class TorchEngine(Engine):
     def prompt_logprobs(self, ids: list[int]) -> list[tuple[float | None, dict[int, float]]]:
         with self.lock, self.torch.no_grad():
             logits = self.model(self.torch.tensor([ids])).logits[0].float().numpy()
-        return _scores_to_logprobs(ids, _log_softmax(logits))
+        return _scores_to_logprobs(ids, log_softmax(logits))
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         out = []
@@ -496,7 +492,7 @@ class GGUFEngine(Engine):
             self.scorer.reset()
             self.scorer.eval(ids)
             logits = np.array(self.scorer.scores[: len(ids)], dtype=np.float32)
-        return _scores_to_logprobs(ids, _log_softmax(logits))
+        return _scores_to_logprobs(ids, log_softmax(logits))
 
 
 class MLXEngine(Engine):
@@ -550,7 +546,7 @@ class MLXEngine(Engine):
 
         with self.lock:
             logits = np.array(self.model(mx.array([ids]))[0].astype(mx.float32))
-        return _scores_to_logprobs(ids, _log_softmax(logits))
+        return _scores_to_logprobs(ids, log_softmax(logits))
 
 
 def pick_backend(path: Path, backend: str = "auto") -> str:
