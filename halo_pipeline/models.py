@@ -214,19 +214,11 @@ def from_gguf(path: Path) -> Path:
     out = models_dir() / f"gguf-{external_digest(path)[:20]}"
     if (out / "config.json").exists():
         return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from halo_pipeline.export.converting import gguf_to_hf, mlx_rope_compat
 
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model.hf_quantizer = None  # type: ignore[assignment]  # saving refuses a model still marked as GGUF-quantized
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     with atomic_path(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        gguf_to_hf(path, tmp, "fp32")
         (tmp / "halo_source.json").write_text(json.dumps({"gguf": str(path)}))
-        from halo_pipeline.export.converting import mlx_rope_compat
-
         mlx_rope_compat(tmp / "config.json")  # so backend=mlx (training, generation) reads the right RoPE theta
     return out
 

@@ -34,15 +34,11 @@ class ConvertParams(Params):
         return self
 
 
-def _libraries() -> tuple[str, ...]:
-    return ("torch", "transformers", "llama-cpp-python", "mlx-lm")
-
-
 @step(
     inputs={"model": "model"},
     outputs={"model": "model"},
     version="1",
-    libraries=_libraries(),
+    libraries=("torch", "transformers", "llama-cpp-python", "mlx-lm"),
 )
 def run(params: ConvertParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     from halo_pipeline.export.converting import convert

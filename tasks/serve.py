@@ -42,10 +42,11 @@ class ServeParams(Params):
     libraries=("llama-cpp-python", "transformers", "mlx-lm"),
 )
 def run(params: ServeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
-    from halo_pipeline.serving.launch import Running, pick_backend_for, read_api_key, serve_forever
+    from halo_pipeline.serving.engines import pick_backend
+    from halo_pipeline.serving.launch import Running, read_api_key, serve_forever
 
     model = inputs["model"].path
-    backend = pick_backend_for(model, params.backend)
+    backend = pick_backend(model, params.backend)
     command = ["halo-pipeline", "serve", "--model", str(model), "--backend", backend, "--port", str(params.port)]
     if params.mode == "foreground":
         key = read_api_key(params.api_key_file)

@@ -31,6 +31,18 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return np.asarray(shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))
 
 
+def render_gguf_chat(llm: Any, messages: list[dict[str, str]]) -> str | None:
+    """A conversation through the chat template stored in a GGUF file (None when it has none)."""
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    eos = llm.detokenize([llm.token_eos()]).decode(errors="replace")
+    bos = llm.detokenize([llm.token_bos()]).decode(errors="replace") if llm.token_bos() >= 0 else ""
+    return str(Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt)  # type: ignore[arg-type]
+
+
 def load(path: Path, n_ctx: int = 512) -> Runtime:
     fmt = export_info(path)["format"]
     if fmt == "gguf":
@@ -121,14 +133,7 @@ class GGUFRuntime:
         return self.llm.metadata.get("tokenizer.chat_template")
 
     def render_chat(self, messages: list[dict[str, str]]) -> str | None:
-        template = self.chat_template()
-        if not template:
-            return None
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        eos = self.llm.detokenize([self.llm.token_eos()]).decode(errors="replace")
-        bos = self.llm.detokenize([self.llm.token_bos()]).decode(errors="replace")
-        return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt  # type: ignore[arg-type]
+        return render_gguf_chat(self.llm, messages)
 
 
 class MLXRuntime(_HFTokenizerChat):

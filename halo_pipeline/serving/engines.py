@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from halo_pipeline.export.runtimes import log_softmax
+from halo_pipeline.export.runtimes import log_softmax, render_gguf_chat
 
 END = object()  # marks the end of a generation's token stream
 MIN_SHARED_PREFIX = 16  # tokens; shorter shared prefixes are not worth copying a cache for
@@ -427,15 +427,7 @@ class GGUFEngine(Engine):
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         if self.tokenizer is not None:
             return super().chat_prompt(messages)
-        template = self.contexts[0].metadata.get("tokenizer.chat_template")
-        if not template:
-            return super().chat_prompt(messages)
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        llm = self.contexts[0]
-        eos = llm.detokenize([llm.token_eos()]).decode(errors="replace")
-        bos = llm.detokenize([llm.token_bos()]).decode(errors="replace") if llm.token_bos() >= 0 else ""
-        return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt  # type: ignore[arg-type]
+        return render_gguf_chat(self.contexts[0], messages) or super().chat_prompt(messages)
 
     def submit(self, generation: Generation) -> None:
         threading.Thread(target=self._run, args=(generation,), daemon=True).start()

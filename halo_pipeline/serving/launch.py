@@ -113,12 +113,6 @@ def preflight(model: Path, backend: str, host: str, port: int, api_key: str | No
     }
 
 
-def pick_backend_for(model: Path, backend: str) -> str:
-    from halo_pipeline.serving.engines import pick_backend
-
-    return pick_backend(model, backend)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
