@@ -57,5 +57,7 @@ bench: setup
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/serve.py
 
+# Removes the environment only. Runs link into the cache, so it is never wiped here:
+# `halo-pipeline cache gc [--dry-run] [--older-than 7d]` removes what no run references.
 clean:
-	rm -rf $(VENV) outputs/.cache
+	rm -rf $(VENV)

@@ -48,8 +48,8 @@ def reward_contains_return(completions: list, **_: object) -> list[float]:
 
 
 def child_ours(algo: str, steps: int, out: Path) -> dict:
-    from halo_pipeline.datasets import write_rows
     from halo_pipeline.registry import get
+    from halo_pipeline.rows import write_rows
     from halo_pipeline.step import Artifact, RunContext
     from halo_pipeline.training import trl_runner  # noqa: F401  (imports, untimed)
 

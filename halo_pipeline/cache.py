@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
+import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +105,12 @@ def default_cache_dir() -> Path:
 class Cache:
     """`<root>/<kk>/<key>/` holds a finished step's outputs and its `record.json`, written last.
 
-    A step writes into `<root>/partial/<key>/` (kept when interrupted, so a resumable step can
-    continue) and the directory is renamed into place only after the record is complete.
+    Any number of processes may share a root (terminals, sweep jobs, scheduled runs, workers on a
+    shared filesystem). A key is computed by one of them at a time: `lock(key)` is an exclusive
+    `flock` on `<root>/locks/<key>.lock`, and the holder alone writes `<root>/partial/<key>/`
+    (kept when interrupted, so a resumable step can continue). `commit` renames the finished
+    directory into place; a valid entry is never replaced, and nothing half-written ever sits at
+    an entry's path. Committed files are made read-only: no command writes into the cache.
     """
 
     def __init__(self, root: Path | None = None):
@@ -119,30 +127,140 @@ class Cache:
         rec_path = self.entry(key) / RECORD
         try:
             record = json.loads(rec_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("outputs"), dict):
             return None
         if verify:
-            for out in record.get("outputs", {}).values():
+            for out in record["outputs"].values():
                 p = self.entry(key) / out["path"]
                 try:
                     if digest(p) != out["sha256"]:
                         return None
-                except FileNotFoundError:
+                except (FileNotFoundError, NotADirectoryError):
                     return None
         return record
 
+    @contextlib.contextmanager
+    def lock(self, key: str, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the key's lock; `on_wait(holder)` is called once if another process holds it first."""
+        with hold_lock(self.root / "locks" / f"{key}.lock", on_wait):
+            yield
+
     def commit(self, key: str, record: Mapping[str, Any]) -> Path:
-        """Write the record into the partial directory, then rename the whole entry into place."""
+        """Write the record into the partial directory, then rename the whole entry into place.
+
+        Call with the key's lock held, after a lookup that found no valid entry: an entry still at
+        the final path is then a tampered or torn one and is moved aside, never merged into.
+        """
         work = self.partial(key)
         atomic_write_json(work / RECORD, dict(record))
+        _read_only(work)
         final = self.entry(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        stale = final.parent / f".{key}.stale.{os.getpid()}"
-        if final.exists():
-            os.replace(final, stale)  # a tampered entry being replaced
+        stale = self.root / "trash" / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        if final.exists() or final.is_symlink():
+            stale.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(final, stale)
         os.replace(work, final)
+        _fsync_dir(final.parent)
         remove(stale)
         return final
 
     def discard(self, key: str) -> None:
         remove(self.entry(key))
+
+    def touch(self, key: str) -> None:
+        """Mark an entry as used now (`cache gc --older-than` keeps recently used entries)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.entry(key))
+
+    def register_run(self, run_dir: Path) -> None:
+        """Remember a run directory that links into this cache: housekeeping keeps what it references."""
+        ref = self.root / "runs" / f"{sha256_text(str(run_dir.resolve()))[:20]}.json"
+        if not ref.exists():
+            atomic_write_json(ref, {"run_dir": str(run_dir.resolve())})
+
+    def runs(self) -> list[Path]:
+        """Run directories registered with this cache (some may have been deleted since)."""
+        found = []
+        for ref in sorted((self.root / "runs").glob("*.json")):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                found.append(Path(json.loads(ref.read_text())["run_dir"]))
+        return found
+
+    def entries(self) -> Iterator[Path]:
+        """Every committed entry directory."""
+        for shard in sorted(self.root.glob("[0-9a-f][0-9a-f]")):
+            yield from sorted(p for p in shard.iterdir() if p.is_dir() and len(p.name) == 64)
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created if needed), released when the block ends or the process dies.
+
+    The lock file is re-checked after locking: housekeeping may unlink an unheld lock file, and a
+    lock on an unlinked inode would not exclude a process that opened the new one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait(_holder(fd))
+                    on_wait = None
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                continue  # the file was removed while we waited: lock the current one
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}".encode(), 0)
+            yield
+            return
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def is_locked(path: Path) -> bool:
+    """Whether some process holds the lock file at `path` right now."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def _read_only(root: Path) -> None:
+    """Committed files are read-only, like DVC's cache: an accidental write fails instead of poisoning a result."""
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode
+            path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

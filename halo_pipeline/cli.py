@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +174,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             interval=args.interval,
             serve=not args.register_only,
             tags=args.tag or [],
+            pool=args.pool,
         )
 
 
@@ -232,6 +235,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 2
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from halo_pipeline import housekeeping
+    from halo_pipeline.cache import Cache
+
+    try:
+        older = housekeeping.parse_age(args.older_than) if args.older_than else None
+    except ValueError as exc:
+        raise RecipeError([Issue(str(exc), key="--older-than")]) from None
+    cache = Cache()
+    roots = [Path(r) for r in (args.root or ["outputs", "multirun"])]
+    found = housekeeping.collect(cache, roots, older, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path, size in found.removed:
+        print(f"{verb} {path.relative_to(cache.root)} ({housekeeping.human(size)})")
+    print(f"{cache.root}: {verb} {len(found.removed)}, {housekeeping.human(found.freed)}; kept {found.kept} entries that runs reference")
+    return 0
+
+
 def _export_command(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from halo_pipeline.serving.cli import cmd_serve
@@ -262,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", action="append", help="run only these steps (comma-separated); others come from the cache")
     r.add_argument("--from", dest="from_", metavar="STEP", help="run STEP and everything after it")
     r.add_argument("--until", metavar="STEP", help="run STEP and everything it needs")
-    r.add_argument("--no-cache", action="store_true", help="run every selected step even if cached")
+    r.add_argument("--no-cache", action="store_true", help="run every selected step again, into the run directory (the cache is untouched)")
     r.add_argument("--tag", action="append", help="Prefect tag for the flow run")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress; print only the run directory")
     r.set_defaults(func=cmd_run)
@@ -279,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--interval", type=float, help="or an interval in seconds")
     d.add_argument("--name", help="deployment name (default: the recipe's name)")
     d.add_argument("--tag", action="append")
-    d.add_argument("--register-only", action="store_true", help="register and exit (runs need a `serve` or worker)")
+    d.add_argument("--register-only", action="store_true", help="register in a process work pool and exit; a Prefect worker runs it")
+    d.add_argument("--pool", help="work pool for --register-only (default: halo-pipeline, created as a process pool)")
     d.set_defaults(func=cmd_deploy)
 
     s = sub.add_parser("server", help="start a local Prefect server + UI on loopback (for schedules)")
@@ -313,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("merge", "convert", "verify", "serve"):
         sub.choices[name].set_defaults(func=_export_command)
 
+    ca = sub.add_parser("cache", help="cache housekeeping: `cache gc` removes entries no run directory references")
+    ca.add_argument("action", choices=["gc"])
+    ca.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    ca.add_argument("--older-than", metavar="AGE", help="only entries unused for longer than AGE (30m, 12h, 7d)")
+    ca.add_argument("--root", action="append", help="where run directories are (default: outputs/ and multirun/); repeatable")
+    ca.set_defaults(func=cmd_cache)
+
     rs = sub.add_parser("runs", help="runs from their manifests: ls, show RUN, diff RUN_A RUN_B")
     rs.add_argument("action", choices=["ls", "show", "diff"])
     rs.add_argument("runs", nargs="*")
@@ -324,7 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
 TAKES_OVERRIDES = {"plan", "run", "replay", "deploy"}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: handled like Ctrl-C (manifest says interrupted), exit 143."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     parser = build_parser()
     # Hydra overrides may come before or after options (`run r.yaml -m a=1,2 --quiet b=3`): they are
     # the arguments argparse does not know, and must look like overrides.
@@ -340,14 +379,21 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as exc:
         print(exc.format(), file=sys.stderr)
         code = exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt as exc:
+        print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
+        code = 143 if isinstance(exc, Terminated) else 130
     return code
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if code in (130, 143):
+        # Steps still running in worker threads would keep the process alive until they finish;
+        # the manifest already says where the run stopped, and their sandboxes and children die with us.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Nothing here knows about Prefect; `runner.py` wraps `execute` in a Prefect task.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from halo_pipeline import registry
-from halo_pipeline.cache import Cache, atomic_write_json, canonical_json, default_cache_dir, digest, remove, sha256_text
-from halo_pipeline.step import Artifact, RunContext, StepKind
+from halo_pipeline.cache import RECORD, Cache, atomic_write_json, canonical_json, default_cache_dir, digest, remove, sha256_text
+from halo_pipeline.step import SCRATCH, Artifact, RunContext, StepKind
 
 
 @dataclass
@@ -32,7 +33,7 @@ class OutputRecord:
 class StepResult:
     id: str
     kind: str
-    state: str  # ran | cached | failed | skipped
+    state: str  # ran | cached | failed | skipped | interrupted
     key: str | None = None
     outputs: dict[str, OutputRecord] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)  # input name -> sha256
@@ -41,6 +42,7 @@ class StepResult:
     started: float | None = None
     ended: float | None = None
     error: str | None = None
+    waited_for: str | None = None  # another process that was computing the same key; this run reused its result
 
     @property
     def seconds(self) -> float:
@@ -63,15 +65,14 @@ class StepCall:
     seed: int
     run_dir: str
     cache_root: str
-    use_cache: bool = True
-    store: bool = True  # False: write into the run dir only (replay --check)
+    cached: bool = True  # False: run into the run directory and leave the cache untouched (--no-cache, `cache: false`, replay --check)
 
     def kind(self) -> StepKind:
         return registry.get(self.uses)
 
 
 def step_calls(plan: Any, run_dir: Path, no_cache: bool = False, check: bool = False) -> dict[str, StepCall]:
-    """One StepCall per planned step. With `check`, deterministic steps run outside the cache."""
+    """One StepCall per planned step. With `check`, deterministic steps run again outside the cache."""
     cache_root = str(default_cache_dir())
     return {
         sid: StepCall(
@@ -84,15 +85,35 @@ def step_calls(plan: Any, run_dir: Path, no_cache: bool = False, check: bool = F
             seed=plan.recipe.seed,
             run_dir=str(run_dir.resolve()),
             cache_root=cache_root,
-            use_cache=ps.spec.cache and not no_cache,
-            store=not (check and ps.kind.is_deterministic(ps.params)),
+            cached=ps.spec.cache and not no_cache and not (check and ps.kind.is_deterministic(ps.params)),
         )
         for sid, ps in plan.steps.items()
     }
 
 
 class StepError(RuntimeError):
-    """A step raised; carries the concise message recorded in the manifest."""
+    """A step raised; carries the concise message recorded in the manifest and whether a retry may help."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+# errno values of failures that a retry can fix; a full disk, a missing file or a denied permission cannot
+TRANSIENT_ERRNOS = {
+    errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
+    errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE,
+}  # fmt: skip
+TRANSIENT_NAMES = {"TransportError", "APIConnectionError", "APITimeoutError", "RemoteProtocolError"}  # httpx / openai
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error is worth a retry: network trouble and timeouts, not bad input or a broken disk."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in TRANSIENT_ERRNOS
+    return any(cls.__name__ in TRANSIENT_NAMES for cls in type(exc).__mro__)
 
 
 _lib_versions: dict[str, str] = {}
@@ -168,9 +189,11 @@ def _result_from_record(call: StepCall, kind: StepKind, key: str, record: dict[s
     )
 
 
-def link_into_run(call: StepCall, target: Path) -> None:
+def link_into_run(call: StepCall, target: Path, cache: Cache) -> None:
+    """`<run>/steps/<id>` -> the cache entry; the run is registered so that `cache gc` keeps what it points at."""
     link = Path(call.run_dir) / "steps" / call.id
     link.parent.mkdir(parents=True, exist_ok=True)
+    cache.register_run(Path(call.run_dir))
     if link.resolve() == target.resolve():
         return
     remove(link)
@@ -180,15 +203,15 @@ def link_into_run(call: StepCall, target: Path) -> None:
 def cached_result(call: StepCall, upstream: dict[str, StepResult]) -> tuple[str, StepResult | None]:
     """The step's cache key, and its verified cached result when there is one."""
     kind = call.kind()
-    inputs = input_artifacts(call, upstream)
-    key = cache_key(call, kind, inputs)
-    if not call.use_cache or not call.store:
+    key = cache_key(call, kind, input_artifacts(call, upstream))
+    if not call.cached:
         return key, None
-    cache = Cache(Path(call.cache_root))
+    return key, _lookup(call, kind, key, Cache(Path(call.cache_root)))
+
+
+def _lookup(call: StepCall, kind: StepKind, key: str, cache: Cache) -> StepResult | None:
     record = cache.lookup(key)
-    if record is None:
-        return key, None
-    return key, _result_from_record(call, kind, key, record, cache.entry(key), "cached")
+    return None if record is None else _result_from_record(call, kind, key, record, cache.entry(key), "cached")
 
 
 def write_state(call: StepCall, state: str, **extra: Any) -> None:
@@ -199,19 +222,52 @@ def write_state(call: StepCall, state: str, **extra: Any) -> None:
 
 
 def execute(call: StepCall, upstream: dict[str, StepResult]) -> StepResult:
-    """Run a step (or reuse its verified cache entry) and return its result; raises StepError on failure."""
+    """Run a step (or reuse its verified cache entry) and return its result; raises StepError on failure.
+
+    A cache miss takes the key's lock, so that concurrent runs compute a key once: whoever waited
+    finds the entry the holder committed and reuses it.
+    """
     kind = call.kind()
-    key, hit = cached_result(call, upstream)
-    if hit is not None:
-        link_into_run(call, Cache(Path(call.cache_root)).entry(key))
-        write_state(call, "cached", seconds=0)
-        return hit
     inputs = input_artifacts(call, upstream)
-    cache = Cache(Path(call.cache_root))
-    out_dir = cache.partial(key) if call.store else Path(call.run_dir) / "steps" / call.id
-    if not call.store:
+    key = cache_key(call, kind, inputs)
+    if not call.cached:
+        out_dir = Path(call.run_dir) / "steps" / call.id
         remove(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True)
+        record = _run(call, kind, key, inputs, out_dir)
+        remove(out_dir / SCRATCH)
+        return _result_from_record(call, kind, key, record, out_dir, "ran")
+    cache = Cache(Path(call.cache_root))
+    hit = _lookup(call, kind, key, cache)  # verified outside the lock: concurrent reruns hash in parallel
+    waited: list[str] = []
+
+    def on_wait(holder: str) -> None:
+        waited.append(holder)
+        write_state(call, "waiting", holder=holder)
+
+    with cache.lock(key, on_wait=on_wait):
+        if hit is None or not (cache.entry(key) / RECORD).is_file():
+            hit = _lookup(call, kind, key, cache)  # the run we waited for may have committed it
+        if hit is None:
+            work = cache.partial(key)
+            if not kind.resumable:
+                remove(work)  # leftovers of a killed run must not leak into this result
+            work.mkdir(parents=True, exist_ok=True)
+            record = _run(call, kind, key, inputs, work)
+            entry = cache.commit(key, record)
+            remove(entry / SCRATCH)  # checkpoints and the like go only once the result is committed
+            link_into_run(call, entry, cache)
+            return _result_from_record(call, kind, key, record, entry, "ran")
+        # linked under the lock, so `cache gc` cannot remove the entry between the check and the link
+        link_into_run(call, cache.entry(key), cache)
+        cache.touch(key)
+    write_state(call, "cached", seconds=0)
+    hit.waited_for = waited[0] if waited else None
+    return hit
+
+
+def _run(call: StepCall, kind: StepKind, key: str, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+    """Call the step kind with its work dir and logger; returns the record of what it made."""
     log_path = Path(call.run_dir) / "logs" / f"{call.id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"halo_pipeline.steps.{call.id}")
@@ -236,7 +292,7 @@ def execute(call: StepCall, upstream: dict[str, StepResult]) -> StepResult:
     except Exception as exc:
         logger.error("step failed:\n%s", traceback.format_exc())
         write_state(call, "failed", error=str(exc))
-        raise StepError(f"{call.id} ({kind.name}): {type(exc).__name__}: {exc}") from exc
+        raise StepError(f"{call.id} ({kind.name}): {type(exc).__name__}: {exc}", transient=is_transient(exc)) from exc
     finally:
         logger.removeHandler(handler)
         handler.close()
@@ -255,7 +311,8 @@ def execute(call: StepCall, upstream: dict[str, StepResult]) -> StepResult:
             "sha256": digest(p),
             "meta": ctx.meta.get(name, {}),
         }
-    record = {
+    write_state(call, "ran", seconds=ended - started)
+    return {
         "kind": kind.name,
         "version": kind.version,
         "key": key,
@@ -267,10 +324,3 @@ def execute(call: StepCall, upstream: dict[str, StepResult]) -> StepResult:
         "started": started,
         "ended": ended,
     }
-    if call.store:
-        entry = cache.commit(key, record)
-        link_into_run(call, entry)
-    else:
-        entry = out_dir
-    write_state(call, "ran", seconds=ended - started)
-    return _result_from_record(call, kind, key, record, entry, "ran")

@@ -52,7 +52,21 @@ def running_server() -> str | None:
         info = json.loads(state_file().read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return info["url"] if healthy(info["url"]) else None
+    if not healthy(info["url"]):
+        return None
+    if ui_api_url(info["url"]) != info["url"]:  # started by an older version whose UI called port 4200
+        stop_background()
+        return None
+    return str(info["url"])
+
+
+def ui_api_url(api_url: str) -> str | None:
+    """Where the server's UI sends its API calls (its `/ui-settings`)."""
+    try:
+        with urllib.request.urlopen(f"{ui_url(api_url)}/ui-settings", timeout=2) as resp:  # noqa: S310 (loopback only)
+            return str(json.loads(resp.read()).get("api_url"))
+    except (OSError, ValueError):
+        return None
 
 
 def start_background(log: Path | None = None) -> str:
@@ -139,20 +153,37 @@ def _busy() -> bool:
     return busy
 
 
+def server_env(host: str, port: int) -> dict[str, str]:
+    """The environment of `prefect server start`: its UI must call the API on this port, not Prefect's default 4200."""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    address = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    env.update(
+        PREFECT_SERVER_API_HOST=host,
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_UI_API_URL=os.environ.get("PREFECT_UI_API_URL") or f"http://{address}:{port}/api",
+    )
+    return env
+
+
+def ui_url(api_url: str) -> str:
+    """The UI address of a server, from its API address."""
+    return api_url[: -len("/api")] if api_url.endswith("/api") else api_url
+
+
 def serve_foreground(host: str, port: int) -> int:
     """`halo-pipeline server`: a Prefect server + UI in the foreground (for schedules and the UI)."""
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
-    print(f"Prefect UI and API on http://{host}:{port}  (export PREFECT_API_URL=http://{host}:{port}/api)", flush=True)
-    return subprocess.call(cmd)  # noqa: S603
+    env = server_env(host, port)
+    print(f"Prefect UI: http://{host}:{port}  (runs use it after: export PREFECT_API_URL={env['PREFECT_UI_API_URL']})", flush=True)
+    return subprocess.call(cmd, env=env)  # noqa: S603
 
 
 def watchdog(port: int, idle_minutes: float) -> None:
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
     proc = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
+        env=server_env("127.0.0.1", port),
     )
     deadline = time.time() + STARTUP_TIMEOUT
     while not healthy(url) and time.time() < deadline and proc.poll() is None:

@@ -74,6 +74,8 @@ def build(plan: Any, results: dict[str, Any], command: list[str], state: str, ex
                 seconds=round(res.seconds, 4),
                 error=res.error,
             )
+            if res.waited_for:
+                entry["waited_for"] = res.waited_for
         steps[sid] = entry
     libs = tuple(sorted({lib for ps in plan.steps.values() for lib in ps.kind.libraries}))
     return {

@@ -223,6 +223,17 @@ def from_gguf(path: Path) -> Path:
     return out
 
 
+def stable_adapter_config(adapter_dir: Path) -> None:
+    """peft saves `target_modules` resolved from a set, in hash order: sort it so the same adapter is the same bytes."""
+    path = adapter_dir / "adapter_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 TOY_TEXT = """<|im_start|>user
 Write a function that adds two numbers.<|im_end|>
 <|im_start|>assistant

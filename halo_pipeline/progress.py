@@ -8,8 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-SYMBOL = {"pending": "·", "running": "▶", "ran": "✔", "cached": "↺", "failed": "✘", "skipped": "−", "not selected": " "}
-STYLE = {"running": "yellow", "ran": "green", "cached": "cyan", "failed": "red", "skipped": "dim", "not selected": "dim"}
+SYMBOL = {"pending": "·", "waiting": "…", "running": "▶", "ran": "✔", "cached": "↺", "failed": "✘", "skipped": "−", "not selected": " "}
+STYLE = {
+    "waiting": "magenta",
+    "running": "yellow",
+    "ran": "green",
+    "cached": "cyan",
+    "failed": "red",
+    "skipped": "dim",
+    "not selected": "dim",
+}
 
 
 def read_states(run_dir: Path, steps: list[str]) -> dict[str, dict[str, Any]]:
@@ -40,6 +48,8 @@ def _table(plan: Any, states: dict[str, dict[str, Any]], selected: set[str], sta
             secs = ""
         style = STYLE.get(state, "")
         progress = _bar(int(st["done"]), int(st["total"])) if state == "running" and st.get("total") else ""
+        if state == "waiting":  # another run is computing the same step: this one reuses its result
+            progress = f"for {st.get('holder', 'another run')}"
         table.add_row(SYMBOL.get(state, "?"), sid, ps.kind.name, f"[{style}]{state}[/]" if style else state, progress, secs)
     return table
 
@@ -72,7 +82,7 @@ def show(run_dir: Path, plan: Any, futures: dict[str, Any], selected: set[str]) 
             state = st.get("state", "pending")
             if sid in selected and state not in ("pending",) and last.get(sid) != state:
                 last[sid] = state
-                extra = f" ({st['seconds']:.2f} s)" if "seconds" in st else ""
+                extra = f" ({st['seconds']:.2f} s)" if "seconds" in st else f" for {st['holder']}" if "holder" in st else ""
                 print(f"[{time.time() - started:6.1f} s] {sid}: {state}{extra}", file=sys.stderr, flush=True)
         if finished:
             return

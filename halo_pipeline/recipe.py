@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from halo_pipeline.errors import Issue
 
 FILE_PREFIX = "file:"
+MAX_EXPANDED_NODES = 100_000  # a recipe is a few hundred nodes; YAML aliases can make a 300-byte file expand to gigabytes
 
 
 class StepSpec(BaseModel):
@@ -85,7 +86,17 @@ def parse_yaml(text: str, file: str | None) -> tuple[Any, SourceMap, list[Issue]
     smap = SourceMap(file=file)
     issues: list[Issue] = []
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)  # the node graph: aliases are shared, not yet expanded
+        if node is not None and (size := expanded_size(node)) > MAX_EXPANDED_NODES:
+            issues.append(
+                Issue(
+                    message=f"the YAML expands to more than {MAX_EXPANDED_NODES:,} values through its aliases ({size:,}); refused",
+                    file=file,
+                    line=1,
+                    hint="a recipe does not need nested `*alias` references: write the values out, or use ${...} interpolation",
+                )
+            )
+            return None, smap, issues
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -103,6 +114,31 @@ def parse_yaml(text: str, file: str | None) -> tuple[Any, SourceMap, list[Issue]
     if node is not None:
         _walk(node, (), smap, issues)
     return data, smap, issues
+
+
+def expanded_size(root: yaml.Node) -> int:
+    """How many values the node graph becomes once every alias is expanded (counted without expanding)."""
+    sizes: dict[int, int] = {}
+    order: list[yaml.Node] = []
+    stack, seen = [root], set()
+    while stack:  # children before parents, iteratively: a deep file must not exhaust the recursion limit
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        order.append(node)
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(v for pair in node.value for v in pair)
+    for node in reversed(order):
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [v for pair in node.value for v in pair]
+        sizes[id(node)] = 1 + sum(sizes.get(id(c), 1) for c in children)
+    return sizes[id(root)]
 
 
 def _walk(node: yaml.Node, path: tuple[str, ...], smap: SourceMap, issues: list[Issue]) -> None:

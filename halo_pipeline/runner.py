@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, tags, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.logging.handlers import APILogHandler
 from prefect.states import Completed
 
@@ -22,8 +23,6 @@ from halo_pipeline.errors import Issue, RecipeError
 from halo_pipeline.execute import StepCall, StepError, StepResult, cached_result, execute, step_calls, write_state
 from halo_pipeline.graph import select
 from halo_pipeline.validate import Plan, build_plan
-
-TRANSIENT = (OSError, TimeoutError, ConnectionError)
 
 
 @dataclass
@@ -55,12 +54,11 @@ def set_options(opts: RunOptions) -> contextvars.Token[RunOptions | None]:
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what a retry can fix (network trouble, timeouts): never a full disk or a missing file."""
     try:
         state.result()
     except StepError as exc:
-        return bool(getattr(exc, "transient", False))
-    except TRANSIENT:
-        return True
+        return exc.transient
     except Exception:
         return False
     return False
@@ -74,10 +72,6 @@ def step_task(call: StepCall, upstream: dict[str, StepResult]) -> Any:
     step_logger.addHandler(api_handler)
     try:
         result = execute(call, upstream)
-    except StepError as exc:
-        cause = exc.__cause__
-        exc.transient = isinstance(cause, TRANSIENT)  # type: ignore[attr-defined]
-        raise
     finally:
         step_logger.removeHandler(api_handler)
     if result.state == "cached":  # the run that made it published its artifact already
@@ -166,7 +160,7 @@ def upstream_from_cache(plan: Plan, calls: dict[str, StepCall], selected: set[st
 def _as_cached_call(call: StepCall) -> StepCall:
     from dataclasses import replace
 
-    return replace(call, use_cache=True, store=True)
+    return replace(call, cached=True)
 
 
 @flow(name="halo-pipeline", persist_result=False, validate_parameters=False)
@@ -215,29 +209,33 @@ def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any
                 opts.progress(run_dir, plan, futures, selected)
             for f in futures.values():
                 f.wait()
-        except KeyboardInterrupt:  # finished steps stay in the cache; the manifest says where it stopped
+        except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C, or SIGTERM (Prefect raises its own inside a flow)
+            results.update(finished_results(futures))  # finished steps stay in the cache and are recorded as such
+            for sid in futures:
+                if sid not in results:
+                    results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="interrupted", error="interrupted")
             manifest.write(run_dir, manifest.build(plan, results, opts.command, "interrupted", extra))
+            _abandon(runner)
             raise
+    results.update(finished_results(futures))
     failed = False
-    for sid, fut in futures.items():
-        state = fut.state
-        if state.is_completed():
-            results[sid] = state.result()
-            if state.name == "Cached":
-                results[sid].state = "cached"
+    for sid in futures:  # topological order: an upstream failure is known before its dependents
+        if sid in results:
             continue
         failed = True
+        broken = next((d for d in plan.steps[sid].deps if d in futures and results[d].state in ("failed", "skipped")), None)
+        if broken is not None:
+            reason = f"skipped: upstream step {broken} {'failed' if results[broken].state == 'failed' else 'was skipped'}"
+            results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="skipped", error=reason)
+            write_state(calls[sid], "skipped", error=reason)
+            continue
         try:
-            state.result()
-            err = state.message
+            futures[sid].state.result()
+            err = futures[sid].state.message
         except Exception as exc:
             err = str(exc)
-        upstream_failed = any(d in futures and not futures[d].state.is_completed() for d in plan.steps[sid].deps)
-        results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="skipped" if upstream_failed else "failed", error=err)
-        if not upstream_failed:
-            write_state(calls[sid], "failed", error=err)
-        else:
-            write_state(calls[sid], "skipped")
+        results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="failed", error=err)
+        write_state(calls[sid], "failed", error=err)
     ended = time.time()
     objective = objective_value(plan, results)
     extra.update(started=started, ended=ended, seconds=round(ended - started, 3), objective=objective)
@@ -249,6 +247,30 @@ def run_plan(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any
         "objective": objective,
         "steps": {sid: r.state for sid, r in results.items()},
     }
+
+
+def _abandon(runner: Any) -> None:
+    """Stop the task runner without waiting for running steps: an interrupted run ends now, and the
+    steps' sandboxes and child processes die with the process (the manifest already says where it stopped)."""
+    executor = getattr(runner, "_executor", None)  # Prefect's thread and process runners would otherwise join their workers
+    if executor is None:
+        return
+    for process in getattr(executor, "_processes", {}).values():
+        process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
+    runner._executor = None
+
+
+def finished_results(futures: dict[str, Any]) -> dict[str, StepResult]:
+    """The results of the steps whose tasks completed (ran or cached), without waiting for the others."""
+    done: dict[str, StepResult] = {}
+    for sid, fut in futures.items():
+        state = fut.state
+        if state.is_completed():
+            done[sid] = state.result()
+            if state.name == "Cached":
+                done[sid].state = "cached"
+    return done
 
 
 def _flow_run_info() -> dict[str, Any]:

@@ -21,6 +21,7 @@ ARTIFACT_TYPES = {
     "file": "any file",
 }
 SAME_AS = "same:"  # an output typed "same:dataset" has the type of the input named "dataset"
+SCRATCH = ".scratch"  # a step's scratch area in its work dir: kept for a resume, removed once the result is committed
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class StepKind:
     check: Callable[[Any], list[str]] | None = None
     fingerprint: Callable[[Any], dict[str, Any]] | None = None
     accepts: Callable[[Any, str], tuple[str, ...]] | None = None  # input types that depend on params
+    resumable: bool = False  # a rerun after a kill continues in the work dir the killed run left
     doc: str = ""
     import_path: str = ""
 
@@ -101,6 +103,7 @@ def step(
     check: Callable[[Any], list[str]] | None = None,
     fingerprint: Callable[[Any], dict[str, Any]] | None = None,
     accepts: Callable[[Any, str], tuple[str, ...]] | None = None,
+    resumable: bool = False,
 ) -> Callable[[F], F]:
     """Declare a function `run(params, inputs, ctx) -> {output: path}` as a step kind.
 
@@ -114,6 +117,8 @@ def step(
         check: extra validation of params, returning problems as text (run by `validate`).
         fingerprint: extra cache-key material derived from params (e.g. a model's digest).
         accepts: `(params, input) -> types` when what an input takes depends on params.
+        resumable: the step continues from what a killed run left in its work dir (checkpoints,
+            appended JSONL); other steps start from an empty work dir.
     """
 
     def wrap(fn: F) -> F:
@@ -134,6 +139,7 @@ def step(
             check=check,
             fingerprint=fingerprint,
             accepts=accepts,
+            resumable=resumable,
             doc=(getattr(sys.modules.get(fn.__module__), "__doc__", None) or fn.__doc__ or "").strip(),
             import_path=f"{fn.__module__}:{fn.__name__}",
         )
@@ -161,6 +167,10 @@ class RunContext:
     def path(self, name: str) -> Path:
         """Where to write an output file or directory named `name` (inside the step's work dir)."""
         return self.out_dir / name
+
+    def scratch(self, name: str) -> Path:
+        """A path for work files (checkpoints) that survive a kill for the resume, and go once the result is committed."""
+        return self.out_dir / SCRATCH / name
 
     def summary(self, line: str) -> None:
         """Add a line to the step's markdown summary (shown in Prefect and the report)."""

@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from halo_pipeline.datasets import OnBadRows, default_text_fields, read_numbered_rows, row_text
 from halo_pipeline.minhash import SCHEME, Normalizer, Signer
+from halo_pipeline.rows import OnBadRows, default_text_fields, read_numbered_rows, row_text
 from halo_pipeline.step import Artifact, Params, RunContext, step
 
 

@@ -116,7 +116,7 @@ def run(params: EvalParams, inputs: dict[str, Artifact], ctx: RunContext) -> dic
     )
     normalized = harness.normalize(raw)
     report_dir = ctx.path("report")
-    harness.save(raw, normalized, report_dir)
+    harness.save(raw, normalized, report_dir, ctx.path("work"))
     lines = ["| task | metric | value | stderr |", "|---|---|---|---|"]
     for task, metrics in normalized.items():
         for metric, m in metrics.items():
@@ -129,5 +129,5 @@ def run(params: EvalParams, inputs: dict[str, Artifact], ctx: RunContext) -> dic
 
         ctx.summary(inline_image(report_dir / "eval.png"))
     ctx.meta["report"] = {"engine": engine, "tasks": params.tasks}
-    (report_dir / "eval_run.json").write_text(json.dumps({"engine": engine, "model": str(model_path), "adapter": str(adapter)}) + "\n")
+    (report_dir / "eval_run.json").write_text(json.dumps({"engine": engine, "adapter": adapter is not None}, sort_keys=True) + "\n")
     return {"report": report_dir}

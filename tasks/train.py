@@ -9,7 +9,8 @@ a full `model` directory (full fine-tuning, and reward models, which are merged 
 `reward_model` verifier loads them directly).
 
 Checkpoints are written every `save_every` steps; a killed run, rerun, resumes from the last
-complete checkpoint (same global step, optimizer and scheduler state). Per-step metrics go to
+complete checkpoint (same global step, optimizer and scheduler state; RAFT from its last complete
+cycle). Checkpoints are removed only once the trained model is committed to the cache. Per-step metrics go to
 `metrics.jsonl`, curves to `curves.png` (also in the Prefect artifact), and
 `training_summary.json` holds steps, tokens, final loss, whether the weights changed, wall time and
 tokens/s.
@@ -18,13 +19,12 @@ tokens/s.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from halo_pipeline.datasets import read_rows
+from halo_pipeline.rows import read_rows
 from halo_pipeline.step import Artifact, Params, RunContext, TypeByParam, step
 from halo_pipeline.training import algorithms as alg
 
@@ -124,10 +124,11 @@ def fingerprint(params: TrainParams) -> dict[str, Any]:
     outputs={"model": TypeByParam("output_kind", {"adapter": "adapter", "model": "model"})},
     version="1",
     libraries=("torch", "transformers", "trl", "peft", "accelerate", "mlx-lm"),
-    deterministic=False,
+    deterministic=lambda p: (p.backend or {}).get("name", "cpu") == "cpu",  # seeded; GPU kernels are not bit-reproducible
     check=check,
     fingerprint=fingerprint,
     accepts=accepts,
+    resumable=True,  # checkpoints (and RAFT's cycles) in the work dir: a killed run continues from the last complete one
 )
 def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     src = inputs["dataset"]
@@ -149,7 +150,6 @@ def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
         summary["tokens_per_s"] = round(summary["tokens"] / max(summary["train_s"], 1e-9), 1)
     summary["bad_rows"] = len(bad)
     ctx.path("training_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    shutil.rmtree(ctx.path("checkpoints"), ignore_errors=True)  # resumability is for unfinished runs; the cache keeps the result
     _report(params, ctx, summary)
     return {"model": ctx.path("model")}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -17,11 +18,19 @@ class MakeParams(Params):
     n: int = Field(3, ge=1, description="Rows to write.")
     text: str = "row"
     sleep: float = Field(0.0, ge=0)
+    counter: str | None = Field(None, description="A file to append a line to on every real run.")
+    gate: str | None = Field(None, description="Wait (up to 2 min) until this file exists before finishing.")
 
 
 @step(outputs={"dataset": "sft_dataset"}, version="1")
 def make(params: MakeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    if params.counter:
+        with open(params.counter, "a") as f:
+            f.write(f"{os.getpid()}\n")
     time.sleep(params.sleep)
+    deadline = time.time() + 120
+    while params.gate and not Path(params.gate).exists() and time.time() < deadline:
+        time.sleep(0.05)
     out = ctx.path("data.jsonl")
     out.write_text("".join(json.dumps({"id": f"r{i}", "prompt": params.text, "completion": str(i)}) + "\n" for i in range(params.n)))
     ctx.metrics["rows"] = params.n
@@ -93,7 +102,7 @@ def die_once(params: KillParams, inputs: dict[str, Artifact], ctx: RunContext) -
 class FlakyParams(Params):
     counter: str
     failures: int = 1
-    error: str = "OSError"
+    error: str = "ConnectionError"  # or ValueError, or an errno name (ENOSPC, EACCES, ECONNRESET...) raised as OSError
 
 
 @step(outputs={"dataset": "sft_dataset"})
@@ -103,7 +112,10 @@ def flaky(params: FlakyParams, inputs: dict[str, Artifact], ctx: RunContext) -> 
     attempts = int(counter.read_text()) if counter.exists() else 0
     counter.write_text(str(attempts + 1))
     if attempts < params.failures:
-        raise {"OSError": OSError, "ValueError": ValueError}[params.error](f"attempt {attempts + 1} failed")
+        if params.error.startswith("E"):
+            code = getattr(errno, params.error)
+            raise OSError(code, f"attempt {attempts + 1} failed: {os.strerror(code)}")
+        raise {"ConnectionError": ConnectionError, "ValueError": ValueError}[params.error](f"attempt {attempts + 1} failed")
     out = ctx.path("data.jsonl")
     out.write_text(json.dumps({"id": "x", "prompt": "p", "completion": "c"}) + "\n")
     return {"dataset": out}
@@ -128,4 +140,61 @@ def rendezvous(params: RendezvousParams, inputs: dict[str, Artifact], ctx: RunCo
         time.sleep(0.05)
     out = ctx.path("data.jsonl")
     out.write_text(inputs["dataset"].path.read_text())
+    return {"dataset": out}
+
+
+class ShardsParams(Params):
+    files: int = Field(6, ge=1, description="Files written into the output directory, one at a time.")
+    sleep: float = Field(0.2, ge=0, description="Seconds between files (a kill lands mid-write).")
+    counter: str | None = Field(None, description="A file to append a line to on every real run.")
+
+
+@step(outputs={"shards": "file"})
+def shards(params: ShardsParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    """A directory of several files written slowly: a result that can be half-written when killed."""
+    if params.counter:
+        with open(params.counter, "a") as f:
+            f.write(f"{os.getpid()}\n")
+    out = ctx.path("shards")
+    out.mkdir(exist_ok=True)
+    for i in range(params.files):
+        (out / f"part-{i}.txt").write_text(f"shard {i}\n" * 1000)
+        time.sleep(params.sleep)
+    return {"shards": out}
+
+
+class ResumableParams(Params):
+    items: int = Field(10, ge=1)
+    sleep: float = Field(0.2, ge=0)
+
+
+@step(outputs={"dataset": "sft_dataset"}, resumable=True)
+def appender(params: ResumableParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    """Appends one row per item and continues where a killed run stopped (like synthesize)."""
+    from halo_pipeline.rows import append_jsonl, read_complete_jsonl
+
+    path = ctx.path("data.jsonl")
+    done = read_complete_jsonl(path)
+    ctx.metrics["resumed_rows"] = len(done)
+    for i in range(len(done), params.items):
+        append_jsonl(path, {"id": f"r{i}", "prompt": "p", "completion": str(i)})
+        time.sleep(params.sleep)
+    return {"dataset": path}
+
+
+class ScratchParams(Params):
+    fail_file: str = Field(..., description="While this file exists the step fails after writing its checkpoint.")
+
+
+@step(outputs={"dataset": "sft_dataset"}, resumable=True)
+def checkpointed(params: ScratchParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+    """Writes a checkpoint to its scratch area, fails while `fail_file` exists, resumes from the checkpoint."""
+    ckpt = ctx.scratch("ckpt.json")
+    resumed = ckpt.exists()
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_text(json.dumps({"step": 1}))
+    if Path(params.fail_file).exists():
+        raise RuntimeError("killed after the checkpoint")
+    out = ctx.path("data.jsonl")
+    out.write_text(json.dumps({"id": "x", "prompt": "p", "completion": "resumed" if resumed else "fresh"}) + "\n")
     return {"dataset": out}

@@ -193,10 +193,25 @@ def _explain(exc: Exception, tasks: list[str], manager: Any, dirs: list[Path]) -
     )
 
 
-def save(raw: dict[str, Any], normalized: dict[str, Any], report_dir: Path) -> None:
+# lm-eval's record of one evaluation run (when, how long, on which machine): not part of the result
+RUN_KEYS = {"date", "start_time", "end_time", "total_evaluation_time_seconds", "pretty_env_info", "transformers_version", "upper_git_hash"}
+
+
+def content_only(obj: Any, work: Path) -> Any:
+    """lm-eval's output without timestamps and with paths made relative to the work dir (same inputs, same bytes)."""
+    if isinstance(obj, dict):
+        return {k: content_only(v, work) for k, v in obj.items() if k not in RUN_KEYS}
+    if isinstance(obj, list):
+        return [content_only(v, work) for v in obj]
+    if isinstance(obj, str) and str(work) in obj:
+        return obj.replace(str(work), "<work>")
+    return obj
+
+
+def save(raw: dict[str, Any], normalized: dict[str, Any], report_dir: Path, work: Path) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "eval.json").write_text(json.dumps(normalized, indent=2, sort_keys=True) + "\n")
-    keep = {k: v for k, v in raw.items() if k != "samples"}
+    keep = content_only({k: v for k, v in raw.items() if k != "samples"}, work)
     (report_dir / "lm_eval_raw.json").write_text(json.dumps(keep, indent=2, sort_keys=True, default=str) + "\n")
     with open(report_dir / "samples.jsonl", "w") as f:  # per request: the doc, what the model answered, its score
         for task, samples in raw.get("samples", {}).items():

@@ -52,7 +52,15 @@ def cmd_merge(args: argparse.Namespace, console: Any) -> int:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0 / len(adapters)] * len(adapters)
         try:
             provenance = combine(
-                base, adapters, weights, out, args.method, args.density, bake_after_merge=args.bake_after_merge, dtype=args.dtype
+                base,
+                adapters,
+                weights,
+                out,
+                args.method,
+                args.density,
+                bake_after_merge=args.bake_after_merge,
+                dtype=args.dtype,
+                seed=args.seed,
             )
         except ValueError as exc:
             raise RecipeError([Issue(str(exc))]) from None
@@ -107,8 +115,18 @@ def cmd_verify(args: argparse.Namespace, console: Any) -> int:
         if not sep:
             raise RecipeError([Issue(f"--threshold takes METRIC=VALUE, got '{item}'")])
         thresholds[metric] = float(value)
-    report_dir = Path(args.report) if args.report else (exported if exported.is_dir() else exported.parent) / "verify"
+    report_dir = Path(args.report) if args.report else _fresh_report_dir(exported)
     return _verify(source, exported, report_dir, args.quant, thresholds, console)
+
+
+def _fresh_report_dir(exported: Path) -> Path:
+    """`./verify-<name>[-N]` in the working directory: the export (a cache entry, an input) is never written to."""
+    name = exported.name if exported.name not in ("model", "") else f"{exported.parent.name}-{exported.name}"
+    candidate, n = Path.cwd() / f"verify-{name}", 0
+    while candidate.exists():
+        n += 1
+        candidate = Path.cwd() / f"verify-{name}-{n}"
+    return candidate
 
 
 def _verify(source: Path, exported: Path, report_dir: Path, quant: str | None, thresholds: dict[str, float], console: Any) -> int:
@@ -143,6 +161,7 @@ def add_parsers(sub: Any) -> None:
     m.add_argument("--density", type=float, help="combine: fraction kept by ties/dare/magnitude_prune")
     m.add_argument("--bake-after-merge", action="store_true", help="combine: write a merged model, not an adapter")
     m.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    m.add_argument("--seed", type=int, default=0, help="combine with dare_*: seed of the random drop masks")
     m.add_argument("--output", required=True)
 
     c = sub.add_parser("convert", help="convert a model to gguf / mlx / hf at q4 / q8 / fp16 / bf16 / fp32")
@@ -158,4 +177,4 @@ def add_parsers(sub: Any) -> None:
     v.add_argument("--exported", required=True)
     v.add_argument("--quant", choices=["q4", "q8", "fp16", "bf16", "fp32"], help="thresholds to apply (default: the export's)")
     v.add_argument("--threshold", action="append", metavar="METRIC=VALUE", help="override one threshold (repeatable)")
-    v.add_argument("--report", help="report directory (default: <exported>/verify)")
+    v.add_argument("--report", help="report directory (default: ./verify-<export name>; the export itself is never written to)")

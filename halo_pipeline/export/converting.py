@@ -14,6 +14,9 @@ from typing import Any
 from halo_pipeline.export.formats import EXPORT_FILE, QUANT_TABLE, TORCH_DTYPES, export_info, gguf_file, lossiest, pair_problem
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json")
+# Facts about one conversion, not about the export: returned (step metrics), never written into the
+# model directory, whose bytes must be the same every time the same source is converted.
+RUN_FACTS = ("seconds", "peak_rss_mb", "source")
 
 
 def convert(source: Path, fmt: str, quant: str, out: Path, work: Path | None = None) -> dict[str, Any]:
@@ -62,7 +65,8 @@ def _convert(source: Path, info: dict[str, Any], fmt: str, quant: str, out: Path
         "seconds": round(time.time() - started, 2),
         **facts,
     }
-    (out / EXPORT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    content = {k: v for k, v in record.items() if k not in RUN_FACTS}
+    (out / EXPORT_FILE).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
     return record
 
 
@@ -121,17 +125,22 @@ def mlx_rope_compat(config_path: Path) -> bool:
 
 
 def _to_hf(source: Path, out: Path, quant: str) -> dict[str, Any]:
-    import resource
+    # A child process, like the GGUF and MLX converters: the peak memory reported is the conversion's own.
+    from transformers import __version__
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, __version__
-
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, TORCH_DTYPES[quant]))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    code = (
+        "import json, resource, sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer; "
+        "src, out, dtype = sys.argv[1:4]; "
+        "AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype)).save_pretrained(out); "
+        "AutoTokenizer.from_pretrained(src).save_pretrained(out); "
+        "print('HALO_RESULT ' + json.dumps({'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(source), str(out), TORCH_DTYPES[quant]], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"saving {source} as HF {quant} failed:\n{done.stderr.strip()[-1500:]}")
+    facts = next(json.loads(ln[12:]) for ln in done.stdout.splitlines() if ln.startswith("HALO_RESULT "))
     _copy_tokenizer(source, out, overwrite=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"converter": f"transformers {__version__} save_pretrained", "peak_rss_mb": round(peak, 1)}
+    return {"converter": f"transformers {__version__} save_pretrained", **facts}
 
 
 def gguf_to_hf(gguf: Path, out: Path, quant: str = "fp32") -> None:

@@ -19,16 +19,6 @@ def is_mlx_adapter(path: Path) -> bool:
     return (path / "adapters.safetensors").is_file()
 
 
-def adapter_base(adapter: Path) -> str | None:
-    """The base model an adapter was trained on, from the train step's provenance or PEFT's own config."""
-    for name, key in (("halo_provenance.json", "base"), ("adapter_config.json", "base_model_name_or_path")):
-        if (adapter / name).is_file():
-            value = json.loads((adapter / name).read_text()).get(key)
-            if value:
-                return str(value) if not isinstance(value, dict) else json.dumps(value)
-    return None
-
-
 def _load_base(base: Path, dtype: str) -> tuple[Any, Any, str]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -38,6 +28,13 @@ def _load_base(base: Path, dtype: str) -> tuple[Any, Any, str]:
         dtype = {v: k for k, v in TORCH_DTYPES.items()}.get(saved, "fp32")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, TORCH_DTYPES[dtype]))
     return model, AutoTokenizer.from_pretrained(base), dtype
+
+
+def _lineage(base: Path, adapters: list[Path]) -> dict[str, Any]:
+    """What was merged, by name and content digest (not by path: the same inputs must give the same bytes)."""
+    from halo_pipeline.cache import digest
+
+    return {"base": base.name, "adapters": [digest(a) for a in adapters]}
 
 
 def _save(model: Any, tokenizer: Any, base: Path, out: Path, provenance: dict[str, Any]) -> None:
@@ -57,7 +54,7 @@ def bake(base: Path, adapter: Path, out: Path, dtype: str = "auto") -> dict[str,
 
     model, tokenizer, dtype = _load_base(base, dtype)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    provenance = {"mode": "bake", "base": str(base), "adapters": [str(adapter)], "method": "merge_and_unload", "dtype": dtype}
+    provenance = {"mode": "bake", **_lineage(base, [adapter]), "method": "merge_and_unload", "dtype": dtype}
     _save(merged, tokenizer, base, out, provenance)
     return provenance
 
@@ -72,8 +69,11 @@ def combine(
     majority_sign_method: str = "total",
     bake_after_merge: bool = False,
     dtype: str = "auto",
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """peft add_weighted_adapter over N adapters: a combined adapter, or (bake_after_merge) a merged model."""
+    """peft add_weighted_adapter over N adapters: a combined adapter, or (bake_after_merge) a merged model.
+
+    The DARE methods drop weights at random: `seed` makes the same inputs give the same merge."""
     if method not in COMBINE_METHODS:
         raise ValueError(f"unknown combine method '{method}'; methods: {', '.join(COMBINE_METHODS)}")
     if len(weights) != len(adapters):
@@ -92,16 +92,19 @@ def combine(
         kwargs["density"] = 0.5 if density is None else density
     if method in ("ties", "dare_ties"):
         kwargs["majority_sign_method"] = majority_sign_method
+    import torch
+
+    torch.manual_seed(seed)  # dare_* sample their masks with torch's global generator
     peft_model.add_weighted_adapter(names, weights, adapter_name="combined", combination_type=method, **kwargs)
     peft_model.set_adapter("combined")
     for name in names:
         peft_model.delete_adapter(name)
     provenance = {
         "mode": "combine",
-        "base": str(base),
-        "adapters": [str(a) for a in adapters],
+        **_lineage(base, adapters),
         "weights": weights,
         "method": method,
+        "seed": seed,
         **kwargs,
         "baked": bake_after_merge,
         "dtype": dtype,
@@ -116,8 +119,11 @@ def combine(
             for f in nested.iterdir():
                 shutil.move(str(f), out / f.name)
             nested.rmdir()
+        from halo_pipeline.models import stable_adapter_config
+
+        stable_adapter_config(out)
         (out / PROVENANCE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-        (out / "halo_provenance.json").write_text(json.dumps({"base": str(base), "merge": provenance}, indent=2) + "\n")
+        (out / "halo_provenance.json").write_text(json.dumps({"base": base.name, "merge": provenance}, indent=2, sort_keys=True) + "\n")
     return provenance
 
 
@@ -127,6 +133,6 @@ def fuse_mlx(base: Path, adapter: Path, out: Path) -> dict[str, Any]:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"mlx_lm fuse failed:\n{done.stderr.strip()[-1500:]}")
-    provenance = {"mode": "bake", "base": str(base), "adapters": [str(adapter)], "method": "mlx_lm fuse"}
+    provenance = {"mode": "bake", **_lineage(base, [adapter]), "method": "mlx_lm fuse"}
     (out / PROVENANCE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     return provenance  # unquantized mlx-lm output keeps HF names: it loads in transformers and converts further

@@ -12,22 +12,46 @@ from halo_pipeline.training import algorithms as alg
 from halo_pipeline.training import data
 from halo_pipeline.training.configs import peft_config, trainer_config
 
+COMPLETE = "halo_complete.json"  # written (atomically) once a checkpoint's every file is on disk
+
 
 def last_checkpoint(root: Path) -> Path | None:
-    """The newest checkpoint that finished writing (trainer_state.json is saved after the weights and optimizer)."""
+    """The newest checkpoint that finished writing: one a kill tore (no completion marker, or a
+    marker whose trainer_state.json does not parse) is passed over for the previous good one."""
     found = []
     for path in root.glob("checkpoint-*") if root.is_dir() else ():
         m = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if m and (path / "trainer_state.json").is_file():
+        if m and (path / COMPLETE).is_file():
+            try:
+                json.loads((path / "trainer_state.json").read_text())
+            except (OSError, ValueError):
+                continue
             found.append((int(m.group(1)), path))
     return max(found)[1] if found else None
 
 
+def completion_marker() -> Any:
+    """A callback that marks each checkpoint complete after Trainer has written all of it."""
+    from transformers import TrainerCallback
+
+    from halo_pipeline.cache import atomic_write_json
+
+    class MarkComplete(TrainerCallback):  # type: ignore[misc]
+        def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                atomic_write_json(folder / COMPLETE, {"step": state.global_step})
+
+    return MarkComplete()
+
+
 def _trim_metrics(path: Path, upto_step: int) -> None:
-    """A resumed run logs again from its checkpoint: drop lines logged after it."""
+    """A resumed run logs again from its checkpoint: drop lines logged after it (and a torn last line)."""
+    from halo_pipeline.rows import read_complete_jsonl
+
     if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= upto_step]
-        path.write_text("".join(line + "\n" for line in keep))
+        keep = [row for row in read_complete_jsonl(path) if row.get("step", 0) <= upto_step]
+        path.write_text("".join(json.dumps(row) + "\n" for row in keep))
 
 
 def _load(params: Any, for_reward_model: bool = False) -> tuple[Any, Any]:
@@ -79,15 +103,17 @@ def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, 
         return _raft(params, rows, ctx)
     model, tokenizer = _load(params, for_reward_model=isinstance(algo, alg.RM))
     chat = params.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
-    config = trainer_config(params, ctx.path("checkpoints"))
+    config = trainer_config(params, ctx.scratch("checkpoints"))
     trainer = _trainer(params, model, tokenizer, chat, rows, config, ctx)
     _quiet(trainer)
     before = _snapshot(trainer.model)
-    resume = last_checkpoint(ctx.path("checkpoints"))
+    resume = last_checkpoint(ctx.scratch("checkpoints"))
     if resume is not None:
         step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
         ctx.log.info("resuming from %s (step %d)", resume.name, step)
         _trim_metrics(ctx.path("metrics.jsonl"), step)
+    else:
+        ctx.path("metrics.jsonl").unlink(missing_ok=True)  # logged by a run killed before its first checkpoint
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     summary = _summary(trainer, output, before, resume)
     _save(params, trainer.model, tokenizer, ctx.path("model"))
@@ -101,7 +127,7 @@ def _trainer(params: Any, model: Any, tokenizer: Any, chat: bool, rows: list[dic
     from halo_pipeline.training.metrics import callback
 
     algo = params.algorithm
-    callbacks = [callback(ctx.path("metrics.jsonl"), ctx.on_progress)]
+    callbacks = [callback(ctx.path("metrics.jsonl"), ctx.on_progress), completion_marker()]
     if params.probe_every is not None:
         from halo_pipeline.training.midprobe import callback as probe_callback
 
@@ -165,13 +191,14 @@ def _summary(trainer: Any, output: Any, before: dict[str, Any], resumed: Path | 
 
 
 def _save(params: Any, model: Any, tokenizer: Any, out: Path) -> None:
-    from halo_pipeline.models import fingerprint
+    from halo_pipeline.models import fingerprint, stable_adapter_config
 
     merge = params.adapter != "none" and isinstance(params.algorithm, alg.RM)
     if merge:  # reward models ship merged, so the reward_model verifier loads them as one directory
         model = model.merge_and_unload()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    stable_adapter_config(out)
     provenance = {
         "base": params.model if isinstance(params.model, str) else dict(params.model),
         "base_fingerprint": fingerprint(params.model),
@@ -207,8 +234,18 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
     verifier = build_verifier(params.verifier)
     prompts = data.prompt_rows(rows, False, None)
     metrics_path = ctx.path("metrics.jsonl")
-    step, tokens, train_s, losses, cycle_rewards = 0, 0, 0.0, [], []
-    for cycle in range(algo.cycles):
+    state_root = ctx.scratch("raft")
+    progress: dict[str, Any] = {"cycle": 0, "step": 0, "tokens": 0, "train_s": 0.0, "losses": [], "rewards": []}
+    resumed = _raft_resume(model, state_root)
+    if resumed is not None:
+        progress = resumed
+        ctx.log.info("resuming RAFT after cycle %d of %d", progress["cycle"], algo.cycles)
+        _trim_metrics(metrics_path, progress["step"])
+    else:
+        metrics_path.unlink(missing_ok=True)
+    step, tokens, train_s = progress["step"], progress["tokens"], progress["train_s"]
+    losses, cycle_rewards = list(progress["losses"]), list(progress["rewards"])
+    for cycle in range(progress["cycle"], algo.cycles):
         samples = _sample(model, tokenizer, prompts, algo, params, chat, seed=params.seed + cycle)
         results = verifier.verify_batch(
             [{**p, "prompt": p["task_prompt"], "completion": c} for p, cs in zip(prompts, samples, strict=True) for c in cs]
@@ -228,9 +265,10 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
         ctx.log.info("raft cycle %d: mean reward %.3f, kept %d of %d prompts", cycle + 1, mean_reward, len(kept), len(prompts))
         if ctx.on_progress:
             ctx.on_progress(cycle, algo.cycles)
-        if not kept:
-            continue  # nothing good enough to learn from this round: never train on reward-0 samples
-        config = trainer_config(params, ctx.path("checkpoints") / f"cycle-{cycle}")
+        if not kept:  # nothing good enough to learn from this round: never train on reward-0 samples
+            _raft_save(model, state_root, cycle + 1, step, tokens, train_s, losses, cycle_rewards)
+            continue
+        config = trainer_config(params, ctx.scratch("checkpoints") / f"cycle-{cycle}")
         trainer = trl.SFTTrainer(
             model=model,
             args=config,
@@ -246,6 +284,7 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
         tokens += int(trainer.state.num_input_tokens_seen or 0)
         losses.append(out.training_loss)
         model = trainer.model
+        _raft_save(model, state_root, cycle + 1, step, tokens, train_s, losses, cycle_rewards)
     if ctx.on_progress:
         ctx.on_progress(algo.cycles, algo.cycles)
 
@@ -260,6 +299,47 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
         "reward_by_cycle": [round(r, 4) for r in cycle_rewards],
         "trainable_params": sum(t.numel() for t in before.values()),
     }
+
+
+def _raft_save(
+    model: Any, root: Path, cycle: int, step: int, tokens: int, train_s: float, losses: list[float], rewards: list[float]
+) -> None:
+    """After a completed cycle: its trainable weights and counters, renamed into place whole (a kill leaves the previous cycle)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from halo_pipeline.cache import atomic_write_json
+
+    tmp = root / f".cycle-{cycle}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, str(tmp / "trainable.safetensors"))
+    state = {"cycle": cycle, "step": step, "tokens": tokens, "train_s": train_s, "losses": losses, "rewards": rewards}
+    atomic_write_json(tmp / "state.json", state)
+    final = root / f"cycle-{cycle}"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for older in root.glob("cycle-*"):
+        if older != final:
+            shutil.rmtree(older, ignore_errors=True)
+
+
+def _raft_resume(model: Any, root: Path) -> dict[str, Any] | None:
+    """Load the last completed cycle's weights into `model`; its counters, or None to start afresh."""
+    done = sorted(((int(p.name.split("-")[1]), p) for p in root.glob("cycle-*") if (p / "state.json").is_file()), reverse=True)
+    if not done:
+        return None
+    from safetensors.torch import load_file
+
+    path = done[0][1]
+    missing = set(n for n, p in model.named_parameters() if p.requires_grad) - set(
+        weights := load_file(str(path / "trainable.safetensors"))
+    )
+    if missing:
+        return None  # saved for another configuration: start again
+    model.load_state_dict(weights, strict=False)
+    return dict(json.loads((path / "state.json").read_text()))
 
 
 def _sample(model: Any, tokenizer: Any, prompts: list[dict[str, Any]], algo: Any, params: Any, chat: bool, seed: int) -> list[list[str]]:

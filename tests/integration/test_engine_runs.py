@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_RECIPE, cli, write
+from conftest import FAKE_RECIPE, TESTS, cli, write
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -185,6 +190,21 @@ def test_retries_apply_to_transient_errors_only(project: Path) -> None:
             retries: 2
             retry_delay_seconds: 0
             with: {{counter: "{project / "p.count"}", failures: 1, error: ValueError}}
+          reset:
+            uses: fake_steps:flaky
+            retries: 2
+            retry_delay_seconds: 0
+            with: {{counter: "{project / "r.count"}", failures: 1, error: ECONNRESET}}
+          disk_full:
+            uses: fake_steps:flaky
+            retries: 2
+            retry_delay_seconds: 0
+            with: {{counter: "{project / "d.count"}", failures: 1, error: ENOSPC}}
+          denied:
+            uses: fake_steps:flaky
+            retries: 2
+            retry_delay_seconds: 0
+            with: {{counter: "{project / "e.count"}", failures: 1, error: EACCES}}
         """,
     )
     res = cli("run", str(recipe), "-q", cwd=project)
@@ -192,6 +212,10 @@ def test_retries_apply_to_transient_errors_only(project: Path) -> None:
     m = json.loads((next((project / "outputs/flaky").iterdir()) / "replay.json").read_text())
     assert m["steps"]["transient"]["state"] == "ran" and (project / "t.count").read_text() == "2"
     assert m["steps"]["permanent"]["state"] == "failed" and (project / "p.count").read_text() == "1"
+    # a reset connection is worth a retry; a full disk or a denied permission is not
+    assert m["steps"]["reset"]["state"] == "ran" and (project / "r.count").read_text() == "2"
+    for sid, count in (("disk_full", "d.count"), ("denied", "e.count")):
+        assert m["steps"][sid]["state"] == "failed" and (project / count).read_text() == "1", sid
 
 
 def test_plan_shows_what_is_cached(project: Path) -> None:
@@ -207,3 +231,43 @@ def test_plan_shows_what_is_cached(project: Path) -> None:
     table = cli("plan", str(recipe), "algorithm=dpo", cwd=project)
     assert "copy" in table.stdout and "suffix=-dpo" in table.stdout
     assert "flowchart LR" in cli("plan", str(recipe), "--format", "mermaid", cwd=project).stdout
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_the_run_within_seconds_with_a_truthful_manifest(project: Path, sig: int, code: int) -> None:
+    """Ctrl-C or SIGTERM once: the run stops now (not when the running step would finish), finished steps are
+    recorded as ran, the running one as interrupted."""
+    recipe = write(
+        project / "recipes/slow.yaml",
+        """
+        name: slow
+        steps:
+          make:
+            uses: fake_steps:make
+          copy:
+            uses: fake_steps:copy
+            inputs: {dataset: make.dataset}
+            with: {sleep: 120}
+        """,
+    )
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "halo-pipeline"), "run", str(recipe)], cwd=project, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    state = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(project.glob("outputs/slow/*/logs/copy.state.json"))
+        if found and (state := json.loads(found[0].read_text()).get("state")) == "running":
+            break
+        time.sleep(0.1)
+    assert state == "running", proc.communicate()
+    sent = time.time()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, out + err
+    assert time.time() - sent < 15, "the run waited for the running step instead of stopping"
+    m = json.loads(next(project.glob("outputs/slow/*/replay.json")).read_text())
+    assert m["state"] == "interrupted"
+    assert m["steps"]["make"]["state"] == "ran" and m["steps"]["copy"]["state"] == "interrupted"

@@ -55,3 +55,32 @@ def test_quickstart_with_smollm2(project: Path) -> None:
     assert synth["samples"] == 24 and synth["generated_tokens"] > 100
     assert m["steps"]["synthesize"]["outputs"]["dataset"]["meta"]["rows"] > 0
     assert m["steps"]["verify"]["metrics"]["passed"] is True and m["steps"]["serve"]["metrics"]["tokens_per_s_1"] > 0
+
+
+def _replay_check(project: Path, recipe: str, *overrides: str, timeout: float = 600) -> None:
+    """Run a recipe, then `replay --check` it: every step but serve is re-executed and must give the same bytes."""
+    first = cli("run", recipe, *overrides, "-q", cwd=project, timeout=timeout)
+    assert first.returncode == 0, first.stdout + first.stderr
+    original = json.loads((Path(first.stdout.strip()) / "replay.json").read_text())
+    check = cli("replay", first.stdout.strip(), "--check", cwd=project, timeout=timeout)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "all deterministic outputs reproduced" in check.stdout
+    replayed = json.loads((Path(check.stdout.split("run dir: ")[1].split()[0]) / "replay.json").read_text())
+    assert replayed["replay_of"] and replayed["check"] is True
+    for sid, step in original["steps"].items():
+        assert step["deterministic"] is (sid != "serve"), sid
+        if sid != "serve":  # re-executed outside the cache, then compared output by output
+            assert replayed["steps"][sid]["state"] == "ran", sid
+            got = {n: o["sha256"] for n, o in replayed["steps"][sid]["outputs"].items()}
+            assert got == {n: o["sha256"] for n, o in step["outputs"].items()}, sid
+
+
+def test_quickstart_replays_bit_for_bit_on_the_tiny_model(project: Path) -> None:
+    copy_project(project)
+    _replay_check(project, "recipes/quickstart.yaml", "model=tiny")
+
+
+@pytest.mark.slow
+def test_quickstart_replays_bit_for_bit_with_smollm2(project: Path) -> None:
+    copy_project(project)
+    _replay_check(project, "recipes/quickstart.yaml", timeout=3600)

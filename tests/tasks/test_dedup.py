@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from halo_pipeline import registry
-from halo_pipeline.datasets import BadRow
 from halo_pipeline.minhash import Signer, shingle_hashes
+from halo_pipeline.rows import BadRow
 from halo_pipeline.step import Artifact
 from helpers import read_jsonl, run_kind, write_jsonl
 

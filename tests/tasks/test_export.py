@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli
+from halo_pipeline.cache import digest
 from halo_pipeline.export.converting import convert
 from halo_pipeline.export.drift import verify
 from halo_pipeline.export.formats import QUANT_TABLE, export_info
@@ -60,7 +61,8 @@ def test_bake_merges_the_adapter_into_the_base_in_its_dtype(tiny: Path, adapters
     assert merged[f"{key}.weight"].dtype == torch.float32 and not any("lora" in k for k in merged)
     assert all((tmp_path / "merged" / f).is_file() for f in TOKENIZER_FILES)
     provenance = json.loads((tmp_path / "merged" / "halo_merge.json").read_text())
-    assert provenance["adapters"] == [str(adapters[0])] and provenance["method"] == "merge_and_unload"
+    # the adapter is recorded by content, not by path: the same merge is the same bytes wherever its inputs live
+    assert provenance["adapters"] == [digest(adapters[0])] and provenance["method"] == "merge_and_unload"
     bake(tiny, adapters[0], tmp_path / "bf16", dtype="bf16")  # the requested dtype, not an fp32 blow-up
     assert _weights(tmp_path / "bf16")[f"{key}.weight"].dtype == torch.bfloat16
 
@@ -164,8 +166,11 @@ def test_convert_verify_and_merge_commands(tiny: Path, adapters: list[Path], tmp
     )
     assert ok.returncode == 0 and "kl_mean" in ok.stdout, ok.stdout + ok.stderr
     convert(_broken_copy(tiny, tmp_path / "broken"), "gguf", "fp16", tmp_path / "bg")
-    failed = cli("verify", "--source", "tiny", "--exported", str(tmp_path / "bg"))
+    before = sorted(p.name for p in (tmp_path / "bg").iterdir())
+    failed = cli("verify", "--source", "tiny", "--exported", str(tmp_path / "bg"), cwd=tmp_path)
     assert failed.returncode == 1 and "FAIL" in failed.stdout and "drifted" in failed.stdout
+    # the report goes beside, never into the export it was given (which may be a cache entry)
+    assert sorted(p.name for p in (tmp_path / "bg").iterdir()) == before and (tmp_path / "verify-bg" / "verify.json").is_file()
     combined = cli(
         "merge", "--mode", "combine", "--base", "tiny", "--adapters", ",".join(map(str, adapters)),
         "--weights", "0.5,0.3,0.2", "--method", "ties", "--output", str(tmp_path / "c"),

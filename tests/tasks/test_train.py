@@ -190,17 +190,22 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path, datasets:
     script = KILL_SCRIPT.format(tests=str(tests), tasks=str(tests / "tasks"), data=str(datasets["sft"].path), out=str(out))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(out.glob("checkpoints/checkpoint-6/trainer_state.json")):
+    checkpoints = out / ".scratch" / "checkpoints"  # the step's scratch area: kept for the resume, gone once committed
+    while time.time() < deadline and not list(checkpoints.glob("checkpoint-9/halo_complete.json")):
         assert proc.poll() is None, proc.stderr.read()[-2000:]  # type: ignore[union-attr]
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    assert list(out.glob("checkpoints/checkpoint-*")), "no checkpoint before the kill"
+    assert list(checkpoints.glob("checkpoint-*")), "no checkpoint before the kill"
     assert not (out / "training_summary.json").exists(), "finished before it could be killed"
     from halo_pipeline.training.trl_runner import last_checkpoint
 
-    resume_from = last_checkpoint(out / "checkpoints")
-    assert resume_from is not None
+    # a torn newest checkpoint (a kill during its write: no completion marker) is passed over for the one before
+    newest = max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    (newest / "halo_complete.json").unlink(missing_ok=True)
+    (newest / "trainer_state.json").write_text('{"global_step": ')
+    resume_from = last_checkpoint(checkpoints)
+    assert resume_from is not None and resume_from != newest
     params = {"model": "tiny", "algorithm": {"name": "sft", "batch_size": 1, "learning_rate": 1e-3}, "max_steps": 40, "save_every": 3}
     run_kind("train", params, {"dataset": datasets["sft"]}, out)
     summary = json.loads((out / "training_summary.json").read_text())
@@ -236,3 +241,37 @@ def test_probe_every_is_checked_at_validation() -> None:
     assert any("probe_every" in p for p in train_kind.check(rm))
     unscored = train_kind.TrainParams.model_validate({"algorithm": {"name": "sft"}, "probe_every": 5})
     assert any("probe_verifier" in p for p in train_kind.check(unscored))
+
+
+RAFT_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path[:0] = [{tests!r}, {tasks!r}]
+from helpers import run_kind
+from halo_pipeline.step import Artifact
+run_kind("train", {params!r}, {{"dataset": Artifact("sft_dataset", Path({data!r}))}}, Path({out!r}))
+"""
+
+
+def test_a_killed_raft_run_resumes_after_its_last_complete_cycle(tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    out = tmp_path / "work"
+    tests = Path(__file__).resolve().parents[1]
+    node = {**ALGORITHMS["raft"][0], "cycles": 4}
+    params = {"model": "tiny", "algorithm": node, "max_steps": 2, "save_every": 1, "verifier": REWARD}
+    script = RAFT_SCRIPT.format(tests=str(tests), tasks=str(tests / "tasks"), params=params, data=str(datasets["sft"].path), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    state = out / ".scratch" / "raft"
+    while time.time() < deadline and not list(state.glob("cycle-2/state.json")):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]  # type: ignore[union-attr]
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (out / "training_summary.json").exists(), "finished before it could be killed"
+    done = max(int(p.name.split("-")[1]) for p in state.glob("cycle-*"))
+    run_kind("train", params, {"dataset": datasets["sft"]}, out)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert len(summary["reward_by_cycle"]) == 4 and summary["weights_changed"] is True
+    cycles = [r["cycle"] for r in read_jsonl(out / "metrics.jsonl") if "cycle" in r]
+    assert cycles == [0, 1, 2, 3], cycles  # the cycles before the kill are not run (or logged) twice
+    assert done >= 2

@@ -10,8 +10,9 @@ import pytest
 from conftest import FAKE_RECIPE, write
 from halo_pipeline.cache import Cache, atomic_path, digest
 from halo_pipeline.config import compose
-from halo_pipeline.execute import StepCall, cache_key, execute, input_artifacts
+from halo_pipeline.execute import StepCall, StepError, cache_key, execute, input_artifacts, step_calls
 from halo_pipeline.graph import CycleError, select, topo_order
+from halo_pipeline.validate import build_plan
 
 DEPS = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "e": []}
 
@@ -113,3 +114,28 @@ def test_step_progress_reaches_the_state_file(project: Path) -> None:
     make = _calls(project, [])["make"]
     execute(make, {})
     assert read_states(Path(make.run_dir), ["make"])["make"]["state"] == "ran"
+
+
+def test_scratch_survives_a_failure_and_goes_once_the_result_is_committed(project: Path) -> None:
+    recipe = write(
+        project / "recipes/ckpt.yaml",
+        f"""
+        name: ckpt
+        steps:
+          train:
+            uses: fake_steps:checkpointed
+            with: {{fail_file: "{project / "fail"}"}}
+        """,
+    )
+    (project / "fail").touch()
+    call = step_calls(build_plan(compose(recipe, [])), project / "outputs/run")["train"]
+    with pytest.raises(StepError):
+        execute(call, {})
+    cache = Cache(Path(call.cache_root))
+    key = cache_key(call, call.kind(), {})
+    assert (cache.partial(key) / ".scratch/ckpt.json").is_file()  # kept for the resume
+    (project / "fail").unlink()
+    done = execute(call, {})
+    assert Path(done.outputs["dataset"].path).read_text().count("resumed") == 1
+    assert not (cache.entry(key) / ".scratch").exists() and not cache.partial(key).exists()
+    assert cache.lookup(key) is not None

@@ -210,3 +210,21 @@ def test_verifiers_list_and_run(project: Path) -> None:
     assert [json.loads(line)["reward"] for line in out.read_text().splitlines()] == [1.0, 0.0]
     bad = cli("verifiers", "run", "pyton_syntax", "--input", str(samples), cwd=project)
     assert bad.returncode == 2 and "did you mean 'python_syntax'" in bad.stderr
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands(project: Path) -> None:
+    """A 300-byte recipe whose nested aliases expand to millions of values is refused, not expanded."""
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    recipe = write(project / "recipes/bomb.yaml", "\n".join([*lines, "name: bomb", "steps: {}"]) + "\n")
+    import resource
+    import subprocess
+    import sys
+
+    code = f"from halo_pipeline.cli import main; import sys; sys.exit(main(['validate', {str(recipe)!r}]))"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "expands to more than 100,000 values through its aliases" in out.stderr, out.stderr
+    assert "bomb.yaml:1" in out.stderr and "hint:" in out.stderr
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far, this one included
+    assert after <= max(before, 300 * 1024), f"validate used {after / 1024:.0f} MB: the aliases were expanded"

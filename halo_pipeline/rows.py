@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -89,6 +90,35 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, json.JSONDecodeError):
         return f"not valid JSON ({exc.msg} at column {exc.colno})"
     return str(exc)
+
+
+def read_complete_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of an append-only JSONL file a killed writer may have left torn: a last line without its
+    newline (or one that does not parse) is cut off, so that appending continues on a clean line."""
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    good = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good += len(line)
+    if good != path.stat().st_size:
+        os.truncate(path, good)
+    return rows
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one row and make it durable before going on (a kill loses at most the line being written)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> int:
