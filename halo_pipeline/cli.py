@@ -28,6 +28,7 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # libraries' bars garble the step table and the logs; steps report progress themselves
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
@@ -83,22 +84,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _prefect_env()
+    only = [s for part in (args.only or []) for s in part.split(",") if s]
     if args.multirun:
         from halo_pipeline.sweep import multirun
 
-        return multirun(args.recipe, args.overrides, quiet=args.quiet)
+        return multirun(args.recipe, args.overrides, quiet=args.quiet, only=only, from_=args.from_, until=args.until)
     from halo_pipeline.config import compose
+    from halo_pipeline.sweep import check_selection
     from halo_pipeline.validate import build_plan
 
     plan = build_plan(compose(args.recipe, args.overrides))
-    only = [s for part in (args.only or []) for s in part.split(",") if s]
-    unknown = [s for s in [*only, args.from_, args.until] if s and s not in plan.steps]
-    if unknown:
-        from halo_pipeline.errors import did_you_mean
-
-        raise RecipeError(
-            [Issue(f"no step '{s}' in the recipe", hint=did_you_mean(s, plan.steps) or f"steps: {', '.join(plan.steps)}") for s in unknown]
-        )
+    check_selection(plan, only, args.from_, args.until)
     return _exit_code(execute_plan(plan, args.recipe, args.overrides, args, only=only))
 
 

@@ -40,6 +40,7 @@ def make(params: MakeParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
 class CopyParams(Params):
     suffix: str = "!"
     fail: bool = False
+    fail_below: int | None = Field(None, description="Fail when the input has fewer rows than this.")
     sleep: float = 0.0
     counter: str | None = Field(None, description="A file to append a line to on every real run.")
 
@@ -53,6 +54,8 @@ def copy(params: CopyParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     if params.fail:
         raise ValueError("asked to fail")
     rows = [json.loads(line) for line in inputs["dataset"].path.read_text().splitlines()]
+    if params.fail_below is not None and len(rows) < params.fail_below:
+        raise ValueError(f"only {len(rows)} rows")
     out = ctx.path("data.jsonl")
     out.write_text("".join(json.dumps({**r, "completion": r["completion"] + params.suffix}) + "\n" for r in rows))
     ctx.metrics["rows"] = len(rows)

@@ -111,7 +111,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """simple_evaluate on one engine; returns lm-eval's raw output (with per-sample logs under "samples")."""
     import lm_eval
+    import lm_eval.evaluator
     from lm_eval.tasks import TaskManager
+
+    # lm-eval shells out to `git describe` in the working directory: git's "fatal: not a git repository"
+    # lands on the terminal outside a checkout, and the user's commit has nothing to do with the model's scores.
+    lm_eval.evaluator.get_git_commit_hash = lambda: None  # type: ignore[attr-defined]
 
     dirs = [shipped_tasks_dir(), *(include or [])]
     local = local_task_names(dirs)
@@ -194,7 +199,10 @@ def _explain(exc: Exception, tasks: list[str], manager: Any, dirs: list[Path]) -
 
 
 # lm-eval's record of one evaluation run (when, how long, on which machine): not part of the result
-RUN_KEYS = {"date", "start_time", "end_time", "total_evaluation_time_seconds", "pretty_env_info", "transformers_version", "upper_git_hash"}
+RUN_KEYS = {
+    "date", "start_time", "end_time", "total_evaluation_time_seconds", "pretty_env_info", "transformers_version", "git_hash",
+    "upper_git_hash",
+}  # fmt: skip
 
 
 def content_only(obj: Any, work: Path) -> Any:

@@ -157,3 +157,51 @@ def test_local_server_is_started_once_and_reused(project: Path, tmp_path: Path) 
     finally:
         stop = cli("server", "--stop", cwd=project, env={**env_clean, **env})
         assert stop.returncode == 0
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_step_selection_means_the_same_in_a_sweep(project: Path) -> None:
+    """`--until make -m ...`: every job runs make only; the summary says which steps each job ran."""
+    recipe = write(project / "recipes/sweep.yaml", SWEEP)
+    res = cli("run", str(recipe), "--until", "make", "-m", "steps.make.with.n=3,5", cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (sweep_dir,) = (project / "multirun/sweep").iterdir()
+    for job in sorted(p for p in sweep_dir.iterdir() if p.name.isdigit()):
+        m = json.loads((job / "replay.json").read_text())
+        assert m["selected"] == ["make"] and m["steps"]["make"]["state"] == "ran"
+        assert m["steps"]["copy"]["state"] == "not-selected"
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert [j["steps"] for j in summary["jobs"]] == [{"make": "ran"}, {"make": "ran"}]
+    assert "[make:ran]" in res.stdout and "copy" not in res.stdout.split("best:")[0].replace("copy.score", "")
+    bad = cli("run", str(recipe), "--until", "mkae", "-m", "steps.make.with.n=3,5", cwd=project)
+    assert bad.returncode == 2 and "no step 'mkae'" in bad.stderr and "did you mean 'make'" in bad.stderr
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_failed_optuna_trial_is_a_failed_trial_said_in_one_line(project: Path) -> None:
+    recipe = write(project / "recipes/sweep.yaml", SWEEP.replace('suffix: "-${algorithm.name}"', 'suffix: "!", fail_below: 4'))
+    res = cli(
+        "run", str(recipe), "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=1",
+        "hydra.sweeper.max_failure_rate=1.0", "steps.make.with.n=int(interval(1,5))", cwd=project,
+    )  # fmt: skip
+    (sweep_dir,) = (project / "multirun/sweep").iterdir()
+    jobs = json.loads((sweep_dir / "summary.json").read_text())["jobs"]
+    failed = [j for j in jobs if j["state"] == "failed"]
+    for j in jobs:  # exactly the jobs with fewer than 4 rows failed, at copy
+        n = int(next(o for o in j["overrides"] if o.startswith("steps.make.with.n=")).split("=")[1])
+        assert (j["state"] == "failed") == (n < 4) and (j["steps"]["copy"] == "failed") == (n < 4)
+    assert res.returncode == (1 if failed else 0), res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out and "ERROR" not in out and "float-castable" not in out and "Error executing job" not in out
+    assert failed and f"{len(failed)} of 4 jobs failed" in res.stdout  # seed 1 samples rows below 4 (failures) and above
+    import yaml
+
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(j["objective"] for j in jobs if j["state"] == "completed")
+    # with Hydra's default max_failure_rate (0.0) the sweep stops after the batch holding the first failed trial
+    stop = cli(
+        "run", str(recipe), "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=1",
+        "steps.make.with.n=int(interval(1,5))", cwd=project,
+    )  # fmt: skip
+    assert stop.returncode == 1 and "the sweep stopped: failed trials exceeded max_failure_rate=0.0" in stop.stderr
+    assert "Traceback" not in stop.stdout + stop.stderr and stop.stdout.count("job ") < 4
