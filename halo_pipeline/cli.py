@@ -35,13 +35,12 @@ def _prefect_env() -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from halo_pipeline.config import compose
-    from halo_pipeline.validate import build_plan
+    from halo_pipeline.validate import plan_recipe
 
     bad = 0
     for recipe in args.recipes:
         try:
-            plan = build_plan(compose(recipe, args.overrides))
+            plan = plan_recipe(recipe, args.overrides)
         except RecipeError as exc:
             bad += 1
             print(f"✘ {recipe}\n{exc.format()}", file=sys.stderr)
@@ -57,11 +56,10 @@ def _split_recipe_args(values: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from halo_pipeline.config import compose
     from halo_pipeline.plan import cache_status, mermaid, render_plan
-    from halo_pipeline.validate import build_plan
+    from halo_pipeline.validate import plan_recipe
 
-    plan = build_plan(compose(args.recipe, args.overrides))
+    plan = plan_recipe(args.recipe, args.overrides)
     if args.format == "mermaid":
         print(mermaid(plan))
         return 0
@@ -89,11 +87,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from halo_pipeline.sweep import multirun
 
         return multirun(args.recipe, args.overrides, quiet=args.quiet, only=only, from_=args.from_, until=args.until)
-    from halo_pipeline.config import compose
     from halo_pipeline.sweep import check_selection
-    from halo_pipeline.validate import build_plan
+    from halo_pipeline.validate import plan_recipe
 
-    plan = build_plan(compose(args.recipe, args.overrides))
+    plan = plan_recipe(args.recipe, args.overrides)
     check_selection(plan, only, args.from_, args.until)
     return _exit_code(execute_plan(plan, args.recipe, args.overrides, args, only=only))
 
@@ -134,13 +131,12 @@ def execute_plan(
 def cmd_replay(args: argparse.Namespace) -> int:
     _prefect_env()
     from halo_pipeline import manifest
-    from halo_pipeline.config import compose
-    from halo_pipeline.validate import build_plan
+    from halo_pipeline.validate import plan_recipe
 
     run_dir = Path(args.run_dir)
     mpath = run_dir / manifest.MANIFEST if run_dir.is_dir() else run_dir
     original = manifest.read(mpath)
-    plan = build_plan(compose(str(mpath), args.overrides))
+    plan = plan_recipe(str(mpath), args.overrides)
     args.no_cache = False
     result = execute_plan(plan, str(mpath), args.overrides, args, check=args.check)
     if args.check:
@@ -152,10 +148,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     _prefect_env()
-    from halo_pipeline.config import compose
-    from halo_pipeline.validate import build_plan
+    from halo_pipeline.validate import plan_recipe
 
-    build_plan(compose(args.recipe, args.overrides))  # refuse to schedule a recipe that cannot run
+    plan_recipe(args.recipe, args.overrides)  # refuse to schedule a recipe that cannot run
     from halo_pipeline import local_server
 
     local_server.ensure_api_url()

@@ -10,6 +10,17 @@ from typing import Any
 from halo_pipeline.errors import Issue, RecipeError, did_you_mean
 from halo_pipeline.recipe import SourceMap, read_yaml
 
+
+class CompositionError(RecipeError):
+    """Hydra could not compose the recipe. `retry` is a set of overrides that composes around the
+    problem (the bad override dropped, a valid group option instead of the unknown one), so that
+    validation can report every other problem with it; None when there is none."""
+
+    def __init__(self, issues: list[Issue], retry: list[str] | None = None):
+        super().__init__(issues)
+        self.retry = retry
+
+
 PACKAGED_CONF = "pkg://halo_pipeline.conf"
 GROUPS = ("backend", "algorithm", "verifier", "quant", "model", "runner")
 DEFAULT_RUN_DIR = "outputs/${name}/${now:%Y-%m-%d_%H-%M-%S}"
@@ -110,9 +121,8 @@ def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any
     from hydra import version
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.utils import setup_globals
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from hydra.errors import ConfigCompositionException, MissingConfigException
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
@@ -126,30 +136,54 @@ def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any
         csp.append(f"halo-pipeline-{i}", entry, anchor=anchor)
         anchor = SearchPathQuery(provider=f"halo-pipeline-{i}")
     loader = ConfigLoaderImpl(config_search_path=csp)
+    bad = _unparsable(overrides)
+    if bad:
+        fine = [o for o in overrides if o not in bad]
+        raise CompositionError([Issue(f"bad override: {why}", hint="overrides use Hydra's grammar: key=value") for why in bad.values()], fine)
     try:
-        OverridesParser.create().parse_overrides(overrides)
         return loader.load_configuration(
             config_name=path.stem,
             overrides=overrides + hydra_defaults(overrides),
             run_mode=RunMode.RUN,
             from_shell=False,
         )
-    except OverrideParseException as exc:
-        raise RecipeError([Issue(f"bad override: {exc}", hint="overrides use Hydra's grammar: key=value")]) from exc
     except MissingConfigException as exc:
-        raise RecipeError([_missing_option_issue(exc, smap, data, overrides, loader)]) from exc
+        issue, retry = _missing_option(exc, smap, data, overrides, loader)
+        raise CompositionError([issue], retry) from exc
     except (ConfigCompositionException, OmegaConfBaseException) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if msg.startswith("Could not override '"):
-            raise RecipeError([_bad_override_issue(msg.split("'")[1], data)]) from exc
+            key = msg.split("'")[1]
+            raise CompositionError([_bad_override_issue(key, data)], _without(overrides, key)) from exc
         if msg.startswith("Could not append to config. An item is already at '"):
             key = msg.split("'")[1]
-            raise RecipeError(
-                [Issue(f"'+{key}' adds a key, but the recipe already sets it", key=key, hint=f"drop the '+': {key}=VALUE")]
-            ) from exc
+            issue = Issue(f"'+{key}' adds a key, but the recipe already sets it", key=key, hint=f"drop the '+': {key}=VALUE")
+            raise CompositionError([issue], [o.lstrip("+") if _key(o) == key else o for o in overrides]) from exc
         key = getattr(exc, "full_key", "") or ""
         issue = smap.issue(key, msg) if key else Issue(msg, file=str(path))
-        raise RecipeError([issue]) from exc
+        raise CompositionError([issue]) from exc
+
+
+def _unparsable(overrides: list[str]) -> dict[str, str]:
+    """Overrides Hydra's grammar rejects, each with the parser's reason."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    bad = {}
+    for override in overrides:
+        try:
+            OverridesParser.create().parse_overrides([override])
+        except OverrideParseException as exc:
+            bad[override] = str(exc).strip().splitlines()[0]
+    return bad
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _without(overrides: list[str], key: str) -> list[str]:
+    return [o for o in overrides if _key(o) != key]
 
 
 def _bad_override_issue(key: str, data: dict[str, Any]) -> Issue:
@@ -163,24 +197,30 @@ def _bad_override_issue(key: str, data: dict[str, Any]) -> Issue:
     return Issue(f"cannot override '{key}': the recipe has no such key", key=key, hint=hint)
 
 
-def _missing_option_issue(exc: Any, smap: SourceMap, data: dict[str, Any], overrides: list[str], loader: Any) -> Issue:
+def _missing_option(exc: Any, smap: SourceMap, data: dict[str, Any], overrides: list[str], loader: Any) -> tuple[Issue, list[str] | None]:
+    """The unknown group option as an issue at the line that chose it, and overrides that choose a valid one instead."""
     missing = str(getattr(exc, "missing_cfg_file", "") or "")
     group, _, option = missing.rpartition("/")
     options = list(getattr(exc, "options", None) or [])
     if group and not options:
         options = loader.get_group_options(group)
     if not group:
-        return Issue(str(exc).strip().splitlines()[0], file=smap.file)
+        return Issue(str(exc).strip().splitlines()[0], file=smap.file), None
     hint = did_you_mean(option, options) or ""
     available = ", ".join(options) if options else "none"
     message = f"unknown option '{option}' for group '{group}' (available: {available})"
     fix = f"{hint + ' ' if hint else ''}add conf/{group}/{option}.yaml or pick one of the available options"
+    retry = None
+    if options:  # compose again with a valid option, to find the recipe's other problems too
+        close = hint.split("'")[1] if hint else options[0]
+        on_cli = [o for o in overrides if _key(o) == group]
+        retry = [f"{o.split('=', 1)[0]}={close}" if o in on_cli else o for o in overrides] if on_cli else [*overrides, f"{group}={close}"]
     on_cli = any(o.split("=", 1)[0].lstrip("+~") == group for o in overrides)
     if not on_cli:
         for i, item in enumerate(data.get("defaults") or []):
             if isinstance(item, dict) and group in item:
-                return smap.issue(("defaults", str(i)), message, fix)
-    return Issue(message, key=group, hint=fix)
+                return smap.issue(("defaults", str(i)), message, fix), retry
+    return Issue(message, key=group, hint=fix), retry
 
 
 def _resolve(cfg: Any, smap: SourceMap) -> tuple[dict[str, Any], dict[str, str], Path]:

@@ -25,7 +25,7 @@ def _kind_of(obj: object, name: str, origin: str) -> StepKind:
         # A module may be named directly: take its decorated `run`.
         kind = getattr(getattr(obj, "run", None), "__halo_step__", None)
     if not isinstance(kind, StepKind):
-        raise TypeError(f"{origin} is not a step kind (decorate a function with @halo_pipeline.step.step)")
+        raise UnknownStepKind(name, [], f"{origin} is not a step kind (decorate a function with @halo_pipeline.step.step)")
     return replace(kind, name=name)
 
 
@@ -64,9 +64,13 @@ def get(uses: str) -> StepKind:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise UnknownStepKind(uses, sorted(all_kinds()), f"cannot import '{module_name}' ({exc})") from exc
-        obj = getattr(module, attr) if attr else module
+        except Exception as exc:  # the module itself is broken: say where, never a traceback
+            raise UnknownStepKind(uses, sorted(all_kinds()), f"importing '{module_name}' raised {type(exc).__name__}: {exc}") from exc
+        obj = getattr(module, attr, None) if attr else module
         if obj is None:
-            raise UnknownStepKind(uses, sorted(all_kinds()), f"'{module_name}' has no '{attr}'")
+            public = sorted(n for n, v in vars(module).items() if getattr(v, "__halo_step__", None) is not None)
+            steps = f"; its step kinds: {', '.join(public)}" if public else ""
+            raise UnknownStepKind(uses, [], f"'{module_name}' has no '{attr}'{steps}")
         return _kind_of(obj, uses, uses)
     kinds = all_kinds()
     if uses not in kinds:

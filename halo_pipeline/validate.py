@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from halo_pipeline import registry
-from halo_pipeline.config import Composed
+from halo_pipeline.config import Composed, CompositionError, compose
 from halo_pipeline.errors import Issue, RecipeError, did_you_mean
 from halo_pipeline.graph import CycleError, Ref, topo_order
 from halo_pipeline.recipe import FILE_PREFIX, RecipeModel, SourceMap, StepSpec
@@ -73,6 +73,30 @@ def _field_help(model: type[BaseModel], loc: tuple[str, ...]) -> str | None:
     return f"{loc[0]}: {field.description}" if field is not None and field.description else None
 
 
+def plan_recipe(recipe: str | Path, overrides: list[str]) -> Plan:
+    """Compose and validate a recipe. When Hydra cannot compose it, every other problem is still found
+    (composing around each bad override or option in turn) and reported with the composition errors."""
+    issues: list[Issue] = []
+    attempt = list(overrides)
+    for _ in range(8):  # each retry removes one composition problem
+        try:
+            composed = compose(recipe, attempt)
+        except CompositionError as exc:
+            issues += exc.issues
+            if exc.retry is None:
+                break
+            attempt = exc.retry
+            continue
+        if not issues:
+            return build_plan(composed)
+        try:
+            build_plan(composed)
+        except RecipeError as more:
+            issues += [i for i in more.issues if i not in issues]
+        break
+    raise RecipeError(issues)
+
+
 def build_plan(composed: Composed) -> Plan:
     """Validate everything before anything runs; raise RecipeError listing all problems."""
     smap = composed.source
@@ -105,7 +129,10 @@ def build_plan(composed: Composed) -> Plan:
             kind = registry.get(uses)
         except registry.UnknownStepKind as exc:
             where = ("steps", sid, "uses") if spec.uses else ("steps", sid)
-            hint = did_you_mean(uses, exc.known) or f"known kinds: {', '.join(exc.known)}; or set `uses:` to one"
+            if exc.known:
+                hint = did_you_mean(uses, exc.known) or f"known kinds: {', '.join(exc.known)}; or set `uses:` to one"
+            else:
+                hint = "`uses: package.module:function` names a function decorated with @halo_pipeline.step.step"
             issues.append(smap.issue(where, str(exc), hint))
             continue
         kinds[sid] = kind

@@ -228,3 +228,41 @@ def test_yaml_alias_bomb_is_refused_before_it_expands(project: Path) -> None:
     assert "bomb.yaml:1" in out.stderr and "hint:" in out.stderr
     after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far, this one included
     assert after <= max(before, 300 * 1024), f"validate used {after / 1024:.0f} MB: the aliases were expanded"
+
+
+def test_a_uses_path_to_nothing_is_a_reported_problem(project: Path) -> None:
+    recipe = write(
+        project / "recipes/paths.yaml",
+        """
+        name: paths
+        steps:
+          missing:
+            uses: fake_steps:no_such_step
+          not_a_step:
+            uses: fake_steps:MakeParams
+          make:
+            uses: fake_steps:make
+            with: {n: 0}
+        """,
+    )
+    by_key = {i.key: i for i in problems(recipe).issues}
+    assert "'fake_steps' has no 'no_such_step'" in by_key["steps.missing.uses"].message
+    assert "its step kinds: " in by_key["steps.missing.uses"].message and "make" in by_key["steps.missing.uses"].message
+    assert "is not a step kind" in by_key["steps.not_a_step.uses"].message
+    assert "steps.make.with.n" in by_key  # reported with the others
+    res = cli("validate", str(recipe), cwd=project)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "no_such_step" in res.stderr
+
+
+def test_a_composition_error_is_reported_with_the_other_problems(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE.replace("algorithm: sft", "algorithm: sftt").replace("{n: 4}", "{n: -4}"))
+    from halo_pipeline.validate import plan_recipe
+
+    for overrides in ([], ["backend=cudaa"], ["steps.make.with.nn=3"], ["bad override=="]):
+        with pytest.raises(RecipeError) as err:
+            plan_recipe(recipe, overrides)
+        messages = [i.message for i in err.value.issues]
+        assert any("unknown option 'sftt' for group 'algorithm'" in m for m in messages), messages
+        assert any("greater than or equal to 1" in m for m in messages), messages  # found by composing around it
+        if overrides:
+            assert len(messages) == 3, messages  # the override's own problem too
