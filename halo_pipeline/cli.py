@@ -222,7 +222,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action == "diff":
         if len(args.runs) != 2:
             raise RecipeError([Issue("runs diff takes two runs", hint="halo-pipeline runs diff RUN_A RUN_B")])
-        return runs.diff(runs.find_run(args.runs[0], Path(args.root)), runs.find_run(args.runs[1], Path(args.root)), console)
+        a, b = (runs.find_run(ref, Path(args.root), args.recipe) for ref in args.runs)
+        return runs.diff(a, b, console)
     return 2
 
 
@@ -333,10 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--root", action="append", help="where run directories are (default: outputs/ and multirun/); repeatable")
     ca.set_defaults(func=cmd_cache)
 
-    rs = sub.add_parser("runs", help="runs from their manifests: ls, show RUN, diff RUN_A RUN_B")
+    rs = sub.add_parser("runs", help="runs from their manifests: ls, show RUN, diff RUN_A RUN_B (a run dir, a suffix, or a git revision)")
     rs.add_argument("action", choices=["ls", "show", "diff"])
     rs.add_argument("runs", nargs="*")
     rs.add_argument("--root", default="outputs", help="where run directories are (default outputs/)")
+    rs.add_argument("--recipe", help="with git revisions as RUN: the recipe (by name) whose runs to compare")
     rs.set_defaults(func=cmd_runs)
     return p
 

@@ -210,13 +210,14 @@ def _missing_option(exc: Any, smap: SourceMap, data: dict[str, Any], overrides: 
     available = ", ".join(options) if options else "none"
     message = f"unknown option '{option}' for group '{group}' (available: {available})"
     fix = f"{hint + ' ' if hint else ''}add conf/{group}/{option}.yaml or pick one of the available options"
+    chosen_on_cli = [o for o in overrides if _key(o) == group]
     retry = None
     if options:  # compose again with a valid option, to find the recipe's other problems too
         close = hint.split("'")[1] if hint else options[0]
-        on_cli = [o for o in overrides if _key(o) == group]
-        retry = [f"{o.split('=', 1)[0]}={close}" if o in on_cli else o for o in overrides] if on_cli else [*overrides, f"{group}={close}"]
-    on_cli = any(o.split("=", 1)[0].lstrip("+~") == group for o in overrides)
-    if not on_cli:
+        retry = [f"{o.split('=', 1)[0]}={close}" if o in chosen_on_cli else o for o in overrides]
+        if not chosen_on_cli:
+            retry.append(f"{group}={close}")
+    if not chosen_on_cli:
         for i, item in enumerate(data.get("defaults") or []):
             if isinstance(item, dict) and group in item:
                 return smap.issue(("defaults", str(i)), message, fix), retry

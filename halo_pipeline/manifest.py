@@ -49,6 +49,18 @@ def environment(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
     }
 
 
+def _recipe_text(path: Path) -> str | None:
+    if path.name == MANIFEST:  # a replay: the recipe text travels with the original manifest
+        try:
+            return str(json.loads(path.read_text())["recipe"].get("text"))
+        except (OSError, ValueError, KeyError):
+            return None
+    try:
+        return path.read_text(encoding="utf-8") if path.stat().st_size < 1 << 20 else None
+    except OSError:
+        return None
+
+
 def build(plan: Any, results: dict[str, Any], command: list[str], state: str, extra: dict[str, Any]) -> dict[str, Any]:
     composed = plan.composed
     steps = {}
@@ -82,7 +94,12 @@ def build(plan: Any, results: dict[str, Any], command: list[str], state: str, ex
         "schema_version": SCHEMA_VERSION,
         "command": command,
         "overrides": composed.overrides,
-        "recipe": {"path": str(composed.recipe_path), "sha256": composed.recipe_sha256, "base_dir": str(composed.base_dir)},
+        "recipe": {
+            "path": str(composed.recipe_path),
+            "sha256": composed.recipe_sha256,
+            "base_dir": str(composed.base_dir),
+            "text": _recipe_text(composed.recipe_path),  # what `runs diff` shows changed, with or without git
+        },
         "name": plan.recipe.name,
         "config": composed.config,
         "groups": composed.choices,

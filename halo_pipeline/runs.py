@@ -17,16 +17,41 @@ def all_runs(root: Path) -> list[Path]:
     )
 
 
-def find_run(ref: str, root: Path) -> Path:
-    """A run by its directory, or by a unique suffix of its path under `root` (e.g. `demo/2026-11-22_03-00-01`)."""
+def find_run(ref: str, root: Path, recipe: str | None = None) -> Path:
+    """A run by its directory, by a unique suffix of its path under `root` (e.g. `demo/2026-11-22_03-00-01`),
+    or by a git revision (`HEAD~1`, a tag, a commit): the latest run made at that commit (of `recipe`, by name)."""
     p = Path(ref)
     if (p / MANIFEST).exists():
         return p
     matches = [r for r in all_runs(root) if str(r).endswith(ref.rstrip("/"))]
     if len(matches) == 1:
         return matches[0]
+    if not matches and (commit := _git_commit(ref)):
+        at = [r for r in all_runs(root) if _made_at(r, commit, recipe)]
+        if at:
+            return at[-1]  # runs are sorted oldest first
+        what = f"of recipe '{recipe}' " if recipe else ""
+        raise RecipeError([Issue(f"no run {what}was made at {ref} ({commit[:10]})", hint="runs record the commit they ran at: runs ls")])
     hint = f"{len(matches)} runs match; be more specific" if matches else "see `halo-pipeline runs ls`"
     raise RecipeError([Issue(f"no single run matches '{ref}'", hint=hint)])
+
+
+def _git_commit(rev: str) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _made_at(run: Path, commit: str, recipe: str | None) -> bool:
+    try:
+        m = read(run)
+    except RecipeError:
+        return False
+    return (m.get("git") or {}).get("commit") == commit and (recipe is None or m.get("name") == recipe)
 
 
 def ls(root: Path, console: Any) -> int:
@@ -92,6 +117,7 @@ def diff(a: Path, b: Path, console: Any) -> int:
     from rich.table import Table
 
     ma, mb = read(a), read(b)
+    _recipe_diff(ma, mb, a, b, console)
     ca, cb = flatten(ma["config"]), flatten(mb["config"])
     table = Table(title="config", box=None, pad_edge=False, title_justify="left")
     for col in ("key", str(a.name), str(b.name)):
@@ -111,6 +137,24 @@ def diff(a: Path, b: Path, console: Any) -> int:
         metrics.add_row(key, _fmt(va if va is not None else "—"), _fmt(vb if vb is not None else "—"), delta)
     console.print(metrics)
     return 0
+
+
+def _recipe_diff(ma: dict[str, Any], mb: dict[str, Any], a: Path, b: Path, console: Any) -> None:
+    """What changed in the recipe file itself between the two runs (e.g. two commits' versions of it)."""
+    import difflib
+
+    ta, tb = (m.get("recipe", {}).get("text") for m in (ma, mb))
+    if ta is None or tb is None or ta == tb:
+        return
+    label = {id(ma): a.name, id(mb): b.name}
+    for m in (ma, mb):
+        commit = (m.get("git") or {}).get("commit")
+        if commit:
+            label[id(m)] += f" @ {commit[:10]}{'+dirty' if m['git'].get('dirty') else ''}"
+    console.print("[bold]recipe[/]")
+    for line in difflib.unified_diff(ta.splitlines(), tb.splitlines(), label[id(ma)], label[id(mb)], lineterm=""):
+        style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim" if line.startswith("@@") else ""
+        console.print(f"[{style}]{line}[/]" if style else line, markup=bool(style), highlight=False)
 
 
 def compare_digests(original: dict[str, Any], new: dict[str, Any], console: Any) -> int:

@@ -7,12 +7,20 @@ from typing import Any
 from halo_pipeline import registry
 from halo_pipeline.recipe import RecipeModel, StepSpec
 
+INTERPOLATION = {"type": "string", "pattern": r"^\$\{.+\}$", "description": "An OmegaConf interpolation, e.g. ${model}."}
+
+
+def _interpolatable(params_schema: dict[str, Any]) -> dict[str, Any]:
+    """Any param may be written as `${...}` (a group node, the seed): editors must not flag it."""
+    props = {k: {"anyOf": [v, INTERPOLATION]} for k, v in params_schema.get("properties", {}).items()}
+    return {**params_schema, "properties": props}
+
 
 def _step_schema(name: str | None, params_schema: dict[str, Any] | None) -> dict[str, Any]:
     spec = StepSpec.model_json_schema(by_alias=True)
     props = dict(spec["properties"])
     if params_schema is not None:
-        props["with"] = params_schema
+        props["with"] = _interpolatable(params_schema)
     if name is not None:
         props["uses"] = {"const": name, "description": spec["properties"]["uses"].get("description", "")}
     return {"type": "object", "properties": props, "additionalProperties": False}
@@ -31,7 +39,7 @@ def recipe_schema() -> dict[str, Any]:
     custom["required"] = ["uses"]
     variants.append(custom)
     top = RecipeModel.model_json_schema()
-    top_props = {k: v for k, v in top["properties"].items() if k != "steps"}
+    top_props = {k: {"anyOf": [v, INTERPOLATION]} for k, v in top["properties"].items() if k != "steps"}
     steps_props = {name: {"anyOf": [{"$ref": f"#/$defs/step_{name}"}, custom]} for name in kinds}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

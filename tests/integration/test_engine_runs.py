@@ -271,3 +271,24 @@ def test_a_signal_ends_the_run_within_seconds_with_a_truthful_manifest(project: 
     m = json.loads(next(project.glob("outputs/slow/*/replay.json")).read_text())
     assert m["state"] == "interrupted"
     assert m["steps"]["make"]["state"] == "ran" and m["steps"]["copy"]["state"] == "interrupted"
+
+
+def test_runs_diff_between_two_git_revisions_shows_the_recipe_change(project: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
+
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    git("init", "-q")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "start")
+    git("add", "recipes")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "-m", "v1")
+    assert cli("run", str(recipe), "-q", cwd=project).returncode == 0
+    recipe.write_text(FAKE_RECIPE.replace("{n: 4}", "{n: 6}"))
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "-am", "v2: more rows")
+    assert cli("run", str(recipe), "-q", cwd=project).returncode == 0
+    res = cli("runs", "diff", "HEAD~1", "HEAD", "--recipe", "fake", cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert "-    with: {n: 4}" in res.stdout and "+    with: {n: 6}" in res.stdout, res.stdout
+    assert "steps.make.with.n" in res.stdout  # and the resolved config, then the metrics
+    missing = cli("runs", "diff", "HEAD~2", "HEAD", "--recipe", "fake", cwd=project)
+    assert missing.returncode == 2 and "no run of recipe 'fake' was made at HEAD~2" in missing.stderr
