@@ -179,6 +179,52 @@ def cmd_server(args: argparse.Namespace) -> int:
     return local_server.serve_foreground(args.host, args.port)
 
 
+def step_recipe(kind: str, inputs: list[str], sets: list[str], name: str | None = None) -> str:
+    """A one-step recipe (YAML text) for `halo-pipeline step`: the same run, cache and manifest as any recipe."""
+    import yaml
+
+    def pairs(items: list[str], flag: str) -> dict[str, str]:
+        out = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise RecipeError([Issue(f"{flag} takes NAME=VALUE, got '{item}'", key=flag)])
+            out[key] = value
+        return out
+
+    with_: dict[str, Any] = {}
+    for dotted, raw in pairs(sets, "--set").items():
+        node = with_
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, dict | list) and not raw.lstrip().startswith(("{", "[")):
+            value = raw  # `?`, `- x` and the like are text here, not YAML structure
+        node[last] = value
+    wired = {n: f"file:{Path(v).expanduser().resolve()}" for n, v in pairs(inputs, "--input").items()}
+    step: dict[str, Any] = {"uses": kind, **({"inputs": wired} if wired else {}), **({"with": with_} if with_ else {})}
+    return yaml.safe_dump({"name": name or f"step-{kind}".replace(":", "-").replace(".", "-"), "seed": 0, "steps": {"step": step}})
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    _prefect_env()
+    from halo_pipeline.validate import plan_recipe
+
+    text = step_recipe(args.kind, args.input or [], args.set or [], args.name)
+    try:
+        plan = plan_recipe(text, [])
+    except RecipeError as exc:  # the recipe is ours: blame the flag the value came from
+        flags = {"steps.step.with": "--set ", "steps.step.inputs": "--input ", "steps.step.uses": "KIND", "steps.step": "KIND"}
+        issues = []
+        for issue in exc.issues:
+            prefix = next((k for k in flags if issue.key == k or issue.key.startswith(k + ".")), None)
+            key = (flags[prefix] + issue.key[len(prefix) + 1 :]).strip() if prefix else issue.key
+            issues.append(Issue(issue.message, key=key, hint=issue.hint))
+        raise RecipeError(issues) from None
+    return _exit_code(execute_plan(plan, text, [], args))
+
+
 def cmd_steps(args: argparse.Namespace) -> int:
     from halo_pipeline.docs import render_steps
 
@@ -301,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=4200)
     s.add_argument("--stop", action="store_true", help="stop the background server that `run` started")
     s.set_defaults(func=cmd_server)
+
+    one = sub.add_parser("step", help="run one step kind outside a recipe (same cache, manifest and Prefect run as a recipe)")
+    one.add_argument("kind", help="a step kind (halo-pipeline steps lists them) or pkg.module:function")
+    one.add_argument("--input", action="append", metavar="NAME=PATH", help="an input artifact from a file or directory (repeatable)")
+    one.add_argument("--set", action="append", metavar="KEY=VALUE", help="a param, YAML-parsed; dotted keys nest (repeatable)")
+    one.add_argument("--name", help="the run directory's name (default: step-<kind>)")
+    one.add_argument("--no-cache", action="store_true", help="run it again, into the run directory")
+    one.add_argument("-q", "--quiet", action="store_true", help="print only the run directory")
+    one.set_defaults(func=cmd_step)
 
     st = sub.add_parser("steps", help="list step kinds with their params and artifact types")
     st.add_argument("--markdown", action="store_true", help="the reference page (docs/steps.md)")

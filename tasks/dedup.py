@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from halo_pipeline.minhash import SCHEME, Normalizer, Signer
 from halo_pipeline.rows import OnBadRows, default_text_fields, read_numbered_rows, row_text
@@ -35,7 +35,15 @@ class NormalizeParams(Params):
 
 
 class DedupParams(Params):
-    key: list[str] | None = Field(None, description="Fields compared (default: prompt+completion, prompt+chosen+rejected, or messages).")
+    key: list[str] | None = Field(
+        None, description="Field(s) compared: a name or a list (default: prompt+completion, prompt+chosen+rejected, or messages)."
+    )
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _one_field(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `key: completion` means [completion]
+
     exact: bool = Field(True, description="Remove exact duplicates (SHA-256 of the normalized text).")
     fuzzy: bool = Field(True, description="Remove near-duplicates with MinHash + LSH.")
     normalize: NormalizeParams = Field(default_factory=NormalizeParams, description="Text normalization before hashing.")

@@ -94,14 +94,36 @@ def cmd_convert(args: argparse.Namespace, console: Any) -> int:
 
     source = _model_path(args.source, "--source")
     out = _fresh_output(args.output)
+    single_file = args.format == "gguf" and out.suffix == ".gguf"  # like llama.cpp's --outfile: one file, not a directory
     with console.status(f"converting to {args.format} {args.quant}..."):
-        record = convert(source, args.format, args.quant, out)
+        if single_file:
+            record = convert_to_file(source, args.quant, out)
+        else:
+            record = convert(source, args.format, args.quant, out)
     console.print(f"{args.format} {args.quant} -> {out} in {record['seconds']} s ({record['converter']})")
     for note in record.get("notes", []):
         console.print(f"[yellow]note:[/yellow] {note}")
     if args.verify:
-        return _verify(source, out, out / "verify", None, {}, console)
+        return _verify(source, out, _fresh_report_dir(out) if single_file else out / "verify", None, {}, console)
     return 0
+
+
+def convert_to_file(source: Path, quant: str, out: Path) -> dict[str, Any]:
+    """A single GGUF file at `out`, its export record beside it (`<out>.halo_export.json`)."""
+    import shutil
+    import tempfile
+
+    from halo_pipeline.export.converting import convert
+    from halo_pipeline.export.formats import EXPORT_FILE, gguf_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        record = convert(source, "gguf", quant, Path(tmp) / "model")
+        made = gguf_file(Path(tmp) / "model")
+        assert made is not None
+        shutil.move(str(Path(tmp) / "model" / EXPORT_FILE), str(out.with_name(out.name + "." + EXPORT_FILE)))
+        shutil.move(str(made), str(out))
+    return record
 
 
 def cmd_verify(args: argparse.Namespace, console: Any) -> int:

@@ -75,6 +75,9 @@ def export_info(path: Path) -> dict[str, Any]:
     """What a model path is: its halo_export.json when converted here, else inferred from its files."""
     if path.is_dir() and (path / EXPORT_FILE).is_file():
         return dict(json.loads((path / EXPORT_FILE).read_text()))
+    beside = path.with_name(path.name + "." + EXPORT_FILE)  # a single-file GGUF export carries its record beside it
+    if path.is_file() and path.suffix == ".gguf" and beside.is_file():
+        return dict(json.loads(beside.read_text()))
     if gguf_file(path):
         return {"format": "gguf"}
     if path.is_dir() and (path / "config.json").is_file():

@@ -292,3 +292,18 @@ def test_runs_diff_between_two_git_revisions_shows_the_recipe_change(project: Pa
     assert "steps.make.with.n" in res.stdout  # and the resolved config, then the metrics
     missing = cli("runs", "diff", "HEAD~2", "HEAD", "--recipe", "fake", cwd=project)
     assert missing.returncode == 2 and "no run of recipe 'fake' was made at HEAD~2" in missing.stderr
+
+
+def test_one_step_kind_runs_outside_a_recipe(project: Path) -> None:
+    """`halo-pipeline step KIND --input n=path --set k=v`: the same run directory, cache and manifest as a recipe."""
+    data = write(project / "d.jsonl", '{"id": "a", "prompt": "p", "completion": "x"}\n{"id": "b", "prompt": "p", "completion": "y"}\n')
+    first = cli("step", "fake_steps:copy", "--input", f"dataset={data}", "--set", "suffix=?", "-q", cwd=project)
+    assert first.returncode == 0, first.stderr
+    run_dir = Path(first.stdout.strip())
+    m = json.loads((run_dir / "replay.json").read_text())
+    assert run_dir.parent.name == "step-fake_steps-copy" and m["steps"]["step"]["state"] == "ran"
+    assert (run_dir / "steps/step/data.jsonl").read_text().count('?"') == 2
+    again = cli("step", "fake_steps:copy", "--input", f"dataset={data}", "--set", "suffix=?", "-q", cwd=project)
+    assert json.loads((Path(again.stdout.strip()) / "replay.json").read_text())["steps"]["step"]["state"] == "cached"
+    bad = cli("step", "fake_steps:copy", "--input", f"dataset={data}", "--set", "sufix=?", cwd=project)
+    assert bad.returncode == 2 and "--set sufix: unknown param 'sufix'" in bad.stderr and "did you mean 'suffix'" in bad.stderr

@@ -108,6 +108,8 @@ def test_key_chooses_the_compared_fields(tmp_path: Path) -> None:
     assert ctx.metrics["exact_removed"] == 1
     _, ctx = run_kind("dedup", {"workers": 1}, {"dataset": art}, tmp_path / "p")
     assert ctx.metrics["removed"] == 0
+    _, ctx = run_kind("dedup", {"key": "prompt", "workers": 1}, {"dataset": art}, tmp_path / "q")  # one field, as a plain string
+    assert ctx.metrics["exact_removed"] == 1
 
 
 def test_bad_rows_name_file_line_and_field(tmp_path: Path) -> None:

@@ -191,3 +191,18 @@ def test_mlx_adapter_fuses_through_mlx_lm(tiny: Path, tmp_path: Path) -> None:
     assert json.loads((fused / "halo_merge.json").read_text())["method"] == "mlx_lm fuse"
     report = verify(tiny, fused, tmp_path / "report", quant="q4")  # trained weights differ, but it loads and runs
     assert report["runtimes"]["export"] == "transformers" and len(report["greedy"][0]["export"]) == 16
+
+
+def test_convert_to_a_gguf_file_name_writes_one_gguf_file(tiny: Path, tmp_path: Path) -> None:
+    """`--output model.gguf` writes the file llama.cpp opens (as its own converter's --outfile does), record beside it."""
+    out = tmp_path / "exports" / "tiny-q8.gguf"
+    res = cli("convert", "--source", "tiny", "--format", "gguf", "--quant", "q8", "--output", str(out), "--verify", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == ["tiny-q8.gguf", "tiny-q8.gguf.halo_export.json"]
+    from llama_cpp import Llama
+
+    llm = Llama(str(out), n_ctx=64, verbose=False)
+    assert llm.n_vocab() > 0
+    from halo_pipeline.export.formats import export_info
+
+    assert export_info(out)["quant"] == "q8" and (tmp_path / "verify-tiny-q8.gguf" / "verify.json").is_file()
