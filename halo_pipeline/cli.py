@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -438,10 +439,23 @@ def entry() -> None:
     if code in (130, 143):
         # Steps still running in worker threads would keep the process alive until they finish;
         # the manifest already says where the run stopped, and their sandboxes and children die with us.
+        _stop_what_exit_would_not()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _stop_what_exit_would_not() -> None:
+    """os._exit skips the hooks that end a foreground serve step's streams cleanly and stop the temporary
+    Prefect server (HALO_PIPELINE_LOCAL_SERVER=0): run them first, briefly."""
+    launch = sys.modules.get("halo_pipeline.serving.launch")
+    if launch is not None:
+        launch.stop_servers(wait_s=5)
+    server = sys.modules.get("prefect.server.api.server")
+    for instance in list(getattr(getattr(server, "SubprocessASGIServer", None), "_instances", {}).values()):
+        with contextlib.suppress(Exception):
+            instance.stop()
 
 
 if __name__ == "__main__":

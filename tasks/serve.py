@@ -43,7 +43,7 @@ class ServeParams(Params):
 )
 def run(params: ServeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     from halo_pipeline.serving.engines import pick_backend
-    from halo_pipeline.serving.launch import Running, read_api_key, serve_forever
+    from halo_pipeline.serving.launch import Running, ServeStopped, read_api_key, serve_forever
 
     model = inputs["model"].path
     backend = pick_backend(model, params.backend)
@@ -51,8 +51,10 @@ def run(params: ServeParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     if params.mode == "foreground":
         key = read_api_key(params.api_key_file)
         ctx.summary(f"serving until interrupted: `{shlex.join(command)}`")
+        # preflight (a key beyond loopback, no remote code) as for `halo-pipeline serve`; stops on stop_servers()
+        # or when the pipeline's main thread ends (Ctrl-C, SIGTERM)
         serve_forever(model, backend, params.host, params.port, key, params.parallel)
-        return {"report": _write(ctx, {"mode": "foreground", "command": shlex.join(command)})}
+        raise ServeStopped(f"serving {model} on {params.host}:{params.port} was stopped")  # nothing to cache: it never finishes
     with Running(model, backend, parallel=params.parallel) as server:
         found = smoke(server.url, server.model_id, params.max_tokens, params.concurrent)
     found.update({"mode": "smoke", "backend": backend, "command": shlex.join(command)})

@@ -32,15 +32,18 @@ def cmd_serve(args: argparse.Namespace, console: Any) -> int:
         model = run_model(Path(args.run)) if args.run else _model(args.model)
         api_key = read_api_key(args.api_key_file)
         facts = preflight(model, args.backend, args.host, args.port, api_key)
+        if args.check:
+            for key, value in facts.items():
+                console.print(f"{key:18} {value}")
+            console.print("[green]preflight ok[/green]: `halo-pipeline serve` without --check would start here")
+            return 0
+        # serve_forever runs the same preflight again, as every way of starting a server does
+        signum = serve_forever(
+            model, facts["backend"], args.host, args.port, api_key, args.parallel, not args.no_prefix_reuse, args.model_name
+        )
     except ServeRefused as exc:
         raise RecipeError([Issue(str(exc), hint="halo-pipeline serve --model M [--host 127.0.0.1] [--api-key-file F] --check")]) from None
-    if args.check:
-        for key, value in facts.items():
-            console.print(f"{key:18} {value}")
-        console.print("[green]preflight ok[/green]: `halo-pipeline serve` without --check would start here")
-        return 0
-    serve_forever(model, facts["backend"], args.host, args.port, api_key, args.parallel, not args.no_prefix_reuse, args.model_name)
-    return 0
+    return 128 + signum if signum else 0  # stopped by a signal: 130 (Ctrl-C) or 143 (SIGTERM), as the shell reports it
 
 
 def _model(ref: str) -> Path:

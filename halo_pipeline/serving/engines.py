@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ class Sampling:
     ignore_eos: bool = False  # generate max_tokens regardless (benchmarks; vLLM's extension of the API)
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: the server keeps its live ones in a set
 class Generation:
     """One running generation: the engine thread puts token ids, the request handler reads them."""
 
@@ -61,6 +62,7 @@ class Engine:
         self.path = path
         self.tokenizer: Any = None
         self.context_length = 2048
+        self.vocab_size = 0  # token ids the model takes: [0, vocab_size)
         self.eos_ids: set[int] = set()
 
     # text <-> ids, via the model's HF tokenizer (every export keeps one next to it)
@@ -83,7 +85,7 @@ class Engine:
         """Per prompt token: its log-prob given the tokens before it (None for the first), and the top-5 there."""
         raise NotImplementedError
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
+    def embed(self, prompts: list[list[int]]) -> list[list[float]]:
         raise NotImplementedError
 
     @property
@@ -137,6 +139,7 @@ class TorchEngine(Engine):
         self.tokenizer = _load_tokenizer(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None} | {self.tokenizer.eos_token_id} - {None}
         self.max_batch = max_batch
@@ -188,6 +191,7 @@ class TorchEngine(Engine):
                     break
             for gen in pending:  # admit: prefill alone, then join the batch
                 if gen.cancelled.is_set():
+                    gen.finish_reason = "cancelled"
                     gen.emit(END)
                     continue
                 try:
@@ -314,11 +318,10 @@ class TorchEngine(Engine):
             logits = self.model(self.torch.tensor([ids])).logits[0].float().numpy()
         return _scores_to_logprobs(ids, log_softmax(logits))
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
+    def embed(self, prompts: list[list[int]]) -> list[list[float]]:
         out = []
         with self.lock, self.torch.no_grad():
-            for text in texts:
-                ids = self.encode(text) or [self.tokenizer.eos_token_id]
+            for ids in prompts:
                 hidden = self.model(self.torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
                 vec = hidden.mean(dim=0)
                 out.append((vec / vec.norm()).tolist())
@@ -403,8 +406,10 @@ class GGUFEngine(Engine):
         self.scorer: Any = None
         self.scorer_lock = threading.Lock()
         self.eos_ids = {self.contexts[0].token_eos()}
+        self.vocab_size = int(self.contexts[0].n_vocab())
         self.prefix_hits = 0
         self.reuse_prefix = True
+        self.closed = False
 
     @property
     def capacity(self) -> int:
@@ -435,6 +440,9 @@ class GGUFEngine(Engine):
     def _take(self, prompt: list[int]) -> Any:
         self.available.acquire()
         with self.pool_lock:
+            if self.closed:
+                self.available.release()
+                return None
 
             def shared(llm: Any) -> int:
                 cached = list(llm.input_ids[: llm.n_tokens])
@@ -457,7 +465,13 @@ class GGUFEngine(Engine):
         self.available.release()
 
     def _run(self, gen: Generation) -> None:
-        llm = self._take(gen.prompt)
+        llm = None if gen.cancelled.is_set() else self._take(gen.prompt)
+        if llm is None or gen.cancelled.is_set():  # gone while it waited for a context: skip its prefill
+            if llm is not None:
+                self._give(llm)
+            gen.finish_reason = "cancelled"
+            gen.emit(END)
+            return
         try:
             s = gen.sampling
             if s.seed is not None:
@@ -477,6 +491,8 @@ class GGUFEngine(Engine):
 
     def prompt_logprobs(self, ids: list[int]) -> list[tuple[float | None, dict[int, float]]]:
         with self.scorer_lock:
+            if self.closed:
+                raise RuntimeError("the engine is closed")
             if self.scorer is None:
                 from llama_cpp import Llama
 
@@ -485,6 +501,26 @@ class GGUFEngine(Engine):
             self.scorer.eval(ids)
             logits = np.array(self.scorer.scores[: len(ids)], dtype=np.float32)
         return _scores_to_logprobs(ids, log_softmax(logits))
+
+    def close(self) -> None:
+        """Free the contexts once the generations on them have ended (one still in use after 5 s is left alone)."""
+        with self.pool_lock:
+            self.closed = True
+        deadline = time.monotonic() + 5
+        taken = 0
+        while taken < len(self.contexts) and self.available.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            taken += 1
+        with self.pool_lock:
+            for llm in self.free:
+                llm.close()
+            self.free.clear()
+        if self.scorer_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            if self.scorer is not None:
+                self.scorer.close()
+                self.scorer = None
+            self.scorer_lock.release()
+        for _ in range(taken):
+            self.available.release()  # a request still waiting for a context finds the engine closed
 
 
 class MLXEngine(Engine):
@@ -504,6 +540,7 @@ class MLXEngine(Engine):
 
         config = json.loads((path / "config.json").read_text())
         self.context_length = int(config.get("max_position_embeddings", 2048))
+        self.vocab_size = int(config.get("vocab_size") or len(self.tokenizer))
         self.lock = threading.Lock()
 
     @property
@@ -521,6 +558,9 @@ class MLXEngine(Engine):
         s = gen.sampling
         try:
             with self.lock:
+                if gen.cancelled.is_set():  # gone while it waited for the model
+                    gen.finish_reason = "cancelled"
+                    return
                 if s.seed is not None:
                     mx.random.seed(s.seed)
                 sampler = make_sampler(temp=s.temperature, top_p=s.top_p if s.top_p < 1 else 0.0, top_k=s.top_k or 0)

