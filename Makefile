@@ -16,9 +16,29 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup run test test-slow lint bench clean
+.PHONY: setup system-deps run test test-slow lint bench clean
 
-setup: $(STAMP)
+setup: system-deps $(STAMP)
+
+# System packages the code verifiers use: bubblewrap (the sandbox; without it running model-written
+# code is refused) and the C/C++ compilers. Installed with apt-get when it is there and we are root or
+# have passwordless sudo (as .ci/run does); otherwise the exact install line is printed and setup
+# goes on (compiler tests are then skipped, code verifiers refuse to run until bubblewrap is there).
+SYSTEM_PACKAGES := bwrap:bubblewrap clang:clang g++:g++
+system-deps:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$SUDO" != none ]; then \
+		echo "installing system packages:$$missing"; \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null \
+			|| echo "apt-get could not install$$missing: install them yourself (sudo apt-get install$$missing)" >&2; \
+	else \
+		echo "missing system packages:$$missing. Install them: sudo apt-get install$$missing (Fedora: sudo dnf install bubblewrap clang gcc-c++)." >&2; \
+		echo "Until then code verifiers refuse to run without bubblewrap (or opt down: sandbox: rlimits) and compiler tests are skipped." >&2; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -254,7 +254,7 @@ def cmd_verifiers(args: argparse.Namespace) -> int:
                 ]
             )
         output = Path(args.output) if args.output else None
-        return run_verifier(args.name, Path(args.input), output, args.set or [], _console(), args.allow_code_execution)
+        return run_verifier(args.name, Path(args.input), output, args.set or [], _console(), args.allow_code_execution, args.sandbox)
     return list_verifiers(_console())
 
 
@@ -372,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--output", help="write each sample with its reward, passed, details and error")
     vf.add_argument("--set", action="append", metavar="KEY=VALUE", help="a verifier setting (repeatable)")
     vf.add_argument("--allow-code-execution", action="store_true", help="let code verifiers run the completions (sandboxed)")
+    vf.add_argument(
+        "--sandbox",
+        choices=["bubblewrap", "rlimits"],
+        help="isolation for code verifiers: bubblewrap (default, required) or rlimits (explicitly weaker: no file-system or network isolation)",
+    )
     vf.set_defaults(func=cmd_verifiers)
 
     from halo_pipeline.export.cli import add_parsers

@@ -118,17 +118,21 @@ def build(plan: Any, results: dict[str, Any], command: list[str], state: str, ex
 
 
 def code_execution(plan: Any) -> dict[str, Any]:
-    """Which steps run model-written code (a verifier with allow_code_execution) and how it is isolated."""
-    from halo_pipeline.verifiers import code_execution as runs_code
+    """Which steps run model-written code (a verifier with allow_code_execution) and how it is isolated:
+    the weakest isolation any of them asked for (`sandbox: rlimits` carries its warning here)."""
+    from halo_pipeline.verifiers import code_execution_modes
 
-    steps = sorted(
-        sid for sid, ps in plan.steps.items() if any(runs_code(v) for k, v in ps.params.model_dump(mode="json").items() if "verifier" in k)
-    )
-    if not steps:
+    modes: dict[str, set[str]] = {}
+    for sid, ps in plan.steps.items():
+        for key, value in ps.params.model_dump(mode="json").items():
+            if "verifier" in key and (found := code_execution_modes(value)):
+                modes.setdefault(sid, set()).update(found)
+    if not modes:
         return {"enabled": False}
     from halo_pipeline import sandbox
 
-    return {"enabled": True, "steps": steps, **sandbox.describe()}
+    weakest = "rlimits" if any("rlimits" in m for m in modes.values()) else None
+    return {"enabled": True, "steps": sorted(modes), **sandbox.describe(weakest)}
 
 
 def write(run_dir: Path, manifest: dict[str, Any]) -> Path:

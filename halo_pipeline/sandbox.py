@@ -1,44 +1,69 @@
-"""Run untrusted (model-written) programs: one fresh, isolated, resource-limited process per sample.
+"""Run untrusted (model-written) programs: each run in a fresh, isolated, resource-limited process.
 
-Layers, outermost first:
-- the parent enforces a wall-clock timeout and kills the whole process group, then sweeps any
-  process that escaped it (a per-sample uid when we are root; an environment marker otherwise);
-- rlimits (CPU, address space, file size, open files, processes) set by `prlimit` before exec;
-- bubblewrap when it works here: new pid/net/ipc/uts namespaces (no network, nothing outlives the
-  sample), read-only system binds, a private size-capped /tmp, the sample's own work dir as the
-  only writable place; as root it then drops to a fresh unprivileged uid (so the process limit
-  applies and nothing host-owned is writable). Without bubblewrap the rlimit layer runs alone and
-  `isolation()` says so, with the reason, for the manifest.
+Secure by default: code runs only under **bubblewrap**; without it, running code is refused with the
+line that installs it, unless the user opts down explicitly (`sandbox: rlimits` in the verifier's
+settings, `--sandbox rlimits`, or HALO_PIPELINE_SANDBOX=rlimits), which is announced on the terminal
+and recorded in the manifest.
 
-The sandboxed program gets an empty environment (no tokens, no keys), stdin from /dev/null (or a
-file the caller gives), capped stdout/stderr, and one extra pipe (`{result_fd}` in argv) on which
-a harness reports results tagged with a nonce the program under test never sees.
+One long-lived *zygote* per pipeline process and kind of run (`_sandbox_zygote.py`) forks every run,
+so a sample costs a fork, not an interpreter start. Under bubblewrap the zygote lives in its own
+pid/net/ipc/uts (and, unprivileged, user) namespaces with read-only system binds, and each run gets
+new pid/mount/ipc/net/uts namespaces of its own, a private tmpfs as /tmp holding its work dir, and a
+fresh unprivileged uid when the pipeline is root; bubblewrap's --die-with-parent takes everything
+down with the pipeline (SIGKILL included), and nothing lands on the host's disk. With `rlimits`
+the runs are plain processes: a fresh uid when root, rlimits, a child subreaper that kills what they
+leave, and a zygote that cleans up when the pipeline dies.
+
+Every run: an empty environment, no capabilities, no-new-privs, rlimits (CPU, address space, file
+size, open files, processes), a wall-clock deadline, capped stdout/stderr, stdin from /dev/null or a
+sealed memfd (never a file the parent reopens), an optional result pipe (fd 3), and files written
+into and read back from its work dir without following links or blocking on FIFOs.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import json
 import os
-import random
+import queue
 import secrets
 import selectors
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 SYSTEM_RO_BINDS = ("/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
 USR_MERGED_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-MARKER_VAR = "HALO_SANDBOX_ID"
+ZYGOTE_SOURCE = Path(__file__).with_name("_sandbox_zygote.py")
+INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
+# Modules a forked sample finds already loaded (an import costs nothing then).
+_COMMON = (
+    "abc array bisect cmath collections copy dataclasses datetime decimal enum fractions functools hashlib heapq io itertools json math"
+)
+COMMON_MODULES = tuple(
+    (_COMMON + " numbers operator random re statistics string struct textwrap time traceback typing unicodedata").split()
+)
+Mode = Literal["bubblewrap", "rlimits"]
+
+
+class SandboxUnavailable(RuntimeError):
+    """Model-written code cannot run here with the isolation asked for."""
 
 
 class Limits(BaseModel):
@@ -52,21 +77,30 @@ class Limits(BaseModel):
     open_files: int = Field(64, ge=16, description="Open file descriptors per process (RLIMIT_NOFILE).")
     processes: int = Field(32, ge=4, description="Processes and threads the sample may run at once (RLIMIT_NPROC).")
     output_kb: int = Field(256, ge=1, description="stdout/stderr kept per stream; more output kills the run.")
-    tmp_mb: int = Field(64, ge=1, description="Size of the private /tmp (bubblewrap only).")
+    tmp_mb: int = Field(64, ge=1, description="Size of the run's private /tmp, which holds its work dir (bubblewrap only).")
 
 
 @dataclass(frozen=True)
 class Isolation:
-    name: str  # "bubblewrap" or "rlimits"
-    reason: str = ""  # why bubblewrap is not used, when it is not
+    name: Mode  # what runs: "bubblewrap" or the opted-in "rlimits"
+    reason: str = ""  # why bubblewrap is unavailable, or how rlimits was chosen
+    available: bool = True
 
     @property
     def warning(self) -> str | None:
         if self.name == "bubblewrap":
             return None
         return (
-            f"model-written code runs without OS isolation ({self.reason}): only rlimits and a timeout apply; "
-            "the network and the file system are reachable. Install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap)."
+            f"model-written code runs without OS isolation ({self.reason}): rlimits, a timeout, a fresh uid when root and "
+            "cleanup of every process it starts apply, but the file system and the network are reachable. "
+            f"For isolation, {INSTALL_HINT} and drop the opt-in."
+        )
+
+    def refusal(self) -> str:
+        return (
+            f"model-written code runs only under bubblewrap, which is unavailable here ({self.reason}): {INSTALL_HINT}, "
+            "or accept weaker isolation explicitly with `sandbox: rlimits` in the verifier's settings "
+            "(halo-pipeline verifiers run: --sandbox rlimits)"
         )
 
 
@@ -75,308 +109,475 @@ class RunResult:
     returncode: int | None
     stdout: str
     stderr: str
-    records: list[str]  # lines from the result pipe that carried the nonce, nonce stripped
+    records: list[str]  # result-pipe lines (with a nonce: only those that carried it, nonce stripped)
     wall_s: float
     timed_out: bool = False
     output_exceeded: bool = False
     extra_lines: int = 0  # result-pipe lines without the nonce (someone else wrote there)
     files: dict[str, bytes] = field(default_factory=dict)
+    result: bytes = b""  # the raw result pipe
+    error: str | None = None  # the sandbox itself failed (setup, a dead zygote)
 
     @property
     def killed_reason(self) -> str | None:
+        if self.error:
+            return self.error
         if self.timed_out:
             return "timed out"
         if self.output_exceeded:
             return "output limit exceeded"
         if self.returncode is not None and self.returncode < 0:
-            return f"killed by {signal.Signals(-self.returncode).name}"
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-self.returncode).name}"
+            return f"killed by signal {-self.returncode}"
         return None
 
 
+# ---------------------------------------------------------------- which isolation
+
+
+def effective_mode(mode: str | None = None) -> Mode:
+    """`rlimits` when the verifier's settings or HALO_PIPELINE_SANDBOX opt down, else bubblewrap."""
+    if mode == "rlimits" or os.environ.get("HALO_PIPELINE_SANDBOX") == "rlimits":
+        return "rlimits"
+    return "bubblewrap"
+
+
+def isolation(mode: str | None = None) -> Isolation:
+    chosen = effective_mode(mode)
+    if chosen == "rlimits":
+        how = "sandbox: rlimits" if mode == "rlimits" else "HALO_PIPELINE_SANDBOX=rlimits"
+        return Isolation("rlimits", f"opted in with {how}")
+    return _probe_bubblewrap()
+
+
+def require(mode: str | None = None) -> Isolation:
+    """The isolation runs will get, or SandboxUnavailable with the one line that fixes it."""
+    iso = isolation(mode)
+    if not iso.available:
+        raise SandboxUnavailable(iso.refusal())
+    if iso.warning:
+        _warn_once(iso.warning)
+    return iso
+
+
+def describe(mode: str | None = None) -> dict[str, object]:
+    """What the manifest records about code execution."""
+    iso = isolation(mode)
+    facts: dict[str, object] = {"isolation": iso.name, "reason": iso.reason or None, "warning": iso.warning}
+    if not iso.available:
+        facts["error"] = iso.refusal()
+    return facts
+
+
 @functools.cache
-def isolation() -> Isolation:
-    """Which isolation this machine gives; probed once by running a real sandboxed `true`."""
-    if os.environ.get("HALO_PIPELINE_SANDBOX") == "rlimits":
-        return Isolation("rlimits", "HALO_PIPELINE_SANDBOX=rlimits")
+def _probe_bubblewrap() -> Isolation:
+    """Whether bubblewrap works here, by running a real sandboxed `true` with the zygote's flags."""
     if not sys.platform.startswith("linux"):
-        return Isolation("rlimits", f"bubblewrap needs Linux, this is {sys.platform}")
+        return Isolation("bubblewrap", f"bubblewrap needs Linux, this is {sys.platform}", available=False)
     if shutil.which("bwrap") is None:
-        return Isolation("rlimits", "bwrap is not installed")
-    with tempfile.TemporaryDirectory(prefix="halo-sbx-probe-") as work:
-        uid = _sample_uid(with_bwrap=True)
-        if uid is not None:
-            os.chown(work, uid, uid)
-        argv = _bwrap_argv(Path(work), uid, Limits(), ["/bin/true"])
-        try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, env={"PATH": SAFE_PATH})
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return Isolation("rlimits", f"bwrap failed to start: {exc}")
+        return Isolation("bubblewrap", "bwrap is not installed", available=False)
+    argv = _bwrap_argv(()) + ["/bin/true"]
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, env={"PATH": SAFE_PATH})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Isolation("bubblewrap", f"bwrap failed to start: {exc}", available=False)
     if proc.returncode != 0:
         detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        return Isolation("rlimits", f"bwrap does not work here: {detail[-1] if detail else proc.returncode}")
+        return Isolation("bubblewrap", f"bwrap does not work here: {detail[-1] if detail else proc.returncode}", available=False)
     return Isolation("bubblewrap")
 
 
-def describe() -> dict[str, object]:
-    """What the manifest records about code execution."""
-    iso = isolation()
-    return {"isolation": iso.name, "reason": iso.reason or None, "warning": iso.warning}
+_warned: set[str] = set()
 
 
-def run(
-    argv: list[str],
-    *,
-    files: Mapping[str, str | bytes] | None = None,
-    limits: Limits = Limits(),
-    stdin_file: str | None = None,
-    ro_binds: Iterable[str] = (),
-    nonce: str | None = None,
-    collect: Iterable[str] = (),
-    workdir: Path | None = None,
-) -> RunResult:
-    """Run `argv` sandboxed in a fresh work dir holding `files`.
-
-    `{result_fd}` in argv becomes the number of the result pipe; lines written there that start
-    with `nonce` are returned (the harness reads the nonce from `.nonce`, which the caller puts in
-    `files`, and deletes it before running untrusted code). `collect` names work-dir files to read
-    back (e.g. a compiled binary). `workdir` reuses a directory the caller owns (compile, then run).
-    """
-    own_dir = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="halo-sbx-")) if workdir is None else workdir
-    uid = _sample_uid(with_bwrap=isolation().name == "bubblewrap")
-    try:
-        for name, content in (files or {}).items():
-            path = work / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content.encode() if isinstance(content, str) else content)
-        if uid is not None:
-            _chown_tree(work, uid)
-        return _run_in(work, argv, uid, limits, stdin_file, tuple(ro_binds), nonce, tuple(collect))
-    finally:
-        if own_dir:
-            shutil.rmtree(work, ignore_errors=True)
+def _warn_once(text: str) -> None:
+    if text not in _warned:
+        _warned.add(text)
+        print(f"halo-pipeline: warning: {text}", file=sys.stderr, flush=True)
 
 
-def make_workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="halo-sbx-"))
+def world_reachable(path: str) -> bool:
+    """Whether another uid can reach `path` (every directory on the way is world-searchable)."""
+    real = Path(os.path.realpath(path))
+    return all(os.stat(p).st_mode & 0o001 for p in [*real.parents, real] if p.is_dir())
+
+
+# ---------------------------------------------------------------- running
 
 
 def new_nonce() -> str:
     return "HALO-" + secrets.token_hex(16) + ":"
 
 
-def _run_in(
-    work: Path,
-    argv: list[str],
-    uid: int | None,
-    limits: Limits,
-    stdin_file: str | None,
-    ro_binds: tuple[str, ...],
-    nonce: str | None,
-    collect: tuple[str, ...],
-) -> RunResult:
-    read_fd, write_fd = os.pipe()
-    marker = secrets.token_hex(8)
-    argv = [a.replace("{result_fd}", str(write_fd)) for a in argv]
-    iso = isolation()
-    if iso.name == "bubblewrap":
-        command = _bwrap_argv(work, uid, limits, argv, ro_binds)
-    else:
-        command = _drop_privileges(uid) + argv
-    command = _prlimit(limits, uid) + command
-    env = {"PATH": SAFE_PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8", MARKER_VAR: marker}
-    stdin = open(work / stdin_file, "rb") if stdin_file else subprocess.DEVNULL  # noqa: SIM115
-    started = time.perf_counter()
-    try:
-        proc = subprocess.Popen(
-            command,
-            cwd=work,
-            env=env,
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-        )
-    finally:
-        os.close(write_fd)
-        if stdin_file:
-            stdin.close()  # type: ignore[union-attr]
-    streams = _collect(proc, read_fd, limits)
-    _kill_group(proc.pid)  # the sample's leftovers in its session go with it, finished or not
-    proc.wait()
-    proc.stdout.close()  # type: ignore[union-attr]
-    proc.stderr.close()  # type: ignore[union-attr]
-    if iso.name != "bubblewrap":  # with bubblewrap the pid namespace already took everything with it
-        _sweep(uid, marker)
-    wall = time.perf_counter() - started
-    out, err, results = (b"".join(streams.data[name]).decode("utf-8", errors="replace") for name in ("out", "err", "res"))
-    timed_out = streams.timed_out
-    records, extra = [], 0
-    for line in results.splitlines():
-        if nonce and line.startswith(nonce):
-            records.append(line[len(nonce) :])
-        elif line.strip():
-            extra += 1
-    collected = {}
-    for name in collect:
-        path = work / name
-        if path.is_file() and not path.is_symlink():
-            collected[name] = path.read_bytes()
-    return RunResult(proc.returncode, out, err, records, wall, timed_out, streams.exceeded, extra, collected)
+def run(argv: list[str] | None = None, **kwargs: Any) -> RunResult:
+    """Run `argv` (or a harness `role`) sandboxed and wait for it; see `start` for the arguments."""
+    return start(argv, **kwargs).wait()
 
 
-@dataclass
-class _Streams:
-    data: dict[str, list[bytes]]
-    timed_out: bool = False
-    exceeded: bool = False
-    exited: bool = False
+def start(
+    argv: list[str] | None = None,
+    *,
+    role: str | None = None,
+    pair: tuple[str, str] | None = None,
+    args: Mapping[str, Any] | None = None,
+    files: Mapping[str, str | bytes] | None = None,
+    executable: Iterable[str] = (),
+    limits: Limits = Limits(),
+    stdin: str | bytes | None = None,
+    secrets_on_fds: Mapping[int, str | bytes] | None = None,
+    nonce: str | None = None,
+    result: bool = False,
+    collect: Iterable[str] = (),
+    proc: bool = True,
+    mode: str | None = None,
+    ro_binds: Iterable[str] = (),
+    modules: Iterable[str | Path] = (),
+    preimport: Iterable[str] = (),
+) -> Launched:
+    """Start one sandboxed run in a fresh work dir holding `files` (`executable` ones mode 0755).
+
+    `argv` is exec'd; or `role` ("module:function" of one of `modules`, harness files preloaded in
+    the zygote) is called with `args` in a forked interpreter. `pair` = (driver role, candidate role)
+    runs both, joined by pipes (the driver's fds 4/5 are the candidate's 5/4): the candidate confined
+    like any run, the driver in the supervisor itself under a second fresh uid; `args` is then
+    {"driver": ..., "candidate": ...}, the driver's fd 3 comes back as `result` and the candidate's
+    stderr as `stderr`.
+
+    `{result_fd}` in argv (or `result=True`) gives the run a result pipe on fd 3, returned as `result`
+    and, split into lines, as `records` (only those carrying `nonce`, when given). `stdin` becomes
+    fd 0 as a sealed memfd; `secrets_on_fds` are one-shot pipes at those fds. `collect` names work-dir
+    files to read back. `proc=False` hides /proc from the run (bubblewrap): no /proc/self/mem, no
+    /proc/self/fd to reopen pipes by.
+    """
+    iso = require(mode)
+    if argv is not None and any("{result_fd}" in a for a in argv):
+        argv, result = [a.replace("{result_fd}", "3") for a in argv], True
+    zygote = _zygote(iso.name, tuple(sorted(set(ro_binds))), tuple(str(m) for m in modules), tuple(preimport))
+    spec = {
+        "exec": argv,
+        "role": role,
+        "pair": list(pair) if pair else None,
+        "limits": limits.model_dump(),
+        "result": result,
+        "collect": list(collect),
+        "proc": proc,
+    }
+    payload = _payload(files or {}, set(executable), stdin, secrets_on_fds or {}, dict(args or {}))
+    return zygote.launch(spec, payload, limits.timeout_s, nonce)
 
 
-def _collect(proc: subprocess.Popen[bytes], result_fd: int, limits: Limits) -> _Streams:
-    """Read stdout, stderr and the result pipe (each capped) until the process exits and its pipes
-    close, or the wall-clock limit passes. One thread, no polling: the process's exit is a pidfd."""
-    caps = {"out": limits.output_kb * 1024, "err": limits.output_kb * 1024, "res": 1 << 20}
-    streams = _Streams({name: [] for name in caps})
-    sizes = dict.fromkeys(caps, 0)
-    fds = {proc.stdout.fileno(): "out", proc.stderr.fileno(): "err", result_fd: "res"}  # type: ignore[union-attr]
-    sel = selectors.DefaultSelector()
-    for fd, name in fds.items():
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ, name)
-    pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
-    if pidfd is not None:
-        sel.register(pidfd, selectors.EVENT_READ, "exit")
-    deadline = time.monotonic() + limits.timeout_s
-    open_pipes, exited_at = len(fds), 0.0
-    try:
-        while open_pipes or not streams.exited:
-            now = time.monotonic()
-            # after the exit, give escaped children holding the pipes a moment, not the whole budget
-            limit = min(deadline, exited_at + 0.2) if streams.exited else deadline
-            if now >= limit:
-                streams.timed_out = not streams.exited
-                break
-            ready = sel.select(min(limit - now, 0.05) if pidfd is None else limit - now)
-            if pidfd is None and not streams.exited and proc.poll() is not None:
-                streams.exited, exited_at = True, time.monotonic()
-            for key, _ in ready:
-                name = key.data
-                if name == "exit":
-                    sel.unregister(key.fd)
-                    streams.exited, exited_at = True, time.monotonic()
-                    continue
-                try:
-                    chunk = os.read(key.fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    sel.unregister(key.fd)
-                    open_pipes -= 1
-                    continue
-                if sizes[name] < caps[name]:
-                    streams.data[name].append(chunk[: caps[name] - sizes[name]])
-                sizes[name] += len(chunk)
-                if sizes[name] > caps[name] and name != "res" and not streams.exceeded:
-                    streams.exceeded = True
-                    _kill_group(proc.pid)  # keep draining until the pipes close so nothing blocks
-    finally:
-        sel.close()
-        if pidfd is not None:
-            os.close(pidfd)
-        os.close(result_fd)
-    return streams
+def _payload(
+    files: Mapping[str, str | bytes],
+    executable: set[str],
+    stdin: str | bytes | None,
+    pipes: Mapping[int, str | bytes],
+    args: dict[str, Any],
+) -> int:
+    """Everything sample-specific goes in a memfd only the run's supervisor reads (never the zygote)."""
+    encode = lambda v: v.encode() if isinstance(v, str) else bytes(v)  # noqa: E731
+    blobs = [encode(v) for v in files.values()]
+    header: dict[str, Any] = {
+        "files": [[name, len(b), 0o755 if name in executable else 0o644] for name, b in zip(files, blobs, strict=True)]
+    }
+    if stdin is not None:
+        blobs.append(encode(stdin))
+        header["stdin"] = len(blobs[-1])
+    header["pipes"] = []
+    for fd, content in pipes.items():
+        blobs.append(encode(content))
+        header["pipes"].append([fd, len(blobs[-1])])
+    header["args"] = args
+    header["sizes"] = [len(b) for b in blobs]
+    raw = json.dumps(header).encode()
+    fd = os.memfd_create("halo-payload", os.MFD_CLOEXEC)
+    with os.fdopen(os.dup(fd), "wb") as f:
+        f.write(struct.pack(">I", len(raw)) + raw)
+        for blob in blobs:
+            f.write(blob)
+    return fd
 
 
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+class Launched:
+    """A run in progress: `wait()` for its result, `kill()` to end it early."""
 
+    def __init__(self, status_fd: int, control_fd: int, timeout_s: float, nonce: str | None):
+        self.status_fd, self.control_fd, self.nonce = status_fd, control_fd, nonce
+        self.deadline = time.monotonic() + timeout_s + 10.0  # the supervisor enforces timeout_s; this only guards against its loss
+        self._result: RunResult | None = None
 
-def _sample_uid(with_bwrap: bool) -> int | None:
-    """A fresh unprivileged uid per sample when we are root (so RLIMIT_NPROC applies to it alone).
+    def kill(self) -> None:
+        if self.control_fd >= 0:
+            os.close(self.control_fd)  # the supervisor sees EOF and kills the run
+            self.control_fd = -1
 
-    Without bubblewrap the interpreter is reached through the host's own paths, so the uid drop
-    only happens when a stranger could reach it (a Python under /root could not)."""
-    if os.name != "posix" or os.geteuid() != 0 or shutil.which("setpriv") is None:
-        return None
-    if not with_bwrap and not all(_world_reachable(p) for p in (sys.executable, sys.prefix, sys.base_prefix)):
-        return None
-    return random.randrange(1 << 20, 1 << 30)
-
-
-def _world_reachable(path: str) -> bool:
-    real = Path(os.path.realpath(path))
-    return all(os.stat(p).st_mode & 0o001 for p in [*real.parents, real] if p.is_dir())
-
-
-def _chown_tree(root: Path, uid: int) -> None:
-    for dirpath, _dirs, names in os.walk(root):
-        os.chown(dirpath, uid, uid)
-        for name in names:
-            os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
-
-
-def _drop_privileges(uid: int | None) -> list[str]:
-    if uid is None:
-        return []
-    return [
-        "setpriv",
-        f"--reuid={uid}",
-        f"--regid={uid}",
-        "--clear-groups",
-        "--inh-caps=-all",
-        "--bounding-set=-all",
-        "--no-new-privs",
-        "--",
-    ]
-
-
-def _prlimit(limits: Limits, uid: int | None) -> list[str]:
-    nproc = limits.processes if uid is not None else _user_process_count() + limits.processes
-    return [
-        "prlimit",
-        f"--cpu={limits.cpu_s}",
-        f"--as={limits.memory_mb << 20}",
-        f"--fsize={limits.file_size_mb << 20}",
-        f"--nofile={limits.open_files}",
-        f"--nproc={nproc}",
-        "--core=0",
-        "--",
-    ]
-
-
-def _user_process_count() -> int:
-    """RLIMIT_NPROC counts every process of the real uid, so a non-root budget starts from the current count."""
-    uid, count = os.getuid(), 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
+    def wait(self) -> RunResult:
+        if self._result is None:
             try:
-                count += entry.stat().st_uid == uid
-            except OSError:
-                continue
-    return count
+                self._result = self._read()
+            finally:
+                self.kill()
+                os.close(self.status_fd)
+        return self._result
+
+    def _read(self) -> RunResult:
+        chunks: list[bytes] = []
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.status_fd, selectors.EVENT_READ)
+            while True:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    self.kill()
+                    return RunResult(None, "", "", [], 0.0, timed_out=True, error="the sandbox did not report in time")
+                if not sel.select(left):
+                    continue
+                chunk = os.read(self.status_fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        raw = b"".join(chunks)
+        if len(raw) < 4:
+            return RunResult(None, "", "", [], 0.0, error="the sandbox ended without a report (its zygote died?)")
+        (size,) = struct.unpack(">I", raw[:4])
+        header = json.loads(raw[4 : 4 + size])
+        offset, blobs = 4 + size, {}
+        for name, n in [*header.get("outputs", []), *header.get("files", [])]:
+            blobs[name] = raw[offset : offset + n]
+            offset += n
+        res = blobs.pop("res", b"")
+        out, err = blobs.pop("out", b""), blobs.pop("err", b"")
+        records, extra = [], 0
+        for line in res.decode("utf-8", errors="replace").splitlines():
+            if self.nonce is None:
+                if line.strip():
+                    records.append(line)
+            elif line.startswith(self.nonce):
+                records.append(line[len(self.nonce) :])
+            elif line.strip():
+                extra += 1
+        return RunResult(
+            header.get("returncode"),
+            out.decode("utf-8", errors="replace"),
+            err.decode("utf-8", errors="replace"),
+            records,
+            float(header.get("wall_s", 0.0)),
+            bool(header.get("timed_out")),
+            bool(header.get("output_exceeded")),
+            extra,
+            {name: blobs[name] for name, _ in header.get("files", []) if name in blobs},
+            res,
+            header.get("error"),
+        )
 
 
-def _bwrap_argv(work: Path, uid: int | None, limits: Limits, argv: list[str], ro_binds: Iterable[str] = ()) -> list[str]:
+# ---------------------------------------------------------------- zygotes
+
+
+class Zygote:
+    """One long-lived zygote: started from a thread that lives as long as the process (bubblewrap's
+    --die-with-parent follows the *thread* that started it), restarted if it dies."""
+
+    def __init__(self, mode: Mode, binds: tuple[str, ...], modules: tuple[str, ...], preimport: tuple[str, ...]):
+        self.mode, self.binds, self.modules, self.preimport = mode, binds, modules, preimport
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.log: Any = None
+
+    def launch(self, spec: dict[str, Any], payload_fd: int, timeout_s: float, nonce: str | None) -> Launched:
+        status_r, status_w = os.pipe()
+        control_r, control_w = os.pipe()
+        message = json.dumps(spec).encode()
+        try:
+            with self.lock:
+                for attempt in (0, 1):
+                    if self.sock is None or self.proc is None or self.proc.poll() is not None:
+                        self._start()
+                    try:
+                        socket.send_fds(self.sock, [message], [status_w, control_r, payload_fd])  # type: ignore[arg-type]
+                        break
+                    except OSError:
+                        self._stop()
+                        if attempt:
+                            raise
+        except BaseException:
+            for fd in (status_r, control_w):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (status_w, control_r, payload_fd):
+                os.close(fd)
+        return Launched(status_r, control_w, timeout_s, nonce)
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the zygote)
+        boot = (
+            "import socket,sys,types;m=types.ModuleType('halo_zygote');sys.modules['halo_zygote']=m;"
+            "s=socket.socket(fileno=int(sys.argv[1]));exec(compile(s.recv(1<<22),'halo_zygote','exec'),m.__dict__);"
+            "s.detach();m.main(int(sys.argv[1]))"
+        )
+        command = [sys.executable, "-I", "-S", "-c", boot, str(theirs.fileno())]
+        if self.mode == "bubblewrap":
+            command = _bwrap_argv(self.binds) + command
+        env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}
+        try:
+            self.proc = _spawn(
+                lambda: subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=self.log,
+                    stderr=self.log,
+                    pass_fds=(theirs.fileno(),),
+                    env=env,
+                    start_new_session=True,  # no terminal signals: Ctrl-C is the pipeline's to handle
+                )
+            )
+        finally:
+            theirs.close()
+        self.sock = ours
+        hello = {
+            "namespaces": self.mode == "bubblewrap",
+            "tmp": _host_tmp(self.mode),
+            "site_paths": _site_paths(),
+            "modules": {Path(m).stem.lstrip("_"): Path(m).read_text() for m in self.modules},
+            "preimport": [*COMMON_MODULES, *self.preimport],
+            "binds_under_tmp": _binds_under_tmp(self.binds),
+        }
+        try:
+            ours.sendall(ZYGOTE_SOURCE.read_bytes())
+            ours.sendall(json.dumps(hello).encode())
+            ours.settimeout(120)
+            ack = ours.recv(1 << 16)
+            ours.settimeout(None)
+        except OSError as exc:
+            ack, why = b"", str(exc)
+        else:
+            why = "it exited"
+        if not ack:
+            self._stop()
+            self.log.seek(0)
+            tail = self.log.read().decode(errors="replace").strip().splitlines()[-3:]
+            raise SandboxUnavailable(f"the sandbox did not start ({why}): {' | '.join(tail) or 'no output'}")
+
+    def _stop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                self.proc.wait(timeout=5)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+_zygotes: dict[tuple[Any, ...], Zygote] = {}
+_zygotes_lock = threading.Lock()
+
+
+def _zygote(mode: Mode, binds: tuple[str, ...], modules: tuple[str, ...], preimport: tuple[str, ...]) -> Zygote:
+    key = (mode, binds, modules, preimport)
+    with _zygotes_lock:
+        if key not in _zygotes:
+            _zygotes[key] = Zygote(mode, binds, modules, preimport)
+        return _zygotes[key]
+
+
+@atexit.register
+def shutdown() -> None:
+    """Close every zygote (each then kills what is left of its runs and exits)."""
+    with _zygotes_lock:
+        zygotes = list(_zygotes.values())
+        _zygotes.clear()
+    for z in zygotes:
+        with z.lock:
+            z._stop()
+
+
+def _forget_after_fork() -> None:
+    """A forked child must not share its parent's zygotes (their sockets are the parent's lifeline);
+    it starts its own, with fresh locks (another thread may have held one at the fork)."""
+    global _zygotes_lock
+    for z in _zygotes.values():
+        if z.sock is not None:
+            z.sock.close()
+    _zygotes.clear()
+    _spawner.clear()
+    _zygotes_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+_spawner: list[queue.Queue[Any]] = []
+
+
+def _spawn(fn: Any) -> Any:
+    """Run `fn` on a thread that lives until the process exits."""
+    with _zygotes_lock:
+        if not _spawner:
+            jobs: queue.Queue[Any] = queue.Queue()
+
+            def serve() -> None:
+                while True:
+                    job, done = jobs.get()
+                    try:
+                        done.set_result(job())
+                    except BaseException as exc:
+                        done.set_exception(exc)
+
+            threading.Thread(target=serve, name="halo-sandbox-spawner", daemon=True).start()
+            _spawner.append(jobs)
+        jobs = _spawner[0]
+    done: Future[Any] = Future()
+    jobs.put((fn, done))
+    return done.result()
+
+
+def _host_tmp(mode: Mode) -> str:
+    """Where rlimits runs get their work dirs: the temp dir, if the unprivileged sample uid can reach it."""
+    tmp = tempfile.gettempdir()
+    if mode == "rlimits" and os.geteuid() == 0 and not world_reachable(tmp):
+        return "/tmp"  # e.g. TMPDIR under /root: a run's fresh uid could not even enter its work dir
+    return tmp
+
+
+@functools.cache
+def _site_paths() -> list[str]:
+    """This environment's site-packages, so sandboxed code can import what is installed (the zygote runs with -S)."""
+    import site
+
+    return [p for p in site.getsitepackages() if Path(p).is_dir()]
+
+
+def _binds_under_tmp(binds: tuple[str, ...]) -> list[list[str]]:
+    """Binds that a run's private /tmp would hide: each is also bound at a stash path the run re-binds from."""
+    tmp = os.path.realpath(tempfile.gettempdir()).rstrip("/") + "/"
+    paths = [p for p in _interpreter_paths(binds) if (p.rstrip("/") + "/").startswith(("/tmp/", tmp))]
+    return [[p, f"/.halo-binds/{i}"] for i, p in enumerate(paths)]
+
+
+def _bwrap_argv(binds: tuple[str, ...]) -> list[str]:
     args = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-    if uid is None:
-        args += ["--unshare-user"]
-    else:  # root: no user namespace, so setpriv can move to the sample's own host uid
-        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    if os.geteuid() != 0:
+        args += ["--unshare-user", "--cap-add", "ALL"]  # capabilities inside the user namespace only; every run drops them
+    else:  # root: no user namespace, so each run can move to its own host uid
+        for cap in ("CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL"):
+            args += ["--cap-add", cap]
     args += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
-    # the private /tmp first: binds below it (a venv or work dir under /tmp) must land on top of it
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
+    # the private /tmp first: binds below it (a venv under /tmp) must land on top of it
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     made: set[str] = {"/", "/tmp", "/proc", "/dev"}
 
-    def bind(path: str, option: str = "--ro-bind") -> None:
-        for parent in [str(p) for p in reversed(Path(path).parents)]:
+    def bind(path: str, target: str | None = None) -> None:
+        target = target or path
+        for parent in [str(p) for p in reversed(Path(target).parents)]:
             if parent not in made:  # bwrap would create these 0700: keep them traversable for the sample's uid
                 args.extend(["--perms", "0755", "--dir", parent])
                 made.add(parent)
-        args.extend([option, path, path])
-        made.add(path)
+        args.extend(["--ro-bind", path, target])
+        made.add(target)
 
     for path in SYSTEM_RO_BINDS:
         if os.path.exists(path):
@@ -387,10 +588,11 @@ def _bwrap_argv(work: Path, uid: int | None, limits: Limits, argv: list[str], ro
         elif os.path.isdir(link):
             bind(link)
         made.add(link)
-    for path in _interpreter_paths(ro_binds):
+    for path in _interpreter_paths(binds):
         bind(path)
-    args += ["--bind", str(work), str(work), "--chdir", str(work), "--setenv", "HOME", str(work), "--setenv", "TMPDIR", str(work)]
-    return args + ["--"] + _drop_privileges(uid) + argv
+    for path, stash in _binds_under_tmp(binds):
+        bind(path, stash)
+    return args + ["--chdir", "/", "--"]
 
 
 def _interpreter_paths(extra: Iterable[str]) -> list[str]:
@@ -400,26 +602,3 @@ def _interpreter_paths(extra: Iterable[str]) -> list[str]:
     keep = sorted(p for p in paths if os.path.exists(p) and not p.startswith("/usr/") and p != "/usr")
     # a path inside another bound path needs no bind of its own
     return [p for p in keep if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in keep)]
-
-
-def _sweep(uid: int | None, marker: str) -> None:
-    """Kill whatever escaped the process group (daemonized children) once the sample is over."""
-    if uid is not None:
-        subprocess.run(
-            _drop_privileges(uid) + [sys.executable, "-I", "-S", "-c", "import os, signal; os.kill(-1, signal.SIGKILL)"],
-            env={"PATH": SAFE_PATH},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            check=False,
-        )
-        return
-    needle = f"{MARKER_VAR}={marker}".encode()
-    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    os.kill(int(entry.name), signal.SIGKILL)
-        except OSError:
-            continue

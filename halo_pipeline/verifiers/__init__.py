@@ -172,7 +172,7 @@ def problems(verifier: Verifier) -> list[str]:
         found.append(
             f"verifier '{verifier.name}' runs model-written code, which is off unless the recipe says so: set "
             f"`allow_code_execution: true` in the recipe's verifier (or override verifier.allow_code_execution=true); "
-            "it then runs sandboxed, one process per sample"
+            "it then runs sandboxed (bubblewrap; the tests in a process of their own)"
         )
     elif verifier.reg.check is not None:
         found += [f"verifier '{verifier.name}': {p}" for p in verifier.reg.check(verifier.settings)]
@@ -183,14 +183,20 @@ def problems(verifier: Verifier) -> list[str]:
 
 def code_execution(spec: str | Mapping[str, Any] | None) -> bool:
     """Whether this spec (or a part of it) will run model-written code."""
+    return bool(code_execution_modes(spec))
+
+
+def code_execution_modes(spec: str | Mapping[str, Any] | None) -> set[str]:
+    """The sandbox modes ("bubblewrap", "rlimits") of the parts of this spec that run model-written code."""
     if spec is None:
-        return False
+        return set()
     try:
         verifier = build_verifier(spec)
     except (UnknownVerifier, ImportError):
-        return False
+        return set()
 
-    def runs(v: Verifier) -> bool:
-        return v.executes_code or any(runs(p) for p in getattr(v.settings, "parts", lambda: [])())
+    def modes(v: Verifier) -> set[str]:
+        own = {str(getattr(v.settings, "sandbox", "bubblewrap"))} if v.executes_code else set()
+        return own.union(*(modes(p) for p in getattr(v.settings, "parts", lambda: [])()))
 
-    return runs(verifier)
+    return modes(verifier)

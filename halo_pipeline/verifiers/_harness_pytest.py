@@ -1,23 +1,61 @@
-"""Runs inside the sandbox (never imported by the pipeline): pytest on test_<module>.py.
+"""Runs inside the sandbox (preloaded into the zygote, never imported by the pipeline): pytest in the
+tests' own process.
 
-Usage: python -I _harness_pytest.py RESULT_FD   (cwd holds .nonce, the solution and its tests)
-
-The nonce is read and deleted before pytest imports anything model-written; the record (tests
-passed / collected) is written to RESULT_FD when the session finishes. An early exit means no
-record, which the parent scores 0.
+The `driver` role of the pytest verifier: the solution runs in a separate candidate process
+(`harness_python.candidate`); here `import solution` finds a proxy module whose attributes are
+fetched from it as plain data or as handles to call (see `_harness_python.py`). pytest, its plugins
+and the test file all live in this process, which the solution's code never runs in, and the
+record (tests passed / collected) is written to fd 3 from here.
 """
 
+from __future__ import annotations
+
+import contextlib
+import io
 import json
 import os
 import sys
+import time
+import types
+from typing import Any
 
 
-def main() -> None:
-    out_fd = int(sys.argv[1])
-    with open(".nonce", encoding="utf-8") as f:
-        nonce = f.read()
-    os.unlink(".nonce")
-    write, dumps, exit_now = os.write, json.dumps, os._exit
+def driver(args: dict[str, Any]) -> None:
+    harness = sys.modules["harness_python"]
+    deadline = time.monotonic() + float(args["deadline_s"])
+    os.set_blocking(5, False)
+    link = harness.Link(4, 5, deadline)
+
+    def emit(record: dict[str, Any]) -> None:
+        os.write(3, (json.dumps(record) + "\n").encode())
+
+    if why := link.start():
+        emit({"passed": 0, "total": 0, "error": why})
+        return
+    name = args["module"]
+
+    class SolutionModule(types.ModuleType):
+        """`solution` in the tests: each attribute comes from the candidate process."""
+
+        def __getattr__(self, attr: str) -> Any:
+            if attr == "__all__":
+                reply = link.ask(["dir"])
+                return list(reply[1]) if reply[0] == "ok" and type(reply[1]) is list else []
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            desc = link.names([attr]).get(attr)
+            if type(desc) is list and desc[:1] == ["m"] and len(desc) == 2 and desc[1] in sys.stdlib_module_names:
+                value = __import__(desc[1])
+            elif type(desc) is list and desc[:1] in (["v"], ["o"]):
+                value = link.value(desc)
+            else:
+                raise AttributeError(f"module '{name}' has no attribute '{attr}'")
+            setattr(self, attr, value)
+            return value
+
+    sys.modules[name] = SolutionModule(name)
+    with open(f"test_{name}.py", "w", encoding="utf-8") as f:
+        f.write(args["test_source"])
     sys.path.insert(0, os.getcwd())
     import pytest
 
@@ -26,27 +64,28 @@ def main() -> None:
             self.outcomes: dict[str, str] = {}
             self.collected = 0
 
-        def pytest_collection_modifyitems(self, items: list) -> None:
+        def pytest_collection_modifyitems(self, items: list[Any]) -> None:
             self.collected = len(items)
 
-        def pytest_runtest_logreport(self, report) -> None:  # type: ignore[no-untyped-def]
+        def pytest_runtest_logreport(self, report: Any) -> None:
             if report.failed or report.when == "call":
                 self.outcomes.setdefault(report.nodeid, "failed" if report.failed else report.outcome)
                 if report.failed:
                     self.outcomes[report.nodeid] = "failed"
 
-        def pytest_sessionfinish(self, session, exitstatus) -> None:  # type: ignore[no-untyped-def]
-            passed = sum(o == "passed" for o in self.outcomes.values())
-            failures = [{"test": k, "error": v} for k, v in self.outcomes.items() if v != "passed"][:10]
-            record = {"passed": passed, "total": self.collected, "failures": failures}
-            if self.collected == 0:
-                record["error"] = "no tests were collected (collection failed?)"
-            write(out_fd, (nonce + dumps(record) + "\n").encode())
-            exit_now(0)
-
-    pytest.main(["-q", "-p", "no:cacheprovider", "."], plugins=[Counter()])
-    exit_now(0)
-
-
-if __name__ == "__main__":
-    main()
+    counter = Counter()
+    with open("pytest.ini", "w", encoding="utf-8") as f:
+        f.write("[pytest]\n")  # ours: no ini file or conftest.py found around the work dir is read
+    output = io.StringIO()
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # a fixed environment: pytest's own plugins, no installed ones
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        pytest.main(
+            ["-q", "-p", "no:cacheprovider", "--noconftest", "-c", "pytest.ini", "--rootdir", ".", f"test_{name}.py"], plugins=[counter]
+        )
+    passed = sum(outcome == "passed" for outcome in counter.outcomes.values())
+    failures = [{"test": k, "error": v} for k, v in counter.outcomes.items() if v != "passed"][:10]
+    record: dict[str, Any] = {"passed": passed, "total": counter.collected, "failures": failures}
+    if counter.collected == 0:
+        why = [line for line in output.getvalue().splitlines() if line.strip()][-3:]
+        record["error"] = "no tests were collected" + (": " + " | ".join(why) if why else "")
+    emit(record)

@@ -33,7 +33,9 @@ def list_verifiers(console: Any) -> int:
     return 0
 
 
-def run_verifier(name: str, input_path: Path, output: Path | None, sets: list[str], console: Any, allow_code: bool = False) -> int:
+def run_verifier(
+    name: str, input_path: Path, output: Path | None, sets: list[str], console: Any, allow_code: bool = False, sandbox: str | None = None
+) -> int:
     spec: dict[str, Any] = {"name": name}
     for item in sets:
         key, sep, value = item.partition("=")
@@ -41,8 +43,11 @@ def run_verifier(name: str, input_path: Path, output: Path | None, sets: list[st
             raise RecipeError([Issue(f"--set takes KEY=VALUE, got '{item}'")])
         spec[key] = yaml.safe_load(value)
     try:
-        if allow_code and "allow_code_execution" in lookup(str(spec["name"])).settings.model_fields:
+        fields = lookup(str(spec["name"])).settings.model_fields
+        if allow_code and "allow_code_execution" in fields:
             spec["allow_code_execution"] = True
+        if sandbox and "sandbox" in fields:
+            spec["sandbox"] = sandbox  # e.g. rlimits: the explicit opt-down when bubblewrap is unavailable
         verifier = build_verifier(spec)
     except UnknownVerifier as exc:
         raise RecipeError([Issue(str(exc), hint="halo-pipeline verifiers lists them")]) from None
@@ -72,9 +77,9 @@ def run_verifier(name: str, input_path: Path, output: Path | None, sets: list[st
     mean = sum(r.reward for r in results) / n if n else 0.0
     console.print(f"{verifier.name}: {n} samples, mean reward {mean:.3f}, passed {passed}/{n}, errors {errors}")
     if verifier.executes_code:
-        from halo_pipeline import sandbox
+        from halo_pipeline import sandbox as sandboxing
 
-        facts = sandbox.describe()
+        facts = sandboxing.describe(getattr(verifier.settings, "sandbox", None))
         console.print(f"isolation: {facts['isolation']}" + (f" [yellow]warning: {facts['warning']}[/yellow]" if facts["warning"] else ""))
     for sample, r in list(zip(samples, results, strict=True))[:5]:
         if r.error:

@@ -1,55 +1,60 @@
 """Verifiers that run model-written code: python_tests, pytest, execution, gcc, clang, rust.
 
-All of them run each sample in `halo_pipeline.sandbox` (a fresh process per sample, bubblewrap
-when available) and only when the verifier's settings say `allow_code_execution: true`. Test
-results come from a harness that writes a nonce-tagged record after the tests ran; exit codes
-are never trusted.
+All of them run the completion through `halo_pipeline.sandbox` (bubblewrap unless the verifier's
+`sandbox: rlimits` opts down) and only when its settings say `allow_code_execution: true`. The code
+that decides pass/fail never shares a process with the solution's code where that can be avoided:
+
+- python_tests / pytest: the tests run in a *driver* process, the solution in a *candidate*
+  process; only plain data crosses between them (`_harness_python.py`), and the driver alone
+  writes the record.
+- execution and I/O tests of compiled languages: the parent compares stdout; every test case runs
+  in a fresh work dir with its input on a sealed memfd.
+- gcc/clang/rust `test` statements: compiled into the program (`native.py` explains what keeps
+  them out of the solution's reach, and what cannot be kept out in-process).
+Exit codes are never trusted.
 """
 
 from __future__ import annotations
 
 import ast
+import base64
+import builtins
 import functools
 import json
 import marshal
+import os
 import re
 import shutil
-import site
 import subprocess
-import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from halo_pipeline import sandbox
-from halo_pipeline.verifiers import VerifierSettings, VerifyResult, register_verifier
+import halo_pipeline.sandbox as sbx
+from halo_pipeline.verifiers import VerifierSettings, VerifyResult, native, register_verifier
 
 HARNESS_PYTHON = Path(__file__).with_name("_harness_python.py")
 HARNESS_PYTEST = Path(__file__).with_name("_harness_pytest.py")
+HARNESSES = (HARNESS_PYTHON, HARNESS_PYTEST)
 FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
 
-class CodeSettings(VerifierSettings, sandbox.Limits):
+class CodeSettings(VerifierSettings, sbx.Limits):
     runs_code: ClassVar[bool] = True
     allow_code_execution: bool = Field(
         False, description="Run model-written code (sandboxed). Off unless the recipe says so: validation fails without it."
     )
+    sandbox: Literal["bubblewrap", "rlimits"] = Field(
+        "bubblewrap",
+        description="OS isolation for the code: bubblewrap (required unless you opt down) or rlimits (explicitly weaker: "
+        "no file-system or network isolation; warned on the terminal and recorded in the manifest).",
+    )
 
-    def limits(self) -> sandbox.Limits:
-        return sandbox.Limits(**{k: getattr(self, k) for k in sandbox.Limits.model_fields})
-
-
-@functools.cache
-def _harness() -> str:
-    return HARNESS_PYTHON.read_text()
-
-
-@functools.cache
-def _site_paths() -> list[str]:
-    """This environment's site-packages, so sandboxed code can import what is installed (the harness runs with -S)."""
-    return [p for p in site.getsitepackages() if Path(p).is_dir()]
+    def limits(self) -> sbx.Limits:
+        return sbx.Limits(**{k: getattr(self, k) for k in sbx.Limits.model_fields})
 
 
 def extract_code(text: str, languages: tuple[str, ...] = ()) -> str:
@@ -62,31 +67,44 @@ def extract_code(text: str, languages: tuple[str, ...] = ()) -> str:
 
 
 def _refuse(settings: CodeSettings) -> VerifyResult | None:
-    if settings.allow_code_execution:
-        return None
-    return VerifyResult(0.0, False, {}, f"{settings.name} runs model-written code and allow_code_execution is false")
+    if not settings.allow_code_execution:
+        return VerifyResult(0.0, False, {}, f"{settings.name} runs model-written code and allow_code_execution is false")
+    iso = sbx.isolation(settings.sandbox)
+    return None if iso.available else VerifyResult(0.0, False, {}, iso.refusal())
 
 
-def _record(run: sandbox.RunResult) -> tuple[dict[str, Any] | None, str | None]:
-    """The harness's single record (JSON, or a Python literal from the no-import Python harness), or why there is none."""
+def _need_sandbox(settings: CodeSettings) -> list[str]:
+    iso = sbx.isolation(settings.sandbox)
+    return [] if iso.available else [iso.refusal()]
+
+
+def _details(settings: CodeSettings, run: sbx.RunResult | None = None) -> dict[str, Any]:
+    details: dict[str, Any] = {"isolation": sbx.effective_mode(settings.sandbox)}
+    if run is not None:
+        details["wall_s"] = round(run.wall_s, 3)
+    return details
+
+
+def _why_no_record(run: sbx.RunResult) -> str:
+    why = run.killed_reason or f"the program exited (code {run.returncode}) before the tests reported"
+    tail = run.stderr.strip().splitlines()[-3:]
+    return why + (": " + " | ".join(tail) if tail else "")
+
+
+def _native_record(run: sbx.RunResult) -> tuple[dict[str, Any] | None, str | None]:
+    """The compiled harness's single nonce-tagged record, or why there is none."""
+    if len(run.records) > 1:
+        return None, "more than one result record (tampering)"
     if len(run.records) == 1:
         try:
             record = json.loads(run.records[0])
         except json.JSONDecodeError:
-            try:
-                record = ast.literal_eval(run.records[0])
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                return None, "the harness record is unreadable"
+            return None, "the harness record is unreadable"
         return (record, None) if isinstance(record, dict) else (None, "the harness record is unreadable")
-    if len(run.records) > 1:
-        return None, "more than one result record (tampering)"
-    why = run.killed_reason or f"the program exited (code {run.returncode}) before the tests reported"
-    tail = run.stderr.strip().splitlines()[-3:]
-    return None, why + (": " + " | ".join(tail) if tail else "")
+    return None, _why_no_record(run)
 
 
-def _tests_result(record: dict[str, Any] | None, error: str | None, run: sandbox.RunResult, credit: float = 0.0) -> VerifyResult:
-    details: dict[str, Any] = {"isolation": sandbox.isolation().name, "wall_s": round(run.wall_s, 3)}
+def _tests_result(record: dict[str, Any] | None, error: str | None, details: dict[str, Any], credit: float = 0.0) -> VerifyResult:
     if record is None:
         return VerifyResult(credit, False, details, error)
     total, passed = int(record.get("total", 0)), int(record.get("passed", 0))
@@ -110,10 +128,24 @@ class PythonTestsSettings(CodeSettings):
         description="What runs before the tests. auto: the completion alone when it defines the entry point "
         "(after the prompt, for its imports and helpers), else prompt + completion (a HumanEval continuation).",
     )
-    plain_results: bool = Field(True, description="Fail results that are not builtin values (an object whose __eq__ always says True).")
+    plain_results: bool = Field(
+        True,
+        description="Only plain data (numbers, strings, bytes, containers) reaches the tests; an object the solution returns is "
+        "an opaque handle that compares by identity only (always on: the tests run in another process).",
+    )
     partial_credit: bool = Field(
         True, description="Reward = fraction of tests passed; false: 1 only when all pass (HumanEval's pass/fail)."
     )
+
+    @field_validator("plain_results")
+    @classmethod
+    def _always_plain(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError(
+                "plain_results: false is not supported: the tests run in their own process and only plain data crosses "
+                "into it (a solution's object is a handle that compares by identity); return plain values"
+            )
+        return value
 
 
 def python_program(settings: PythonTestsSettings, sample: Mapping[str, Any]) -> str:
@@ -127,28 +159,69 @@ def python_program(settings: PythonTestsSettings, sample: Mapping[str, Any]) -> 
     return code if settings.program == "completion" else prompt + completion
 
 
-def instrument_tests(test_source: str, check_function: str | None, entry_point: str | None) -> tuple[str, list[str]]:
-    """The test code with every test statement wrapped to report its own outcome, and each test's source.
+@dataclass(frozen=True)
+class PreparedTests:
+    """What the driver runs for one task, made here (trusted) once per task: GRPO verifies many samples of each."""
+
+    code: str  # base64 of the marshalled, instrumented test code (compiled here: the driver needs no `ast`)
+    sources: tuple[str, ...]  # each test statement's source, for failure details
+    names: tuple[str, ...]  # what the tests take from the solution (proxied to the candidate)
+    helpers: str  # base64 of the marshalled prompt, when it is code (its helpers are the tests', not the solution's)
+
+
+@functools.lru_cache(maxsize=512)
+def prepare_tests(test_source: str, check_function: str | None, entry_point: str | None, prompt: str) -> PreparedTests:
+    """Every test statement wrapped to report its own outcome.
 
     A test is a statement that asserts something about the solution (`assert True, "..."` lines in
     HumanEval are not): the top-level ones, or those of `check_function`'s body. Other statements
-    inside check() are setup; a failing one is skipped so the rest still run. Done here, not in the
-    sandbox, so the harness needs no `ast` import.
+    inside check() are setup; a failing one is skipped so the rest still run.
     """
     tree = ast.parse(test_source)
+    prompt_tree = _parse(prompt)
+    names = solution_names(tree, prompt_tree, entry_point)
     if check_function:
         fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == check_function), None)
         if fn is None:
             raise ValueError(f"the test code defines no `{check_function}` function")
-        names = {a.arg for a in fn.args.args[:1]} | ({entry_point} if entry_point else set())
-        tests = [s for s in fn.body if _is_test(s, names)]
+        subjects = {a.arg for a in fn.args.args[:1]} | ({entry_point} if entry_point else set())
+        tests = [s for s in fn.body if _is_test(s, subjects)]
         fn.body = [_wrap(s, tests) for s in fn.body]
     else:
-        names = {entry_point} if entry_point else set()
-        tests = [s for s in tree.body if _is_test(s, names)]
+        subjects = {entry_point} if entry_point else set()
+        tests = [s for s in tree.body if _is_test(s, subjects)]
         tree.body = [_wrap(s, tests) if _has_assert(s) else s for s in tree.body]
-    sources = [ast.get_source_segment(test_source, t) or ast.unparse(t) for t in tests]
-    return ast.unparse(ast.fix_missing_locations(tree)), [s if len(s) <= 200 else s[:197] + "..." for s in sources]
+    lines = [line.encode() for line in test_source.splitlines(keepends=True)]
+    sources = tuple(_clip(_segment(lines, t)) for t in tests)
+    helpers = _marshalled(prompt_tree, "prompt.py") if prompt_tree is not None else ""
+    return PreparedTests(_marshalled(tree, "tests.py"), sources, tuple(names), helpers)
+
+
+def _marshalled(tree: ast.Module, filename: str) -> str:
+    return base64.b64encode(marshal.dumps(compile(tree, filename, "exec"))).decode()
+
+
+def _parse(source: str) -> ast.Module | None:
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _segment(lines: list[bytes], node: ast.stmt) -> str:
+    """The statement's source text (ast.get_source_segment without re-splitting the source each time)."""
+    end_line, end_col = node.end_lineno, node.end_col_offset
+    if end_line is None or end_col is None:
+        return ast.unparse(node)
+    first, last = node.lineno - 1, end_line - 1
+    if first == last:
+        return lines[first][node.col_offset : end_col].decode(errors="replace")
+    text = lines[first][node.col_offset :] + b"".join(lines[first + 1 : last]) + lines[last][:end_col]
+    return text.decode(errors="replace")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _has_assert(node: ast.AST) -> bool:
@@ -171,8 +244,22 @@ def _wrap(stmt: ast.stmt, tests: list[ast.stmt]) -> ast.stmt:
     """try: begin(k); <test> / except BaseException: fail(k, exc) / else: ok(k)."""
     k = next((i for i, t in enumerate(tests) if t is stmt), None)
     if k is None:
-        return ast.Try(body=[stmt], handlers=[_handler(None)], orelse=[], finalbody=[])
-    return ast.Try(body=[_call("__halo_begin", k), stmt], handlers=[_handler(k)], orelse=[_call("__halo_ok", k)], finalbody=[])
+        wrapper = ast.Try(body=[stmt], handlers=[_handler(None)], orelse=[], finalbody=[])
+    else:
+        wrapper = ast.Try(body=[_call("__halo_begin", k), stmt], handlers=[_handler(k)], orelse=[_call("__halo_ok", k)], finalbody=[])
+    return _located(wrapper, stmt)
+
+
+def _located(node: ast.stmt, like: ast.stmt) -> ast.stmt:
+    """Give the new nodes (not the wrapped statement, which has its own) the statement's position."""
+    pending: list[ast.AST] = [node]
+    while pending:
+        child = pending.pop()
+        if "lineno" in child._attributes:
+            child.lineno, child.col_offset = like.lineno, like.col_offset  # type: ignore[attr-defined]
+            child.end_lineno, child.end_col_offset = like.end_lineno, like.end_col_offset  # type: ignore[attr-defined]
+        pending.extend(c for c in ast.iter_child_nodes(child) if c is not like)
+    return node
 
 
 def _handler(k: int | None) -> ast.ExceptHandler:
@@ -193,36 +280,103 @@ def python_test_spec(sample: Mapping[str, Any]) -> dict[str, Any]:
     return {"test_source": test, "check_function": "check" if has_check and entry else None, "entry_point": entry}
 
 
-@register_verifier("python_tests", PythonTestsSettings)
+def solution_names(tests: ast.Module, prompt: ast.Module | None, entry_point: str | None) -> list[str]:
+    """Names the tests take from the solution: the entry point, and every name they read but neither
+    bind themselves nor get from the prompt's real definitions (MBPP tests call functions by name)."""
+    loaded: set[str] = set()
+    bound: set[str] = set()
+    for node in ast.walk(tests):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    names = loaded - bound - set(dir(builtins)) - _prompt_definitions(prompt)
+    return sorted(names | ({entry_point} if entry_point else set()))
+
+
+def _prompt_definitions(tree: ast.Module | None) -> set[str]:
+    """Top-level names the prompt really defines (helpers, imports); a stub (docstring/pass only) is the solution's to write."""
+    found: set[str] = set()
+    for stmt in tree.body if tree is not None else []:
+        if isinstance(stmt, ast.ClassDef) or (isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and not _is_stub(stmt)):
+            found.add(stmt.name)
+        elif isinstance(stmt, ast.Import | ast.ImportFrom):
+            found |= {(a.asname or a.name).split(".")[0] for a in stmt.names}
+        elif isinstance(stmt, ast.Assign | ast.AnnAssign):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            found |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return found
+
+
+def _is_stub(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A body of only a docstring, `pass` or `...`."""
+    return all(isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)) for s in fn.body)
+
+
+def run_python_pair(
+    settings: CodeSettings, candidate_args: dict[str, Any], driver_role: str, driver_args: dict[str, Any], preimport: tuple[str, ...] = ()
+) -> sbx.RunResult:
+    """The tests' driver and the solution's candidate: two sandboxed processes joined by two pipes."""
+    limits = settings.limits()
+    outer = limits.model_copy(update={"timeout_s": limits.timeout_s + 2.0})  # the driver's own deadline decides
+    return sbx.run(
+        pair=(driver_role, "harness_python:candidate"),
+        args={"driver": {**driver_args, "deadline_s": limits.timeout_s}, "candidate": candidate_args},
+        limits=outer,
+        mode=settings.sandbox,
+        modules=HARNESSES,
+        preimport=preimport,
+    )
+
+
+def _driver_record(run: sbx.RunResult) -> tuple[dict[str, Any] | None, str | None]:
+    lines = run.result.decode("utf-8", errors="replace").strip().splitlines()
+    if lines:
+        try:
+            record = json.loads(lines[-1])
+            if isinstance(record, dict):
+                return record, None
+        except json.JSONDecodeError:
+            pass
+    if run.timed_out:
+        return None, "the tests ran past their deadline"
+    return None, "the tests did not report: " + _why_no_record(run)
+
+
+@register_verifier("python_tests", PythonTestsSettings, check=lambda s: _need_sandbox(s))
 def python_tests(settings: PythonTestsSettings, sample: Mapping[str, Any]) -> VerifyResult:
     """Fraction of the task's tests that pass (HumanEval `test`+`entry_point`, MBPP `test_list`, or `tests`);
-    sandboxed, one process per sample, result reported by the harness after the tests (never the exit code)."""
+    the tests run in their own sandboxed process and call the solution's (another one) with plain data only."""
     if refused := _refuse(settings):
         return refused
     found = python_test_spec(sample)
     if not found["test_source"].strip():
         return VerifyResult(0.0, False, {}, "sample has no tests (fields: test + entry_point, test_list, or tests)")
     try:
-        test_code, sources = instrument_tests(found["test_source"], found["check_function"], found["entry_point"])
+        prepared = prepare_tests(found["test_source"], found["check_function"], found["entry_point"], str(sample.get("prompt") or ""))
     except (SyntaxError, ValueError) as exc:
         return VerifyResult(0.0, False, {}, f"the sample's test code is broken: {exc}")
-    spec = {
-        "program": python_program(settings, sample),
-        "test_code": test_code,
+    sources = prepared.sources
+    driver_args = {
+        "test_code": prepared.code,
         "tests": len(sources),
         "check_function": found["check_function"],
         "entry_point": found["entry_point"],
-        "plain_results": settings.plain_results,
-        "site_paths": _site_paths(),
+        "helpers": prepared.helpers,
+        "names": list(prepared.names),
     }
-    nonce = sandbox.new_nonce()
-    files: dict[str, str | bytes] = {"harness.py": _harness(), "spec.bin": marshal.dumps(spec), ".nonce": nonce}
-    run = sandbox.run([sys.executable, "-I", "-S", "harness.py", "{result_fd}"], files=files, limits=settings.limits(), nonce=nonce)
-    record, error = _record(run)
+    run = run_python_pair(settings, {"program": python_program(settings, sample)}, "harness_python:driver", driver_args)
+    record, error = _driver_record(run)
     for failure in (record or {}).get("failures", []):
         if isinstance(failure.get("test"), int) and 0 <= failure["test"] < len(sources):
             failure["source"] = sources[failure["test"]]
-    result = _tests_result(record, error, run)
+    result = _tests_result(record, error, _details(settings, run))
     if not settings.partial_credit and not result.passed:
         return VerifyResult(0.0, False, result.details, result.error)
     return result
@@ -232,28 +386,24 @@ def python_tests(settings: PythonTestsSettings, sample: Mapping[str, Any]) -> Ve
 
 
 class PytestSettings(CodeSettings):
-    module: str = Field("solution", description="Module name the completion is saved as (tests `import` it).")
+    module: str = Field("solution", description="Module name the completion is importable as (tests `import` it).")
     test_file: str | None = Field(None, description="A test file used for every sample (default: the sample's `test` field).")
 
 
-@register_verifier("pytest", PytestSettings, check=lambda s: _need_module("pytest") + _need_file(s.test_file))
+@register_verifier("pytest", PytestSettings, check=lambda s: _need_sandbox(s) + _need_module("pytest") + _need_file(s.test_file))
 def pytest_verifier(settings: PytestSettings, sample: Mapping[str, Any]) -> VerifyResult:
-    """Fraction of pytest tests that pass against the completion saved as `solution.py` (sandboxed)."""
+    """Fraction of pytest tests that pass against the completion, importable as `solution`; pytest runs in its own
+    sandboxed process and `solution` there is a proxy of the completion's module in another one."""
     if refused := _refuse(settings):
         return refused
     test = Path(settings.test_file).read_text() if settings.test_file else str(sample.get("test") or "")
     if not test.strip():
         return VerifyResult(0.0, False, {}, "no tests: give the sample a `test` field or set test_file")
-    nonce = sandbox.new_nonce()
-    files = {
-        "harness.py": HARNESS_PYTEST.read_text(),
-        f"{settings.module}.py": extract_code(str(sample.get("completion") or ""), ("python", "py")),
-        f"test_{settings.module}.py": test,
-        ".nonce": nonce,
-    }
-    run = sandbox.run([sys.executable, "-I", "harness.py", "{result_fd}"], files=files, limits=settings.limits(), nonce=nonce)
-    record, error = _record(run)
-    return _tests_result(record, error, run)
+    program = extract_code(str(sample.get("completion") or ""), ("python", "py"))
+    driver_args = {"test_source": test, "module": settings.module}
+    run = run_python_pair(settings, {"program": program, "module_name": settings.module}, "harness_pytest:driver", driver_args, ("pytest",))
+    record, error = _driver_record(run)
+    return _tests_result(record, error, _details(settings, run))
 
 
 # ---------------------------------------------------------------- execution and compiled languages
@@ -292,144 +442,69 @@ def _numbers(text: str) -> list[float]:
     return [float(x) for x in re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", text)]
 
 
-class Toolchain:
-    """How one language builds (inside the sandbox) and runs."""
-
-    def __init__(self, language: str, compiler: str | None):
-        self.language, self.compiler = language, compiler
-
-    def build(self, settings: Any, code: str, test_body: str | None, nonce: str, work: Path) -> tuple[list[str], sandbox.RunResult | None]:
-        """Compile when the language needs it; returns the run argv (with `{result_fd}` when tests are in-process)."""
-        if self.language == "python":
-            (work / "main.py").write_text(code)
-            return [sys.executable, "-I", "main.py"], None
-        files = _sources(self.language, code, test_body, nonce)
-        argv = _compile_argv(self.language, self._compiler_path(), settings.flags, list(files))
-        limits = sandbox.Limits(timeout_s=settings.compile_timeout_s, cpu_s=int(settings.compile_timeout_s), memory_mb=4096, processes=64)
-        binds = _rust_sysroot_binds() if self.language == "rust" else ()
-        compiled = sandbox.run(argv, files=files, limits=limits, workdir=work, ro_binds=binds)
-        if compiled.returncode != 0 or not (work / "prog").is_file():
-            return [], compiled
-        return [str(work / "prog"), "{result_fd}"] if test_body is not None else [str(work / "prog")], compiled
-
-    def _compiler_path(self) -> str:
-        if self.language == "rust":
-            return str(Path(_rust_sysroot()) / "bin" / "rustc")
-        found = shutil.which(self.compiler or "")
-        if not found:
-            raise FileNotFoundError(f"compiler '{self.compiler}' is not installed")
-        return found
+_FENCE_TAGS = {"python": ("python", "py"), "c": ("c",), "cpp": ("cpp", "c++", "cc"), "rust": ("rust", "rs")}
+_DEFAULT_FLAGS = {"c": ["-O1", "-std=c11"], "cpp": ["-O1", "-std=c++17"], "rust": ["-C", "opt-level=1"]}
 
 
-C_PRELUDE = """extern int halo_passed__, halo_total__;
-#define CHECK(cond) do { halo_total__++; if (cond) halo_passed__++; } while (0)
-"""
-C_MAIN = """#include <stdio.h>
-#include <stdlib.h>
-#include <fcntl.h>
-#include <unistd.h>
-int halo_passed__ = 0, halo_total__ = 0;
-void halo_tests__(void);
-int main(int argc, char **argv) {
-    char nonce[128] = {0};
-    int fd = open(".nonce", O_RDONLY);
-    if (fd < 0 || argc < 2) return 3;
-    ssize_t n = read(fd, nonce, sizeof nonce - 1);
-    close(fd);
-    unlink(".nonce");
-    if (n <= 0) return 3;
-    halo_tests__();
-    dprintf(atoi(argv[1]), "%s{\\"passed\\": %d, \\"total\\": %d}\\n", nonce, halo_passed__, halo_total__);
-    _exit(0);
-}
-"""
-RUST_PRELUDE = """#[allow(dead_code)]
-static HALO_PASSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-#[allow(dead_code)]
-static HALO_TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-#[allow(unused_macros)]
-macro_rules! check {
-    ($cond:expr) => {{
-        HALO_TOTAL.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if let Ok(true) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| $cond)) {
-            HALO_PASSED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }};
-}
-"""
-RUST_MAIN = """
-fn main() {
-    use std::io::Write;
-    use std::os::unix::io::FromRawFd;
-    let nonce = std::fs::read_to_string(".nonce").expect("nonce");
-    std::fs::remove_file(".nonce").expect("nonce");
-    let fd: i32 = std::env::args().nth(1).expect("fd").parse().expect("fd");
-    std::panic::set_hook(Box::new(|_| {}));
-    halo_tests();
-    let mut out = unsafe { std::fs::File::from_raw_fd(fd) };
-    let _ = writeln!(out, "{}{{\\"passed\\": {}, \\"total\\": {}}}", nonce,
-        HALO_PASSED.load(std::sync::atomic::Ordering::SeqCst), HALO_TOTAL.load(std::sync::atomic::Ordering::SeqCst));
-    std::process::exit(0);
-}
-"""
+def _compile_limits(settings: Any) -> sbx.Limits:
+    seconds = float(settings.compile_timeout_s)
+    return sbx.Limits(timeout_s=seconds, cpu_s=int(seconds), memory_mb=4096, processes=64, file_size_mb=256, tmp_mb=1024)
 
 
-def _sources(language: str, code: str, test_body: str | None, nonce: str) -> dict[str, str]:
+class Built:
+    """A compiled program, or why there is none."""
+
+    def __init__(self, binary: bytes | None, run: sbx.RunResult | None = None, refused: str | None = None):
+        self.binary, self.run, self.refused = binary, run, refused
+
+    def failure(self, details: dict[str, Any]) -> VerifyResult:
+        if self.refused:
+            return VerifyResult(0.0, False, details, f"the build was refused: {self.refused}")
+        run = self.run
+        details["compiler_errors"] = (run.stderr if run else "").strip().splitlines()[:20]
+        why = run.killed_reason if run else None
+        return VerifyResult(0.0, False, details, f"compilation failed{': ' + why if why else ''}")
+
+
+def _build(settings: Any, language: str, compiler: str, code: str, test_body: str | None, entry_point: str | None, tag: str) -> Built:
+    """Compile inside the sandbox; the binary comes back as bytes (each later run gets a fresh copy)."""
+    limits, mode, flags = _compile_limits(settings), settings.sandbox, list(settings.flags)
     if language == "rust":
-        if test_body is None:
-            return {"main.rs": code}
-        code = re.sub(r"\bfn\s+main\s*\(", "fn halo_candidate_main(", code)
-        body = RUST_PRELUDE + "#[allow(dead_code)]\n" + code + "\nfn halo_tests() {\n" + test_body + "\n}\n" + RUST_MAIN
-        return {"main.rs": body, ".nonce": nonce}
-    ext = "c" if language == "c" else "cc"
+        if test_body is not None and (refused := native.rust_check_refusal(code)):
+            return Built(None, refused=refused)
+        source = native.rust_test_source(code, test_body, tag) if test_body is not None else code
+        argv = [native.rust_compiler(), "--edition", "2021", *flags, "-o", "prog", "main.rs"]
+        run = sbx.run(argv, files={"main.rs": source}, limits=limits, mode=mode, ro_binds=(native.rust_sysroot(),), collect=["prog"])
+        return Built(run.files.get("prog") if run.returncode == 0 else None, run)
     if test_body is None:
-        return {f"main.{ext}": code}
-    solution = C_PRELUDE + code + "\nvoid halo_tests__(void) {\n" + test_body + "\n}\n"
-    if language == "cpp":
-        solution = solution.replace("void halo_tests__(void)", 'extern "C" void halo_tests__(void)')
-        solution = 'extern "C" int halo_passed__, halo_total__;\n' + solution.replace(C_PRELUDE.splitlines()[0] + "\n", "", 1)
-        main = C_MAIN.replace("void halo_tests__(void);", 'extern "C" void halo_tests__(void);').replace(
-            "int halo_passed__ = 0, halo_total__ = 0;", 'extern "C" { int halo_passed__ = 0, halo_total__ = 0; }'
+        ext = "c" if language == "c" else "cc"
+        run = sbx.run(
+            [compiler, *flags, f"main.{ext}", "-o", "prog", "-lm"], files={f"main.{ext}": code}, limits=limits, mode=mode, collect=["prog"]
         )
-    else:
-        main = C_MAIN
-    return {f"solution.{ext}": solution, f"harness.{ext}": main, ".nonce": nonce}
+        return Built(run.files.get("prog") if run.returncode == 0 else None, run)
+    pre = sbx.run(
+        native.c_preprocess_argv(language, compiler, flags),
+        files=native.c_sources(language, code),
+        limits=limits,
+        mode=mode,
+        collect=[native.PREPROCESSED],
+    )
+    if pre.returncode != 0 or native.PREPROCESSED not in pre.files:
+        return Built(None, pre)
+    files = native.c_test_sources(language, pre.files[native.PREPROCESSED].decode("utf-8", errors="replace"), test_body, tag)
+    run = sbx.run(native.c_build_argv(language, compiler, flags), files=files, limits=limits, mode=mode, collect=["prog", "prog.info"])
+    if run.returncode != 0 or "prog" not in run.files:
+        return Built(None, run)
+    if refused := native.c_inspect(run.files.get("prog.info", b"").decode("utf-8", errors="replace"), compiler, entry_point):
+        return Built(None, run, refused)
+    return Built(run.files["prog"], run)
 
 
-def _compile_argv(language: str, compiler: str, flags: list[str], files: list[str]) -> list[str]:
-    sources = [f for f in files if not f.startswith(".")]
-    if language == "rust":
-        return [compiler, "--edition", "2021", *flags, "-o", "prog", sources[0]]
-    if "solution.c" in sources or "solution.cc" in sources:
-        solution, harness = sorted(sources, key=lambda f: not f.startswith("solution"))
-        # the completion may bring its own main(): rename it in the solution's translation unit only
-        return [
-            "/bin/sh",
-            "-c",
-            f'"$0" "$@" -Dmain=halo_candidate_main__ -c {solution} -o solution.o && "$0" "$@" {harness} solution.o -o prog -lm',
-            compiler,
-            *flags,
-        ]
-    return [compiler, *flags, *sources, "-o", "prog", "-lm"]
-
-
-@functools.cache
-def _rust_sysroot() -> str:
-    rustc = shutil.which("rustc")
-    if rustc is None:
-        raise FileNotFoundError("rustc is not installed")
-    return subprocess.run([rustc, "--print", "sysroot"], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-
-
-def _rust_sysroot_binds() -> tuple[str, ...]:
-    return (_rust_sysroot(),)
-
-
-def _run_cases(settings: Any, argv: list[str], cases: list[tuple[str, str]], work: Path) -> tuple[int, list[dict[str, Any]]]:
+def _run_cases(settings: Any, cases: list[tuple[str, str]], **how: Any) -> tuple[int, list[dict[str, Any]]]:
+    """Each case in a fresh sandboxed run, its input on a sealed memfd; stdout judged here, by the parent."""
     passed, failures = 0, list[dict[str, Any]]()
     for i, (stdin, expected) in enumerate(cases):
-        (work / "stdin.txt").write_text(stdin)
-        run = sandbox.run(argv, limits=settings.limits(), stdin_file="stdin.txt", workdir=work)
+        run = sbx.run(stdin=stdin, limits=settings.limits(), mode=settings.sandbox, **how)
         why = run.killed_reason
         if why is None and output_matches(settings, run.stdout, expected):
             passed += 1
@@ -438,40 +513,37 @@ def _run_cases(settings: Any, argv: list[str], cases: list[tuple[str, str]], wor
     return passed, failures
 
 
-def _verify_program(settings: Any, toolchain: Toolchain, sample: Mapping[str, Any], credit: float) -> VerifyResult:
-    code = extract_code(str(sample.get("completion") or ""), _FENCE_TAGS[toolchain.language])
-    test_body = sample.get("test") if toolchain.language != "python" else None
+def _verify_program(settings: Any, language: str, compiler: str, sample: Mapping[str, Any], credit: float) -> VerifyResult:
+    code = extract_code(str(sample.get("completion") or ""), _FENCE_TAGS[language])
+    test_body = str(sample["test"]) if language != "python" and sample.get("test") else None
     cases = io_cases(sample)
-    work = sandbox.make_workdir()
-    try:
-        nonce = sandbox.new_nonce()
-        try:
-            argv, compiled = toolchain.build(settings, code, str(test_body) if test_body else None, nonce, work)
-        except FileNotFoundError as exc:
-            return VerifyResult(0.0, False, {}, str(exc))
-        details: dict[str, Any] = {"isolation": sandbox.isolation().name}
-        if not argv:
-            errors = (compiled.stderr if compiled else "").strip().splitlines()
-            details["compiler_errors"] = errors[:20]
-            why = compiled.killed_reason if compiled else None
-            return VerifyResult(0.0, False, details, f"compilation failed{': ' + why if why else ''}")
-        if test_body:
-            run = sandbox.run(argv, limits=settings.limits(), nonce=nonce, workdir=work)
-            record, error = _record(run)
-            return _tests_result(record, error, run, credit)
+    details = _details(settings)
+    if language == "python":
         if not cases:
-            if toolchain.language == "python":
-                return VerifyResult(0.0, False, details, "no test cases (tests: [{input, output}] or expected_output)")
-            return VerifyResult(1.0, True, {**details, "compiled": True})
-        passed, failures = _run_cases(settings, argv, cases, work)
+            return VerifyResult(0.0, False, details, "no test cases (tests: [{input, output}] or expected_output)")
+        passed, failures = _run_cases(settings, cases, role="harness_python:script", args={"program": code}, modules=HARNESSES)
         details.update(passed=passed, total=len(cases), failures=failures)
-        return VerifyResult(credit + (1.0 - credit) * passed / len(cases), passed == len(cases), details)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-_FENCE_TAGS = {"python": ("python", "py"), "c": ("c",), "cpp": ("cpp", "c++", "cc"), "rust": ("rust", "rs")}
-_DEFAULT_FLAGS = {"c": ["-O1", "-std=c11"], "cpp": ["-O1", "-std=c++17"], "rust": ["-C", "opt-level=1"]}
+        return VerifyResult(passed / len(cases), passed == len(cases), details)
+    tag = native.random_tag()
+    try:
+        built = _build(settings, language, compiler, code, test_body, sample.get("entry_point"), tag)
+    except (FileNotFoundError, subprocess.SubprocessError) as exc:
+        return VerifyResult(0.0, False, details, str(exc))
+    if built.binary is None:
+        return built.failure(details)
+    program: dict[str, Any] = {"argv": ["./prog"], "files": {"prog": built.binary}, "executable": ["prog"]}
+    if test_body:
+        nonce = sbx.new_nonce()
+        run = sbx.run(
+            **program, secrets_on_fds={4: nonce}, result=True, nonce=nonce, proc=False, limits=settings.limits(), mode=settings.sandbox
+        )
+        record, error = _native_record(run)
+        return _tests_result(record, error, {**details, "wall_s": round(run.wall_s, 3)}, credit)
+    if not cases:
+        return VerifyResult(1.0, True, {**details, "compiled": True})
+    passed, failures = _run_cases(settings, cases, **program)
+    details.update(passed=passed, total=len(cases), failures=failures)
+    return VerifyResult(credit + (1.0 - credit) * passed / len(cases), passed == len(cases), details)
 
 
 class ExecutionSettings(CompareSettings):
@@ -480,15 +552,15 @@ class ExecutionSettings(CompareSettings):
     compile_timeout_s: float = Field(60.0, gt=0, description="Wall-clock limit for compiling.")
 
 
-@register_verifier("execution", ExecutionSettings, check=lambda s: _need_toolchain(s.language, None))
+@register_verifier("execution", ExecutionSettings, check=lambda s: _need_sandbox(s) + _need_toolchain(s.language, None, s.sandbox))
 def execution(settings: ExecutionSettings, sample: Mapping[str, Any]) -> VerifyResult:
     """Run the completion as a program on each test input; reward = fraction of cases whose stdout matches
     (`tests: [{input, output}]`, or `input` + `expected_output`; compare exact/contains/regex/numeric)."""
     if refused := _refuse(settings):
         return refused
-    compiler = {"c": "gcc", "cpp": "g++"}.get(settings.language)
+    compiler = {"c": "gcc", "cpp": "g++"}.get(settings.language, "")
     flags = settings.flags if settings.flags is not None else _DEFAULT_FLAGS.get(settings.language, [])
-    return _verify_program(settings.model_copy(update={"flags": flags}), Toolchain(settings.language, compiler), sample, 0.0)
+    return _verify_program(settings.model_copy(update={"flags": flags}), settings.language, compiler, sample, 0.0)
 
 
 class CompiledSettings(CompareSettings):
@@ -503,8 +575,10 @@ def _compiled(driver: dict[str, str]):  # type: ignore[no-untyped-def]
         if refused := _refuse(settings):
             return refused
         flags = settings.flags if settings.flags is not None else _DEFAULT_FLAGS[settings.language]
-        toolchain = Toolchain(settings.language, driver[settings.language])
-        return _verify_program(settings.model_copy(update={"flags": flags}), toolchain, sample, settings.compile_credit)
+        compiler = shutil.which(driver[settings.language])
+        if compiler is None:
+            return VerifyResult(0.0, False, {}, f"compiler '{driver[settings.language]}' is not installed")
+        return _verify_program(settings.model_copy(update={"flags": flags}), settings.language, compiler, sample, settings.compile_credit)
 
     return verify
 
@@ -515,9 +589,11 @@ _COMPILED_DOC = (
     "(1 - compile_credit) x fraction passed; 1.0 for a clean compile when the sample has no tests."
 )
 
-gcc = register_verifier("gcc", CompiledSettings, check=lambda s: _need_toolchain(s.language, "gcc"))(_compiled({"c": "gcc", "cpp": "g++"}))
+gcc = register_verifier("gcc", CompiledSettings, check=lambda s: _need_sandbox(s) + _need_toolchain(s.language, "gcc", s.sandbox))(
+    _compiled({"c": "gcc", "cpp": "g++"})
+)
 gcc.__doc__ = _COMPILED_DOC.format(lang=" with gcc/g++")
-clang = register_verifier("clang", CompiledSettings, check=lambda s: _need_toolchain(s.language, "clang"))(
+clang = register_verifier("clang", CompiledSettings, check=lambda s: _need_sandbox(s) + _need_toolchain(s.language, "clang", s.sandbox))(
     _compiled({"c": "clang", "cpp": "clang++"})
 )
 clang.__doc__ = _COMPILED_DOC.format(lang=" with clang/clang++")
@@ -529,31 +605,41 @@ class RustSettings(CompareSettings):
     compile_timeout_s: float = Field(120.0, gt=0, description="Wall-clock limit for compiling.")
 
 
-@register_verifier("rust", RustSettings, check=lambda s: _need_toolchain("rust", None))
+@register_verifier("rust", RustSettings, check=lambda s: _need_sandbox(s) + _need_toolchain("rust", None, s.sandbox))
 def rust(settings: RustSettings, sample: Mapping[str, Any]) -> VerifyResult:
     """Compile the completion with rustc, then run its tests: `test` holds statements using check!(cond)
     (a panic fails that check only), or `tests: [{input, output}]` compare stdout.
     Reward = compile_credit + (1 - compile_credit) x fraction passed."""
     if refused := _refuse(settings):
         return refused
-    return _verify_program(settings, Toolchain("rust", None), sample, settings.compile_credit)
+    return _verify_program(settings, "rust", "rustc", sample, settings.compile_credit)
 
 
-def _need_toolchain(language: str, family: str | None) -> list[str]:
+def _need_toolchain(language: str, family: str | None, mode: str | None = None) -> list[str]:
     if language == "python":
         return []
     if language == "rust":
         try:
-            _rust_sysroot()
+            path = native.rust_sysroot()
         except (FileNotFoundError, subprocess.SubprocessError) as exc:
             return [f"{exc}: install Rust (rustup, or the distribution's rustc package)"]
-        return []
+        return _reachable("rustc", path, mode)
     compiler = {("c", "gcc"): "gcc", ("cpp", "gcc"): "g++", ("c", "clang"): "clang", ("cpp", "clang"): "clang++"}
     name = compiler.get((language, family or "gcc"), "gcc")
-    if shutil.which(name) is None:
+    found = shutil.which(name)
+    if found is None:
         package = "clang" if "clang" in name else ("g++" if name == "g++" else "gcc")
         return [f"compiler '{name}' is not installed (Debian/Ubuntu: apt-get install {package})"]
-    return []
+    return _reachable(name, found, mode)
+
+
+def _reachable(tool: str, path: str, mode: str | None) -> list[str]:
+    """rlimits as root: the sample's fresh uid runs the compiler, so it must be able to reach it (bubblewrap binds it)."""
+    if sbx.effective_mode(mode) != "rlimits" or os.geteuid() != 0 or sbx.world_reachable(path):
+        return []
+    return [
+        f"{tool} at {path} is not reachable by the samples' unprivileged uid (sandbox: rlimits as root): install it system-wide, or use bubblewrap"
+    ]
 
 
 def _need_module(name: str) -> list[str]:

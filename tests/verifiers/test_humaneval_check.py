@@ -7,6 +7,7 @@ import json
 from importlib.resources import files
 
 import pytest
+import sandbox_env  # noqa: F401  (bubblewrap, or the explicit rlimits opt-in where it is missing)
 
 from halo_pipeline.verifiers import build_verifier
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sandbox_env import BWRAP, REQUIRE_BWRAP, bubblewrap_only
 
 from halo_pipeline import sandbox
 from halo_pipeline.verifiers import build_verifier
@@ -16,7 +17,6 @@ from halo_pipeline.verifiers import build_verifier
 TIMEOUT = 3.0
 ADD_TEST = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n"
 PROMPT = "def add(a, b):\n"
-BWRAP = sandbox.isolation().name == "bubblewrap"
 
 
 def verify(body: str, **settings):  # type: ignore[no-untyped-def]
@@ -29,6 +29,21 @@ def verify(body: str, **settings):  # type: ignore[no-untyped-def]
 
 def own_processes() -> set[int]:
     return {int(p) for p in os.listdir("/proc") if p.isdigit()}
+
+
+def from_a_sample(pid: int) -> bool:
+    """Started by this test process (however deep), or running as a sample's fresh uid: not another user's process."""
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+        if uid >= 1 << 20 or (uid == os.getuid() != 0 and int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == 1):
+            return True  # a fresh sample uid (root pipelines), or one of our own that escaped to init (unprivileged ones)
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
 
 
 @pytest.fixture
@@ -46,10 +61,10 @@ def no_leftovers(tmp_path):  # type: ignore[no-untyped-def]
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "harness" in cmdline or "sleep" in cmdline or "prog" in cmdline:
+        if ("harness" in cmdline or "sleep" in cmdline or "prog" in cmdline) and from_a_sample(pid):
             leftovers.append((pid, cmdline))
     assert not leftovers, f"processes outlived the sample: {leftovers}"
-    assert set(tmp.glob("halo-sbx-*")) == before_dirs, "a sandbox work dir was left behind"
+    assert set(tmp.glob("halo-sbx-*")) <= before_dirs, "a sandbox work dir was left behind"
 
 
 def test_a_correct_solution_passes(no_leftovers):  # type: ignore[no-untyped-def]
@@ -106,7 +121,7 @@ def test_attack_is_contained_and_scores_zero(attack, no_leftovers):  # type: ign
     assert elapsed < TIMEOUT + 5, f"took {elapsed:.1f}s for a {TIMEOUT}s budget"
 
 
-@pytest.mark.skipif(not BWRAP, reason="file-system and network isolation need bubblewrap")
+@bubblewrap_only("file-system and network isolation")
 def test_reading_outside_the_work_dir_fails(tmp_path, no_leftovers):  # type: ignore[no-untyped-def]
     secret = tmp_path / "secret.txt"
     secret.write_text("s3cret")
@@ -116,7 +131,7 @@ def test_reading_outside_the_work_dir_fails(tmp_path, no_leftovers):  # type: ig
         assert result.reward == 0.0, f"could read {target}"
 
 
-@pytest.mark.skipif(not BWRAP, reason="file-system isolation needs bubblewrap")
+@bubblewrap_only("file-system isolation")
 def test_writing_outside_the_work_dir_fails(tmp_path, no_leftovers):  # type: ignore[no-untyped-def]
     target = tmp_path / "written.txt"
     body = f"    try:\n        open({str(target)!r}, 'w').write('x')\n        return a + b\n    except OSError:\n        return -1\n"
@@ -127,7 +142,7 @@ def test_writing_outside_the_work_dir_fails(tmp_path, no_leftovers):  # type: ig
         assert verify(body)[0].reward == 0.0 and not os.path.exists(path)
 
 
-@pytest.mark.skipif(not BWRAP, reason="network isolation needs bubblewrap")
+@bubblewrap_only("network isolation")
 def test_no_network(no_leftovers):  # type: ignore[no-untyped-def]
     import socket
 
@@ -162,9 +177,9 @@ def test_partial_credit_is_the_fraction_of_tests_passed(no_leftovers):  # type: 
     assert result.details["failures"][0]["source"] == "assert candidate(2, 2) == 4"
 
 
-@pytest.mark.skipif(not os.environ.get("HALO_PIPELINE_REQUIRE_BWRAP"), reason="only where bubblewrap is required (CI)")
+@pytest.mark.skipif(not REQUIRE_BWRAP, reason="only where bubblewrap is required (CI)")
 def test_bubblewrap_isolation_is_in_use() -> None:
-    assert BWRAP, sandbox.isolation().reason
+    assert BWRAP, sandbox.isolation("bubblewrap").reason
 
 
 def test_the_manifest_facts_name_the_isolation():  # type: ignore[no-untyped-def]
@@ -173,6 +188,7 @@ def test_the_manifest_facts_name_the_isolation():  # type: ignore[no-untyped-def
     assert (facts["warning"] is None) == (facts["isolation"] == "bubblewrap")
 
 
+@bubblewrap_only("read-only binds")
 def test_read_only_binds_under_tmp_are_visible(tmp_path: Path) -> None:
     """A Python or venv that lives under /tmp (a CI checkout) must stay reachable over the private /tmp."""
     tool = tmp_path / "tool"
@@ -182,6 +198,6 @@ def test_read_only_binds_under_tmp_are_visible(tmp_path: Path) -> None:
     code = f"import os; os.write(int(__import__('sys').argv[1]), ({nonce!r} + open({str(tool / 'data.txt')!r}).read() + '\\n').encode())"
     run = sandbox.run([sys.executable, "-I", "-S", "-c", code, "{result_fd}"], ro_binds=[str(tool)], nonce=nonce)
     assert run.records == ["visible"], run.stderr
-    if BWRAP:
+    if BWRAP or REQUIRE_BWRAP:
         write = sandbox.run([sys.executable, "-I", "-S", "-c", f"open({str(tool / 'x')!r}, 'w')"], ro_binds=[str(tool)])
         assert write.returncode != 0 and not (tool / "x").exists()  # read-only

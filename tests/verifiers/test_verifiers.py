@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sandbox_env import needs
 
 from conftest import cli, write
 from halo_pipeline.verifiers import build_verifier, check_spec, code_execution, registry
@@ -51,6 +52,7 @@ def test_code_verifiers_refuse_unless_allowed() -> None:
     assert not code_execution("python_syntax")
 
 
+@needs("gcc", "g++", "clang")
 def test_c_cpp_and_rust_compile_then_test() -> None:
     c = "int add(int a, int b) { return a + b; }\nint main(void) { return 7; }\n"
     r = code("gcc", {"completion": c, "test": "CHECK(add(1, 2) == 3); CHECK(add(2, 2) == 5);"})
@@ -72,8 +74,8 @@ def test_c_cpp_and_rust_compile_then_test() -> None:
 def test_rust_checks_survive_panics() -> None:
     from halo_pipeline.verifiers.code import _need_toolchain
 
-    if _need_toolchain("rust", None):
-        pytest.skip("rustc is not installed")
+    if problems := _need_toolchain("rust", None):
+        pytest.skip("; ".join(problems))
     rs = "fn add(a: i32, b: i32) -> i32 { a + b }\nfn main() {}\n"
     test = "check!(add(1, 2) == 3); check!(add(2, 2) == 4); check!({ let v: Vec<i32> = vec![]; v[3] == 1 });"
     r = code("rust", {"completion": rs, "test": test})
