@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from halo_pipeline.step import Artifact, Params, RunContext, step
+from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
 
 class WorkParams(Params):

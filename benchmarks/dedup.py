@@ -69,8 +69,8 @@ def make_corpus(path: Path, rows: int, seed: int = 0) -> dict[str, str]:
 
 
 def ours(path: Path, out: Path, workers: int) -> dict:
-    from halo_pipeline import registry
-    from halo_pipeline.step import Artifact, RunContext
+    from halo_pipeline.engine import registry
+    from halo_pipeline.engine.step import Artifact, RunContext
 
     kind = registry.get("dedup")
     ctx = RunContext("dedup", "dedup", out, out, 0, logging.getLogger("bench"))

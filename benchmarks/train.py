@@ -48,9 +48,9 @@ def reward_contains_return(completions: list, **_: object) -> list[float]:
 
 
 def child_ours(algo: str, steps: int, out: Path) -> dict:
-    from halo_pipeline.registry import get
-    from halo_pipeline.rows import write_rows
-    from halo_pipeline.step import Artifact, RunContext
+    from halo_pipeline.data.rows import write_rows
+    from halo_pipeline.engine.registry import get
+    from halo_pipeline.engine.step import Artifact, RunContext
     from halo_pipeline.training import trl_runner  # noqa: F401  (imports, untimed)
 
     kind = "preference_dataset" if algo in ("dpo", "rm") else "sft_dataset"
@@ -78,7 +78,7 @@ def child_direct(algo: str, steps: int, out: Path) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from halo_pipeline.models import resolve
+    from halo_pipeline.runtimes.catalog import resolve
 
     h = HYPER[algo]
     common = dict(
@@ -173,7 +173,7 @@ def main() -> int:
         child(args.child[0], args.child[1], int(args.child[2]))
         return 0
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    from halo_pipeline.models import resolve
+    from halo_pipeline.runtimes.catalog import resolve
 
     resolve(MODEL)  # convert the GGUF once, outside any timing
     report = {}

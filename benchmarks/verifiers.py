@@ -58,7 +58,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from halo_pipeline import sandbox
+    from halo_pipeline.verifiers import sandbox
 
     probs = problems()
     workers = os.cpu_count() or 1

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from halo_pipeline.step import Artifact, Params, RunContext, step
+from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
 
 class ConvertParams(Params):

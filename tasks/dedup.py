@@ -22,9 +22,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from halo_pipeline.minhash import SCHEME, Normalizer, Signer
-from halo_pipeline.rows import OnBadRows, default_text_fields, read_numbered_rows, row_text
-from halo_pipeline.step import Artifact, Params, RunContext, step
+from halo_pipeline.data.minhash import SCHEME, Normalizer, Signer
+from halo_pipeline.data.rows import OnBadRows, default_text_fields, read_numbered_rows, row_text
+from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
 
 class NormalizeParams(Params):

@@ -1,8 +1,10 @@
 """eval: lm-evaluation-harness on the model a pipeline produced — HF, GGUF or a running endpoint.
 
-The `model` input (a model directory, a GGUF export, or an adapter applied to its base) is
-evaluated with `lm_eval.simple_evaluate`: `engine: auto` picks `hf` for HF directories and adapters
-and `gguf` (llama.cpp in-process, log-likelihoods correct) for GGUF exports; `engine: api` evaluates
+The `model` input (an HF directory, a GGUF export, an MLX directory, or an adapter applied to its
+base) is evaluated with `lm_eval.simple_evaluate`: `engine: auto` picks lm-eval's own `hf` for HF
+directories and PEFT adapters (on the backend's device and dtype), and the model's own runtime in
+process for GGUF (llama.cpp) and MLX (mlx-lm), scored as `hf` scores (log-likelihoods line up, a test
+checks it); `engine: api` evaluates
 an OpenAI-compatible endpoint (`base_url`) with lm-eval's `local-chat-completions` (generation tasks).
 Tasks are lm-eval's own (their datasets must be reachable) or local YAML + JSONL tasks: the shipped
 `halo_arith` (multiple choice), `halo_capitals` (generation, exact match) and `halo_prose_ppl`
@@ -19,16 +21,20 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from halo_pipeline.step import Artifact, Params, RunContext, step
+from halo_pipeline.engine.groups import Backend, ModelRef
+from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
 
 class EvalParams(Params):
     tasks: list[str] = Field(default_factory=lambda: ["halo_arith"], min_length=1, description="lm-eval task names (local or lm-eval's).")
     include_path: list[str] = Field(default_factory=list, description="Directories of your own task YAMLs (data_files relative to them).")
-    engine: Literal["auto", "hf", "gguf", "api"] = Field("auto", description="auto: gguf for GGUF exports, hf otherwise; api: base_url.")
-    model: str | dict[str, Any] | None = Field(
+    engine: Literal["auto", "hf", "gguf", "mlx", "api"] = Field(
+        "auto", description="auto: by the model's format (gguf, mlx; hf for HF directories and PEFT adapters); api: base_url."
+    )
+    model: ModelRef | None = Field(
         None, description="The base for an adapter input (usually `${model}`), or the model when there is no input."
     )
+    backend: Backend = Field(default_factory=Backend, description="Device and precision (usually `${backend}`).")
     base_url: str | None = Field(
         None, description="engine api: the endpoint's chat completions URL (http://127.0.0.1:8001/v1/chat/completions)."
     )
@@ -47,19 +53,21 @@ class EvalParams(Params):
         return self
 
 
-def check(params: EvalParams) -> list[str]:
-    from halo_pipeline.models import check_reference
+def check(params: EvalParams) -> list[Any]:
+    from halo_pipeline.runtimes.catalog import check_reference
 
-    problems = check_reference(params.model)
+    problems: list[Any] = [("model", p) for p in check_reference(params.model)]
+    if why := params.backend.unavailable():
+        problems.append(("backend", why))
     for path in params.include_path:
         if not Path(path).is_dir():
-            problems.append(f"include_path '{path}' is not a directory of task YAMLs")
+            problems.append(("include_path", f"include_path '{path}' is not a directory of task YAMLs"))
     return problems
 
 
 def fingerprint(params: EvalParams) -> dict[str, Any]:
-    from halo_pipeline.execute import external_digest
-    from halo_pipeline.models import fingerprint as model_fingerprint
+    from halo_pipeline.engine.execute import external_digest
+    from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
 
     found: dict[str, Any] = {"include": {p: external_digest(Path(p)) for p in params.include_path if Path(p).is_dir()}}
     if params.model is not None:
@@ -76,29 +84,30 @@ def _is_deterministic(params: EvalParams) -> bool:
     optional_inputs=("model",),
     outputs={"report": "report"},
     version="1",
-    libraries=("lm-eval", "torch", "transformers", "peft", "llama-cpp-python"),
+    libraries=("lm-eval", "torch", "transformers", "peft", "llama-cpp-python", "mlx-lm"),
     deterministic=_is_deterministic,
     check=check,
     fingerprint=fingerprint,
 )
 def run(params: EvalParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     from halo_pipeline.evaluation import harness
-    from halo_pipeline.export.formats import export_info
-    from halo_pipeline.models import resolve
+    from halo_pipeline.runtimes.catalog import resolve
+    from halo_pipeline.runtimes.formats import is_adapter, model_format
 
     artifact = inputs.get("model")
     model_path, adapter = (artifact.path if artifact else None), None
-    if artifact is not None and (artifact.path / "adapter_config.json").is_file():
+    if model_path is not None and is_adapter(model_path):
         if params.model is None:
             raise ValueError("an adapter input needs its base: set `model: ${model}`")
-        model_path, adapter = resolve(params.model), artifact.path
+        model_path, adapter = resolve(params.model), artifact.path  # type: ignore[union-attr]
     elif model_path is None and params.engine != "api":
         if params.model is None:
             raise ValueError("nothing to evaluate: connect a `model` input or set `model:`")
         model_path = resolve(params.model)
     engine = params.engine
-    if engine == "auto":
-        engine = "gguf" if export_info(model_path)["format"] == "gguf" else "hf"  # type: ignore[arg-type]
+    if engine == "auto":  # the model's own runtime; a PEFT adapter on an HF base goes through lm-eval's hf
+        mlx_adapter = adapter is not None and (adapter / "adapters.safetensors").is_file()
+        engine = "mlx" if mlx_adapter else {"gguf": "gguf", "mlx": "mlx"}.get(model_format(model_path), "hf")  # type: ignore[arg-type]
     raw = harness.evaluate(
         engine,
         params.tasks,
@@ -113,6 +122,8 @@ def run(params: EvalParams, inputs: dict[str, Artifact], ctx: RunContext) -> dic
         api_model=params.api_model,
         apply_chat_template=params.apply_chat_template,
         seed=ctx.seed,
+        backend=params.backend,
+        base=params.model,
     )
     normalized = harness.normalize(raw)
     report_dir = ctx.path("report")

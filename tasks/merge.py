@@ -14,13 +14,16 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from halo_pipeline.step import Artifact, Params, RunContext, TypeByParam, step
+from halo_pipeline.engine.groups import ModelRef
+from halo_pipeline.engine.step import Artifact, Params, RunContext, TypeByParam, step
 
 EXTRA_INPUTS = tuple(f"adapter_{i}" for i in range(2, 9))
 
 
 class MergeParams(Params):
-    model: str | dict[str, Any] = Field("tiny", description="The adapters' base model; usually `${model}`.")
+    model: ModelRef = Field(
+        default_factory=lambda: ModelRef.model_validate("tiny"), description="The adapters' base model; usually `${model}`."
+    )
     mode: Literal["bake", "combine"] = Field("bake", description="bake: one adapter into the base; combine: N adapters into one.")
     method: Literal["linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"] = Field(
         "dare_ties", description="combine: peft's combination_type."
@@ -51,14 +54,14 @@ class MergeParams(Params):
         return "adapter" if self.mode == "combine" and not self.bake_after_merge else "model"
 
 
-def check(params: MergeParams) -> list[str]:
-    from halo_pipeline.models import check_reference
+def check(params: MergeParams) -> list[Any]:
+    from halo_pipeline.runtimes.catalog import check_reference
 
-    return check_reference(params.model)
+    return [("model", p) for p in check_reference(params.model)]
 
 
 def fingerprint(params: MergeParams) -> dict[str, Any]:
-    from halo_pipeline.models import fingerprint as model_fingerprint
+    from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
 
     return {"base": model_fingerprint(params.model)}
 
@@ -74,7 +77,7 @@ def fingerprint(params: MergeParams) -> dict[str, Any]:
 )
 def run(params: MergeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     from halo_pipeline.export.merging import bake, combine
-    from halo_pipeline.models import resolve
+    from halo_pipeline.runtimes.catalog import resolve
 
     base = resolve(params.model)
     adapters = [inputs[name].path for name in ("adapter", *EXTRA_INPUTS) if name in inputs]

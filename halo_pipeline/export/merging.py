@@ -32,7 +32,7 @@ def _load_base(base: Path, dtype: str) -> tuple[Any, Any, str]:
 
 def _lineage(base: Path, adapters: list[Path]) -> dict[str, Any]:
     """What was merged, by name and content digest (not by path: the same inputs must give the same bytes)."""
-    from halo_pipeline.cache import digest
+    from halo_pipeline.engine.cache import digest
 
     return {"base": base.name, "adapters": [digest(a) for a in adapters]}
 
@@ -119,7 +119,7 @@ def combine(
             for f in nested.iterdir():
                 shutil.move(str(f), out / f.name)
             nested.rmdir()
-        from halo_pipeline.models import stable_adapter_config
+        from halo_pipeline.runtimes.catalog import stable_adapter_config
 
         stable_adapter_config(out)
         (out / PROVENANCE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from halo_pipeline.export.runtimes import log_softmax, render_gguf_chat
+from halo_pipeline.runtimes import log_softmax
+from halo_pipeline.runtimes.gguf import render_chat as render_gguf_chat
 
 END = object()  # marks the end of a generation's token stream
 MIN_SHARED_PREFIX = 16  # tokens; shorter shared prefixes are not worth copying a cache for
@@ -130,14 +131,15 @@ class TorchEngine(Engine):
     name = "torch"
     can_embed = True
 
-    def __init__(self, path: Path, max_batch: int = 8, prefix_cache: int = 8) -> None:
+    def __init__(self, path: Path, max_batch: int = 8, prefix_cache: int = 8, device: str = "cpu", dtype: str = "float32") -> None:
         super().__init__(path)
         import torch
-        from transformers import AutoModelForCausalLM
+
+        from halo_pipeline.runtimes.hf import load_causal_lm
 
         self.torch = torch
-        self.tokenizer = _load_tokenizer(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.device = device  # the backend's device and dtype (the CPU in fp32 by default)
+        self.model, self.tokenizer = load_causal_lm(path, device, dtype)
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         eos = self.model.generation_config.eos_token_id
@@ -211,9 +213,9 @@ class TorchEngine(Engine):
             if not batch:
                 continue
             with self.lock, torch.no_grad():
-                ids = torch.tensor([[e["last"]] for e in batch])
-                positions = torch.tensor([[e["length"] + e["count"] - 1] for e in batch])
-                mask = torch.cat([mask, torch.ones(len(batch), 1, dtype=mask.dtype)], dim=1)
+                ids = torch.tensor([[e["last"]] for e in batch], device=self.device)
+                positions = torch.tensor([[e["length"] + e["count"] - 1] for e in batch], device=self.device)
+                mask = torch.cat([mask, torch.ones(len(batch), 1, dtype=mask.dtype, device=self.device)], dim=1)
                 from transformers import DynamicCache
 
                 cache = DynamicCache(ddp_cache_data=layers)
@@ -229,7 +231,7 @@ class TorchEngine(Engine):
             if len(keep) < len(batch):
                 batch = [batch[i] for i in keep]
                 if batch:
-                    index = torch.tensor(keep)
+                    index = torch.tensor(keep, device=self.device)
                     layers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in layers]
                     mask = mask.index_select(0, index)
                     real = mask.sum(dim=0) > 0  # drop columns that are padding for every sequence left
@@ -284,8 +286,8 @@ class TorchEngine(Engine):
             feed = prompt[shared:]
             self.prefix_hits += 1
         out = self.model(
-            input_ids=torch.tensor([feed]),
-            position_ids=torch.arange(len(prompt) - len(feed), len(prompt)).unsqueeze(0),
+            input_ids=torch.tensor([feed], device=self.device),
+            position_ids=torch.arange(len(prompt) - len(feed), len(prompt), device=self.device).unsqueeze(0),
             past_key_values=cache if cache is not None else DynamicCache(),
             use_cache=True,
         )
@@ -315,14 +317,16 @@ class TorchEngine(Engine):
     # -- scoring and embeddings ---------------------------------------------------------------
     def prompt_logprobs(self, ids: list[int]) -> list[tuple[float | None, dict[int, float]]]:
         with self.lock, self.torch.no_grad():
-            logits = self.model(self.torch.tensor([ids])).logits[0].float().numpy()
+            logits = self.model(self.torch.tensor([ids], device=self.device)).logits[0].float().cpu().numpy()
         return _scores_to_logprobs(ids, log_softmax(logits))
 
     def embed(self, prompts: list[list[int]]) -> list[list[float]]:
         out = []
         with self.lock, self.torch.no_grad():
             for ids in prompts:
-                hidden = self.model(self.torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+                hidden = (
+                    self.model(self.torch.tensor([ids], device=self.device), output_hidden_states=True).hidden_states[-1][0].float().cpu()
+                )
                 vec = hidden.mean(dim=0)
                 out.append((vec / vec.norm()).tolist())
         return out
@@ -345,7 +349,7 @@ def _rng(torch: Any, seed: int | None) -> Any:
 def _join(torch: Any, layers: list[tuple[Any, Any]], mask: Any, kv: list[tuple[Any, Any]]) -> tuple[list[tuple[Any, Any]], Any]:
     """Add one sequence's KV (batch 1) to the batch, left-padding whichever side is shorter."""
     length = kv[0][0].shape[2]
-    new_mask = torch.ones(1, length, dtype=torch.long)
+    new_mask = torch.ones(1, length, dtype=torch.long, device=kv[0][0].device)
     if not layers:
         return kv, new_mask
     total = layers[0][0].shape[2]
@@ -388,9 +392,8 @@ class GGUFEngine(Engine):
 
     def __init__(self, path: Path, parallel: int = 4, n_ctx: int = 2048, threads: int | None = None) -> None:
         super().__init__(path)
-        from llama_cpp import Llama
-
-        from halo_pipeline.export.formats import gguf_context_length, gguf_file
+        from halo_pipeline.runtimes.formats import gguf_context_length, gguf_file
+        from halo_pipeline.runtimes.gguf import open_llama
 
         model = gguf_file(path)
         if model is None:
@@ -399,7 +402,7 @@ class GGUFEngine(Engine):
         self.context_length = min(n_ctx, gguf_context_length(model) or n_ctx)
         base = path if path.is_dir() else path.parent
         self.tokenizer = _load_tokenizer(base) if (base / "tokenizer.json").is_file() else None
-        self.contexts = [Llama(str(model), n_ctx=self.context_length, verbose=False, n_threads=threads or 1) for _ in range(parallel)]
+        self.contexts = [open_llama(model, self.context_length, threads=threads or 1) for _ in range(parallel)]
         self.free = list(self.contexts)
         self.pool_lock = threading.Lock()
         self.available = threading.Semaphore(parallel)
@@ -494,9 +497,9 @@ class GGUFEngine(Engine):
             if self.closed:
                 raise RuntimeError("the engine is closed")
             if self.scorer is None:
-                from llama_cpp import Llama
+                from halo_pipeline.runtimes.gguf import open_llama
 
-                self.scorer = Llama(str(self.model_file), n_ctx=self.context_length, logits_all=True, verbose=False, n_threads=1)
+                self.scorer = open_llama(self.model_file, self.context_length, logits_all=True)
             self.scorer.reset()
             self.scorer.eval(ids)
             logits = np.array(self.scorer.scores[: len(ids)], dtype=np.float32)
@@ -530,9 +533,10 @@ class MLXEngine(Engine):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        from mlx_lm import load
+        from halo_pipeline.runtimes.mlx import MLXRuntime
 
-        self.model, wrapper = load(str(path))[:2]
+        runtime = MLXRuntime(path)
+        self.model, wrapper = runtime.model, runtime.tokenizer
         self.tokenizer = wrapper._tokenizer if hasattr(wrapper, "_tokenizer") else wrapper
         self.wrapper = wrapper
         self.eos_ids = set(getattr(wrapper, "eos_token_ids", None) or [self.tokenizer.eos_token_id])
@@ -581,21 +585,27 @@ class MLXEngine(Engine):
         return _scores_to_logprobs(ids, log_softmax(logits))
 
 
-def pick_backend(path: Path, backend: str = "auto") -> str:
-    from halo_pipeline.export.formats import export_info
-
-    fmt = export_info(path)["format"]
-    if backend != "auto":
-        return backend
-    return {"gguf": "gguf", "mlx": "mlx", "hf": "torch"}.get(fmt, "unknown")
+ENGINES = ("torch", "gguf", "mlx")  # the serving engine of each model format: hf -> torch, gguf, mlx
 
 
-def load_engine(path: Path, backend: str = "auto", parallel: int = 4) -> Engine:
-    chosen = pick_backend(path, backend)
+def pick_engine(path: Path, engine: str = "auto") -> str:
+    from halo_pipeline.runtimes.formats import model_format
+
+    if engine != "auto":
+        return engine
+    return {"gguf": "gguf", "mlx": "mlx", "hf": "torch"}.get(model_format(path), "unknown")
+
+
+def load_engine(path: Path, engine: str = "auto", parallel: int = 4, backend: Any = None) -> Engine:
+    """The engine for the model's format; `backend` (the device group) puts the torch engine on its device and dtype."""
+    from halo_pipeline.runtimes import as_backend
+
+    chosen = pick_engine(path, engine)
     if chosen == "gguf":
         return GGUFEngine(path, parallel=parallel)
     if chosen == "mlx":
         return MLXEngine(path)
     if chosen == "torch":
-        return TorchEngine(path, max_batch=max(parallel, 1) * 2)
+        device = as_backend(backend)
+        return TorchEngine(path, max_batch=max(parallel, 1) * 2, device=device.device, dtype=device.dtype)
     raise ValueError(f"{path} is not a model the server can load (an HF directory, a GGUF export or an MLX directory)")

@@ -20,7 +20,7 @@ ENGINE_LIBRARIES = {"torch": "transformers", "gguf": "llama_cpp", "mlx": "mlx_lm
 
 
 class ServeRefused(ValueError):
-    """The server will not start: a bad model, an unavailable backend, or an unsafe bind."""
+    """The server will not start: a bad model, an unavailable engine or device, or an unsafe bind."""
 
 
 def is_loopback(host: str) -> bool:
@@ -71,24 +71,28 @@ def run_model(run_dir: Path) -> Path:
     return path
 
 
-def preflight(model: Path, backend: str, host: str, port: int, api_key: str | None) -> dict[str, Any]:
+def preflight(model: Path, engine: str, host: str, port: int, api_key: str | None, backend: Any = None) -> dict[str, Any]:
     """Everything `serve` checks before loading weights; raises ServeRefused with the fix."""
-    from halo_pipeline.export.formats import export_info
-    from halo_pipeline.serving.engines import pick_backend
+    from halo_pipeline.runtimes import as_backend
+    from halo_pipeline.runtimes.formats import export_info
+    from halo_pipeline.serving.engines import pick_engine
 
     if not model.exists():
         raise ServeRefused(f"model {model} does not exist (a model directory, a GGUF export, or --run RUN_DIR)")
     info = export_info(model)
     if info["format"] == "unknown":
         raise ServeRefused(f"{model} is not a model: expected an HF directory (config.json), a .gguf file or an MLX directory")
-    chosen = pick_backend(model, backend)
+    chosen = pick_engine(model, engine)
     compatible = {"hf": {"torch", "mlx"}, "gguf": {"gguf"}, "mlx": {"mlx"}}[info["format"]]
     if chosen not in compatible:
         raise ServeRefused(
-            f"backend {chosen} cannot load a {info['format']} model; use --backend {' or '.join(sorted(compatible))} (or auto)"
+            f"engine {chosen} cannot load a {info['format']} model; use --engine {' or '.join(sorted(compatible))} (or auto)"
         )
     if importlib.util.find_spec(ENGINE_LIBRARIES[chosen]) is None:
-        raise ServeRefused(f"backend {chosen} needs {ENGINE_LIBRARIES[chosen]}, which is not installed")
+        raise ServeRefused(f"engine {chosen} needs {ENGINE_LIBRARIES[chosen]}, which is not installed")
+    device = as_backend(backend)
+    if chosen == "torch" and (why := device.unavailable()):
+        raise ServeRefused(why)
     remote_code = False
     config = model / "config.json" if model.is_dir() else None
     if config is not None and config.is_file():
@@ -107,7 +111,8 @@ def preflight(model: Path, backend: str, host: str, port: int, api_key: str | No
         "model": str(model),
         "format": info["format"],
         "quant": info.get("quant"),
-        "backend": chosen,
+        "engine": chosen,
+        "device": f"{device.device} {device.dtype}" if chosen == "torch" else "cpu (llama.cpp)" if chosen == "gguf" else "mlx default",
         "bind": f"{host}:{port}",
         "loopback": is_loopback(host),
         "auth": "bearer API key" if api_key else "none (loopback only)",
@@ -125,7 +130,7 @@ def free_port() -> int:
 
 def model_id(model: Path) -> str:
     """The name clients send: `<name>-<format>-<quant>` for an export made here, else the file or directory name."""
-    from halo_pipeline.export.formats import EXPORT_FILE
+    from halo_pipeline.runtimes.formats import EXPORT_FILE
 
     record = model / EXPORT_FILE if model.is_dir() else None
     if record is not None and record.is_file():
@@ -181,12 +186,13 @@ class Running:
     def __init__(
         self,
         model: Path,
-        backend: str = "auto",
+        engine: str = "auto",
         host: str = "127.0.0.1",
         port: int = 0,
         api_key: str | None = None,
         name: str | None = None,
         *,
+        backend: Any = None,
         parallel: int = 4,
         prefix_reuse: bool = True,
         log_level: str = "warning",
@@ -198,8 +204,8 @@ class Running:
         from halo_pipeline.serving.server import Settings, create_app
 
         self.port = port or free_port()
-        self.facts = preflight(model, backend, host, self.port, api_key)
-        self.engine = load_engine(model, self.facts["backend"], parallel=parallel)
+        self.facts = preflight(model, engine, host, self.port, api_key, backend)
+        self.engine = load_engine(model, self.facts["engine"], parallel=parallel, backend=backend)
         if not prefix_reuse:  # benchmarks measure what reuse buys
             self.engine.reuse_prefix = False  # type: ignore[attr-defined]
             self.engine.prefix_cache_size = 0  # type: ignore[attr-defined]
@@ -248,13 +254,14 @@ class Running:
 
 def serve_forever(
     model: Path,
-    backend: str,
+    engine: str,
     host: str,
     port: int,
     api_key: str | None,
     parallel: int = 4,
     prefix_reuse: bool = True,
     name: str | None = None,
+    backend: Any = None,
 ) -> int:
     """Serve until asked to stop; returns the number of the signal that stopped it, or 0.
 
@@ -265,7 +272,9 @@ def serve_forever(
     signals: list[int] = []
     _serving.add(serving)  # before loading: a stop asked meanwhile is seen as soon as the server is up
     try:
-        with Running(model, backend, host, port, api_key, name, parallel=parallel, prefix_reuse=prefix_reuse, log_level="info") as running:
+        with Running(
+            model, engine, host, port, api_key, name, backend=backend, parallel=parallel, prefix_reuse=prefix_reuse, log_level="info"
+        ) as running:
             print(f"serving {running.model_id} ({running.engine.name}) on {running.url}", flush=True)
             previous = _catch_signals(serving.stop, signals) if threading.current_thread() is threading.main_thread() else {}
             try:

@@ -166,7 +166,7 @@ class Server:
         return {
             "status": "stopping" if self.closing else "ok",
             "model": self.settings.model_id,
-            "backend": self.engine.name,
+            "engine": self.engine.name,
             "loaded": True,
             "started_at": self.started_at,
             "streaming": self.engine.streaming,

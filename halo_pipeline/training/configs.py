@@ -8,13 +8,11 @@ from typing import Any
 from halo_pipeline.training import algorithms as alg
 
 
-def device_args(backend: dict[str, Any] | None) -> dict[str, Any]:
-    """TrainingArguments for the backend: device, mixed precision."""
-    backend = backend or {"name": "cpu", "device": "cpu", "dtype": "float32"}
-    dtype = backend.get("dtype", "float32")
-    if backend.get("name", "cpu") == "cpu" or backend.get("device") == "cpu":
+def device_args(backend: Any) -> dict[str, Any]:
+    """TrainingArguments for the backend (a Backend): device, mixed precision."""
+    if backend.is_cpu or backend.device == "cpu":
         return {"use_cpu": True, "bf16": False, "fp16": False}
-    return {"use_cpu": False, "bf16": dtype == "bfloat16", "fp16": dtype == "float16"}
+    return {"use_cpu": False, "bf16": backend.dtype == "bfloat16", "fp16": backend.dtype == "float16"}
 
 
 def peft_config(params: Any, task_type: str = "CAUSAL_LM") -> Any:

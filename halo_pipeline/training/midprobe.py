@@ -15,8 +15,8 @@ from typing import Any
 def callback(params: Any, tokenizer: Any, chat: bool, metrics_path: Path, log: Any) -> Any:
     from transformers import TrainerCallback
 
-    from halo_pipeline.tasks.synthesize import humaneval_prompts
-    from halo_pipeline.training.trl_runner import generate
+    from halo_pipeline.data.humaneval import humaneval_prompts
+    from halo_pipeline.training.sampling import generate
     from halo_pipeline.verifiers import build_verifier
 
     split = params.probe_source.split(":", 1)[1] if ":" in params.probe_source else None

@@ -13,7 +13,7 @@ import yaml
 
 
 def train_mlx(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
-    from halo_pipeline.models import fingerprint, resolve
+    from halo_pipeline.runtimes.catalog import fingerprint, resolve
 
     algo = params.algorithm
     data_dir = ctx.path("mlx_data")
@@ -72,7 +72,7 @@ def train_mlx(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, An
     (adapter_dir / "halo_provenance.json").write_text(
         json.dumps(
             {
-                "base": params.model if isinstance(params.model, str) else dict(params.model),
+                "base": params.model.model_dump(exclude_none=True),
                 "base_fingerprint": fingerprint(params.model),
                 "algorithm": algo.model_dump(),
                 "adapter": params.adapter,

@@ -11,6 +11,7 @@ from typing import Any
 from halo_pipeline.training import algorithms as alg
 from halo_pipeline.training import data
 from halo_pipeline.training.configs import peft_config, trainer_config
+from halo_pipeline.training.sampling import generate
 
 COMPLETE = "halo_complete.json"  # written (atomically) once a checkpoint's every file is on disk
 
@@ -34,7 +35,7 @@ def completion_marker() -> Any:
     """A callback that marks each checkpoint complete after Trainer has written all of it."""
     from transformers import TrainerCallback
 
-    from halo_pipeline.cache import atomic_write_json
+    from halo_pipeline.engine.cache import atomic_write_json
 
     class MarkComplete(TrainerCallback):  # type: ignore[misc]
         def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
@@ -47,7 +48,7 @@ def completion_marker() -> Any:
 
 def _trim_metrics(path: Path, upto_step: int) -> None:
     """A resumed run logs again from its checkpoint: drop lines logged after it (and a torn last line)."""
-    from halo_pipeline.rows import read_complete_jsonl
+    from halo_pipeline.data.rows import read_complete_jsonl
 
     if path.exists():
         keep = [row for row in read_complete_jsonl(path) if row.get("step", 0) <= upto_step]
@@ -58,15 +59,15 @@ def _load(params: Any, for_reward_model: bool = False) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from halo_pipeline.models import resolve
+    from halo_pipeline.runtimes.catalog import resolve
 
     path = resolve(params.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if (params.backend or {}).get("attention"):
-        kwargs["attn_implementation"] = params.backend["attention"]
+    if params.backend.attention:
+        kwargs["attn_implementation"] = params.backend.attention
     if params.adapter == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -191,7 +192,7 @@ def _summary(trainer: Any, output: Any, before: dict[str, Any], resumed: Path | 
 
 
 def _save(params: Any, model: Any, tokenizer: Any, out: Path) -> None:
-    from halo_pipeline.models import fingerprint, stable_adapter_config
+    from halo_pipeline.runtimes.catalog import fingerprint, stable_adapter_config
 
     merge = params.adapter != "none" and isinstance(params.algorithm, alg.RM)
     if merge:  # reward models ship merged, so the reward_model verifier loads them as one directory
@@ -200,7 +201,7 @@ def _save(params: Any, model: Any, tokenizer: Any, out: Path) -> None:
     tokenizer.save_pretrained(out)
     stable_adapter_config(out)
     provenance = {
-        "base": params.model if isinstance(params.model, str) else dict(params.model),
+        "base": params.model.model_dump(exclude_none=True),
         "base_fingerprint": fingerprint(params.model),
         "algorithm": params.algorithm.model_dump(),
         "adapter": params.adapter,
@@ -240,7 +241,7 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
     if resumed is not None:
         progress = resumed
         ctx.log.info("resuming RAFT after cycle %d of %d", progress["cycle"], algo.cycles)
-        _trim_metrics(metrics_path, progress["step"])
+        _keep_lines(metrics_path, progress["metric_lines"])  # what the unfinished cycle logged goes
     else:
         metrics_path.unlink(missing_ok=True)
     step, tokens, train_s = progress["step"], progress["tokens"], progress["train_s"]
@@ -266,7 +267,7 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
         if ctx.on_progress:
             ctx.on_progress(cycle, algo.cycles)
         if not kept:  # nothing good enough to learn from this round: never train on reward-0 samples
-            _raft_save(model, state_root, cycle + 1, step, tokens, train_s, losses, cycle_rewards)
+            _raft_save(model, state_root, cycle + 1, step, tokens, train_s, losses, cycle_rewards, metrics_path)
             continue
         config = trainer_config(params, ctx.scratch("checkpoints") / f"cycle-{cycle}")
         trainer = trl.SFTTrainer(
@@ -284,7 +285,7 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
         tokens += int(trainer.state.num_input_tokens_seen or 0)
         losses.append(out.training_loss)
         model = trainer.model
-        _raft_save(model, state_root, cycle + 1, step, tokens, train_s, losses, cycle_rewards)
+        _raft_save(model, state_root, cycle + 1, step, tokens, train_s, losses, cycle_rewards, metrics_path)
     if ctx.on_progress:
         ctx.on_progress(algo.cycles, algo.cycles)
 
@@ -301,21 +302,37 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
     }
 
 
+def _keep_lines(path: Path, n: int) -> None:
+    from halo_pipeline.data.rows import read_complete_jsonl
+
+    if path.exists():
+        path.write_text("".join(json.dumps(row) + "\n" for row in read_complete_jsonl(path)[:n]))
+
+
 def _raft_save(
-    model: Any, root: Path, cycle: int, step: int, tokens: int, train_s: float, losses: list[float], rewards: list[float]
+    model: Any, root: Path, cycle: int, step: int, tokens: int, train_s: float, losses: list[float], rewards: list[float], metrics: Path
 ) -> None:
     """After a completed cycle: its trainable weights and counters, renamed into place whole (a kill leaves the previous cycle)."""
     import shutil
 
     from safetensors.torch import save_file
 
-    from halo_pipeline.cache import atomic_write_json
+    from halo_pipeline.engine.cache import atomic_write_json
 
     tmp = root / f".cycle-{cycle}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, str(tmp / "trainable.safetensors"))
-    state = {"cycle": cycle, "step": step, "tokens": tokens, "train_s": train_s, "losses": losses, "rewards": rewards}
+    lines = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    state = {
+        "cycle": cycle,
+        "step": step,
+        "tokens": tokens,
+        "train_s": train_s,
+        "losses": losses,
+        "rewards": rewards,
+        "metric_lines": lines,
+    }
     atomic_write_json(tmp / "state.json", state)
     final = root / f"cycle-{cycle}"
     shutil.rmtree(final, ignore_errors=True)
@@ -347,49 +364,3 @@ def _sample(model: Any, tokenizer: Any, prompts: list[dict[str, Any]], algo: Any
         model, tokenizer, [p["task_prompt"] for p in prompts], chat, params.system_prompt, algo.samples_per_prompt,
         algo.temperature, algo.max_completion_length, algo.batch_size, seed,
     )  # fmt: skip
-
-
-def generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: list[str],
-    chat: bool,
-    system: str | None,
-    n: int,
-    temperature: float,
-    max_new_tokens: int,
-    batch_size: int,
-    seed: int,
-) -> list[list[str]]:
-    """n completions per prompt from the model being trained (left padding, then back to train mode)."""
-    import torch
-
-    texts = [
-        tokenizer.apply_chat_template(data._user(p, system), tokenize=False, add_generation_prompt=True) if chat else p for p in prompts
-    ]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    out: list[list[str]] = []
-    was_training = model.training
-    model.eval()
-    torch.manual_seed(seed)
-    sample = temperature > 0
-    for i in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat).to(model.device)
-        with torch.no_grad():
-            generated = model.generate(
-                **batch,
-                do_sample=sample,
-                temperature=temperature if sample else None,
-                top_p=None,
-                top_k=None,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=n if sample else 1,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        decoded = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        per = n if sample else 1
-        out += [decoded[j * per : (j + 1) * per] * (n // per) for j in range(len(decoded) // per)]
-    tokenizer.padding_side = side
-    if was_training:
-        model.train()
-    return out

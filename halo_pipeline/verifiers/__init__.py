@@ -97,7 +97,7 @@ def lookup(name: str) -> Registered:
         if reg is None:
             raise UnknownVerifier(f"'{name}' is not a verifier (decorate it with @register_verifier)")
         return reg
-    from halo_pipeline.errors import did_you_mean
+    from halo_pipeline.engine.errors import did_you_mean
 
     hint = did_you_mean(name, known) or f"known verifiers: {', '.join(sorted(known))}"
     raise UnknownVerifier(f"unknown verifier '{name}'; {hint}")
@@ -135,10 +135,25 @@ class Verifier:
             return list(pool.map(self.verify, samples))
 
 
-def build_verifier(spec: str | Mapping[str, Any]) -> Verifier:
+class SettingsError(UnknownVerifier):
+    """Settings the verifier's own model rejects, each at its key."""
+
+    def __init__(self, name: str, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__(f"verifier '{name}' settings: " + "; ".join(f"{k}: {m}" for k, m in errors))
+
+
+def _as_dict(spec: Any) -> dict[str, Any]:
+    """A name, a `{name: ..., settings...}` mapping, or a typed VerifierSpec (engine/groups.py)."""
+    if isinstance(spec, str):
+        return {"name": spec}
+    return dict(spec.model_dump() if hasattr(spec, "model_dump") else spec)
+
+
+def build_verifier(spec: Any) -> Verifier:
     """From a name or a `{name: ..., settings...}` mapping (a `conf/verifier/*.yaml` node);
     `uses: pkg.mod:fn` names a project's own verifier."""
-    data = {"name": spec} if isinstance(spec, str) else dict(spec)
+    data = _as_dict(spec)
     if "uses" in data:
         data["name"] = data.pop("uses")
     if "name" not in data:
@@ -149,20 +164,22 @@ def build_verifier(spec: str | Mapping[str, Any]) -> Verifier:
     try:
         settings = reg.settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise UnknownVerifier(f"verifier '{reg.name}' settings: {problems}") from None
+        raise SettingsError(reg.name, [(".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()]) from None
     return Verifier(reg, settings)
 
 
-def check_spec(spec: str | Mapping[str, Any] | None) -> list[str]:
-    """Validation problems of a verifier spec (for step kinds' `check` hooks)."""
+def check_spec(spec: Any, key: str = "verifier") -> list[str | tuple[str, str]]:
+    """Validation problems of a verifier spec for step kinds' `check` hooks: a settings error comes with its
+    key under `key` (reported at `steps.<id>.with.verifier.<setting>`), anything else as text."""
     if spec is None:
         return []
     try:
         verifier = build_verifier(spec)
+    except SettingsError as exc:
+        return [(f"{key}.{k}", f"verifier '{_as_dict(spec).get('name')}': {m}") for k, m in exc.errors]
     except (UnknownVerifier, ImportError) as exc:
-        return [str(exc)]
-    return problems(verifier)
+        return [(f"{key}.name", str(exc))]
+    return [(key, p) for p in problems(verifier)]
 
 
 def problems(verifier: Verifier) -> list[str]:
@@ -181,12 +198,12 @@ def problems(verifier: Verifier) -> list[str]:
     return found
 
 
-def code_execution(spec: str | Mapping[str, Any] | None) -> bool:
+def code_execution(spec: Any) -> bool:
     """Whether this spec (or a part of it) will run model-written code."""
     return bool(code_execution_modes(spec))
 
 
-def code_execution_modes(spec: str | Mapping[str, Any] | None) -> set[str]:
+def code_execution_modes(spec: Any) -> set[str]:
     """The sandbox modes ("bubblewrap", "rlimits") of the parts of this spec that run model-written code."""
     if spec is None:
         return set()

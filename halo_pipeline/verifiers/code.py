@@ -1,6 +1,6 @@
 """Verifiers that run model-written code: python_tests, pytest, execution, gcc, clang, rust.
 
-All of them run the completion through `halo_pipeline.sandbox` (bubblewrap unless the verifier's
+All of them run the completion through `halo_pipeline.verifiers.sandbox` (bubblewrap unless the verifier's
 `sandbox: rlimits` opts down) and only when its settings say `allow_code_execution: true`. The code
 that decides pass/fail never shares a process with the solution's code where that can be avoided:
 
@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-import halo_pipeline.sandbox as sbx
+import halo_pipeline.verifiers.sandbox as sbx
 from halo_pipeline.verifiers import VerifierSettings, VerifyResult, native, register_verifier
 
 HARNESS_PYTHON = Path(__file__).with_name("_harness_python.py")

@@ -40,7 +40,7 @@ def _check_judge(settings: JudgeSettings) -> list[str]:
     if settings.base_url is None and settings.model is None:
         return ["llm_judge needs `model:` (a local judge) or `base_url:` (an OpenAI-compatible endpoint)"]
     if settings.base_url is None:
-        from halo_pipeline.models import check_reference
+        from halo_pipeline.runtimes.catalog import check_reference
 
         return check_reference(settings.model)
     return []
@@ -83,11 +83,12 @@ def llm_judge(settings: JudgeSettings, sample: Mapping[str, Any]) -> VerifyResul
 @functools.lru_cache(maxsize=4)
 def _judge(settings: JudgeSettings):  # type: ignore[no-untyped-def]
     """One loaded judge per settings (local models stay in memory; calls are serialized for them)."""
-    from halo_pipeline.generation import Sampling, make_generator
+    from halo_pipeline.runtimes import Sampling, teacher
 
-    generate = make_generator(
-        settings.model, None, settings.base_url, settings.endpoint_model, settings.api_key_env, 1, True, engine="auto"
-    )
+    generate = teacher(
+        settings.model, None, base_url=settings.base_url, endpoint_model=settings.endpoint_model, api_key_env=settings.api_key_env,
+        concurrency=1,
+    ).generate  # fmt: skip
     sampling = Sampling(n=1, temperature=settings.temperature, top_p=1.0, max_new_tokens=settings.max_tokens, seed=0)
     lock = threading.Lock()
 

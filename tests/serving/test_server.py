@@ -14,7 +14,7 @@ import openai
 import pytest
 import serving_fixtures
 
-from halo_pipeline.models import build_tiny
+from halo_pipeline.runtimes.catalog import build_tiny
 from halo_pipeline.serving.launch import Running, ServeRefused, preflight
 from halo_pipeline.serving.server import TextStream
 
@@ -111,7 +111,7 @@ def test_errors_map_to_openai_classes(server: Running) -> None:
 def test_health_reports_the_engine(server: Running) -> None:
     h = httpx.get(server.url.removesuffix("/v1") + "/health").json()
     assert h["status"] == "ok" and h["loaded"] and h["streaming"] and h["model"] == server.model_id
-    assert {"backend", "started_at", "queue_depth", "active_requests"} <= set(h)
+    assert {"engine", "started_at", "queue_depth", "active_requests"} <= set(h)
 
 
 def test_api_key_is_required_on_every_route_but_health(models: dict[str, Path]) -> None:
@@ -224,12 +224,12 @@ def test_lm_eval_local_chat_completions_against_the_server(models: dict[str, Pat
 
 def test_serve_step_smoke_and_cli(models: dict[str, Path], tmp_path: Path) -> None:
     from conftest import cli
-    from halo_pipeline.step import Artifact
+    from halo_pipeline.engine.step import Artifact
     from helpers import run_kind
 
     outputs, ctx = run_kind("serve", {"max_tokens": 8, "concurrent": 2}, {"model": Artifact("model", models["gguf"])}, tmp_path)
     report = json.loads((outputs["report"] / "serve.json").read_text())
-    assert report["backend"] == "gguf" and report["command"].startswith("halo-pipeline serve --model ")
+    assert report["engine"] == "gguf" and report["command"].startswith("halo-pipeline serve --model ")
     assert ctx.metrics["tokens_per_s_1"] > 0 and report["echo_prompt_tokens"] > 1
     check = cli("serve", "--model", str(models["mlx"]), "--check")
     assert check.returncode == 0 and "preflight ok" in check.stdout and "mlx" in check.stdout
@@ -252,3 +252,14 @@ def test_prefix_reuse_changes_speed_not_answers(models: dict[str, Path]) -> None
             hits = httpx.get(srv.url.removesuffix("/v1") + "/health").json()["prefix_cache_hits"]
             assert (hits >= 1) is reuse  # the second prompt reused the first one's KV
     assert answers[True] == answers[False]
+
+
+def test_the_torch_engine_runs_on_the_backends_device_and_dtype(models: dict[str, Path]) -> None:
+    """`--backend` is the device group: the torch engine loads the model in its dtype (bf16 here, on the CPU)."""
+    import torch
+
+    with Running(models["torch"], backend={"name": "cpu", "dtype": "bfloat16"}) as srv:
+        assert srv.engine.model.dtype == torch.bfloat16 and srv.facts["device"] == "cpu bfloat16"
+        client = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0)
+        reply = client.chat.completions.create(model=srv.model_id, messages=CHAT, max_tokens=4, temperature=0)
+        assert reply.usage is not None and reply.usage.completion_tokens >= 1

@@ -19,8 +19,8 @@ import httpx
 import pytest
 import serving_fixtures
 
+from halo_pipeline.engine.step import Artifact
 from halo_pipeline.serving.launch import API_KEY_ENV, ServeRefused, free_port
-from halo_pipeline.step import Artifact
 
 models, smollm2_gguf = serving_fixtures.models, serving_fixtures.smollm2_gguf  # the fixtures the serving tests share
 
@@ -88,7 +88,7 @@ import signal, sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from halo_pipeline.step import Artifact
+from halo_pipeline.engine.step import Artifact
 from helpers import run_kind
 
 

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from halo_pipeline import registry
-from halo_pipeline.step import Artifact, RunContext
+from halo_pipeline.engine import registry
+from halo_pipeline.engine.step import Artifact, RunContext
 
 
 def run_kind(name: str, params: dict[str, Any], inputs: dict[str, Artifact], out_dir: Path) -> tuple[dict[str, Any], RunContext]:

@@ -8,22 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from halo_pipeline import registry
-from halo_pipeline.minhash import Signer, shingle_hashes
-from halo_pipeline.rows import BadRow
-from halo_pipeline.step import Artifact
+from halo_pipeline.data.minhash import Signer, shingle_hashes
+from halo_pipeline.data.rows import BadRow
+from halo_pipeline.engine import registry
+from halo_pipeline.engine.step import Artifact
 from helpers import read_jsonl, run_kind, write_jsonl
 
-random.seed(7)
+RNG = random.Random(7)  # its own generator: imports and other tests must not change the data a test sees
 WORDS = [f"w{i}" for i in range(3000)]
 
 
-def doc(n: int = 60) -> str:
-    return " ".join(random.choices(WORDS, k=n))
+def doc(n: int = 60, rng: random.Random = RNG) -> str:
+    return " ".join(rng.choices(WORDS, k=n))
 
 
 def dataset(tmp_path: Path) -> tuple[Artifact, dict[str, str]]:
-    base = [doc() for _ in range(40)]
+    rng = random.Random(7)
+    base = [doc(rng=rng) for _ in range(40)]
     rows = [{"id": f"r{i}", "prompt": "p", "completion": t, "reward": 0.1} for i, t in enumerate(base)]
     words = base[3].split()
     words[10] = "changed"

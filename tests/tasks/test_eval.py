@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import llama_cpp_server
+from halo_pipeline.engine.step import Artifact
 from halo_pipeline.evaluation.harness import EvalTaskUnavailable, normalize
 from halo_pipeline.export.converting import convert
-from halo_pipeline.models import build_tiny
-from halo_pipeline.step import Artifact
+from halo_pipeline.runtimes.catalog import build_tiny
 from helpers import read_jsonl, run_kind
 
 
@@ -110,3 +110,17 @@ def test_normalize_maps_lm_eval_keys() -> None:
 def _quiet_datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
     yield
+
+
+def test_an_mlx_model_evaluates_in_its_own_runtime_with_the_same_scores(tmp_path: Path) -> None:
+    """eval takes every format the runtime layer knows: MLX (mlx-lm on the CPU here) scores what hf scores."""
+    mlx_dir = tmp_path / "mlx"
+    convert(build_tiny(), "mlx", "fp32", mlx_dir)
+    hf, _, _ = evaluate(tmp_path / "hf", build_tiny(), tasks=["halo_arith"])
+    mx, mx_dir, _ = evaluate(tmp_path / "mx", mlx_dir, tasks=["halo_arith"])
+    assert json.loads((mx_dir / "eval_run.json").read_text())["engine"] == "mlx"
+    assert mx["halo_arith"]["acc"]["value"] == hf["halo_arith"]["acc"]["value"]
+    hf_rows = {r["doc_id"]: r for r in read_jsonl(tmp_path / "hf" / "report" / "samples.jsonl")}
+    for row in read_jsonl(mx_dir / "samples.jsonl"):
+        for (a, _), (b, _) in zip(hf_rows[row["doc_id"]]["resps"], row["resps"], strict=True):
+            assert math.isclose(float(a), float(b), rel_tol=1e-2, abs_tol=1e-2), (row["doc_id"], a, b)

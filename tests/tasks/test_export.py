@@ -12,16 +12,17 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli
-from halo_pipeline.cache import digest
+from halo_pipeline.engine.cache import digest
+from halo_pipeline.engine.step import Artifact
 from halo_pipeline.export.converting import convert
 from halo_pipeline.export.drift import verify
-from halo_pipeline.export.formats import QUANT_TABLE, export_info
+from halo_pipeline.export.formats import pairs
 from halo_pipeline.export.merging import bake, combine
-from halo_pipeline.models import build_tiny
-from halo_pipeline.step import Artifact
+from halo_pipeline.runtimes.catalog import build_tiny
+from halo_pipeline.runtimes.formats import export_info
 from helpers import run_kind
 
-PAIRS = [(fmt, quant) for fmt, quants in QUANT_TABLE.items() for quant in quants]
+PAIRS = pairs()
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 
 
@@ -203,6 +204,6 @@ def test_convert_to_a_gguf_file_name_writes_one_gguf_file(tiny: Path, tmp_path: 
 
     llm = Llama(str(out), n_ctx=64, verbose=False)
     assert llm.n_vocab() > 0
-    from halo_pipeline.export.formats import export_info
+    from halo_pipeline.runtimes.formats import export_info
 
     assert export_info(out)["quant"] == "q8" and (tmp_path / "verify-tiny-q8.gguf" / "verify.json").is_file()

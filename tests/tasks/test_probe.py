@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from halo_pipeline.step import Artifact
+from halo_pipeline.engine.step import Artifact
 from halo_pipeline.tasks.probe import ProbeGateFailed, ProbeParams, gate, pass_at_k
 from helpers import run_kind, write_jsonl
 
@@ -95,3 +95,23 @@ def test_a_breached_gate_fails_the_step_with_a_table(tmp_path: Path, adapter: Ar
     assert "| pass@1 | 0.9000 |" in message and "FAIL" in message
     report = json.loads((tmp_path / "probe" / "report" / "probe.json").read_text())
     assert report["passed"] is False and report["baseline_from"] == f"file:{baseline}"
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "mlx"])
+def test_a_gguf_or_mlx_candidate_is_probed_in_its_own_runtime(tmp_path: Path, adapter: Artifact, fmt: str) -> None:
+    """probe takes any model the runtime layer knows: the trained adapter, baked and exported, probed as GGUF and MLX."""
+    from halo_pipeline.export.converting import convert
+    from halo_pipeline.export.merging import bake
+    from halo_pipeline.runtimes.catalog import build_tiny
+
+    bake(build_tiny(), adapter.path, tmp_path / "merged")
+    convert(tmp_path / "merged", fmt, "fp32", tmp_path / fmt)
+    mc = write_jsonl(tmp_path / "mc.jsonl", [{"id": "m0", "prompt": "Say hello.", "choices": ["Hello!", "zebra"], "answer": 0}])
+    p = {"model": "tiny", "source": "humaneval:test", "limit": 2, "max_new_tokens": 8, "verifier": "python_syntax", "mc_file": str(mc)}
+    p["max_regression"] = {"pass@1": 1.0}
+    outputs, ctx = run_kind("probe", p, {"candidate": Artifact("model", tmp_path / fmt)}, tmp_path / "probe")
+    report = json.loads((outputs["report"] / "probe.json").read_text())
+    assert report["candidate"]["tasks"] == 2 and report["candidate"]["mc_tasks"] == 1
+    # the exported candidate computes what the merged model computes: the same multiple-choice pick as HF would make
+    hf, _ = run_kind("probe", {**p, "limit": 1}, {"candidate": Artifact("model", tmp_path / "merged")}, tmp_path / "probe-hf")
+    assert json.loads((hf["report"] / "probe.json").read_text())["candidate"]["mc_accuracy"] == report["candidate"]["mc_accuracy"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from halo_pipeline import registry
-from halo_pipeline.step import Artifact
+from halo_pipeline.engine import registry
+from halo_pipeline.engine.step import Artifact
 from helpers import read_jsonl, run_kind, write_jsonl
 
 GOOD = "def add(a, b):\n    return a + b  # adds two numbers together"

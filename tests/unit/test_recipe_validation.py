@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_RECIPE, cli, write
-from halo_pipeline.config import compose
-from halo_pipeline.errors import RecipeError
-from halo_pipeline.validate import build_plan
+from halo_pipeline.engine.config import compose
+from halo_pipeline.engine.errors import RecipeError
+from halo_pipeline.engine.plan import build_plan
 
 
 def problems(recipe: Path, *overrides: str) -> RecipeError:
@@ -256,7 +256,7 @@ def test_a_uses_path_to_nothing_is_a_reported_problem(project: Path) -> None:
 
 def test_a_composition_error_is_reported_with_the_other_problems(project: Path) -> None:
     recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE.replace("algorithm: sft", "algorithm: sftt").replace("{n: 4}", "{n: -4}"))
-    from halo_pipeline.validate import plan_recipe
+    from halo_pipeline.engine.plan import plan_recipe
 
     for overrides in ([], ["backend=cudaa"], ["steps.make.with.nn=3"], ["bad override=="]):
         with pytest.raises(RecipeError) as err:
@@ -266,3 +266,34 @@ def test_a_composition_error_is_reported_with_the_other_problems(project: Path) 
         assert any("greater than or equal to 1" in m for m in messages), messages  # found by composing around it
         if overrides:
             assert len(messages) == 3, messages  # the override's own problem too
+
+
+def test_group_nodes_are_typed_and_reported_at_the_exact_key(project: Path) -> None:
+    """backend, model and verifier nodes are validated with the recipe: a bad key inside one is reported there."""
+    import shutil
+
+    from conftest import REPO
+
+    shutil.copytree(REPO / "recipes", project / "recipes", dirs_exist_ok=True)
+    from halo_pipeline.engine.plan import plan_recipe
+
+    overrides = ["+steps.train.with.backend.devize=cuda", "+steps.probe.with.verifier.timeout_s=-1", "model=tiny"]
+    with pytest.raises(RecipeError) as err:
+        plan_recipe(project / "recipes/quickstart.yaml", overrides)
+    by_key = {i.key: i for i in err.value.issues}
+    assert "unknown param 'devize'" in by_key["steps.train.with.backend.devize"].message
+    assert by_key["steps.train.with.backend.devize"].hint == "did you mean 'device'?"
+    assert "greater than 0" in by_key["steps.probe.with.verifier.timeout_s"].message
+
+
+def test_the_quant_table_lives_in_the_quant_group() -> None:
+    """conf/quant/<name>.yaml says what each quant becomes per format and its drift bounds; convert and verify read it."""
+    from halo_pipeline.engine.groups import quant
+    from halo_pipeline.export.drift import thresholds_for
+    from halo_pipeline.export.formats import pair_problem, spec, table_rows
+
+    assert spec("gguf", "q4").gguf_type == "Q4_K_M" and spec("mlx", "q8").q_bits == 8
+    assert "does not support quant 'q4'" in (pair_problem("hf", "q4") or "")
+    assert ("gguf", "q8", "GGUF Q8_0 (~8.5 bits/weight)") in table_rows()
+    assert thresholds_for("q4", fmt="mlx")["kl_mean"] == ("<=", quant("q4").formats["mlx"].thresholds["kl_mean"])
+    assert thresholds_for("q8")["ppl_ratio"] == ("within", quant("q8").thresholds["ppl_ratio"])

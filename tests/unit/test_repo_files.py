@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from halo_pipeline.config import compose, group_options
-from halo_pipeline.validate import build_plan
+from halo_pipeline.engine.config import compose, group_options
+from halo_pipeline.engine.plan import build_plan
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -36,7 +36,7 @@ def test_every_group_option_composes(group: str) -> None:
 
 
 def test_step_reference_in_docs_is_current() -> None:
-    from halo_pipeline.docs import render_steps
+    from halo_pipeline.views.reference import render_steps
 
     assert (REPO / "docs/steps.md").read_text() == render_steps(markdown=True) + "\n", (
         "regenerate: halo-pipeline steps --markdown > docs/steps.md"

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from halo_pipeline import sandbox
+from halo_pipeline.verifiers import sandbox
 
 REQUIRE_BWRAP = bool(os.environ.get("HALO_PIPELINE_REQUIRE_BWRAP"))
 BWRAP_PROBE = sandbox.isolation("bubblewrap")

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from sandbox_env import BWRAP, REQUIRE_BWRAP, bubblewrap_only
 
-from halo_pipeline import sandbox
-from halo_pipeline.verifiers import build_verifier
+from halo_pipeline.verifiers import build_verifier, sandbox
 
 TIMEOUT = 3.0
 ADD_TEST = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n"

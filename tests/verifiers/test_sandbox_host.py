@@ -21,8 +21,7 @@ import pytest
 from sandbox_env import bubblewrap_only, needs
 
 from conftest import cli, write
-from halo_pipeline import sandbox
-from halo_pipeline.verifiers import build_verifier, check_spec
+from halo_pipeline.verifiers import build_verifier, check_spec, sandbox
 from halo_pipeline.verifiers.code import HARNESSES
 
 MODES = [pytest.param("bubblewrap", marks=bubblewrap_only("this mode")), "rlimits"]
@@ -150,7 +149,7 @@ def test_without_bubblewrap_code_execution_is_refused_with_the_install_line(no_b
     assert refused.reward == 0.0 and "apt-get install bubblewrap" in (refused.error or "") and "sandbox: rlimits" in (refused.error or "")
     assert len((refused.error or "").splitlines()) == 1
     problems = check_spec(spec)  # validation says so before anything runs
-    assert problems and "apt-get install bubblewrap" in problems[0]
+    assert problems and "apt-get install bubblewrap" in problems[0][1]  # (key, text): reported at the verifier
     assert sandbox.describe()["error"]
 
 
@@ -330,12 +329,12 @@ steps:
 
 
 def test_the_manifest_records_the_opt_down_and_its_warning(project: Path) -> None:
-    from halo_pipeline import manifest
-    from halo_pipeline.config import compose
-    from halo_pipeline.validate import build_plan
+    from halo_pipeline.engine.config import compose
+    from halo_pipeline.engine.plan import build_plan
+    from halo_pipeline.orchestration.flow import code_execution
 
     recipe = write(project / "recipes/code.yaml", RLIMITS_RECIPE)
-    facts = manifest.code_execution(build_plan(compose(recipe, [])))
+    facts = code_execution(build_plan(compose(recipe, [])))
     assert facts["enabled"] and facts["isolation"] == "rlimits" and "sandbox: rlimits" in str(facts["warning"])
-    strict = manifest.code_execution(build_plan(compose(recipe, ["verifier.sandbox=bubblewrap"])))
+    strict = code_execution(build_plan(compose(recipe, ["verifier.sandbox=bubblewrap"])))
     assert strict["isolation"] == ("rlimits" if os.environ.get("HALO_PIPELINE_SANDBOX") == "rlimits" else "bubblewrap")

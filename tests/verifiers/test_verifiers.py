@@ -32,7 +32,7 @@ def test_every_builtin_has_a_config_and_every_config_builds() -> None:
         node = yaml.safe_load(path.read_text())
         assert node["name"] == path.stem
         if path.stem == "reward_model":
-            assert "needs `model:`" in check_spec(node)[0]  # a trained model path must be given
+            assert "needs `model:`" in check_spec(node)[0][1]  # a trained model path must be given
             continue
         if "allow_code_execution" in node:
             assert node["allow_code_execution"] is False, f"{path.name}: code execution must be off unless a recipe turns it on"
@@ -45,7 +45,7 @@ def test_code_verifiers_refuse_unless_allowed() -> None:
     assert refused.reward == 0 and "allow_code_execution" in (refused.error or "")
     assert code("python_tests", sample).reward == 1.0
     problems = check_spec({"name": "python_tests"})
-    assert problems and "allow_code_execution: true" in problems[0]
+    assert problems and "allow_code_execution: true" in problems[0][1]  # (key, text): reported at the verifier
     assert check_spec({"name": "python_tests", "allow_code_execution": True}) == []
     assert check_spec({"name": "weighted", "verifiers": ["python_syntax", "python_tests"]})  # a part runs code
     assert code_execution({"name": "all_of", "verifiers": ["python_tests"], "allow_code_execution": True})
@@ -205,7 +205,7 @@ def test_llm_judge_scores_and_reports_unparseable_replies() -> None:
 def test_reward_model_verifier(tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from halo_pipeline.models import resolve
+    from halo_pipeline.runtimes.catalog import resolve
 
     tiny = resolve("tiny")
     rm = AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=1)
@@ -237,14 +237,14 @@ def test_validation_gates_code_execution_and_the_manifest_records_it(project: Pa
     allowed = cli("validate", str(recipe), "verifier.allow_code_execution=true", cwd=project)
     assert allowed.returncode == 0, allowed.stderr
 
-    from halo_pipeline import manifest
-    from halo_pipeline.config import compose
-    from halo_pipeline.validate import build_plan
+    from halo_pipeline.engine.config import compose
+    from halo_pipeline.engine.plan import build_plan
+    from halo_pipeline.orchestration.flow import code_execution as recorded  # what the manifest records
 
     plan = build_plan(compose(recipe, ["verifier.allow_code_execution=true"]))
-    facts = manifest.code_execution(plan)
+    facts = recorded(plan)
     assert facts["enabled"] and facts["steps"] == ["synthesize"] and facts["isolation"] in ("bubblewrap", "rlimits")
-    assert manifest.code_execution(build_plan(compose(recipe, ["verifier=python_syntax"]))) == {"enabled": False}
+    assert recorded(build_plan(compose(recipe, ["verifier=python_syntax"]))) == {"enabled": False}
 
 
 def test_cli_runs_code_verifiers_only_when_allowed(project: Path) -> None:

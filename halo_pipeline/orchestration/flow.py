@@ -1,0 +1,344 @@
+"""One Prefect flow per run, one task per step: the path every run takes, from the terminal, a sweep job,
+a schedule or the Prefect UI.
+
+`run` (the terminal, sweeps) calls the `pipeline` flow with the run's options in a context variable;
+the flow composes the recipe from its own parameters (`recipe`, `overrides`) — a run started from the UI
+takes the same road — and `_run_steps` submits each selected step as a `run_step` task, which calls
+the engine's `execute` (cache lookup, lock, run, commit). The manifest and report.html are written
+when the run starts and whenever it ends: completed, failed or interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, tags, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
+from prefect.logging.handlers import APILogHandler
+from prefect.states import Completed
+
+from halo_pipeline.engine import manifest
+from halo_pipeline.engine.errors import Issue, RecipeError
+from halo_pipeline.engine.execute import StepCall, StepError, StepResult, cached_result, execute, step_calls, write_state
+from halo_pipeline.engine.graph import select
+from halo_pipeline.engine.plan import Plan, plan_recipe
+
+
+@dataclass
+class RunOptions:
+    """Choices of one invocation that are not part of the recipe's config (and so not flow parameters)."""
+
+    only: list[str] = field(default_factory=list)
+    from_: str | None = None
+    until: str | None = None
+    no_cache: bool = False
+    check: bool = False  # replay --check: re-execute deterministic steps outside the cache
+    command: list[str] = field(default_factory=list)
+    progress: Any = None  # a callable(run_dir, plan, futures, selected) -> None that shows progress
+
+
+_options: contextvars.ContextVar[RunOptions | None] = contextvars.ContextVar("halo_run_options", default=None)
+
+
+def current_options() -> RunOptions:
+    # A function, not the ContextVar itself, is what the flow's code refers to: workers that
+    # pickle the flow by value (dask) can pickle a function reference but not a ContextVar.
+    return _options.get() or RunOptions()
+
+
+def set_options(opts: RunOptions) -> contextvars.Token[RunOptions | None]:
+    return _options.set(opts)
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what a retry can fix (network trouble, timeouts): never a full disk or a missing file."""
+    try:
+        state.result()
+    except StepError as exc:
+        return exc.transient
+    except Exception:
+        return False
+    return False
+
+
+def _step(call: StepCall, upstream: dict[str, StepResult]) -> Any:
+    """Run one step; a verified cache hit returns Prefect's `Cached` state without running it."""
+    step_logger = logging.getLogger(f"halo_pipeline.steps.{call.id}")
+    step_logger.propagate = False  # the terminal shows states; the log goes to the file and to Prefect
+    api_handler = APILogHandler()
+    step_logger.addHandler(api_handler)
+    try:
+        result = execute(call, upstream)
+    finally:
+        step_logger.removeHandler(api_handler)
+    if result.state == "cached":  # the run that made it published its artifact already
+        return Completed(name="Cached", message=f"cache hit {result.key[:12] if result.key else ''}", data=result)
+    _publish(call, result)
+    return result
+
+
+# The task wraps a module-level function of another name, so that workers (processes, dask)
+# unpickle it by reference instead of by value.
+run_step = task(cache_policy=NO_CACHE, persist_result=False)(_step)
+
+
+def _publish(call: StepCall, result: StepResult) -> None:
+    lines = [f"### {call.id} ({result.kind}) — {result.state}", ""]
+    lines += result.summary
+    if result.metrics:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(result.metrics.items()) if not isinstance(v, dict | list)]
+    if result.outputs:
+        lines += ["", "| output | type | sha256 |", "|---|---|---|"]
+        lines += [f"| {n} | {o.type} | `{o.sha256[:12]}` |" for n, o in result.outputs.items()]
+    key = "".join(c if c.isalnum() else "-" for c in f"{call.id}-{result.kind}".lower()).strip("-")
+    with contextlib.suppress(Exception):  # an artifact is a nicety; never fail a step for it
+        create_markdown_artifact(key=key, markdown="\n".join(lines), description=f"{call.id}: {result.state}")
+
+
+def make_task_runner(runner_cfg: dict[str, Any]) -> Any:
+    name = (runner_cfg or {}).get("name", "threads")
+    if name == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=int(runner_cfg.get("max_workers", 4)))
+    if name == "processes":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=int(runner_cfg.get("max_workers", 2)))
+    if name == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if runner_cfg.get("address"):
+            return DaskTaskRunner(address=runner_cfg["address"])
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": int(runner_cfg.get("n_workers", 2)),
+                "threads_per_worker": int(runner_cfg.get("threads_per_worker", 1)),
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+    raise RecipeError([Issue(f"unknown runner '{name}'", key="runner", hint="choose runner=threads, processes or dask")])
+
+
+def upstream_from_cache(plan: Plan, calls: dict[str, StepCall], selected: set[str]) -> dict[str, StepResult]:
+    """Results of unselected steps that selected ones read, taken from the cache; an error if absent."""
+
+    def data_deps(sid: str) -> set[str]:
+        return {r.step for r in plan.steps[sid].inputs.values() if not isinstance(r, Path)}
+
+    needed: set[str] = set()
+    stack = [d for sid in selected for d in data_deps(sid) if d not in selected]
+    while stack:  # unselected steps read by selected ones, and what those read in turn
+        sid = stack.pop()
+        if sid not in needed:
+            needed.add(sid)
+            stack.extend(data_deps(sid))
+    have: dict[str, StepResult] = {}
+    for sid in plan.steps:  # topological order, so a step's own upstream is known first
+        if sid not in needed:
+            continue
+        _, hit = cached_result(_as_cached_call(calls[sid]), have)
+        if hit is None:
+            raise RecipeError(
+                [
+                    Issue(
+                        f"step '{sid}' is not selected and has no cached result",
+                        key=f"steps.{sid}",
+                        hint=f"run it first, or add it to --only ({sid})",
+                    )
+                ]
+            )
+        have[sid] = hit
+    return have
+
+
+def _as_cached_call(call: StepCall) -> StepCall:
+    from dataclasses import replace
+
+    return replace(call, cached=True)
+
+
+@flow(name="halo-pipeline", persist_result=False, validate_parameters=False)
+def pipeline(recipe: str, overrides: list[str] | None = None, tags: list[str] | None = None) -> dict[str, Any]:  # noqa: A002
+    """Compose the recipe with its overrides, validate it, and run its steps as Prefect tasks."""
+    from halo_pipeline.orchestration.environment import apply_defaults
+
+    apply_defaults()  # a scheduled run gets the environment the terminal sets
+    plan = plan_recipe(recipe, list(overrides or []))  # what the terminal just validated comes from plan_recipe's memo
+    return _run_steps(plan, current_options(), list(tags or []))
+
+
+def _run_steps(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, Any]:
+    run_dir = fresh_dir(plan.composed.run_dir.resolve())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "steps").mkdir(exist_ok=True)
+    selected = select(plan.deps, opts.only, opts.from_, opts.until)
+    calls = step_calls(plan, run_dir, no_cache=opts.no_cache, check=opts.check)
+    results: dict[str, StepResult] = upstream_from_cache(plan, calls, selected)
+    for sid, res in results.items():
+        res.state = "cached"
+        write_state(calls[sid], "cached", seconds=0)
+    prefect_run = _flow_run_info()
+    extra = {
+        "run_dir": str(run_dir), "selected": sorted(selected), "check": opts.check, "prefect": prefect_run,
+        "code_execution": code_execution(plan),
+    }  # fmt: skip
+    manifest.write(run_dir, manifest.build(plan, {}, opts.command, "running", extra))
+    started = time.time()
+    runner = make_task_runner(plan.composed.config.get("runner", {}))
+    futures: dict[str, Any] = {}
+    with runner, tags(*tag_list, plan.recipe.name):
+        for sid, ps in plan.steps.items():
+            if sid not in selected:
+                continue
+            call = calls[sid]
+            up = {d: futures.get(d, results.get(d)) for d in ps.deps if d in futures or d in results}
+            t = run_step.with_options(
+                name=f"{sid}:{ps.kind.name}",
+                task_run_name=f"{sid}:{ps.kind.name}",
+                retries=ps.spec.retries,
+                retry_delay_seconds=ps.spec.retry_delay_seconds,
+                retry_condition_fn=_retry_transient,
+            )
+            futures[sid] = runner.submit(
+                t, parameters={"call": call, "upstream": up}, wait_for=[futures[d] for d in ps.deps if d in futures]
+            )
+        try:
+            if opts.progress:
+                opts.progress(run_dir, plan, futures, selected)
+            for f in futures.values():
+                f.wait()
+        except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C, or SIGTERM (Prefect raises its own inside a flow)
+            results.update(finished_results(futures))  # finished steps stay in the cache and are recorded as such
+            for sid in futures:
+                if sid not in results:
+                    results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="interrupted", error="interrupted")
+            _record(run_dir, manifest.build(plan, results, opts.command, "interrupted", extra))
+            _abandon(runner)
+            raise
+    results.update(finished_results(futures))
+    failed = False
+    for sid in futures:  # topological order: an upstream failure is known before its dependents
+        if sid in results:
+            continue
+        failed = True
+        broken = next((d for d in plan.steps[sid].deps if d in futures and results[d].state in ("failed", "skipped")), None)
+        if broken is not None:
+            reason = f"skipped: upstream step {broken} {'failed' if results[broken].state == 'failed' else 'was skipped'}"
+            results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="skipped", error=reason)
+            write_state(calls[sid], "skipped", error=reason)
+            continue
+        try:
+            futures[sid].state.result()
+            err = futures[sid].state.message
+        except Exception as exc:
+            err = str(exc)
+        results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="failed", error=err)
+        write_state(calls[sid], "failed", error=err)
+    ended = time.time()
+    objective = objective_value(plan, results)
+    extra.update(started=started, ended=ended, seconds=round(ended - started, 3), objective=objective)
+    _record(run_dir, manifest.build(plan, results, opts.command, "failed" if failed else "completed", extra))
+    return {
+        "run_dir": str(run_dir),
+        "prefect_ui": prefect_run.get("ui_url"),
+        "state": "failed" if failed else "completed",
+        "objective": objective,
+        "steps": {sid: r.state for sid, r in results.items()},
+    }
+
+
+def _record(run_dir: Path, built: dict[str, Any]) -> None:
+    """The manifest, then the report a person reads (written from it)."""
+    from halo_pipeline.views.report import write_report
+
+    manifest.write(run_dir, built)
+    write_report(run_dir, built)
+
+
+def code_execution(plan: Plan) -> dict[str, Any]:
+    """Which steps run model-written code (a verifier with allow_code_execution) and how it is isolated:
+    the weakest isolation any of them asked for (`sandbox: rlimits` carries its warning here)."""
+    from halo_pipeline.verifiers import code_execution_modes
+
+    modes: dict[str, set[str]] = {}
+    for sid, ps in plan.steps.items():
+        for key, value in ps.params.model_dump(mode="json").items():
+            if "verifier" in key and (found := code_execution_modes(value)):
+                modes.setdefault(sid, set()).update(found)
+    if not modes:
+        return {"enabled": False}
+    from halo_pipeline.verifiers import sandbox
+
+    weakest = "rlimits" if any("rlimits" in m for m in modes.values()) else None
+    return {"enabled": True, "steps": sorted(modes), **sandbox.describe(weakest)}
+
+
+def _abandon(runner: Any) -> None:
+    """Stop the task runner without waiting for running steps: an interrupted run ends now, and the
+    steps' sandboxes and child processes die with the process (the manifest already says where it stopped)."""
+    executor = getattr(runner, "_executor", None)  # Prefect's thread and process runners would otherwise join their workers
+    if executor is None:
+        return
+    for process in getattr(executor, "_processes", {}).values():
+        process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
+    runner._executor = None
+
+
+def finished_results(futures: dict[str, Any]) -> dict[str, StepResult]:
+    """The results of the steps whose tasks completed (ran or cached), without waiting for the others."""
+    done: dict[str, StepResult] = {}
+    for sid, fut in futures.items():
+        state = fut.state
+        if state.is_completed():
+            done[sid] = state.result()
+            if state.name == "Cached":
+                done[sid].state = "cached"
+    return done
+
+
+def _flow_run_info() -> dict[str, Any]:
+    """Where this run is in Prefect, so a manifest leads to its flow run and back."""
+    from prefect.runtime import flow_run
+
+    return {"flow_run_id": flow_run.get_id(), "flow_run_name": flow_run.get_name(), "ui_url": flow_run.get_flow_run_ui_url()}
+
+
+def fresh_dir(run_dir: Path) -> Path:
+    """Never write over an earlier run: two runs in the same second get `-1`, `-2`... suffixes."""
+    candidate, n = run_dir, 0
+    while (candidate / manifest.MANIFEST).exists():
+        n += 1
+        candidate = run_dir.with_name(f"{run_dir.name}-{n}")
+    return candidate
+
+
+def objective_value(plan: Plan, results: dict[str, StepResult]) -> float | None:
+    if not plan.recipe.objective:
+        return None
+    step, _, metric = plan.recipe.objective.partition(".")
+    res = results.get(step)
+    value: Any = res.metrics if res else None
+    for part in metric.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def run(recipe: str, overrides: list[str], opts: RunOptions, tag_list: list[str] | None = None) -> dict[str, Any]:
+    """Run a recipe as a Prefect flow; the flow's own parameters are only recipe, overrides and tags."""
+    token = set_options(opts)
+    try:
+        return pipeline(recipe=str(recipe), overrides=overrides, tags=tag_list or [])
+    finally:
+        _options.reset(token)

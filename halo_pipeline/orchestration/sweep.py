@@ -1,0 +1,196 @@
+"""Hydra multirun (`run -m`): Hydra's own sweepers and launchers, one Prefect flow run per job.
+
+Every job is composed by Hydra, validated, and run through the same flow as a single run, with the
+same step selection (`--only`, `--from`, `--until`); its run directory is the job's directory under
+`multirun/<name>/<time>/<n>`. A recipe's `objective` (`<step>.<metric>`) is returned to the sweeper,
+so `hydra/sweeper=optuna` optimizes it.
+
+A failed job: in a grid every job still runs, and the sweep exits 1; with Optuna it is a failed
+trial (never a value the sampler learns from), and the sweep stops once failed trials exceed
+`hydra.sweeper.max_failure_rate` (Hydra's default 0.0: at the first failure).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from halo_pipeline.engine.config import hydra_defaults, search_path
+from halo_pipeline.engine.errors import Issue, RecipeError, did_you_mean
+from halo_pipeline.engine.recipe import read_yaml
+
+
+class SweepJobFailed(RuntimeError):
+    """Raised to an Optuna sweeper so the job is a failed trial (and max_failure_rate applies)."""
+
+
+def multirun(
+    recipe: str,
+    overrides: list[str],
+    quiet: bool = False,
+    only: list[str] | None = None,
+    from_: str | None = None,
+    until: str | None = None,
+) -> int:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    from halo_pipeline.engine.plan import plan_recipe
+    from halo_pipeline.orchestration import local_server
+
+    path = Path(recipe).resolve()
+    if not path.exists():
+        raise RecipeError([Issue(f"recipe not found: {recipe}")])
+    _, _, issues = read_yaml(path)
+    if issues:
+        raise RecipeError(issues)
+    local_server.ensure_api_url()  # one API for every job (and for launcher subprocesses)
+    jobs: list[dict[str, Any]] = []
+    sweeper = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/sweeper=")), "basic")
+    _quiet_sweeper_logs(sweeper)
+
+    def job(cfg: DictConfig) -> float | None:
+        """One job: Hydra chose its overrides and directory; the job composes and runs on the same road as a single run."""
+        from halo_pipeline.orchestration import flow
+
+        hc = HydraConfig.get()
+        job_overrides = [*hc.overrides.task, f"hydra.run.dir={hc.runtime.output_dir}"]
+        plan = plan_recipe(str(path), job_overrides)
+        check_selection(plan, only or [], from_, until)
+        opts = flow.RunOptions(only=only or [], from_=from_, until=until, command=["halo-pipeline", *sys.argv[1:]])
+        with local_server.active_run():
+            result = flow.run(str(path), job_overrides, opts, tag_list=["multirun", f"job-{hc.job.num}"])
+        job_overrides = list(hc.overrides.task)
+        ran = {sid: state for sid, state in result["steps"].items() if state != "not-selected"}
+        record = {
+            "job": hc.job.num,
+            "overrides": job_overrides,
+            "state": result["state"],
+            "objective": result["objective"],
+            "run_dir": result["run_dir"],
+            "steps": ran,
+        }
+        jobs.append(record)
+        if not quiet:
+            print(_job_line(record), flush=True)
+        if result["state"] != "completed":
+            if sweeper == "optuna":  # a failed trial: Optuna never learns from it, max_failure_rate decides
+                stderr.failed_trial = True
+                raise SweepJobFailed(f"job {hc.job.num} failed")
+            return None
+        if plan.recipe.objective and result["objective"] is None and sweeper == "optuna":
+            raise RecipeError([Issue(f"objective '{plan.recipe.objective}' produced no value", key="objective")])
+        return result["objective"]
+
+    direction = _direction(path)
+    extra = hydra_defaults(overrides)
+    extra.append("hydra.searchpath=[" + ",".join(f"'{s}'" for s in search_path(path.parent)) + "]")
+    if sweeper == "optuna" and not any(o.startswith("hydra.sweeper.direction=") for o in overrides):
+        extra.append(f"hydra.sweeper.direction={direction}")
+    task = hydra.main(version_base="1.3", config_path=str(path.parent), config_name=path.stem)(job)
+    argv, real_stderr = sys.argv, sys.stderr
+    sys.argv = ["halo-pipeline", "-m", *overrides, *extra]
+    stderr = _HydraStderr(real_stderr)
+    sys.stderr = stderr
+    stopped: str | None = None
+    try:
+        task()
+    except SystemExit as exc:
+        if not stderr.stopped_by_failed_trials():
+            stderr.release()
+            return int(exc.code or 0) and 2  # hydra exits 1 on composition errors after printing them
+        rate = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.sweeper.max_failure_rate=")), "0.0")
+        stopped = f"the sweep stopped: failed trials exceeded max_failure_rate={rate} (allow more with hydra.sweeper.max_failure_rate=0.5)"
+    finally:
+        sys.argv, sys.stderr = argv, real_stderr
+    if jobs:
+        write_summary(jobs, direction, quiet)
+    failed = [j for j in jobs if j["state"] != "completed"]
+    if failed and not quiet:
+        print(f"{len(failed)} of {len(jobs)} jobs failed: {', '.join(str(j['job']) for j in failed)}", flush=True)
+    if stopped:
+        print(stopped, file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+def check_selection(plan: Any, only: list[str], from_: str | None, until: str | None) -> None:
+    """`--only/--from/--until` name steps of the recipe (checked before anything runs)."""
+    unknown = [s for s in [*only, from_, until] if s and s not in plan.steps]
+    if unknown:
+        raise RecipeError(
+            [Issue(f"no step '{s}' in the recipe", hint=did_you_mean(s, plan.steps) or f"steps: {', '.join(plan.steps)}") for s in unknown]
+        )
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    """One plain line per job: what it changed, how it ended, which steps it ran, where it is."""
+    ran = " ".join(f"{sid}:{state}" for sid, state in job["steps"].items())
+    head = f"job {job['job']} ({' '.join(job['overrides'])}): {job['state']}"
+    objective = "" if job["objective"] is None else f"  objective={job['objective']}"
+    return f"{head}{objective}  [{ran}]  {job['run_dir']}"
+
+
+class _HydraStderr:
+    """stderr during a sweep. Hydra writes `Error executing job with overrides: [...]` for every failed
+    job, and a traceback when the Optuna sweeper gives up on failed trials; each job already has its
+    own line, and the stop gets one plain line. Everything else passes through (composition errors)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.failed_trial = real, False
+        self.held: list[str] = []
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides"):
+            return len(text)
+        if self.failed_trial:  # perhaps the sweeper's traceback: decided when the sweep ends
+            self.held.append(text)
+            return len(text)
+        return int(self.real.write(text))
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def stopped_by_failed_trials(self) -> bool:
+        return "SweepJobFailed" in "".join(self.held)
+
+    def release(self) -> None:
+        self.real.write("".join(self.held))
+        self.held.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def _quiet_sweeper_logs(sweeper: str) -> None:
+    """The Optuna sweeper logs a failed trial as a warning and a stopped sweep as an ERROR with a list of
+    exception reprs; with Hydra's logging off those reach stderr raw. We print one plain line instead."""
+    for name in ("hydra_plugins.hydra_optuna_sweeper._impl", "hydra_plugins.hydra_optuna_sweeper"):
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+    if sweeper == "optuna":  # optuna announces every study it creates
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def write_summary(jobs: list[dict[str, Any]], direction: str, quiet: bool) -> None:
+    """`summary.json` in the sweep directory: every job (with the steps it ran), and the best one by the objective."""
+    from halo_pipeline.engine.cache import atomic_write_json
+
+    scored = [j for j in jobs if j["objective"] is not None and j["state"] == "completed"]
+    best = (max if direction == "maximize" else min)(scored, key=lambda j: j["objective"]) if scored else None
+    sweep_dir = Path(jobs[0]["run_dir"]).parent
+    atomic_write_json(sweep_dir / "summary.json", {"direction": direction, "best": best, "jobs": jobs})
+    if not quiet and best is not None:
+        print(f"best: job {best['job']} ({' '.join(best['overrides'])}) objective={best['objective']}  -> {sweep_dir / 'summary.json'}")
+
+
+def _direction(path: Path) -> str:
+    import yaml
+
+    data: Any = yaml.safe_load(path.read_text()) or {}
+    return str(data.get("direction", "maximize"))

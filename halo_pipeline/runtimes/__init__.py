@@ -1,0 +1,161 @@
+"""One runtime per model format: HF (transformers on torch), GGUF (llama.cpp) and MLX (mlx-lm).
+
+Every step that runs a model — synthesize, probe, eval, verify, serve — loads it here, by its format,
+on the backend's device and dtype, and asks the same questions: tokenize, next-token log-probs at
+every position, greedy continuations, the chat template, and batched generation of chat prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from halo_pipeline.runtimes.formats import gguf_file, is_adapter, model_format
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How completions are sampled: `n` per prompt, seeded (the same seed gives the same text on a CPU)."""
+
+    n: int = 1
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+class Runtime(Protocol):
+    name: str  # the library: transformers, llama-cpp-python, mlx-lm
+    format: str  # hf, gguf, mlx
+
+    @property
+    def eos_id(self) -> int: ...
+
+    @property
+    def bos_id(self) -> int | None: ...
+
+    def tokenize(self, text: str) -> list[int]: ...  # the text alone: special tokens parsed, none added
+    def encode(self, text: str) -> list[int]: ...  # as the model's tokenizer encodes a document (BOS when it adds one)
+    def detokenize(self, ids: list[int]) -> str: ...
+    def logprobs(self, ids: list[int]) -> np.ndarray: ...  # [len(ids), vocab]: log P(next | ids[:i+1])
+    def greedy(self, ids: list[int], n: int) -> list[int]: ...  # n argmax tokens; end-of-sequence is just a token
+    def chat_template(self) -> str | None: ...
+    def render_chat(self, messages: Messages) -> str | None: ...
+    def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]: ...
+    def close(self) -> None: ...
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis, in float64 (KL and log-likelihood sums need the precision)."""
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return np.asarray(shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))
+
+
+def to_messages(prompt: str, system_prompt: str | None) -> Messages:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": prompt}]
+
+
+def load(
+    path: Path,
+    backend: Any = None,
+    *,
+    adapter: Path | None = None,
+    base: Any = None,
+    use_chat_template: bool = True,
+    n_ctx: int = 2048,
+    parallel: int | None = None,
+    dtype: str | None = None,
+) -> Runtime:
+    """The model at `path` in its own runtime. A PEFT adapter needs `base` (a model reference): it runs
+    on its base, merged for plain-speed generation. `backend` (a Backend) sets torch's device and dtype;
+    `dtype="auto"` keeps the weights' own dtype instead (verify compares an export as it was saved)."""
+    backend = as_backend(backend)
+    if is_adapter(path):
+        if base is None:
+            raise ValueError(f"{path} is an adapter: its base model is needed to run it")
+        from halo_pipeline.runtimes.catalog import resolve
+
+        adapter, path = path, resolve(base)
+        if (adapter / "adapters.safetensors").is_file():  # trained by mlx-lm (backend=mlx)
+            from halo_pipeline.runtimes.mlx import MLXRuntime
+
+            return MLXRuntime(path, use_chat_template=use_chat_template, adapter=adapter)
+        from halo_pipeline.runtimes.hf import HFRuntime  # a PEFT adapter runs on torch
+
+        return HFRuntime(path, backend.device, dtype or backend.dtype, adapter=adapter, use_chat_template=use_chat_template)
+    fmt = model_format(path)
+    if fmt == "gguf":
+        from halo_pipeline.runtimes.gguf import GGUFRuntime
+
+        return GGUFRuntime(gguf_file(path), n_ctx=n_ctx, use_chat_template=use_chat_template, parallel=parallel)  # type: ignore[arg-type]
+    if fmt == "mlx" or (fmt == "hf" and backend.engine == "mlx"):  # mlx-lm loads HF checkpoints too
+        from halo_pipeline.runtimes.mlx import MLXRuntime
+
+        return MLXRuntime(path, use_chat_template=use_chat_template, adapter=adapter)
+    if fmt == "hf":
+        from halo_pipeline.runtimes.hf import HFRuntime
+
+        return HFRuntime(path, backend.device, dtype or backend.dtype, adapter=adapter, use_chat_template=use_chat_template)
+    raise ValueError(f"{path} is not a model this tool can load (an HF directory, a GGUF file or export, or an MLX directory)")
+
+
+def teacher(
+    model: Any,
+    backend: Any,
+    engine: str = "auto",
+    *,
+    base_url: str | None = None,
+    endpoint_model: str | None = None,
+    api_key_env: str | None = None,
+    concurrency: int = 8,
+    use_chat_template: bool = True,
+) -> Any:
+    """What generates completions for a step: a local runtime for a model reference (`engine: auto` picks
+    MLX on the mlx backend, llama.cpp for a GGUF model on the CPU, transformers otherwise), or an endpoint."""
+    if base_url:
+        from halo_pipeline.runtimes.endpoint import Endpoint
+
+        return Endpoint(base_url, endpoint_model or str(getattr(model, "name", model)), api_key_env, concurrency)
+    from halo_pipeline.runtimes.catalog import gguf_source, resolve
+
+    backend = as_backend(backend)
+    chosen = choose_engine(engine, model, backend)
+    if chosen == "llama_cpp":
+        gguf = gguf_source(model)
+        if gguf is None:
+            raise RuntimeError("engine llama_cpp needs a GGUF model (a .gguf path or a catalog entry whose source is one)")
+        return load(gguf, backend, use_chat_template=use_chat_template)
+    if chosen == "mlx":
+        from halo_pipeline.runtimes.mlx import MLXRuntime
+
+        return MLXRuntime(resolve(model), use_chat_template=use_chat_template)
+    from halo_pipeline.runtimes.hf import HFRuntime
+
+    return HFRuntime(resolve(model), backend.device, backend.dtype, use_chat_template=use_chat_template)
+
+
+def choose_engine(engine: str, model: Any, backend: Any) -> str:
+    """`auto`: mlx on the mlx backend, llama.cpp for a GGUF model on the CPU backend, transformers otherwise."""
+    if engine != "auto":
+        return engine
+    from halo_pipeline.runtimes.catalog import gguf_source
+
+    backend = as_backend(backend)
+    if backend.engine == "mlx":
+        return "mlx"
+    return "llama_cpp" if backend.is_cpu and gguf_source(model) is not None else "transformers"
+
+
+def as_backend(backend: Any) -> Any:
+    """A Backend from a Backend, a group node or None (the CPU)."""
+    from halo_pipeline.engine.groups import Backend
+
+    return backend if isinstance(backend, Backend) else Backend.model_validate(backend or {})

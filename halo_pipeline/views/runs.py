@@ -1,0 +1,207 @@
+"""Runs read back from their manifests: list, show, diff, and the digest comparison of `replay --check`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from halo_pipeline.engine.errors import Issue, RecipeError
+from halo_pipeline.engine.manifest import MANIFEST, read
+
+
+def all_runs(root: Path) -> list[Path]:
+    found = [p.parent for p in root.glob(f"*/*/{MANIFEST}")] + [p.parent for p in root.glob(f"*/*/*/{MANIFEST}")]
+    return sorted(
+        {p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts)}, key=lambda p: p.stat().st_mtime
+    )
+
+
+def find_run(ref: str, root: Path, recipe: str | None = None) -> Path:
+    """A run by its directory, by a unique suffix of its path under `root` (e.g. `demo/2026-11-22_03-00-01`),
+    or by a git revision (`HEAD~1`, a tag, a commit): the latest run made at that commit (of `recipe`, by name)."""
+    p = Path(ref)
+    if (p / MANIFEST).exists():
+        return p
+    matches = [r for r in all_runs(root) if str(r).endswith(ref.rstrip("/"))]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches and (commit := _git_commit(ref)):
+        at = [r for r in all_runs(root) if _made_at(r, commit, recipe)]
+        if at:
+            return at[-1]  # runs are sorted oldest first
+        what = f"of recipe '{recipe}' " if recipe else ""
+        raise RecipeError([Issue(f"no run {what}was made at {ref} ({commit[:10]})", hint="runs record the commit they ran at: runs ls")])
+    hint = f"{len(matches)} runs match; be more specific" if matches else "see `halo-pipeline runs ls`"
+    raise RecipeError([Issue(f"no single run matches '{ref}'", hint=hint)])
+
+
+def _git_commit(rev: str) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _made_at(run: Path, commit: str, recipe: str | None) -> bool:
+    try:
+        m = read(run)
+    except RecipeError:
+        return False
+    return (m.get("git") or {}).get("commit") == commit and (recipe is None or m.get("name") == recipe)
+
+
+def ls(root: Path, console: Any) -> int:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("run", "state", "steps", "objective", "groups", "git"):
+        table.add_column(col)
+    for run in all_runs(root):
+        try:
+            m = read(run)
+        except RecipeError:
+            continue
+        states: dict[str, int] = {}
+        for s in m["steps"].values():
+            states[s["state"]] = states.get(s["state"], 0) + 1
+        git = m.get("git", {})
+        table.add_row(
+            str(run.relative_to(root)) if run.is_relative_to(root) else str(run),
+            m.get("state", "?"),
+            " ".join(f"{k}:{v}" for k, v in sorted(states.items())),
+            "" if m.get("objective") is None else f"{m['objective']:.4g}",
+            " ".join(f"{k}={v}" for k, v in sorted(m.get("groups", {}).items())),
+            f"{(git.get('commit') or '')[:8]}{'+dirty' if git.get('dirty') else ''}",
+        )
+    console.print(table)
+    return 0
+
+
+def show(run: Path, console: Any) -> int:
+    from rich.table import Table
+
+    m = read(run)
+    console.print(f"[bold]{m['name']}[/]  {run}  [{m.get('state')}]")
+    console.print("command: " + " ".join(m.get("command", [])))
+    console.print("groups: " + " ".join(f"{k}={v}" for k, v in sorted(m.get("groups", {}).items())))
+    table = Table(box=None, pad_edge=False)
+    for col in ("step", "kind", "state", "seconds", "key", "metrics"):
+        table.add_column(col, overflow="fold")
+    for sid, s in m["steps"].items():
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(flatten(s.get("metrics", {})).items()))
+        table.add_row(
+            sid, s["kind"], s["state"], _fmt(s.get("seconds", "")), (s.get("cache_key") or "")[:12], metrics or (s.get("error") or "")
+        )
+    console.print(table)
+    return 0
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def diff(a: Path, b: Path, console: Any) -> int:
+    from rich.table import Table
+
+    ma, mb = read(a), read(b)
+    _recipe_diff(ma, mb, a, b, console)
+    ca, cb = flatten(ma["config"]), flatten(mb["config"])
+    table = Table(title="config", box=None, pad_edge=False, title_justify="left")
+    for col in ("key", str(a.name), str(b.name)):
+        table.add_column(col, overflow="fold")
+    for key in sorted(set(ca) | set(cb)):
+        if ca.get(key, "—") != cb.get(key, "—"):
+            table.add_row(key, _fmt(ca.get(key, "—")), _fmt(cb.get(key, "—")))
+    console.print(table)
+    metrics = Table(title="metrics", box=None, pad_edge=False, title_justify="left")
+    for col in ("step.metric", str(a.name), str(b.name), "Δ"):
+        metrics.add_column(col)
+    fa = {f"{sid}.{k}": v for sid, s in ma["steps"].items() for k, v in flatten(s.get("metrics", {})).items()}
+    fb = {f"{sid}.{k}": v for sid, s in mb["steps"].items() for k, v in flatten(s.get("metrics", {})).items()}
+    for key in sorted(set(fa) | set(fb)):
+        va, vb = fa.get(key), fb.get(key)
+        delta = f"{vb - va:+.4g}" if isinstance(va, int | float) and isinstance(vb, int | float) else ""
+        metrics.add_row(key, _fmt(va if va is not None else "—"), _fmt(vb if vb is not None else "—"), delta)
+    console.print(metrics)
+    return 0
+
+
+def _recipe_diff(ma: dict[str, Any], mb: dict[str, Any], a: Path, b: Path, console: Any) -> None:
+    """What changed in the recipe file itself between the two runs (e.g. two commits' versions of it)."""
+    import difflib
+
+    ta, tb = (m.get("recipe", {}).get("text") for m in (ma, mb))
+    if ta is None or tb is None or ta == tb:
+        return
+    label = {id(ma): a.name, id(mb): b.name}
+    for m in (ma, mb):
+        commit = (m.get("git") or {}).get("commit")
+        if commit:
+            label[id(m)] += f" @ {commit[:10]}{'+dirty' if m['git'].get('dirty') else ''}"
+    console.print("[bold]recipe[/]")
+    for line in difflib.unified_diff(ta.splitlines(), tb.splitlines(), label[id(ma)], label[id(mb)], lineterm=""):
+        style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim" if line.startswith("@@") else ""
+        console.print(f"[{style}]{line}[/]" if style else line, markup=bool(style), highlight=False)
+
+
+def compare_digests(original: dict[str, Any], new: dict[str, Any], console: Any) -> int:
+    """`replay --check`: every deterministic step's outputs must have the digests the original run recorded."""
+    from rich.table import Table
+
+    table = Table(title="replay check", box=None, pad_edge=False, title_justify="left")
+    for col in ("step", "output", "original", "replayed", "result"):
+        table.add_column(col)
+    differ = 0
+    for sid, step in original["steps"].items():
+        replayed = new["steps"].get(sid, {})
+        if not step.get("deterministic", True):
+            table.add_row(sid, "", "", "", "[dim]not deterministic: not compared[/]")
+            continue
+        for name, out in step.get("outputs", {}).items():
+            got = replayed.get("outputs", {}).get(name, {}).get("sha256")
+            same = got == out["sha256"]
+            differ += not same
+            table.add_row(sid, name, out["sha256"][:12], (got or "missing")[:12], "[green]same[/]" if same else "[red]DIFFERS[/]")
+    console.print(table)
+    console.print(f"{differ} output(s) differ" if differ else "all deterministic outputs reproduced")
+    return 1 if differ else 0
+
+
+def print_result(result: dict[str, Any], console: Any) -> None:
+    states = result["steps"]
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(_count(states.values()).items()))
+    color = "green" if result["state"] == "completed" else "red"
+    console.print(f"[{color}]{result['state']}[/]: {summary}")
+    if result.get("objective") is not None:
+        console.print(f"objective: {result['objective']}")
+    console.print(f"run dir: {result['run_dir']}")
+    if result.get("prefect_ui"):
+        console.print(f"prefect: {result['prefect_ui']}")
+    if result["state"] != "completed":
+        try:
+            m = json.loads((Path(result["run_dir"]) / MANIFEST).read_text())
+            for sid, s in m["steps"].items():
+                if s["state"] == "failed":
+                    console.print(f"[red]✘ {sid}[/]: {s.get('error')}  (log: {result['run_dir']}/logs/{sid}.log)")
+        except (OSError, ValueError):
+            pass
+
+
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
