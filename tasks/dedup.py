@@ -39,7 +39,7 @@ class DedupParams(Params):
         None, description="Field(s) compared: a name or a list (default: prompt+completion, prompt+chosen+rejected, or messages)."
     )
 
-    @field_validator("key", mode="before")
+    @field_validator("key", mode="before", json_schema_input_type=str | list[str] | None)
     @classmethod
     def _one_field(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value  # `key: completion` means [completion]

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from halo_pipeline.engine.groups import Backend, ModelRef
 from halo_pipeline.engine.step import Artifact, Params, RunContext, step
@@ -43,6 +43,11 @@ class EvalParams(Params):
     num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (None: the task's default).")
     batch_size: int = Field(8, ge=1, description="hf engine batch size.")
     apply_chat_template: bool | None = Field(None, description="Prompt through the chat template (default: only for api).")
+
+    @field_validator("tasks", "include_path", mode="before", json_schema_input_type=str | list[str])
+    @classmethod
+    def _one_name(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `tasks: halo_arith` means [halo_arith]
 
     @model_validator(mode="after")
     def _consistent(self) -> EvalParams:

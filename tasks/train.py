@@ -4,7 +4,8 @@ The `algorithm` group picks the method and its hyperparameters (`conf/algorithm/
 `backend` group the device and precision; `adapter` LoRA / DoRA / rsLoRA / PiSSA / QLoRA (CUDA) or
 full fine-tuning (`none`). Inputs: an `sft_dataset` for sft, a `preference_dataset` for dpo and rm,
 prompts (a `prompts` or `sft_dataset` artifact, task fields kept) for grpo and raft, which reward
-with the recipe's verifier. The output `model` is a PEFT `adapter` that records its base model, or
+with the recipe's verifier. An optional `init` adapter is trained on instead of a new one (an SFT
+warm-up before GRPO; docs/training.md). The output `model` is a PEFT `adapter` that records its base model, or
 a full `model` directory (full fine-tuning, and reward models, which are merged so the
 `reward_model` verifier loads them directly).
 
@@ -79,7 +80,7 @@ class TrainParams(Params):
 
 
 def accepts(params: TrainParams, name: str) -> tuple[str, ...]:
-    return alg.INPUT_TYPES[params.algorithm.name]
+    return ("adapter",) if name == "init" else alg.INPUT_TYPES[params.algorithm.name]
 
 
 def check(params: TrainParams) -> list[Any]:
@@ -118,6 +119,24 @@ def check(params: TrainParams) -> list[Any]:
     return problems
 
 
+def check_init(params: TrainParams, init: Artifact) -> None:
+    """The `init` adapter must have been trained on this step's base model, and be continuable here."""
+    from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
+
+    if params.backend.engine == "mlx" or params.adapter in ("none", "qlora"):
+        raise ValueError(
+            f"input init continues a LoRA adapter with a torch backend; this step has backend={params.backend.name}, "
+            f"adapter={params.adapter}: drop init, or use a torch backend with adapter lora/dora/rslora/pissa"
+        )
+    provenance = init.path / "halo_provenance.json"
+    recorded = json.loads(provenance.read_text()).get("base_fingerprint") if provenance.is_file() else None
+    if recorded is not None and recorded != model_fingerprint(params.model):
+        raise ValueError(
+            f"input init ({init.path}) was trained on another base model than this step's model "
+            f"{params.model.name}: give both steps the same model (usually `${{model}}`)"
+        )
+
+
 def fingerprint(params: TrainParams) -> dict[str, Any]:
     from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
 
@@ -125,7 +144,8 @@ def fingerprint(params: TrainParams) -> dict[str, Any]:
 
 
 @step(
-    inputs={"dataset": ("sft_dataset", "preference_dataset", "prompts")},
+    inputs={"dataset": ("sft_dataset", "preference_dataset", "prompts"), "init": "adapter"},
+    optional_inputs={"init"},
     outputs={"model": TypeByParam("output_kind", {"adapter": "adapter", "model": "model"})},
     version="1",
     libraries=("torch", "transformers", "trl", "peft", "accelerate", "mlx-lm"),
@@ -137,6 +157,9 @@ def fingerprint(params: TrainParams) -> dict[str, Any]:
 )
 def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     src = inputs["dataset"]
+    init = inputs.get("init")
+    if init is not None:
+        check_init(params, init)
     bad: list[str] = []
     rows = list(read_rows(src.path, src.type, "skip", bad))
     if not rows:
@@ -149,7 +172,7 @@ def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     else:
         from halo_pipeline.training.trl_runner import train_torch
 
-        summary = train_torch(params, rows, ctx)
+        summary = train_torch(params, rows, ctx, init=init.path if init else None)
     summary["wall_s"] = round(time.time() - started, 2)
     if summary.get("tokens") and summary.get("train_s"):
         summary["tokens_per_s"] = round(summary["tokens"] / max(summary["train_s"], 1e-9), 1)

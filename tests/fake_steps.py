@@ -20,6 +20,7 @@ class MakeParams(Params):
     sleep: float = Field(0.0, ge=0)
     counter: str | None = Field(None, description="A file to append a line to on every real run.")
     gate: str | None = Field(None, description="Wait (up to 2 min) until this file exists before finishing.")
+    shout: str | None = Field(None, description="Print this to stdout, as a chatty library would (print and the raw fd).")
 
 
 @step(outputs={"dataset": "sft_dataset"}, version="1")
@@ -27,6 +28,9 @@ def make(params: MakeParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     if params.counter:
         with open(params.counter, "a") as f:
             f.write(f"{os.getpid()}\n")
+    if params.shout:
+        print(params.shout, flush=True)
+        os.write(1, f"{params.shout}\n".encode())
     time.sleep(params.sleep)
     deadline = time.time() + 120
     while params.gate and not Path(params.gate).exists() and time.time() < deadline:

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ def run_and_report(recipe: str, overrides: list[str], args: argparse.Namespace, 
         command=["halo-pipeline", *sys.argv[1:]],
         progress=None if args.quiet else progress.show,
     )
-    with local_server.active_run():
+    with local_server.active_run(), _stdout_carries_results_only(args.quiet):
         result = flow.run(recipe, overrides, opts, tag_list=getattr(args, "tag", None) or [])
     if not args.quiet:
         from halo_pipeline.views.runs import print_result
@@ -125,6 +126,24 @@ def run_and_report(recipe: str, overrides: list[str], args: argparse.Namespace, 
         original = manifest.read(Path(recipe))
         return compare_digests(original, manifest.read(Path(result["run_dir"])), _console()) or _exit_code(result)
     return _exit_code(result)
+
+
+@contextlib.contextmanager
+def _stdout_carries_results_only(quiet: bool) -> Iterator[None]:
+    """With -q, stdout is the run directory alone (scripts read it): whatever a library prints while the
+    steps run (import-time warnings, banners) goes to stderr instead, at the file-descriptor level."""
+    if not quiet:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -260,6 +260,8 @@ def _resolve(cfg: Any, smap: SourceMap) -> tuple[dict[str, Any], dict[str, str],
 
     raw_choices: dict[str, Any] = OmegaConf.to_container(cfg.hydra.runtime.choices)  # type: ignore[assignment]
     choices = {str(k): str(v) for k, v in raw_choices.items() if not str(k).startswith("hydra")}
+    if OmegaConf.select(cfg, "name", default=None) is None:  # the run directory's layout needs it
+        raise RecipeError([smap.issue("name", "the recipe has no name", "add a top-level `name: my-recipe`: runs go to outputs/<name>/")])
     run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
     OmegaConf.set_struct(cfg, False)
     body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])

@@ -92,7 +92,15 @@ def _changed(before: dict[str, Any], model: Any) -> bool:
     return any(n in after and not bool((after[n].detach() == t).all()) for n, t in before.items())
 
 
-def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
+def _continue(model: Any, init: Path) -> Any:
+    """The base with the `init` adapter loaded trainable: training continues its weights (an SFT warm-up
+    before GRPO, say). TRL then uses the base with the adapter disabled as its DPO/GRPO reference."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(init), is_trainable=True)
+
+
+def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any, init: Path | None = None) -> dict[str, Any]:
     import warnings
 
     import datasets
@@ -101,11 +109,13 @@ def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")  # TRL's use of renamed APIs
     algo = params.algorithm
     if isinstance(algo, alg.RAFT):
-        return _raft(params, rows, ctx)
+        return _raft(params, rows, ctx, init)
     model, tokenizer = _load(params, for_reward_model=isinstance(algo, alg.RM))
+    if init is not None:
+        model = _continue(model, init)
     chat = params.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
     config = trainer_config(params, ctx.scratch("checkpoints"))
-    trainer = _trainer(params, model, tokenizer, chat, rows, config, ctx)
+    trainer = _trainer(params, model, tokenizer, chat, rows, config, ctx, new_adapter=init is None)
     _quiet(trainer)
     before = _snapshot(trainer.model)
     resume = last_checkpoint(ctx.scratch("checkpoints"))
@@ -121,7 +131,9 @@ def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, 
     return summary
 
 
-def _trainer(params: Any, model: Any, tokenizer: Any, chat: bool, rows: list[dict[str, Any]], config: Any, ctx: Any) -> Any:
+def _trainer(
+    params: Any, model: Any, tokenizer: Any, chat: bool, rows: list[dict[str, Any]], config: Any, ctx: Any, new_adapter: bool = True
+) -> Any:
     import trl
     from datasets import Dataset
 
@@ -134,18 +146,20 @@ def _trainer(params: Any, model: Any, tokenizer: Any, chat: bool, rows: list[dic
 
         callbacks.append(probe_callback(params, tokenizer, chat, ctx.path("metrics.jsonl"), ctx.log))
     common = {"model": model, "args": config, "processing_class": tokenizer, "callbacks": callbacks}
+    task_type = "SEQ_CLS" if isinstance(algo, alg.RM) else "CAUSAL_LM"
+    common["peft_config"] = peft_config(params, task_type=task_type) if new_adapter else None  # else: the init adapter trains on
     if isinstance(algo, alg.SFT):
         dataset = Dataset.from_list(data.sft_rows(rows, chat, params.system_prompt))
-        return trl.SFTTrainer(**common, train_dataset=dataset, peft_config=peft_config(params))
+        return trl.SFTTrainer(**common, train_dataset=dataset)
     if isinstance(algo, alg.DPO):
         dataset = Dataset.from_list(data.preference_rows(rows, chat, params.system_prompt))
-        return trl.DPOTrainer(**common, train_dataset=dataset, peft_config=peft_config(params))
+        return trl.DPOTrainer(**common, train_dataset=dataset)
     if isinstance(algo, alg.RM):
         dataset = Dataset.from_list(data.preference_rows(rows, chat, params.system_prompt))
-        return trl.RewardTrainer(**common, train_dataset=dataset, peft_config=peft_config(params, task_type="SEQ_CLS"))
+        return trl.RewardTrainer(**common, train_dataset=dataset)
     if isinstance(algo, alg.GRPO):
         dataset = Dataset.from_list(data.prompt_rows(rows, chat, params.system_prompt))
-        return trl.GRPOTrainer(**common, train_dataset=dataset, reward_funcs=[_reward_fn(params)], peft_config=peft_config(params))
+        return trl.GRPOTrainer(**common, train_dataset=dataset, reward_funcs=[_reward_fn(params)])
     raise ValueError(f"unknown algorithm {algo.name}")
 
 
@@ -213,7 +227,7 @@ def _save(params: Any, model: Any, tokenizer: Any, out: Path) -> None:
 # ---------------------------------------------------------------- RAFT
 
 
-def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
+def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any, init: Path | None = None) -> dict[str, Any]:
     """Cycles of: sample N completions per prompt, verify, keep each prompt's best (reward >= threshold,
     never 0), SFT one pass on those. Prompts are balanced: at most one kept sample per prompt."""
     import time
@@ -229,7 +243,9 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
     model, tokenizer = _load(params)
     chat = params.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
     lora = peft_config(params)
-    if lora is not None:
+    if init is not None:
+        model = _continue(model, init)
+    elif lora is not None:
         model = get_peft_model(model, lora)
     before = _snapshot(model)
     verifier = build_verifier(params.verifier)

@@ -44,6 +44,14 @@ def test_run_then_cached_rerun(project: Path) -> None:
     assert [m3["steps"][s]["state"] for s in ("make", "copy", "report")] == ["cached", "ran", "ran"]
 
 
+def test_quiet_stdout_is_the_run_directory_alone(project: Path) -> None:
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    res = cli("run", str(recipe), "+steps.make.with.shout=WARNING-from-a-library", "-q", cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [str(project / "outputs/fake" / Path(res.stdout.strip()).name)], res.stdout
+    assert "WARNING-from-a-library" in res.stderr  # moved, not lost
+
+
 def test_prefect_shows_cached_states_and_task_names(project: Path) -> None:
     from halo_pipeline.orchestration import flow
 

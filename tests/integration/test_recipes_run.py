@@ -57,6 +57,41 @@ def test_quickstart_with_smollm2(project: Path) -> None:
     assert m["steps"]["verify"]["metrics"]["passed"] is True and m["steps"]["serve"]["metrics"]["tokens_per_s_1"] > 0
 
 
+def test_grpo_code_flagship_runs_every_step_on_the_tiny_model_and_sweeps_its_objective(project: Path) -> None:
+    copy_project(project)
+    res = cli("run", "recipes/grpo_code.yaml", "model=tiny", "-q", cwd=project, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = json.loads((Path(res.stdout.strip()) / "replay.json").read_text())
+    assert all(step["state"] == "ran" for step in m["steps"].values()), {s: v["state"] for s, v in m["steps"].items()}
+    assert m["steps"]["train"]["inputs"] == {"dataset": "prompts.dataset", "init": "warmup.model"}
+    assert m["steps"]["warmup"]["metrics"]["weights_changed"] is True
+    assert m["objective"] == m["steps"]["probe"]["metrics"]["pass@1"]  # held-out pass@1, what the sweep maximizes
+    # an Optuna sweep over GRPO's learning rate: the early steps come from the cache, train and probe run per trial
+    sweep = cli(
+        "run", "recipes/grpo_code.yaml", "model=tiny", "--until", "probe", "-m", "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=0", "algorithm.learning_rate=tag(log,interval(1e-6,1e-4))",
+        cwd=project, timeout=900,
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    (sweep_dir,) = (project / "multirun/grpo-code").iterdir()
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert len(summary["jobs"]) == 2 and all(j["state"] == "completed" and j["objective"] is not None for j in summary["jobs"])
+    for job in summary["jobs"]:
+        assert job["steps"]["synthesize"] == "cached" and job["steps"]["warmup"] == "cached" and job["steps"]["train"] == "ran"
+        assert "merge" not in job["steps"]
+
+
+@pytest.mark.slow
+def test_grpo_code_flagship_with_smollm2(project: Path) -> None:
+    copy_project(project)
+    res = cli("run", "recipes/grpo_code.yaml", "-q", cwd=project, timeout=3600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = json.loads((Path(res.stdout.strip()) / "replay.json").read_text())
+    assert m["steps"]["score"]["metrics"]["rows_out"] > 0  # samples that passed their tests, for the warm-up
+    assert m["steps"]["train"]["metrics"]["weights_changed"] is True  # GRPO saw reward differences within groups
+    assert m["steps"]["verify"]["metrics"]["passed"] is True and m["steps"]["serve"]["metrics"]["tokens_per_s_1"] > 0
+
+
 def _replay_check(project: Path, recipe: str, *overrides: str, timeout: float = 600) -> None:
     """Run a recipe, then `replay --check` it: every step but serve is re-executed and must give the same bytes."""
     first = cli("run", recipe, *overrides, "-q", cwd=project, timeout=timeout)

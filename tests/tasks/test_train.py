@@ -72,6 +72,38 @@ def test_each_algorithm_trains_with_lora_and_the_adapter_loads(algo: str, tmp_pa
         assert summary["reward_by_cycle"] and all(0 <= r <= 1 for r in summary["reward_by_cycle"])
 
 
+@pytest.mark.parametrize("algo", ["grpo", "raft"])
+def test_init_continues_a_warm_up_adapter(algo: str, tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    from safetensors.torch import load_file
+
+    _, warm = train(tmp_path / "warmup", datasets, "sft", lora_r=8)
+    node, data = ALGORITHMS[algo]
+    params = {"model": "tiny", "algorithm": node, "max_steps": 2, "verifier": REWARD, "lora_r": 4}
+    outputs, _ = run_kind("train", params, {"dataset": datasets[data], "init": Artifact("adapter", warm)}, tmp_path / "rl")
+    # the warm-up's adapter trained on: its rank, not this step's lora_r, and its weights as the start
+    assert json.loads((outputs["model"] / "adapter_config.json").read_text())["r"] == 8
+    start, end = load_file(warm / "adapter_model.safetensors"), load_file(outputs["model"] / "adapter_model.safetensors")
+    assert start.keys() == end.keys()
+    lora_b = [k for k in start if "lora_B" in k]
+    assert lora_b and all(start[k].abs().sum() > 0 for k in lora_b)  # a new adapter's B starts at zero
+    summary = json.loads((tmp_path / "rl" / "training_summary.json").read_text())
+    assert summary["trainable_params"] == sum(t.numel() for t in start.values())
+
+
+def test_init_from_another_base_model_is_refused(tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    import shutil
+
+    _, warm = train(tmp_path / "warmup", datasets, "sft")
+    other = shutil.copytree(warm, tmp_path / "other")
+    provenance = json.loads((other / "halo_provenance.json").read_text())
+    (other / "halo_provenance.json").write_text(json.dumps({**provenance, "base_fingerprint": {"sha256": "0" * 64}}))
+    params = {"model": "tiny", "algorithm": ALGORITHMS["sft"][0], "max_steps": 1}
+    with pytest.raises(ValueError, match="another base model"):
+        run_kind("train", params, {"dataset": datasets["sft"], "init": Artifact("adapter", other)}, tmp_path / "sft")
+    with pytest.raises(ValueError, match="adapter=none"):
+        run_kind("train", {**params, "adapter": "none"}, {"dataset": datasets["sft"], "init": Artifact("adapter", warm)}, tmp_path / "full")
+
+
 @pytest.mark.parametrize("algo", ["sft", "dpo"])
 def test_full_fine_tuning_writes_a_model(algo: str, tmp_path: Path, datasets: dict[str, Artifact]) -> None:
     from transformers import AutoModelForCausalLM

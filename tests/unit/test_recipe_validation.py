@@ -297,3 +297,11 @@ def test_the_quant_table_lives_in_the_quant_group() -> None:
     assert ("gguf", "q8", "GGUF Q8_0 (~8.5 bits/weight)") in table_rows()
     assert thresholds_for("q4", fmt="mlx")["kl_mean"] == ("<=", quant("q4").formats["mlx"].thresholds["kl_mean"])
     assert thresholds_for("q8")["ppl_ratio"] == ("within", quant("q8").thresholds["ppl_ratio"])
+
+
+def test_a_recipe_without_a_name_is_a_reported_problem(project: Path) -> None:
+    nameless = "\n".join(line for line in FAKE_RECIPE.splitlines() if not line.startswith("name:"))
+    recipe = write(project / "recipes/nameless.yaml", nameless)
+    res = cli("validate", str(recipe), cwd=project)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "the recipe has no name" in res.stderr and "name: my-recipe" in res.stderr and str(recipe) in res.stderr
