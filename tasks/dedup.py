@@ -22,8 +22,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from halo_pipeline.data import sources
 from halo_pipeline.data.minhash import SCHEME, Normalizer, Signer
-from halo_pipeline.data.rows import OnBadRows, default_text_fields, read_numbered_rows, row_text
+from halo_pipeline.data.rows import OnBadRows, default_text_fields, read_numbered_rows, row_text, write_rows
 from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
 
@@ -58,6 +59,7 @@ class DedupParams(Params):
     workers: int = Field(0, ge=0, description="Processes computing signatures (0: one per core).")
     shard_size: int = Field(4000, ge=1, description="Rows per shard sent to a worker.")
     on_bad_rows: OnBadRows = Field("error", description="`error` stops at a malformed row; `skip` counts it.")
+    columns: dict[str, str] = Field(default_factory=dict, description=sources.COLUMNS_HELP)
 
 
 def _shard_work(
@@ -147,6 +149,7 @@ def check(params: DedupParams) -> list[str]:
     version="1",
     libraries=("datasketch", "numpy"),
     check=check,
+    check_inputs=sources.check_inputs,
 )
 def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     from datasketch import MinHashLSH
@@ -166,7 +169,7 @@ def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     bad: list[str] = []
     stats = {"rows_in": 0, "exact_removed": 0, "fuzzy_removed": 0}
     lines = array("I")  # line number of each valid row, for the second (writing) pass
-    numbered = read_numbered_rows(src.path, src.type, params.on_bad_rows, bad)
+    numbered = read_numbered_rows(src.path, src.type, params.on_bad_rows, bad, params.columns)
     rows = (lines.append(n) or row for n, row in numbered)
 
     work_args = (params.normalize.model_dump(), params.exact, params.fuzzy, (params.num_perm, params.seed, params.ngram, params.unit))
@@ -195,10 +198,14 @@ def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     removed = clusters.member_of
     out_path, clusters_path = ctx.path("dataset.jsonl"), ctx.path("clusters.jsonl")
     kept = 0
-    with open(src.path, encoding="utf-8") as fin, open(out_path, "w", encoding="utf-8") as fout:
-        for line in _lines_to_keep(fin, lines, removed):
-            fout.write(line if line.endswith("\n") else line + "\n")
-            kept += 1
+    if sources.is_dataset_path(src.path) or params.columns:  # mapped rows (a dataset file, `columns:`): written as our JSONL
+        again = read_numbered_rows(src.path, src.type, "skip", [], params.columns)  # the same valid rows, in the same order
+        kept = write_rows(out_path, (row for index, (_, row) in enumerate(again) if index not in removed))
+    else:  # our JSONL: kept lines copied as they are
+        with open(src.path, encoding="utf-8") as fin, open(out_path, "w", encoding="utf-8") as fout:
+            for line in _lines_to_keep(fin, lines, removed):
+                fout.write(line if line.endswith("\n") else line + "\n")
+                kept += 1
     sizes: dict[int, int] = {}
     with open(clusters_path, "w", encoding="utf-8") as fc:
         for row, (cluster, how) in sorted(removed.items()):

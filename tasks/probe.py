@@ -6,8 +6,9 @@ is the recipe's base model, probed in the same step with the same settings
 (`baseline: base`), or numbers read from an explicit file (`baseline: file:<path>`, a probe.json of
 an earlier run). A baseline is never written silently.
 
-Tasks: generation tasks (`source: humaneval:test`, or a JSONL `tasks_file` with `id`, `prompt` and
-the task's fields) scored by the recipe's verifier, with `n` samples per task and pass@k by the unbiased
+Tasks: generation tasks (`source: humaneval:test`, or a `tasks_file` with `prompt` and the task's
+fields: JSONL, parquet, CSV, arrow, a saved dataset or `hf:<id>[:<config>][:<split>]`, `columns:` mapping
+its columns) scored by the recipe's verifier, with `n` samples per task and pass@k by the unbiased
 estimator; multiple-choice tasks (`mc_file`: JSONL `{id, prompt, choices, answer}`) scored by
 log-likelihood. The gate: `max_regression` (metric -> largest allowed drop) and `min_improvement`
 (metric -> smallest required gain); a breach fails the step with a table, so nothing downstream
@@ -24,6 +25,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from halo_pipeline.data import sources
 from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
 from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
@@ -35,7 +37,14 @@ class ProbeParams(Params):
     )
     backend: Backend = Field(default_factory=Backend, description="Device and precision the probe runs with (usually `${backend}`).")
     source: str | None = Field(None, description="Built-in generation tasks: humaneval:test (the held-out split).")
-    tasks_file: str | None = Field(None, description="JSONL of generation tasks: `prompt` + the verifier's fields.")
+    tasks_file: str | None = Field(
+        None,
+        description="Generation tasks (`prompt` + the verifier's fields): JSONL, a data file (parquet, CSV, arrow), a save_to_disk "
+        "folder or a Hugging Face dataset hf:<id>[:<config>][:<split>].",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Our field -> the tasks' column, for tasks_file: {prompt: question, test: tests, id: task_id}."
+    )
     mc_file: str | None = Field(None, description="JSONL of multiple-choice tasks: `prompt`, `choices`, `answer` (index).")
     limit: int | None = Field(20, ge=1, description="Tasks per source (a probe is quick by design).")
     verifier: VerifierSpec | None = Field(None, description="Scores generation tasks (usually `${verifier}`).")
@@ -75,10 +84,11 @@ def check(params: ProbeParams) -> list[Any]:
     if (params.source or params.tasks_file) and params.verifier is None:
         problems.append(("verifier", "generation tasks are scored by a verifier: set `verifier: ${verifier}`"))
     problems += check_spec(params.verifier)
-    for name in ("tasks_file", "mc_file"):
-        path = getattr(params, name)
-        if path and not Path(path).is_file():
-            problems.append((name, f"{name} '{path}' does not exist"))
+    if params.tasks_file:  # a file, a saved dataset or hf:...: its prompt column (after `columns:`) is checked here
+        for field, text in sources.column_problems(sources.parse(params.tasks_file), params.columns, sources.REQUIRED["prompts"]):
+            problems.append((f"columns.{field}" if field else "tasks_file", text))
+    if params.mc_file and not Path(params.mc_file).is_file():
+        problems.append(("mc_file", f"mc_file '{params.mc_file}' does not exist"))
     if params.baseline.startswith("file:") and not Path(params.baseline[5:]).is_file():
         problems.append(("baseline", f"baseline file '{params.baseline[5:]}' does not exist (a probe.json from an earlier run)"))
     return problems
@@ -90,14 +100,13 @@ def fingerprint(params: ProbeParams) -> dict[str, Any]:
     from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
 
     files = {
-        "tasks_file": params.tasks_file,
         "mc_file": params.mc_file,
         "baseline": params.baseline[5:] if params.baseline != "base" else None,
     }
-    return {
-        "base": model_fingerprint(params.model),
-        "files": {name: external_digest(Path(path)) for name, path in files.items() if path and Path(path).is_file()},
-    }
+    digests = {name: external_digest(Path(path)) for name, path in files.items() if path and Path(path).is_file()}
+    if params.tasks_file:
+        digests["tasks_file"] = sources.fingerprint(sources.parse(params.tasks_file))
+    return {"base": model_fingerprint(params.model), "files": digests}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -202,7 +211,10 @@ def _tasks(params: ProbeParams) -> tuple[list[dict[str, Any]], list[dict[str, An
 
         gen += humaneval_prompts(params.source.split(":", 1)[1] if ":" in params.source else None)[: params.limit]
     if params.tasks_file:
-        gen += [row for _, row in read_numbered_rows(Path(params.tasks_file), "prompts")][: params.limit]
+        if sources.is_source(params.tasks_file):
+            gen += sources.load_rows(sources.parse(params.tasks_file), params.columns, params.limit)
+        else:
+            gen += [row for _, row in read_numbered_rows(Path(params.tasks_file), "prompts", columns=params.columns)][: params.limit]
     mc = [row for _, row in read_numbered_rows(Path(params.mc_file), "prompts")][: params.limit] if params.mc_file else []
     return gen, mc
 

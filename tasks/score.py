@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from halo_pipeline.data import sources
 from halo_pipeline.data.rows import OnBadRows, read_rows, write_rows
 from halo_pipeline.engine.groups import VerifierSpec
 from halo_pipeline.engine.step import Artifact, Params, RunContext, step
@@ -43,6 +44,7 @@ class ScoreParams(Params):
     top_k: int | None = Field(None, ge=1, description="Keep the k best rows.")
     top_fraction: float | None = Field(None, gt=0, le=1, description="Keep this fraction of rows, best first.")
     on_bad_rows: OnBadRows = Field("error", description="`error` stops at a malformed row; `skip` counts it.")
+    columns: dict[str, str] = Field(default_factory=dict, description=sources.COLUMNS_HELP)
 
     @model_validator(mode="after")
     def _check(self) -> ScoreParams:
@@ -116,11 +118,17 @@ def check(params: ScoreParams) -> list[Any]:
     return check_spec(params.verifier)
 
 
-@step(inputs={"dataset": ("sft_dataset", "preference_dataset")}, outputs={"dataset": "same:dataset"}, version="1", check=check)
+@step(
+    inputs={"dataset": ("sft_dataset", "preference_dataset")},
+    outputs={"dataset": "same:dataset"},
+    version="1",
+    check=check,
+    check_inputs=sources.check_inputs,
+)
 def run(params: ScoreParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     src = inputs["dataset"]
     bad: list[str] = []
-    rows = list(read_rows(src.path, src.type, params.on_bad_rows, bad))
+    rows = list(read_rows(src.path, src.type, params.on_bad_rows, bad, params.columns))
     weights = {**DEFAULT_WEIGHTS, **params.weights}
     judge = _verifier(params.verifier)
     judged = judge.verify_batch([_sample(row, params.field) for row in rows]) if judge is not None else None

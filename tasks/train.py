@@ -25,10 +25,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from halo_pipeline.data import sources
 from halo_pipeline.data.rows import read_rows
 from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
 from halo_pipeline.engine.step import Artifact, Params, RunContext, TypeByParam, step
 from halo_pipeline.training import algorithms as alg
+from halo_pipeline.training.distributed import Distributed
 
 
 class TrainParams(Params):
@@ -63,6 +65,11 @@ class TrainParams(Params):
     probe_max_new_tokens: int = Field(64, ge=1, description="Tokens per probe completion.")
     probe_verifier: VerifierSpec | None = Field(None, description="Scores the probe (default: `verifier`).")
     system_prompt: str | None = Field(None, description="System message before each prompt.")
+    columns: dict[str, str] = Field(default_factory=dict, description=sources.COLUMNS_HELP)
+    distributed: Distributed = Field(
+        default_factory=lambda: Distributed(name="single"),
+        description="Ranks, machines and strategy (ddp, fsdp, deepspeed) of multi-process training (docs/training.md).",
+    )
 
     @property
     def output_kind(self) -> str:
@@ -71,10 +78,12 @@ class TrainParams(Params):
     @model_validator(mode="after")
     def _grpo_batch(self) -> TrainParams:
         algo = self.algorithm
-        if isinstance(algo, alg.GRPO) and (algo.batch_size * self.grad_accum) % algo.num_generations:
+        ranks = self.distributed.num_processes  # TRL's generation batch: per-device batch x ranks x accumulation
+        if isinstance(algo, alg.GRPO) and (algo.batch_size * ranks * self.grad_accum) % algo.num_generations:
+            across = f" x {ranks} ranks" if ranks > 1 else ""
             raise ValueError(
-                f"grpo: batch_size x grad_accum ({algo.batch_size} x {self.grad_accum}) must be a multiple of "
-                f"num_generations ({algo.num_generations}); e.g. algorithm.batch_size={algo.num_generations}"
+                f"grpo: batch_size x grad_accum{across} ({algo.batch_size} x {self.grad_accum}{across and f' x {ranks}'}) must be a "
+                f"multiple of num_generations ({algo.num_generations}); e.g. algorithm.batch_size={algo.num_generations}"
             )
         return self
 
@@ -116,7 +125,10 @@ def check(params: TrainParams) -> list[Any]:
             )
         if params.adapter not in ("lora", "dora"):
             problems.append(("adapter", f"backend=mlx supports adapter lora or dora, not {params.adapter}"))
-    return problems
+    from halo_pipeline.training.distributed import problems as distributed_problems
+    from halo_pipeline.training.gpu import problems as gpu_problems
+
+    return problems + distributed_problems(params) + gpu_problems(params)
 
 
 def check_init(params: TrainParams, init: Artifact) -> None:
@@ -151,6 +163,7 @@ def fingerprint(params: TrainParams) -> dict[str, Any]:
     libraries=("torch", "transformers", "trl", "peft", "accelerate", "mlx-lm"),
     deterministic=lambda p: p.backend.is_cpu,  # seeded; GPU kernels are not bit-reproducible
     check=check,
+    check_inputs=sources.check_inputs,
     fingerprint=fingerprint,
     accepts=accepts,
     resumable=True,  # checkpoints (and RAFT's cycles) in the work dir: a killed run continues from the last complete one
@@ -161,7 +174,7 @@ def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     if init is not None:
         check_init(params, init)
     bad: list[str] = []
-    rows = list(read_rows(src.path, src.type, "skip", bad))
+    rows = list(read_rows(src.path, src.type, "skip", bad, params.columns))
     if not rows:
         raise ValueError(f"the training dataset {src.path} has no usable rows")
     started = time.time()
@@ -169,6 +182,10 @@ def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
         from halo_pipeline.training.mlx import train_mlx
 
         summary = train_mlx(params, rows, ctx)
+    elif params.distributed.launched:  # ranks in child processes, started by `accelerate launch`
+        from halo_pipeline.training.distributed import launch
+
+        summary = launch(params, (src.path, src.type), init.path if init else None, ctx)
     else:
         from halo_pipeline.training.trl_runner import train_torch
 

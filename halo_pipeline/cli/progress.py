@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 SYMBOL = {"pending": "·", "waiting": "…", "running": "▶", "ran": "✔", "cached": "↺", "failed": "✘", "skipped": "−", "not selected": " "}
+FIGURES = ("loss", "reward", "accuracy")  # figures a step may report with its progress (on_progress(done, total, **figures))
 STYLE = {
     "waiting": "magenta",
     "running": "yellow",
@@ -47,7 +48,7 @@ def _table(plan: Any, states: dict[str, dict[str, Any]], selected: set[str], sta
         else:
             secs = ""
         style = STYLE.get(state, "")
-        progress = _bar(int(st["done"]), int(st["total"])) if state == "running" and st.get("total") else ""
+        progress = _bar(int(st["done"]), int(st["total"])) + _figures(st) if state == "running" and st.get("total") else ""
         if state == "waiting":  # another run is computing the same step: this one reuses its result
             progress = f"for {st.get('holder', 'another run')}"
         table.add_row(SYMBOL.get(state, "?"), sid, ps.kind.name, f"[{style}]{state}[/]" if style else state, progress, secs)
@@ -57,6 +58,16 @@ def _table(plan: Any, states: dict[str, dict[str, Any]], selected: set[str], sta
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = round(width * done / total) if total else 0
     return f"{'━' * filled}{'╌' * (width - filled)} {done}/{total}"
+
+
+def _figures(st: dict[str, Any]) -> str:
+    """What a step reports beside its bar (a training step: loss, reward, accuracy), then its ETA."""
+    parts = [f"{k} {st[k]:.4g}" for k in FIGURES if isinstance(st.get(k), int | float)]
+    if isinstance(st.get("eta_s"), int | float):
+        from halo_pipeline.training.metrics import format_seconds
+
+        parts.append(f"ETA {format_seconds(float(st['eta_s']))}")
+    return "  " + " · ".join(parts) if parts else ""
 
 
 def show(run_dir: Path, plan: Any, futures: dict[str, Any], selected: set[str]) -> None:
@@ -76,6 +87,7 @@ def show(run_dir: Path, plan: Any, futures: dict[str, Any], selected: set[str]) 
             live.update(_table(plan, read_states(run_dir, ids), selected, started))
         return
     last: dict[str, str] = {}
+    reported: dict[str, tuple[float, float]] = {}  # step -> (share done, when) of its last progress line
     while True:
         finished = all(_done(f) for f in futures.values())
         for sid, st in read_states(run_dir, ids).items():
@@ -84,9 +96,25 @@ def show(run_dir: Path, plan: Any, futures: dict[str, Any], selected: set[str]) 
                 last[sid] = state
                 extra = f" ({st['seconds']:.2f} s)" if "seconds" in st else f" for {st['holder']}" if "holder" in st else ""
                 print(f"[{time.time() - started:6.1f} s] {sid}: {state}{extra}", file=sys.stderr, flush=True)
+            elif state == "running" and sid in selected and st.get("total") and _progress_due(reported, sid, st):
+                done, total = int(st["done"]), int(st["total"])
+                print(f"[{time.time() - started:6.1f} s] {sid}: {done}/{total}{_figures(st)}", file=sys.stderr, flush=True)
         if finished:
             return
         time.sleep(0.1)
+
+
+def _progress_due(reported: dict[str, tuple[float, float]], sid: str, st: dict[str, Any]) -> bool:
+    """A progress line for logs that are not a terminal: every 10% of the step, or every 30 s, not every poll."""
+    share, now = int(st["done"]) / max(int(st["total"]), 1), time.time()
+    before, when = reported.get(sid, (0.0, now))
+    if sid not in reported:
+        reported[sid] = (0.0, now)
+        return False
+    if share - before >= 0.1 or (now - when >= 30 and share > before) or (share >= 1 and before < 1):
+        reported[sid] = (share, now)
+        return True
+    return False
 
 
 def _done(future: Any) -> bool:

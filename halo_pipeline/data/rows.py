@@ -48,36 +48,64 @@ class BadRow(ValueError):
     """A malformed dataset row, named by file, line and field."""
 
 
-def read_rows(path: Path, artifact_type: str, on_bad_rows: OnBadRows = "error", bad: list[str] | None = None) -> Iterator[dict[str, Any]]:
+def read_rows(
+    path: Path, artifact_type: str, on_bad_rows: OnBadRows = "error", bad: list[str] | None = None, columns: dict[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
     """Yield validated rows as dicts; a bad row raises (naming file:line and field) or is counted in `bad`."""
-    for _, row in read_numbered_rows(path, artifact_type, on_bad_rows, bad):
+    for _, row in read_numbered_rows(path, artifact_type, on_bad_rows, bad, columns):
         yield row
 
 
 def read_numbered_rows(
-    path: Path, artifact_type: str, on_bad_rows: OnBadRows = "error", bad: list[str] | None = None
+    path: Path, artifact_type: str, on_bad_rows: OnBadRows = "error", bad: list[str] | None = None, columns: dict[str, str] | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Like `read_rows`, with each row's line number."""
+    """Like `read_rows`, with each row's line number (its row number in a dataset file).
+
+    Our JSONL is read line by line. A dataset file (parquet, CSV, arrow, a JSON array, a `save_to_disk`
+    folder) is read with `datasets` (`data/sources.py`); with `columns:` (our field -> their column), rows of
+    either are mapped onto our fields first, and a row without an `id` gets its row number."""
+    from halo_pipeline.data import sources
+
     model = ROW_MODELS.get(artifact_type, Row)
+    dataset = sources.is_dataset_path(Path(path))
+    numbered: Iterable[tuple[int, Any]] = enumerate(sources.raw_rows(sources.parse(path), columns), 1) if dataset else _json_lines(path)
+    where = f"{path}: row " if dataset else f"{path}:"
+    for lineno, data in numbered:
+        try:
+            if isinstance(data, Exception):
+                raise data
+            if not isinstance(data, dict):
+                raise ValueError("a row must be a JSON object")
+            if dataset or columns:
+                data = sources.map_row(data, columns or {}, lineno)
+            if "id" in data and not isinstance(data["id"], str):
+                data["id"] = str(data["id"])
+            model.model_validate(data)
+        except (ValueError, ValidationError) as exc:
+            msg = _describe(exc)
+            if on_bad_rows == "skip":
+                if bad is not None:
+                    bad.append(f"{where}{lineno}: {msg}")
+                continue
+            raise BadRow(f"{where}{lineno}: {msg} ({_fix(msg, dataset or bool(columns))})") from None
+        yield lineno, data
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, the parsed row or the error parsing it) for each non-empty line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                if not isinstance(data, dict):
-                    raise ValueError("a row must be a JSON object")
-                if "id" in data and not isinstance(data["id"], str):
-                    data["id"] = str(data["id"])
-                model.model_validate(data)
-            except (ValueError, ValidationError) as exc:
-                msg = _describe(exc)
-                if on_bad_rows == "skip":
-                    if bad is not None:
-                        bad.append(f"{path}:{lineno}: {msg}")
-                    continue
-                raise BadRow(f"{path}:{lineno}: {msg} (set `on_bad_rows: skip` to count and skip such rows)") from None
-            yield lineno, data
+            if line.strip():
+                try:
+                    yield lineno, json.loads(line)
+                except ValueError as exc:
+                    yield lineno, exc
+
+
+def _fix(msg: str, mapped: bool) -> str:
+    if "field 'id'" in msg and not mapped:
+        return "rows of our JSONL carry an `id`; with a `columns:` mapping, rows without one get their line number"
+    return "set `on_bad_rows: skip` to count and skip such rows"
 
 
 def _describe(exc: Exception) -> str:

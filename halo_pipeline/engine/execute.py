@@ -67,6 +67,7 @@ class StepCall:
     run_dir: str
     cache_root: str
     cached: bool = True  # False: run into the run directory and leave the cache untouched (--no-cache, `cache: false`, replay --check)
+    tracking: dict[str, Any] = field(default_factory=dict)  # the experiment tracker (RunContext.tracking); not in the cache key
 
     def kind(self) -> StepKind:
         return registry.get(self.uses)
@@ -282,7 +283,8 @@ def _run(call: StepCall, kind: StepKind, key: str, inputs: dict[str, Artifact], 
         run_dir=Path(call.run_dir),
         seed=call.seed,
         log=logger,
-        on_progress=lambda done, total: write_state(call, "running", started=started, done=done, total=total),
+        on_progress=lambda done, total, **figures: write_state(call, "running", started=started, done=done, total=total, **figures),
+        tracking=call.tracking,
     )
     params = call.params
     write_state(call, "running", started=started)

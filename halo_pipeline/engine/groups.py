@@ -1,4 +1,5 @@
-"""Typed models of the config groups a step receives: backend, model reference, verifier spec, quant.
+"""Typed models of the config groups a step receives: backend, model reference, verifier spec, quant;
+and the tracker a run reports to.
 
 A recipe passes group nodes to steps (`backend: ${backend}`); step kinds declare their params with
 these models, so a bad key inside a node is reported at that key (`steps.train.with.backend.dtype`)
@@ -148,3 +149,59 @@ def quant(name: str) -> Quant:
 
 def quant_names() -> list[str]:
     return ["q4", "q8", "fp16", "bf16", "fp32"]
+
+
+TRACKER_KEYS = {  # the settings each tracker reads; any other key is a mistake worth reporting
+    "none": set(),
+    "tensorboard": {"dir"},
+    "mlflow": {"uri", "experiment"},
+    "wandb": {"experiment", "dir", "mode", "entity"},
+    "trackio": {"experiment"},  # its database folder is TRACKIO_DIR (read when trackio is imported)
+}
+
+
+class Tracking(BaseModel):
+    """The experiment tracker a run reports to (`conf/tracking/<name>.yaml`): the train step hands it to
+    TRL as `report_to`, and the pipeline logs one run per pipeline run with a nested run per step.
+    Not part of any cache key: switching trackers never reruns a step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Literal["none", "tensorboard", "mlflow", "wandb", "trackio"] = Field("none", description="The tracker.")
+    uri: str | None = Field(None, description="mlflow: tracking URI (sqlite:///outputs/mlflow.db, http://host:5000, file:./mlruns).")
+    experiment: str | None = Field(None, description="mlflow: experiment; wandb, trackio: project (default: the recipe's name).")
+    dir: str | None = Field(None, description="tensorboard: event file root; wandb: where offline runs go.")
+    mode: Literal["offline", "online"] = Field("offline", description="wandb: offline (local files, `wandb sync` later) or online.")
+    entity: str | None = Field(None, description="wandb: team or user.")
+    log_artifacts: bool = Field(True, description="Upload the run's replay.json, config.yaml and report.html to the tracker.")
+
+    @model_validator(mode="after")
+    def _keys_of_this_tracker(self) -> Tracking:
+        settings = {k for k in ("uri", "experiment", "dir", "entity") if getattr(self, k) is not None}
+        if self.mode != "offline":
+            settings.add("mode")
+        wrong = sorted(settings - TRACKER_KEYS[self.name])
+        if wrong:
+            takes = ", ".join(sorted(TRACKER_KEYS[self.name])) or "no settings"
+            raise ValueError(f"tracking={self.name} does not read {', '.join(wrong)} (it takes {takes})")
+        return self
+
+    def report_to(self) -> list[str]:
+        """TrainingArguments.report_to for this tracker."""
+        return [] if self.name == "none" else [self.name]
+
+    def unavailable(self) -> str | None:
+        """None when this tracker can be used here, else why not (with the fix)."""
+        package = None if self.name == "none" else self.name  # each tracker's package has its name
+        if package and importlib.util.find_spec(package) is None:
+            how = "pip install trackio" if package == "trackio" else f"pip install 'halo-pipeline[tracking]' (or {package} itself)"
+            return f"tracking={self.name} needs the {package} package: {how}"
+        if (
+            self.name == "mlflow"
+            and (self.uri or "").startswith("file:")
+            and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true"
+        ):
+            return (
+                "MLflow 3 keeps its file store (file:) in maintenance mode and refuses it unless MLFLOW_ALLOW_FILE_STORE=true is set; "
+                "use the default tracking.uri=sqlite:///outputs/mlflow.db, or set that variable"
+            )
+        return None

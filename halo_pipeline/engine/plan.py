@@ -251,11 +251,17 @@ def build_plan(composed: Composed) -> Plan:
                         else "wire an output of the right type, or choose a step kind that takes this one",
                     )
                 )
+        files = {n: (r, in_types[sid][n]) for n, r in inputs[sid].items() if isinstance(r, Path) and r.exists()}
+        if kind.check_inputs and files and sid in params:  # e.g. a data file's columns against the params' `columns:`
+            for key, text in kind.check_inputs(params[sid], files):
+                issues.append(smap.issue(("steps", sid, *[p for p in key.split(".") if p]), text))
         try:
             out_types[sid] = {o: kind.output_type(o, in_types[sid], params.get(sid)) for o in kind.outputs}
         except (AttributeError, KeyError):
             continue  # its params are invalid (reported above), so its output types are unknown
 
+    if recipe is not None and (why := recipe.tracking.unavailable()):
+        issues.append(smap.issue("tracking", why))
     if recipe is not None and recipe.objective:
         step_id = recipe.objective.split(".", 1)[0]
         if step_id not in raw_steps or "." not in recipe.objective:

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from halo_pipeline.engine.errors import Issue
+from halo_pipeline.engine.groups import Tracking
 
 FILE_PREFIX = "file:"
 MAX_EXPANDED_NODES = 100_000  # a recipe is a few hundred nodes; YAML aliases can make a 300-byte file expand to gigabytes
@@ -43,6 +44,7 @@ class RecipeModel(BaseModel):
     steps: dict[str, StepSpec] = Field(..., description="Steps keyed by id.")
     objective: str | None = Field(None, description="`<step>.<metric>` that sweeps optimize.")
     direction: Literal["minimize", "maximize"] = Field("maximize", description="Direction of `objective`.")
+    tracking: Tracking = Field(default_factory=Tracking, description="Experiment tracker (the `tracking` group: tracking=mlflow).")
 
 
 @dataclass

@@ -56,6 +56,7 @@ class StepKind:
     libraries: tuple[str, ...] = ()
     deterministic: bool | Callable[[Any], bool] = True
     check: Callable[[Any], list[Any]] | None = None  # problems: text, or (key under `with`, text)
+    check_inputs: Callable[[Any, dict[str, tuple[Path, str]]], list[tuple[str, str]]] | None = None  # (key under the step, text)
     fingerprint: Callable[[Any], dict[str, Any]] | None = None
     accepts: Callable[[Any, str], tuple[str, ...]] | None = None  # input types that depend on params
     resumable: bool = False  # a rerun after a kill continues in the work dir the killed run left
@@ -92,6 +93,7 @@ def step(
     libraries: Iterable[str] = (),
     deterministic: bool | Callable[[Any], bool] = True,
     check: Callable[[Any], list[Any]] | None = None,
+    check_inputs: Callable[[Any, dict[str, tuple[Path, str]]], list[tuple[str, str]]] | None = None,
     fingerprint: Callable[[Any], dict[str, Any]] | None = None,
     accepts: Callable[[Any, str], tuple[str, ...]] | None = None,
     resumable: bool = False,
@@ -107,6 +109,9 @@ def step(
         deterministic: whether the same key always gives the same bytes (`replay --check`).
         check: extra validation of params (run by `validate`), returning problems as text, or as
             `(key, text)` to report one at a key under `with` (e.g. `("verifier.timeout_s", ...)`).
+        check_inputs: validation of the `file:` inputs against params (run by `validate`): gets
+            `{input: (path, artifact type)}` and returns `(key under the step, text)` problems, e.g.
+            `("with.columns.prompt", "no column 'question' in data.parquet")`.
         fingerprint: extra cache-key material derived from params (e.g. a model's digest).
         accepts: `(params, input) -> types` when what an input takes depends on params.
         resumable: the step continues from what a killed run left in its work dir (checkpoints,
@@ -129,6 +134,7 @@ def step(
             libraries=tuple(libraries),
             deterministic=deterministic,
             check=check,
+            check_inputs=check_inputs,
             fingerprint=fingerprint,
             accepts=accepts,
             resumable=resumable,
@@ -154,7 +160,12 @@ class RunContext:
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # output name -> metadata
     summary_lines: list[str] = field(default_factory=list)
-    on_progress: Callable[[int, int], None] | None = None  # set by the engine: feeds the terminal's progress column
+    # set by the engine: on_progress(done, total, **figures) feeds the terminal's progress column; figures such as
+    # loss=, reward=, eta_s= are shown beside the bar
+    on_progress: Callable[..., None] | None = None
+    # where the run reports to an experiment tracker (set by the flow; empty when none): `name`, `report_to`,
+    # `run_name` for this step, and the tracker's settings. Never part of the cache key.
+    tracking: dict[str, Any] = field(default_factory=dict)
 
     def path(self, name: str) -> Path:
         """Where to write an output file or directory named `name` (inside the step's work dir)."""

@@ -30,6 +30,8 @@ from halo_pipeline.engine.errors import Issue, RecipeError
 from halo_pipeline.engine.execute import StepCall, StepError, StepResult, cached_result, execute, step_calls, write_state
 from halo_pipeline.engine.graph import select
 from halo_pipeline.engine.plan import Plan, plan_recipe
+from halo_pipeline.orchestration import storage, tracking
+from halo_pipeline.orchestration.runners import make_task_runner
 
 
 @dataclass
@@ -104,32 +106,6 @@ def _publish(call: StepCall, result: StepResult) -> None:
         create_markdown_artifact(key=key, markdown="\n".join(lines), description=f"{call.id}: {result.state}")
 
 
-def make_task_runner(runner_cfg: dict[str, Any]) -> Any:
-    name = (runner_cfg or {}).get("name", "threads")
-    if name == "threads":
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        return ThreadPoolTaskRunner(max_workers=int(runner_cfg.get("max_workers", 4)))
-    if name == "processes":
-        from prefect.task_runners import ProcessPoolTaskRunner
-
-        return ProcessPoolTaskRunner(max_workers=int(runner_cfg.get("max_workers", 2)))
-    if name == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if runner_cfg.get("address"):
-            return DaskTaskRunner(address=runner_cfg["address"])
-        return DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": int(runner_cfg.get("n_workers", 2)),
-                "threads_per_worker": int(runner_cfg.get("threads_per_worker", 1)),
-                "processes": True,
-                "dashboard_address": None,
-            }
-        )
-    raise RecipeError([Issue(f"unknown runner '{name}'", key="runner", hint="choose runner=threads, processes or dask")])
-
-
 def upstream_from_cache(plan: Plan, calls: dict[str, StepCall], selected: set[str]) -> dict[str, StepResult]:
     """Results of unselected steps that selected ones read, taken from the cache; an error if absent."""
 
@@ -182,8 +158,10 @@ def _run_steps(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, A
     run_dir = fresh_dir(plan.composed.run_dir.resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "steps").mkdir(exist_ok=True)
+    storage.check(plan.composed.config.get("runner", {}), run_dir)  # workers of an existing cluster must see the cache and run dir
     selected = select(plan.deps, opts.only, opts.from_, opts.until)
     calls = step_calls(plan, run_dir, no_cache=opts.no_cache, check=opts.check)
+    tracking.start(plan, run_dir, calls)  # the tracker's pipeline run; each step learns where to report
     results: dict[str, StepResult] = upstream_from_cache(plan, calls, selected)
     for sid, res in results.items():
         res.state = "cached"
@@ -264,6 +242,7 @@ def _record(run_dir: Path, built: dict[str, Any]) -> None:
 
     manifest.write(run_dir, built)
     write_report(run_dir, built)
+    tracking.finish(run_dir, built)  # every step's params, metrics and outputs into the tracker (tracking=...)
 
 
 def code_execution(plan: Plan) -> dict[str, Any]:

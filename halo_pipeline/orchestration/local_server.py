@@ -76,7 +76,7 @@ def start_background(log: Path | None = None) -> str:
     url = f"http://127.0.0.1:{port}/api"
     log = log or home() / "server.log"
     with open(log, "ab") as out:
-        subprocess.Popen(  # noqa: S603
+        watchdog_proc = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "halo_pipeline.orchestration.local_server", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -87,6 +87,10 @@ def start_background(log: Path | None = None) -> str:
     deadline = time.time() + STARTUP_TIMEOUT
     while time.time() < deadline:
         if healthy(url, timeout=1.0):
+            # the watchdog records it too, but only once its own health poll succeeds: record it now,
+            # so that the next run (started a second later) reuses this server instead of starting another
+            if _recorded_url() != url:
+                _write_state({"url": url, "pid": watchdog_proc.pid, "port": port})
             return url
         time.sleep(0.5)
     raise RuntimeError(f"the local Prefect server did not start within {STARTUP_TIMEOUT:.0f} s; see {log}")
@@ -190,7 +194,7 @@ def watchdog(port: int, idle_minutes: float) -> None:
         time.sleep(0.5)
     if proc.poll() is not None:
         sys.exit(proc.returncode or 1)
-    state_file().write_text(json.dumps({"url": url, "pid": os.getpid(), "server_pid": proc.pid, "port": port}))
+    _write_state({"url": url, "pid": os.getpid(), "server_pid": proc.pid, "port": port})
     stop = False
 
     def on_signal(*_: object) -> None:
@@ -213,6 +217,19 @@ def watchdog(port: int, idle_minutes: float) -> None:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _recorded_url() -> str | None:
+    try:
+        return str(json.loads(state_file().read_text())["url"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_state(info: dict[str, object]) -> None:
+    tmp = state_file().with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(state_file())
 
 
 def stop_background() -> bool:

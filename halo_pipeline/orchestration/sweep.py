@@ -5,6 +5,12 @@ same step selection (`--only`, `--from`, `--until`); its run directory is the jo
 `multirun/<name>/<time>/<n>`. A recipe's `objective` (`<step>.<metric>`) is returned to the sweeper,
 so `hydra/sweeper=optuna` optimizes it.
 
+Launchers: Hydra's basic launcher runs the jobs one after another in this process; `hydra/launcher=joblib`
+runs them in parallel worker processes, `submitit_local` / `submitit_slurm` as separate processes or
+SLURM jobs. So a job shares no memory with this process: the job function is a picklable object, each
+job writes its record to `<job dir>/job.json`, and `summary.json` (and the best job) is gathered from
+the job directories once the launcher returns. Jobs share the cache safely (a lock per key).
+
 A failed job: in a grid every job still runs, and the sweep exits 1; with Optuna it is a failed
 trial (never a value the sampler learns from), and the sweep stops once failed trials exceed
 `hydra.sweeper.max_failure_rate` (Hydra's default 0.0: at the first failure).
@@ -13,9 +19,13 @@ trial (never a value the sampler learns from), and the sweep stops once failed t
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
+
+from hydra.experimental.callback import Callback
 
 from halo_pipeline.engine.config import hydra_defaults, search_path
 from halo_pipeline.engine.errors import Issue, RecipeError, did_you_mean
@@ -24,6 +34,77 @@ from halo_pipeline.engine.recipe import read_yaml
 
 class SweepJobFailed(RuntimeError):
     """Raised to an Optuna sweeper so the job is a failed trial (and max_failure_rate applies)."""
+
+
+JOB_RECORD = "job.json"  # in each job's directory: what the job did, for the sweep's summary
+_SWEEP_DIRS: list[Path] = []  # set by SweepDir in the launching process
+
+
+class SweepDir(Callback):  # type: ignore[misc]
+    """A Hydra callback that tells the launching process where the sweep's job directories are."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        _SWEEP_DIRS.append(Path(str(config.hydra.sweep.dir)))
+
+
+class Job:
+    """One job, Hydra's task function: Hydra chose its overrides and directory; the job composes and runs on
+    the same road as a single run. Picklable (plain fields only), since joblib and submitit run it in other processes."""
+
+    def __init__(self, recipe: Path, sweep: str, sweeper: str, quiet: bool, command: list[str], selection: dict[str, Any]) -> None:
+        self.recipe, self.sweep, self.sweeper, self.quiet, self.command = str(recipe), sweep, sweeper, quiet, command
+        self.selection, self.launcher_pid = selection, os.getpid()
+
+    def __call__(self, cfg: Any) -> float | None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from halo_pipeline.engine.cache import atomic_write_json
+        from halo_pipeline.engine.plan import plan_recipe
+        from halo_pipeline.orchestration import flow, local_server
+
+        hc = HydraConfig.get()
+        only, from_, until = self.selection["only"], self.selection["from"], self.selection["until"]
+        job_overrides = [*hc.overrides.task, f"hydra.run.dir={hc.runtime.output_dir}"]
+        plan = plan_recipe(self.recipe, job_overrides)
+        check_selection(plan, only, from_, until)
+        opts = flow.RunOptions(only=only, from_=from_, until=until, command=self.command)
+        with local_server.active_run():
+            result = flow.run(self.recipe, job_overrides, opts, tag_list=["multirun", f"job-{hc.job.num}"])
+        record = {
+            "job": hc.job.num,
+            "overrides": list(hc.overrides.task),
+            "state": result["state"],
+            "objective": result["objective"],
+            "run_dir": result["run_dir"],
+            "steps": {sid: state for sid, state in result["steps"].items() if state != "not-selected"},
+            "sweep": self.sweep,
+            "pid": os.getpid(),
+        }
+        atomic_write_json(Path(result["run_dir"]) / JOB_RECORD, record)
+        if not self.quiet and os.getpid() == self.launcher_pid:  # in-process (basic launcher): a line as each job ends
+            print(_job_line(record), flush=True)
+        if result["state"] != "completed":
+            if self.sweeper == "optuna":  # a failed trial: Optuna never learns from it, max_failure_rate decides
+                raise SweepJobFailed(f"job {hc.job.num} failed")
+            return None
+        if plan.recipe.objective and result["objective"] is None and self.sweeper == "optuna":
+            raise RecipeError([Issue(f"objective '{plan.recipe.objective}' produced no value", key="objective")])
+        return result["objective"]  # type: ignore[no-any-return]
+
+
+def gather(sweep_dir: Path, sweep: str) -> list[dict[str, Any]]:
+    """This sweep's job records, from its job directories (wherever the launcher ran the jobs), in job order."""
+    import json
+
+    jobs = []
+    for path in sweep_dir.glob(f"*/{JOB_RECORD}"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("sweep") == sweep:  # not a job of an earlier sweep into the same directory
+            jobs.append(record)
+    return sorted(jobs, key=lambda j: j["job"])
 
 
 def multirun(
@@ -35,10 +116,7 @@ def multirun(
     until: str | None = None,
 ) -> int:
     import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import DictConfig
 
-    from halo_pipeline.engine.plan import plan_recipe
     from halo_pipeline.orchestration import local_server
 
     path = Path(recipe).resolve()
@@ -48,46 +126,14 @@ def multirun(
     if issues:
         raise RecipeError(issues)
     local_server.ensure_api_url()  # one API for every job (and for launcher subprocesses)
-    jobs: list[dict[str, Any]] = []
     sweeper = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/sweeper=")), "basic")
     _quiet_sweeper_logs(sweeper)
-
-    def job(cfg: DictConfig) -> float | None:
-        """One job: Hydra chose its overrides and directory; the job composes and runs on the same road as a single run."""
-        from halo_pipeline.orchestration import flow
-
-        hc = HydraConfig.get()
-        job_overrides = [*hc.overrides.task, f"hydra.run.dir={hc.runtime.output_dir}"]
-        plan = plan_recipe(str(path), job_overrides)
-        check_selection(plan, only or [], from_, until)
-        opts = flow.RunOptions(only=only or [], from_=from_, until=until, command=["halo-pipeline", *sys.argv[1:]])
-        with local_server.active_run():
-            result = flow.run(str(path), job_overrides, opts, tag_list=["multirun", f"job-{hc.job.num}"])
-        job_overrides = list(hc.overrides.task)
-        ran = {sid: state for sid, state in result["steps"].items() if state != "not-selected"}
-        record = {
-            "job": hc.job.num,
-            "overrides": job_overrides,
-            "state": result["state"],
-            "objective": result["objective"],
-            "run_dir": result["run_dir"],
-            "steps": ran,
-        }
-        jobs.append(record)
-        if not quiet:
-            print(_job_line(record), flush=True)
-        if result["state"] != "completed":
-            if sweeper == "optuna":  # a failed trial: Optuna never learns from it, max_failure_rate decides
-                stderr.failed_trial = True
-                raise SweepJobFailed(f"job {hc.job.num} failed")
-            return None
-        if plan.recipe.objective and result["objective"] is None and sweeper == "optuna":
-            raise RecipeError([Issue(f"objective '{plan.recipe.objective}' produced no value", key="objective")])
-        return result["objective"]
-
+    sweep = secrets.token_hex(8)
+    job = Job(path, sweep, sweeper, quiet, ["halo-pipeline", *sys.argv[1:]], {"only": list(only or []), "from": from_, "until": until})
     direction = _direction(path)
     extra = hydra_defaults(overrides)
     extra.append("hydra.searchpath=[" + ",".join(f"'{s}'" for s in search_path(path.parent)) + "]")
+    extra.append(f"+hydra.callbacks.halo_sweep_dir._target_={SweepDir.__module__}.SweepDir")
     if sweeper == "optuna" and not any(o.startswith("hydra.sweeper.direction=") for o in overrides):
         extra.append(f"hydra.sweeper.direction={direction}")
     task = hydra.main(version_base="1.3", config_path=str(path.parent), config_name=path.stem)(job)
@@ -96,6 +142,7 @@ def multirun(
     stderr = _HydraStderr(real_stderr)
     sys.stderr = stderr
     stopped: str | None = None
+    _SWEEP_DIRS.clear()
     try:
         task()
     except SystemExit as exc:
@@ -106,6 +153,11 @@ def multirun(
         stopped = f"the sweep stopped: failed trials exceeded max_failure_rate={rate} (allow more with hydra.sweeper.max_failure_rate=0.5)"
     finally:
         sys.argv, sys.stderr = argv, real_stderr
+    jobs = gather(_SWEEP_DIRS[-1], sweep) if _SWEEP_DIRS else []
+    if not quiet:  # the lines of jobs that ran in other processes (joblib, submitit), in job order
+        for record in jobs:
+            if record.get("pid") != os.getpid():
+                print(_job_line(record), flush=True)
     if jobs:
         write_summary(jobs, direction, quiet)
     failed = [j for j in jobs if j["state"] != "completed"]
@@ -143,7 +195,8 @@ class _HydraStderr:
         self.held: list[str] = []
 
     def write(self, text: str) -> int:
-        if text.startswith("Error executing job with overrides"):
+        if text.startswith("Error executing job with overrides"):  # the sweeper read a failed job's result: what
+            self.failed_trial = True  # follows may be its traceback (written here, wherever the job ran)
             return len(text)
         if self.failed_trial:  # perhaps the sweeper's traceback: decided when the sweep ends
             self.held.append(text)

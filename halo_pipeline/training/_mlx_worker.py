@@ -37,7 +37,7 @@ def main() -> None:
             }
             with open(metrics_path, "a", encoding="utf-8") as out:
                 out.write(json.dumps(row) + "\n")
-            print(json.dumps({"progress": row["step"]}), flush=True)
+            print(json.dumps({"progress": row["step"], "row": row}), flush=True)
 
     np.random.seed(args.seed)
     loaded: Any = load(args.model)

@@ -43,6 +43,12 @@ class GRPO(Common):
     max_completion_length: int = Field(64, ge=1, description="Tokens per rollout.")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Normalize advantages by the group's (or batch's) std.")
     reward_scale: float = Field(1.0, gt=0, description="Multiplies the verifier's reward.")
+    use_vllm: bool = Field(False, description="Generate rollouts with vLLM (TRL's use_vllm; CUDA only).")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="colocate: vLLM inside each training rank; server: a `trl vllm-serve` process (its own environment)."
+    )
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="colocate: the share of GPU memory vLLM may take.")
+    vllm_server_base_url: str | None = Field(None, description="server: the `trl vllm-serve` address (default TRL's http://0.0.0.0:8000).")
 
 
 class RAFT(Common):

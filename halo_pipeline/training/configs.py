@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from halo_pipeline.training import algorithms as alg
+from halo_pipeline.training.distributed import strategy_args
+from halo_pipeline.training.gpu import vllm_args
+from halo_pipeline.training.tracking import training_args
 
 
 def device_args(backend: Any) -> dict[str, Any]:
@@ -33,7 +36,7 @@ def peft_config(params: Any, task_type: str = "CAUSAL_LM") -> Any:
     )
 
 
-def common_args(params: Any, algo: Any, out_dir: Path) -> dict[str, Any]:
+def common_args(params: Any, algo: Any, out_dir: Path, tracking: dict[str, Any] | None = None) -> dict[str, Any]:
     args: dict[str, Any] = {
         "output_dir": str(out_dir),
         "learning_rate": algo.learning_rate,
@@ -51,22 +54,23 @@ def common_args(params: Any, algo: Any, out_dir: Path) -> dict[str, Any]:
         "save_strategy": "steps",
         "save_steps": params.save_every,
         "save_total_limit": 2,
-        "report_to": "none",
+        **training_args(tracking),  # report_to and run_name from the run's `tracking` group (none: report_to="none")
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "activation_checkpointing": params.gradient_checkpointing,
         "include_num_input_tokens_seen": "all",
         **device_args(params.backend),
+        **strategy_args(params),  # the `distributed` block: FSDP / DeepSpeed settings, an explicit mixed precision
     }
     return args
 
 
-def trainer_config(params: Any, out_dir: Path) -> Any:
+def trainer_config(params: Any, out_dir: Path, tracking: dict[str, Any] | None = None) -> Any:
     """The TRL config object for the recipe's algorithm (RAFT uses SFT's for its training phases)."""
     import trl
 
     algo = params.algorithm
-    args = common_args(params, algo, out_dir)
+    args = common_args(params, algo, out_dir, tracking)
     if isinstance(algo, alg.SFT | alg.RAFT):
         return trl.SFTConfig(
             **args,
@@ -91,6 +95,7 @@ def trainer_config(params: Any, out_dir: Path) -> Any:
             scale_rewards=algo.scale_rewards,
             reward_weights=[algo.reward_scale],
             log_completions=False,
+            **vllm_args(algo),  # rollouts by vLLM when use_vllm (GPU)
         )
     if isinstance(algo, alg.RM):
         return trl.RewardConfig(**args, max_length=params.max_length, center_rewards_coefficient=algo.center_rewards_coefficient)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,21 +12,76 @@ from typing import Any
 CURVES = ("loss", "reward", "kl", "learning_rate", "rewards/accuracies", "accuracy", "probe/pass@1", "probe/mean_reward")
 
 
-def callback(metrics_path: Path, on_progress: Callable[[int, int], None] | None) -> Any:
+class Pace:
+    """Live progress of a training loop: a line in the step's log per logged step (step, loss/reward, pace,
+    ETA) and the same figures beside the terminal's progress bar (`on_progress(done, total, **figures)`)."""
+
+    LOGGED = ("loss", "reward", "rewards/accuracies", "accuracy", "kl", "learning_rate")  # in the log line, when logged
+    SHOWN = {"loss": "loss", "reward": "reward", "rewards/accuracies": "accuracy", "accuracy": "accuracy"}  # beside the bar
+
+    def __init__(self, log: Any = None, on_progress: Callable[..., None] | None = None):
+        self.log, self.on_progress = log, on_progress
+        self.started: float | None = None
+        self.first_step = 0
+        self.figures: dict[str, float] = {}
+
+    def begin(self, step: int) -> None:
+        self.started, self.first_step = time.time(), step  # a resumed run's pace counts from where it resumed
+
+    def eta_s(self, step: int, total: int) -> float | None:
+        done = step - self.first_step
+        if self.started is None or done <= 0 or total <= 0:
+            return None
+        return max(0.0, (time.time() - self.started) / done * (total - step))
+
+    def step(self, step: int, total: int) -> None:
+        if self.on_progress and total:
+            eta = self.eta_s(step, total)
+            self.on_progress(step, total, **self.figures, **({"eta_s": round(eta, 1)} if eta is not None else {}))
+
+    def logged(self, step: int, total: int, row: dict[str, Any]) -> None:
+        self.figures = {label: round(float(row[k]), 4) for k, label in self.SHOWN.items() if isinstance(row.get(k), int | float)}
+        if self.log is None:
+            return
+        parts = [f"step {step}/{total}" if total else f"step {step}"]
+        parts += [f"{k} {row[k]:.4g}" for k in self.LOGGED if isinstance(row.get(k), int | float)]
+        eta = self.eta_s(step, total)
+        if eta is not None and self.started is not None:
+            parts.append(f"{(time.time() - self.started) / max(step - self.first_step, 1):.2f} s/step, ETA {format_seconds(eta)}")
+        self.log.info(" · ".join(parts))
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def callback(metrics_path: Path, on_progress: Callable[..., None] | None, log: Any = None) -> Any:
     from transformers import TrainerCallback
 
+    pace = Pace(log, on_progress)
+
     class Recorder(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            pace.begin(state.global_step)
+
         def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
-            if not logs or "train_loss" in logs:  # the end-of-training summary, not a step
+            if not logs or "train_loss" in logs or not state.is_world_process_zero:  # a summary, or a rank other than 0
                 return
             row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
             row.update({k: v for k, v in logs.items() if isinstance(v, int | float)})
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+            pace.logged(state.global_step, state.max_steps, row)
+            pace.step(state.global_step, state.max_steps)  # on_step_end came first, with the previous figures
 
         def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            if on_progress and state.max_steps:
-                on_progress(state.global_step, state.max_steps)
+            if state.is_world_process_zero:  # distributed: progress comes from rank 0 only
+                pace.step(state.global_step, state.max_steps)
 
     return Recorder()
 

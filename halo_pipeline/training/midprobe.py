@@ -39,11 +39,11 @@ def callback(params: Any, tokenizer: Any, chat: bool, metrics_path: Path, log: A
 
     class MidTrainingProbe(TrainerCallback):  # type: ignore[misc]
         def on_train_begin(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
-            if state.global_step == 0:  # the starting point; a resumed run has it already
+            if state.global_step == 0 and state.is_world_process_zero:  # the starting point (a resumed run has it); rank 0 probes
                 probe(model, 0)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
-            if state.global_step % params.probe_every == 0:
+            if state.global_step % params.probe_every == 0 and state.is_world_process_zero:
                 probe(model, state.global_step)
 
     return MidTrainingProbe()

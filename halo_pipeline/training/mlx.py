@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from halo_pipeline.training.metrics import Pace
+
 
 def train_mlx(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
     from halo_pipeline.runtimes.catalog import fingerprint, resolve
@@ -57,11 +59,15 @@ def train_mlx(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, An
         text=True,
     )
     tail: list[str] = []
+    pace = Pace(ctx.log, ctx.on_progress)
+    pace.begin(0)
     assert proc.stdout is not None
     for line in proc.stdout:
         tail = (tail + [line.rstrip()])[-20:]
-        if line.startswith('{"progress"') and ctx.on_progress:
-            ctx.on_progress(json.loads(line)["progress"], iters)
+        if line.startswith('{"progress"'):
+            report = json.loads(line)
+            pace.logged(report["progress"], iters, report.get("row", {}))
+            pace.step(report["progress"], iters)
     if proc.wait() != 0:
         raise RuntimeError("mlx-lm LoRA training failed:\n" + "\n".join(tail))
     from halo_pipeline.training.metrics import read

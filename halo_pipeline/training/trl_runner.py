@@ -4,6 +4,7 @@ generate -> verify -> keep the best -> SFT. Resumes from the last complete check
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 from halo_pipeline.training import algorithms as alg
 from halo_pipeline.training import data
 from halo_pipeline.training.configs import peft_config, trainer_config
+from halo_pipeline.training.distributed import barrier, gather, is_main, rank, sharded, world_size
 from halo_pipeline.training.sampling import generate
+from halo_pipeline.training.tracking import session
 
 COMPLETE = "halo_complete.json"  # written (atomically) once a checkpoint's every file is on disk
 
@@ -32,15 +35,17 @@ def last_checkpoint(root: Path) -> Path | None:
 
 
 def completion_marker() -> Any:
-    """A callback that marks each checkpoint complete after Trainer has written all of it."""
+    """A callback that marks each checkpoint complete after Trainer has written all of it (every rank's
+    share of it, when distributed: rank 0 writes the marker once all ranks are past their writes)."""
     from transformers import TrainerCallback
 
     from halo_pipeline.engine.cache import atomic_write_json
 
     class MarkComplete(TrainerCallback):  # type: ignore[misc]
         def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            barrier()
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
+            if state.is_world_process_zero and folder.is_dir():
                 atomic_write_json(folder / COMPLETE, {"step": state.global_step})
 
     return MarkComplete()
@@ -74,6 +79,8 @@ def _load(params: Any, for_reward_model: bool = False) -> tuple[Any, Any]:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         )
+        if world_size() > 1:  # each rank quantizes its own copy onto its own GPU
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     torch.manual_seed(params.seed)
     if for_reward_model:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
@@ -87,9 +94,15 @@ def _snapshot(model: Any) -> dict[str, Any]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _changed(before: dict[str, Any], model: Any) -> bool:
-    after = dict(model.named_parameters())
-    return any(n in after and not bool((after[n].detach() == t).all()) for n, t in before.items())
+def _changed(before: dict[str, Any], model: Any, full: dict[str, Any] | None = None) -> bool:
+    after = full if full is not None else dict(model.named_parameters())  # sharded: the gathered state dict
+    return any(n in after and not bool((after[n].detach().cpu() == t.cpu()).all()) for n, t in before.items())
+
+
+def _full_state(trainer: Any) -> dict[str, Any]:
+    """The whole model's state dict from FSDP/DeepSpeed shards (a collective: every rank calls it; rank 0 gets it)."""
+    wrapped = trainer.model_wrapped if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
+    return dict(trainer.accelerator.get_state_dict(wrapped) or {})
 
 
 def _continue(model: Any, init: Path) -> Any:
@@ -114,7 +127,7 @@ def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any, init: Path | 
     if init is not None:
         model = _continue(model, init)
     chat = params.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
-    config = trainer_config(params, ctx.scratch("checkpoints"))
+    config = trainer_config(params, ctx.scratch("checkpoints"), ctx.tracking)
     trainer = _trainer(params, model, tokenizer, chat, rows, config, ctx, new_adapter=init is None)
     _quiet(trainer)
     before = _snapshot(trainer.model)
@@ -122,12 +135,17 @@ def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any, init: Path | 
     if resume is not None:
         step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
         ctx.log.info("resuming from %s (step %d)", resume.name, step)
-        _trim_metrics(ctx.path("metrics.jsonl"), step)
-    else:
+        if is_main():  # rank 0 alone writes metrics.jsonl
+            _trim_metrics(ctx.path("metrics.jsonl"), step)
+    elif is_main():
         ctx.path("metrics.jsonl").unlink(missing_ok=True)  # logged by a run killed before its first checkpoint
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    summary = _summary(trainer, output, before, resume)
-    _save(params, trainer.model, tokenizer, ctx.path("model"))
+    with session(ctx.tracking, trainer):  # the step's tracker run, which TRL's callback logs into live
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    full = _full_state(trainer) if sharded(params) else None
+    summary = _summary(trainer, output, before, resume, full)
+    if is_main():
+        _save(params, trainer.model, tokenizer, ctx.path("model"), full)
+    barrier()  # no rank leaves (and takes the process group down) before the model is saved
     return summary
 
 
@@ -140,7 +158,7 @@ def _trainer(
     from halo_pipeline.training.metrics import callback
 
     algo = params.algorithm
-    callbacks = [callback(ctx.path("metrics.jsonl"), ctx.on_progress), completion_marker()]
+    callbacks = [callback(ctx.path("metrics.jsonl"), ctx.on_progress, ctx.log), completion_marker()]
     if params.probe_every is not None:
         from halo_pipeline.training.midprobe import callback as probe_callback
 
@@ -188,13 +206,13 @@ def _reward_fn(params: Any) -> Any:
     return verifier_reward
 
 
-def _summary(trainer: Any, output: Any, before: dict[str, Any], resumed: Path | None) -> dict[str, Any]:
+def _summary(trainer: Any, output: Any, before: dict[str, Any], resumed: Path | None, full: dict[str, Any] | None = None) -> dict[str, Any]:
     history = [h for h in trainer.state.log_history if "loss" in h]
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     summary: dict[str, Any] = {
         "steps": trainer.state.global_step,
         "final_loss": history[-1]["loss"] if history else output.training_loss,
-        "weights_changed": _changed(before, trainer.model),
+        "weights_changed": _changed(before, trainer.model, full),
         "tokens": int(trainer.state.num_input_tokens_seen or 0),
         "train_s": round(output.metrics.get("train_runtime", 0.0), 3),
         "resumed_from": resumed.name if resumed else None,
@@ -205,13 +223,13 @@ def _summary(trainer: Any, output: Any, before: dict[str, Any], resumed: Path | 
     return summary
 
 
-def _save(params: Any, model: Any, tokenizer: Any, out: Path) -> None:
+def _save(params: Any, model: Any, tokenizer: Any, out: Path, state_dict: dict[str, Any] | None = None) -> None:
     from halo_pipeline.runtimes.catalog import fingerprint, stable_adapter_config
 
     merge = params.adapter != "none" and isinstance(params.algorithm, alg.RM)
     if merge:  # reward models ship merged, so the reward_model verifier loads them as one directory
         model = model.merge_and_unload()
-    model.save_pretrained(out)
+    model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(out)
     stable_adapter_config(out)
     provenance = {
@@ -257,28 +275,27 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any, init: Path | None =
     if resumed is not None:
         progress = resumed
         ctx.log.info("resuming RAFT after cycle %d of %d", progress["cycle"], algo.cycles)
-        _keep_lines(metrics_path, progress["metric_lines"])  # what the unfinished cycle logged goes
-    else:
+        if is_main():
+            _keep_lines(metrics_path, progress["metric_lines"])  # what the unfinished cycle logged goes
+    elif is_main():
         metrics_path.unlink(missing_ok=True)
     step, tokens, train_s = progress["step"], progress["tokens"], progress["train_s"]
     losses, cycle_rewards = list(progress["losses"]), list(progress["rewards"])
     for cycle in range(progress["cycle"], algo.cycles):
-        samples = _sample(model, tokenizer, prompts, algo, params, chat, seed=params.seed + cycle)
-        results = verifier.verify_batch(
-            [{**p, "prompt": p["task_prompt"], "completion": c} for p, cs in zip(prompts, samples, strict=True) for c in cs]
-        )
-        kept, flat = [], iter(results)
+        samples, scores = _sample_and_verify(model, tokenizer, prompts, algo, params, chat, verifier, cycle)
+        kept, flat = [], iter(scores)
         rewards = []
         for p, cs in zip(prompts, samples, strict=True):
-            scored = [(next(flat).reward, c) for c in cs]
+            scored = [(next(flat), c) for c in cs]
             rewards += [r for r, _ in scored]
             best_reward, best = max(scored, key=lambda x: x[0])
             if best_reward > 0 and best_reward >= algo.reward_threshold:
                 kept.append({"prompt": p["task_prompt"], "completion": best})
         mean_reward = sum(rewards) / len(rewards) if rewards else 0.0
         cycle_rewards.append(mean_reward)
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "cycle": cycle, "reward": round(mean_reward, 4), "kept": len(kept)}) + "\n")
+        if is_main():
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "cycle": cycle, "reward": round(mean_reward, 4), "kept": len(kept)}) + "\n")
         ctx.log.info("raft cycle %d: mean reward %.3f, kept %d of %d prompts", cycle + 1, mean_reward, len(kept), len(prompts))
         if ctx.on_progress:
             ctx.on_progress(cycle, algo.cycles)
@@ -305,7 +322,9 @@ def _raft(params: Any, rows: list[dict[str, Any]], ctx: Any, init: Path | None =
     if ctx.on_progress:
         ctx.on_progress(algo.cycles, algo.cycles)
 
-    _save(params, model, tokenizer, ctx.path("model"))
+    if is_main():
+        _save(params, model, tokenizer, ctx.path("model"))
+    barrier()
     return {
         "steps": step,
         "final_loss": losses[-1] if losses else None,
@@ -328,7 +347,16 @@ def _keep_lines(path: Path, n: int) -> None:
 def _raft_save(
     model: Any, root: Path, cycle: int, step: int, tokens: int, train_s: float, losses: list[float], rewards: list[float], metrics: Path
 ) -> None:
-    """After a completed cycle: its trainable weights and counters, renamed into place whole (a kill leaves the previous cycle)."""
+    """After a completed cycle: its trainable weights and counters, renamed into place whole (a kill leaves the previous cycle).
+    Distributed: rank 0 writes, and every rank waits for it."""
+    if is_main():
+        _raft_write(model, root, cycle, step, tokens, train_s, losses, rewards, metrics)
+    barrier()
+
+
+def _raft_write(
+    model: Any, root: Path, cycle: int, step: int, tokens: int, train_s: float, losses: list[float], rewards: list[float], metrics: Path
+) -> None:
     import shutil
 
     from safetensors.torch import save_file
@@ -373,6 +401,28 @@ def _raft_resume(model: Any, root: Path) -> dict[str, Any] | None:
         return None  # saved for another configuration: start again
     model.load_state_dict(weights, strict=False)
     return dict(json.loads((path / "state.json").read_text()))
+
+
+def _sample_and_verify(
+    model: Any, tokenizer: Any, prompts: list[dict[str, Any]], algo: Any, params: Any, chat: bool, verifier: Any, cycle: int
+) -> tuple[list[list[str]], list[float]]:
+    """Each prompt's samples and their rewards (flat, in prompt order). Distributed, each rank samples and verifies
+    every world_size-th prompt and all ranks gather the same lists, so they keep (and train on) the same rows."""
+    me, world = rank(), world_size()
+    mine = prompts[me::world]
+    my_samples = _sample(model, tokenizer, mine, algo, params, chat, seed=params.seed + cycle + 7919 * me)
+    results = verifier.verify_batch(
+        [{**p, "prompt": p["task_prompt"], "completion": c} for p, cs in zip(mine, my_samples, strict=True) for c in cs]
+    )
+    shares = gather((my_samples, [r.reward for r in results]))
+    samples: list[list[str]] = [[] for _ in prompts]
+    by_prompt: list[list[float]] = [[] for _ in prompts]
+    for r, (share, rewards) in enumerate(shares):
+        flat = iter(rewards)
+        for j, completions in enumerate(share):
+            samples[r + j * world] = completions
+            by_prompt[r + j * world] = [next(flat) for _ in completions]
+    return samples, [x for rs in by_prompt for x in rs]
 
 
 def _sample(model: Any, tokenizer: Any, prompts: list[dict[str, Any]], algo: Any, params: Any, chat: bool, seed: int) -> list[list[str]]:

@@ -19,7 +19,7 @@ def test_wheel_ships_tasks_and_conf_and_works_installed(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("halo_pipeline-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("halo_pipeline/cli/__init__.py", "halo_pipeline/engine/cache.py", "halo_pipeline/runtimes/gguf.py", "halo_pipeline/verifiers/builtin.py", "halo_pipeline/verifiers/_harness_python.py", "halo_pipeline/conf/verifier/python_tests.yaml", "halo_pipeline/tasks/dedup.py", "halo_pipeline/tasks/synthesize.py",
-                     "halo_pipeline/conf/algorithm/dpo.yaml", "halo_pipeline/conf/model/tiny.yaml", "halo_pipeline/conf/runner/dask.yaml"):  # fmt: skip
+                     "halo_pipeline/conf/algorithm/dpo.yaml", "halo_pipeline/conf/model/tiny.yaml", "halo_pipeline/conf/runner/dask.yaml", "halo_pipeline/conf/tracking/mlflow.yaml"):  # fmt: skip
         assert expected in names, expected
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "halo-pipeline = halo_pipeline.cli:entry" in entry_points
