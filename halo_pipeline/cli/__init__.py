@@ -83,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         return multirun(args.recipe, args.overrides, quiet=args.quiet, only=only, from_=args.from_, until=args.until)
     from halo_pipeline.engine.plan import plan_recipe
-    from halo_pipeline.orchestration.sweep import check_selection
+    from halo_pipeline.orchestration.runs import check_selection
 
     plan = plan_recipe(args.recipe, args.overrides)  # every problem at once, exit 2, before Prefect starts
     check_selection(plan, only, args.from_, args.until)
@@ -100,9 +100,9 @@ def run_and_report(recipe: str, overrides: list[str], args: argparse.Namespace, 
     from halo_pipeline.orchestration import local_server
 
     local_server.ensure_api_url()  # before Prefect is imported: its settings (the UI's address too) are read then
-    from halo_pipeline.orchestration import flow
+    from halo_pipeline.orchestration.runs import RunOptions
 
-    opts = flow.RunOptions(
+    opts = RunOptions(
         only=only or [],
         from_=getattr(args, "from_", None),
         until=getattr(args, "until", None),
@@ -111,8 +111,13 @@ def run_and_report(recipe: str, overrides: list[str], args: argparse.Namespace, 
         command=["halo-pipeline", *sys.argv[1:]],
         progress=None if args.quiet else progress.show,
     )
+    tag_list = getattr(args, "tag", None) or []
     with local_server.active_run(), _stdout_carries_results_only(args.quiet):
-        result = flow.run(recipe, overrides, opts, tag_list=getattr(args, "tag", None) or [])
+        result = None if check else _run_if_cached(recipe, overrides, opts, tag_list)
+        if result is None:
+            from halo_pipeline.orchestration import flow
+
+            result = flow.run(recipe, overrides, opts, tag_list=tag_list)
     if not args.quiet:
         from halo_pipeline.views.runs import print_result
 
@@ -144,6 +149,14 @@ def _stdout_carries_results_only(quiet: bool) -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def _run_if_cached(recipe: str, overrides: list[str], opts: Any, tag_list: list[str]) -> dict[str, Any] | None:
+    """A run whose every step is a verified cache hit, recorded in Prefect without importing it (see cached_run)."""
+    from halo_pipeline.engine.plan import plan_recipe
+    from halo_pipeline.orchestration.cached_run import run_if_cached
+
+    return run_if_cached(recipe, overrides, plan_recipe(recipe, overrides), opts, tag_list)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -48,6 +49,72 @@ def digest(path: Path) -> str:
         h.update(f.relative_to(path).as_posix().encode() + b"\0")
         h.update(sha256_file(f).encode())
     return h.hexdigest()
+
+
+# A file changed within this long before it was verified may change again within the same timestamp
+# tick, unseen by its stat signature ("racy git"): such outputs are hashed again next time, not memoized.
+RACY_NS = 2_000_000_000
+
+
+def stat_signature(path: Path) -> list[list[Any]]:
+    """What changes whenever the bytes of a file (or of any file in a directory) can have changed: its
+    relative path, size, mtime, ctime and inode. ctime cannot be set back by a user, so even an edit that
+    restores the mtime shows. The same files `digest` reads (symlinks followed)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    signature = []
+    for f in files:
+        st = f.stat()
+        signature.append([f.relative_to(path).as_posix() if f != path else ".", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    return signature
+
+
+class DigestMemo:
+    """SHA-256 of files outside the cache (models, `file:` inputs), remembered across processes by stat
+    signature in `<cache>/verified/files.json`, so a 500 MB model is hashed once per content, not once per
+    run. Racily-changed files (see RACY_NS) are not remembered. Losing an update to a concurrent writer
+    only costs a re-hash."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "verified" / "files.json"
+        self._known: dict[str, list[Any]] | None = None
+
+    def digest(self, path: Path) -> str:
+        path = Path(path).resolve()
+        if path.is_dir():
+            h = hashlib.sha256()  # the formula of `digest`, over remembered file digests
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(f.relative_to(path).as_posix().encode() + b"\0")
+                h.update(self.digest(f).encode())
+            return h.hexdigest()
+        st = path.stat()
+        signature = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        known = self._load()
+        seen = known.get(str(path))
+        if seen and seen[:4] == signature:
+            return str(seen[4])
+        value = sha256_file(path)
+        if time.time_ns() - st.st_ctime_ns > RACY_NS:
+            known[str(path)] = [*signature, value]
+            self._save(str(path))
+        return value
+
+    def _load(self) -> dict[str, list[Any]]:
+        if self._known is None:
+            try:
+                self._known = dict(json.loads(self.path.read_text()))
+            except (OSError, ValueError):
+                self._known = {}
+        return self._known
+
+    def _save(self, changed: str) -> None:
+        try:
+            on_disk = dict(json.loads(self.path.read_text()))
+        except (OSError, ValueError):
+            on_disk = {}
+        on_disk[changed] = self._load()[changed]  # others' entries kept
+        with contextlib.suppress(OSError):
+            atomic_write_json(self.path, on_disk)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -131,15 +198,35 @@ class Cache:
             return None
         if not isinstance(record, dict) or not isinstance(record.get("outputs"), dict):
             return None
-        if verify:
-            for out in record["outputs"].values():
-                p = self.entry(key) / out["path"]
-                try:
-                    if digest(p) != out["sha256"]:
-                        return None
-                except (FileNotFoundError, NotADirectoryError):
-                    return None
+        if verify and not self._verify(key, record["outputs"]):
+            return None
         return record
+
+    def _verify(self, key: str, outputs: Mapping[str, Any]) -> bool:
+        """Whether every output still has its recorded digest. Bytes are hashed once per content: an output
+        whose files show the stat signature seen when they last verified is not read again (git's index and
+        DVC's state work the same way), so a rerun of large cached models does not re-hash gigabytes."""
+        memo_path = self.root / "verified" / f"{key}.json"
+        try:
+            memo = json.loads(memo_path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        fresh = {}
+        for out in outputs.values():
+            path = self.entry(key) / out["path"]
+            try:
+                signature = stat_signature(path)
+                seen = memo.get(out["path"])
+                if not (seen and seen["sha256"] == out["sha256"] and seen["stat"] == signature) and digest(path) != out["sha256"]:
+                    return False
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            if all(time.time_ns() - ctime > RACY_NS for _, _, _, ctime, _ in signature):
+                fresh[out["path"]] = {"sha256": out["sha256"], "stat": signature}
+        if fresh != memo:
+            with contextlib.suppress(OSError):
+                atomic_write_json(memo_path, fresh)
+        return True
 
     @contextlib.contextmanager
     def lock(self, key: str, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
@@ -169,6 +256,7 @@ class Cache:
 
     def discard(self, key: str) -> None:
         remove(self.entry(key))
+        remove(self.root / "verified" / f"{key}.json")
 
     def touch(self, key: str) -> None:
         """Mark an entry as used now (`cache gc --older-than` keeps recently used entries)."""

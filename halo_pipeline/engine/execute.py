@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from halo_pipeline.engine import registry
-from halo_pipeline.engine.cache import RECORD, Cache, atomic_write_json, canonical_json, default_cache_dir, digest, remove, sha256_text
+from halo_pipeline.engine.cache import (
+    RECORD,
+    Cache,
+    DigestMemo,
+    atomic_write_json,
+    canonical_json,
+    default_cache_dir,
+    digest,
+    remove,
+    sha256_text,
+)
 from halo_pipeline.engine.graph import Ref
 from halo_pipeline.engine.step import SCRATCH, Artifact, Params, RunContext, StepKind
 
@@ -119,7 +129,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 _lib_versions: dict[str, str] = {}
-_file_digests: dict[tuple[str, int, int], str] = {}
+_digest_memos: dict[str, DigestMemo] = {}
 
 
 def library_versions(names: tuple[str, ...]) -> dict[str, str]:
@@ -135,15 +145,12 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str]:
 
 
 def external_digest(path: Path) -> str:
-    """Digest of a `file:` input, memoized on (path, size, mtime) for the life of the process."""
-    st = path.stat()
-    memo = (str(path), st.st_size, st.st_mtime_ns)
-    if path.is_dir() or memo not in _file_digests:
-        value = digest(path)
-        if path.is_dir():
-            return value
-        _file_digests[memo] = value
-    return _file_digests[memo]
+    """Digest of a file or directory outside the cache (a `file:` input, a model), remembered by stat
+    signature across processes (`DigestMemo`): big models are hashed once per content."""
+    root = str(default_cache_dir())
+    if root not in _digest_memos:
+        _digest_memos[root] = DigestMemo(Path(root))
+    return _digest_memos[root].digest(path)
 
 
 def input_artifacts(call: StepCall, upstream: dict[str, StepResult]) -> dict[str, Artifact]:

@@ -88,6 +88,8 @@ def collect(cache: Cache, run_roots: list[Path], older_than: float | None = None
             continue
         with cache.lock(entry.name):  # not while a run is committing or reusing it
             drop(entry)
+            if not dry_run:
+                remove(cache.root / "verified" / f"{entry.name}.json")
     for work in sorted((cache.root / "partial").glob("*")):
         if not is_locked(cache.root / "locks" / f"{work.name}.lock") and stale(work):
             drop(work)

@@ -14,8 +14,6 @@ import contextlib
 import contextvars
 import logging
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, tags, task
@@ -26,26 +24,12 @@ from prefect.logging.handlers import APILogHandler
 from prefect.states import Completed
 
 from halo_pipeline.engine import manifest
-from halo_pipeline.engine.errors import Issue, RecipeError
-from halo_pipeline.engine.execute import StepCall, StepError, StepResult, cached_result, execute, step_calls, write_state
+from halo_pipeline.engine.execute import StepCall, StepError, StepResult, execute, step_calls, write_state
 from halo_pipeline.engine.graph import select
 from halo_pipeline.engine.plan import Plan, plan_recipe
 from halo_pipeline.orchestration import storage, tracking
 from halo_pipeline.orchestration.runners import make_task_runner
-
-
-@dataclass
-class RunOptions:
-    """Choices of one invocation that are not part of the recipe's config (and so not flow parameters)."""
-
-    only: list[str] = field(default_factory=list)
-    from_: str | None = None
-    until: str | None = None
-    no_cache: bool = False
-    check: bool = False  # replay --check: re-execute deterministic steps outside the cache
-    command: list[str] = field(default_factory=list)
-    progress: Any = None  # a callable(run_dir, plan, futures, selected) -> None that shows progress
-
+from halo_pipeline.orchestration.runs import RunOptions, code_execution, fresh_dir, objective_value, record, upstream_from_cache
 
 _options: contextvars.ContextVar[RunOptions | None] = contextvars.ContextVar("halo_run_options", default=None)
 
@@ -106,44 +90,6 @@ def _publish(call: StepCall, result: StepResult) -> None:
         create_markdown_artifact(key=key, markdown="\n".join(lines), description=f"{call.id}: {result.state}")
 
 
-def upstream_from_cache(plan: Plan, calls: dict[str, StepCall], selected: set[str]) -> dict[str, StepResult]:
-    """Results of unselected steps that selected ones read, taken from the cache; an error if absent."""
-
-    def data_deps(sid: str) -> set[str]:
-        return {r.step for r in plan.steps[sid].inputs.values() if not isinstance(r, Path)}
-
-    needed: set[str] = set()
-    stack = [d for sid in selected for d in data_deps(sid) if d not in selected]
-    while stack:  # unselected steps read by selected ones, and what those read in turn
-        sid = stack.pop()
-        if sid not in needed:
-            needed.add(sid)
-            stack.extend(data_deps(sid))
-    have: dict[str, StepResult] = {}
-    for sid in plan.steps:  # topological order, so a step's own upstream is known first
-        if sid not in needed:
-            continue
-        _, hit = cached_result(_as_cached_call(calls[sid]), have)
-        if hit is None:
-            raise RecipeError(
-                [
-                    Issue(
-                        f"step '{sid}' is not selected and has no cached result",
-                        key=f"steps.{sid}",
-                        hint=f"run it first, or add it to --only ({sid})",
-                    )
-                ]
-            )
-        have[sid] = hit
-    return have
-
-
-def _as_cached_call(call: StepCall) -> StepCall:
-    from dataclasses import replace
-
-    return replace(call, cached=True)
-
-
 @flow(name="halo-pipeline", persist_result=False, validate_parameters=False)
 def pipeline(recipe: str, overrides: list[str] | None = None, tags: list[str] | None = None) -> dict[str, Any]:  # noqa: A002
     """Compose the recipe with its overrides, validate it, and run its steps as Prefect tasks."""
@@ -201,7 +147,7 @@ def _run_steps(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, A
             for sid in futures:
                 if sid not in results:
                     results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="interrupted", error="interrupted")
-            _record(run_dir, manifest.build(plan, results, opts.command, "interrupted", extra))
+            record(run_dir, manifest.build(plan, results, opts.command, "interrupted", extra))
             _abandon(runner)
             raise
     results.update(finished_results(futures))
@@ -226,7 +172,7 @@ def _run_steps(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, A
     ended = time.time()
     objective = objective_value(plan, results)
     extra.update(started=started, ended=ended, seconds=round(ended - started, 3), objective=objective)
-    _record(run_dir, manifest.build(plan, results, opts.command, "failed" if failed else "completed", extra))
+    record(run_dir, manifest.build(plan, results, opts.command, "failed" if failed else "completed", extra))
     return {
         "run_dir": str(run_dir),
         "prefect_ui": prefect_run.get("ui_url"),
@@ -234,33 +180,6 @@ def _run_steps(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, A
         "objective": objective,
         "steps": {sid: r.state for sid, r in results.items()},
     }
-
-
-def _record(run_dir: Path, built: dict[str, Any]) -> None:
-    """The manifest, then the report a person reads (written from it)."""
-    from halo_pipeline.views.report import write_report
-
-    manifest.write(run_dir, built)
-    write_report(run_dir, built)
-    tracking.finish(run_dir, built)  # every step's params, metrics and outputs into the tracker (tracking=...)
-
-
-def code_execution(plan: Plan) -> dict[str, Any]:
-    """Which steps run model-written code (a verifier with allow_code_execution) and how it is isolated:
-    the weakest isolation any of them asked for (`sandbox: rlimits` carries its warning here)."""
-    from halo_pipeline.verifiers import code_execution_modes
-
-    modes: dict[str, set[str]] = {}
-    for sid, ps in plan.steps.items():
-        for key, value in ps.params.model_dump(mode="json").items():
-            if "verifier" in key and (found := code_execution_modes(value)):
-                modes.setdefault(sid, set()).update(found)
-    if not modes:
-        return {"enabled": False}
-    from halo_pipeline.verifiers import sandbox
-
-    weakest = "rlimits" if any("rlimits" in m for m in modes.values()) else None
-    return {"enabled": True, "steps": sorted(modes), **sandbox.describe(weakest)}
 
 
 def _abandon(runner: Any) -> None:
@@ -292,26 +211,6 @@ def _flow_run_info() -> dict[str, Any]:
     from prefect.runtime import flow_run
 
     return {"flow_run_id": flow_run.get_id(), "flow_run_name": flow_run.get_name(), "ui_url": flow_run.get_flow_run_ui_url()}
-
-
-def fresh_dir(run_dir: Path) -> Path:
-    """Never write over an earlier run: two runs in the same second get `-1`, `-2`... suffixes."""
-    candidate, n = run_dir, 0
-    while (candidate / manifest.MANIFEST).exists():
-        n += 1
-        candidate = run_dir.with_name(f"{run_dir.name}-{n}")
-    return candidate
-
-
-def objective_value(plan: Plan, results: dict[str, StepResult]) -> float | None:
-    if not plan.recipe.objective:
-        return None
-    step, _, metric = plan.recipe.objective.partition(".")
-    res = results.get(step)
-    value: Any = res.metrics if res else None
-    for part in metric.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return float(value) if isinstance(value, int | float) else None
 
 
 def run(recipe: str, overrides: list[str], opts: RunOptions, tag_list: list[str] | None = None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from halo_pipeline.engine.config import hydra_defaults, search_path
-from halo_pipeline.engine.errors import Issue, RecipeError, did_you_mean
+from halo_pipeline.engine.errors import Issue, RecipeError
 from halo_pipeline.engine.recipe import read_yaml
 
 
@@ -61,6 +61,8 @@ class Job:
         from halo_pipeline.engine.cache import atomic_write_json
         from halo_pipeline.engine.plan import plan_recipe
         from halo_pipeline.orchestration import flow, local_server
+        from halo_pipeline.orchestration.cached_run import run_if_cached
+        from halo_pipeline.orchestration.runs import check_selection
 
         hc = HydraConfig.get()
         only, from_, until = self.selection["only"], self.selection["from"], self.selection["until"]
@@ -68,8 +70,11 @@ class Job:
         plan = plan_recipe(self.recipe, job_overrides)
         check_selection(plan, only, from_, until)
         opts = flow.RunOptions(only=only, from_=from_, until=until, command=self.command)
+        tag_list = ["multirun", f"job-{hc.job.num}"]
         with local_server.active_run():
-            result = flow.run(self.recipe, job_overrides, opts, tag_list=["multirun", f"job-{hc.job.num}"])
+            result = run_if_cached(self.recipe, job_overrides, plan, opts, tag_list) or flow.run(
+                self.recipe, job_overrides, opts, tag_list=tag_list
+            )
         record = {
             "job": hc.job.num,
             "overrides": list(hc.overrides.task),
@@ -166,15 +171,6 @@ def multirun(
     if stopped:
         print(stopped, file=sys.stderr, flush=True)
     return 1 if failed else 0
-
-
-def check_selection(plan: Any, only: list[str], from_: str | None, until: str | None) -> None:
-    """`--only/--from/--until` name steps of the recipe (checked before anything runs)."""
-    unknown = [s for s in [*only, from_, until] if s and s not in plan.steps]
-    if unknown:
-        raise RecipeError(
-            [Issue(f"no step '{s}' in the recipe", hint=did_you_mean(s, plan.steps) or f"steps: {', '.join(plan.steps)}") for s in unknown]
-        )
 
 
 def _job_line(job: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ it is true, and validation says how to turn it on.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -76,10 +77,17 @@ def register_verifier(
 def registry() -> dict[str, Registered]:
     from halo_pipeline.verifiers import builtin, code, compose, judge, text  # noqa: F401  (registers the built-ins)
 
+    _load_plugins()
+    return dict(_REGISTRY)
+
+
+@functools.cache
+def _load_plugins() -> None:
+    """Verifiers other packages register under the entry point group (scanning the installed packages
+    for them takes a noticeable fraction of a second, so once per process)."""
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in _REGISTRY:
             ep.load()
-    return dict(_REGISTRY)
 
 
 class UnknownVerifier(LookupError):

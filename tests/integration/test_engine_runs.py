@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,57 @@ def test_quiet_stdout_is_the_run_directory_alone(project: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [str(project / "outputs/fake" / Path(res.stdout.strip()).name)], res.stdout
     assert "WARNING-from-a-library" in res.stderr  # moved, not lost
+
+
+CACHED_RUN = """
+import json, sys
+from halo_pipeline.cli import main
+code = main(["run", sys.argv[1], "-q", *sys.argv[2:]])
+print(json.dumps({"code": code, "prefect_imported": "prefect" in sys.modules}))
+"""
+
+
+def test_a_rerun_with_nothing_to_do_records_a_flow_run_without_prefects_engine(project: Path) -> None:
+    import urllib.request
+
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
+    first = cli("run", str(recipe), "-q", cwd=project)
+    assert first.returncode == 0, first.stderr
+
+    def rerun(*extra: str, env: dict[str, str] | None = None) -> tuple[dict, dict]:
+        out = subprocess.run(
+            [sys.executable, "-c", CACHED_RUN, str(recipe), *extra], cwd=project, capture_output=True, text=True,
+            env={**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}, timeout=300,
+        )  # fmt: skip
+        lines = out.stdout.strip().splitlines()
+        assert out.returncode == 0 and lines, out.stdout + out.stderr
+        return json.loads(lines[-1]), manifest_of(lines[-2])
+
+    outcome, m = rerun()
+    assert outcome == {"code": 0, "prefect_imported": False}
+    assert m["state"] == "completed" and {s["state"] for s in m["steps"].values()} == {"cached"}
+    assert m["selected"] == ["copy", "make", "report"] and m["prefect"]["flow_run_name"]
+    api = os.environ["PREFECT_API_URL"]
+
+    def post(path: str, body: dict) -> Any:
+        request = urllib.request.Request(api + path, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 (loopback)
+            return json.loads(resp.read())
+
+    with urllib.request.urlopen(f"{api}/flow_runs/{m['prefect']['flow_run_id']}", timeout=30) as resp:  # noqa: S310
+        flow_run = json.loads(resp.read())
+    assert flow_run["state"]["type"] == "COMPLETED" and flow_run["parameters"] == {"recipe": str(recipe), "overrides": [], "tags": []}
+    tasks = post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
+    by_name = {t["name"]: t for t in tasks}
+    assert sorted(by_name) == ["copy:fake_steps:copy", "make:fake_steps:make", "report:fake_steps:sft_only"]
+    assert {t["state"]["name"] for t in tasks} == {"Cached"}
+    ids = {t["id"]: t["name"] for t in tasks}
+    assert [ids[u["id"]] for u in by_name["copy:fake_steps:copy"]["task_inputs"]["wait_for"]] == ["make:fake_steps:make"]
+    # anything to do, or an option that needs the engine, takes the flow: Prefect is imported
+    outcome, m = rerun("steps.copy.with.suffix=-new")
+    assert outcome["prefect_imported"] and m["steps"]["copy"]["state"] == "ran"
+    outcome, _ = rerun(env={"HALO_PIPELINE_CACHED_FAST_PATH": "0"})
+    assert outcome["prefect_imported"]
 
 
 def test_prefect_shows_cached_states_and_task_names(project: Path) -> None:

@@ -17,9 +17,18 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def _local_env(tmp_path: Path) -> dict[str, str]:
-    """A user's shell: no PREFECT_API_URL, so `run` starts (or reuses) the background server."""
+    """A user's shell: no PREFECT_API_URL, so `run` starts (or reuses) the background server.
+
+    `cli` layers this over the test process's environment, where the session's Prefect server may
+    have set PREFECT_API_URL: an empty value counts as unset.
+    """
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(HALO_PIPELINE_HOME=str(tmp_path / "home"), HALO_PIPELINE_LOCAL_SERVER="1", PREFECT_HOME=str(tmp_path / "prefect"))
+    env.update(
+        PREFECT_API_URL="",
+        HALO_PIPELINE_HOME=str(tmp_path / "home"),
+        HALO_PIPELINE_LOCAL_SERVER="1",
+        PREFECT_HOME=str(tmp_path / "prefect"),
+    )
     return env
 
 
@@ -62,6 +71,18 @@ def test_the_printed_link_shows_the_run_and_its_steps(project: Path, tmp_path: P
         if os.environ.get("HALO_PIPELINE_WRITE_SCREENSHOTS") == "1":  # regenerates the picture in docs/
             (DOCS / "img").mkdir(exist_ok=True)
             (DOCS / "img/prefect-ui-run.png").write_bytes((tmp_path / "prefect-ui-run.png").read_bytes())
+        # a rerun with nothing to do is recorded without Prefect's engine: its link opens just the same
+        again = cli("run", str(recipe), cwd=project, env=env)
+        assert again.returncode == 0 and "completed: 2 cached" in again.stdout, again.stdout + again.stderr
+        cached_link = next(line.split("prefect: ", 1)[1].strip() for line in again.stdout.splitlines() if line.startswith("prefect: "))
+        assert cached_link != link and cached_link.startswith(server.removesuffix("/api"))
+        with browser_page() as page:
+            page.goto(cached_link)
+            page.wait_for_selector("text=Completed", timeout=60_000)
+            page.get_by_text("Task Runs", exact=True).first.click()
+            page.wait_for_selector("text=copy:fake_steps:copy", timeout=60_000)
+            body = page.inner_text("body")
+            assert "make:fake_steps:make" in body and "2 Task runs" in body and "Cached" in body
     finally:
         cli("server", "--stop", cwd=project, env=env)
 

@@ -91,6 +91,62 @@ def test_cache_entry_is_verified_before_reuse(project: Path) -> None:
     assert again.state == "ran" and again.outputs["dataset"].sha256 == first.outputs["dataset"].sha256
 
 
+def test_a_verified_entry_is_hashed_again_only_once_its_files_change(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import time
+
+    import halo_pipeline.engine.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)
+    make = _calls(project, [])["make"]
+    first = execute(make, {})
+    cache, key = Cache(Path(make.cache_root)), str(first.key)
+    hashed: list[Path] = []
+    real_digest = cache_module.digest
+    monkeypatch.setattr(cache_module, "digest", lambda p: hashed.append(p) or real_digest(p))
+    assert cache.lookup(key) is not None and cache.lookup(key) is not None
+    assert len(hashed) <= 1  # the bytes are read once; after that the stat signature vouches for them
+    time.sleep(0.05)  # past the timestamp tick of the verification
+    path = Path(first.outputs["dataset"].path)
+    before, data = path.stat(), path.read_bytes()
+    path.write_bytes(b"X" + data[1:])  # same size, same inode...
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # ...and the old mtime: only ctime tells
+    assert cache.lookup(key) is None and len(hashed) == 2
+    # an output changed just before it was verified is not memoized (it could change again in the same tick)
+    monkeypatch.setattr(cache_module, "RACY_NS", 10**12)
+    again = execute(make, {})
+    assert again.state == "ran"
+    hashed.clear()
+    assert cache.lookup(key) is not None and cache.lookup(key) is not None and len(hashed) == 2
+
+
+def test_model_files_are_hashed_once_per_content_across_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import time
+
+    import halo_pipeline.engine.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"w" * 4096)
+    (model / "config.json").write_text("{}")
+    time.sleep(0.05)
+    expected = digest(model)
+    hashed: list[Path] = []
+    real = cache_module.sha256_file
+    monkeypatch.setattr(cache_module, "sha256_file", lambda p: hashed.append(p) or real(p))
+    first = cache_module.DigestMemo(tmp_path / "cache").digest(model)
+    assert first == expected and len(hashed) == 2
+    assert cache_module.DigestMemo(tmp_path / "cache").digest(model) == first and len(hashed) == 2  # a new process: remembered
+    weights = model / "weights.bin"
+    before = weights.stat()
+    weights.write_bytes(b"v" * 4096)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size and mtime: ctime tells
+    changed = cache_module.DigestMemo(tmp_path / "cache").digest(model)
+    assert changed != first and len(hashed) == 3 and changed == digest(model)
+
+
 def test_partial_work_is_never_mistaken_for_a_result(project: Path) -> None:
     make = _calls(project, [])["make"]
     cache = Cache(Path(make.cache_root))
