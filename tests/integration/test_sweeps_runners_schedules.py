@@ -143,19 +143,18 @@ def test_local_server_is_started_once_and_reused(project: Path, tmp_path: Path) 
     recipe = write(project / "recipes/sweep.yaml", SWEEP)
     home = tmp_path / "home"
     env = {"HALO_PIPELINE_HOME": str(home), "HALO_PIPELINE_LOCAL_SERVER": "1", "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "ph")}
-    env_clean = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     try:
-        first = cli("run", str(recipe), "-q", cwd=project, env={**env_clean, **env})
+        first = cli("run", str(recipe), "-q", cwd=project, env=env)
         assert first.returncode == 0, first.stderr
         info = json.loads((home / "server.json").read_text())
         t0 = time.time()
-        second = cli("run", str(recipe), "-q", cwd=project, env={**env_clean, **env})
+        second = cli("run", str(recipe), "-q", cwd=project, env=env)
         warm = time.time() - t0
         assert second.returncode == 0, second.stderr
         assert json.loads((home / "server.json").read_text())["pid"] == info["pid"]  # same server
         assert warm < 15, f"a warm run took {warm:.1f} s"
     finally:
-        stop = cli("server", "--stop", cwd=project, env={**env_clean, **env})
+        stop = cli("server", "--stop", cwd=project, env=env)
         assert stop.returncode == 0
 
 

@@ -22,8 +22,7 @@ def _local_env(tmp_path: Path) -> dict[str, str]:
     `cli` layers this over the test process's environment, where the session's Prefect server may
     have set PREFECT_API_URL: an empty value counts as unset.
     """
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(
+    env = dict(
         PREFECT_API_URL="",
         HALO_PIPELINE_HOME=str(tmp_path / "home"),
         HALO_PIPELINE_LOCAL_SERVER="1",
@@ -95,7 +94,9 @@ def test_halo_pipeline_server_points_its_ui_at_its_own_port(tmp_path: Path) -> N
         port = s.getsockname()[1]
     env = _local_env(tmp_path)
     exe = Path(sys.executable).parent / "halo-pipeline"
-    proc = subprocess.Popen([str(exe), "server", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "server", "--port", str(port)], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline, settings = time.time() + 120, None
         while time.time() < deadline and settings is None:

@@ -97,6 +97,7 @@ def test_echo_scoring_is_bounded_admitted_and_off_the_event_loop(smollm2_gguf: P
             result["scores"] = r.choices[0].logprobs.token_logprobs
 
         worker = threading.Thread(target=score)
+        started = time.perf_counter()
         worker.start()
         waits, seen_active = [], False
         while worker.is_alive():
@@ -109,8 +110,11 @@ def test_echo_scoring_is_bounded_admitted_and_off_the_event_loop(smollm2_gguf: P
                     c.completions.create(model=srv.model_id, prompt="hi", max_tokens=0, echo=True, logprobs=1)
             time.sleep(0.1)
         worker.join()
+        scoring = time.perf_counter() - started
         assert seen_active and len(result["scores"]) == len(ids) and result["scores"][0] is None
-        assert max(waits) < 2.0, waits  # /health answered while the prompt was scored (loose: 2 s)
+        # /health answered while the prompt was scored: scoring on the event loop would hold one /health for
+        # about the whole scoring time; relative to it, so that a busy machine slows both alike
+        assert max(waits) < max(2.0, scoring / 3), (scoring, waits)
         assert settle(srv)["active_requests"] == 0
 
 
