@@ -1,7 +1,8 @@
 """dedup: exact (SHA-256 of normalized text) then fuzzy (MinHash + LSH) deduplication of a dataset.
 
-Rows are streamed in shards; signatures are computed in worker processes with numpy (bit-identical
-to datasketch's `MinHash`, scheme affine32), candidates come from datasketch's `MinHashLSH`, and a
+Rows are streamed in shards; signatures are computed with numpy (bit-identical to datasketch's
+`MinHash`, scheme affine32), in worker processes once the input spans several shards. Candidates come
+from a compact numpy band index with the bands and answers of datasketch's `MinHashLSH`, and a
 candidate counts as a duplicate only when the signatures' estimated Jaccard similarity reaches
 `threshold`. The first occurrence is kept (or the highest `reward`/`score` with `keep: best`);
 `clusters.jsonl` maps every removed row to the row it duplicates.
@@ -9,11 +10,13 @@ candidate counts as a duplicate only when the signatures' estimated Jaccard simi
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 from array import array
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -23,9 +26,14 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from halo_pipeline.data import sources
+from halo_pipeline.data.lsh_index import LSHIndex
 from halo_pipeline.data.minhash import SCHEME, Normalizer, Signer
 from halo_pipeline.data.rows import OnBadRows, default_text_fields, read_numbered_rows, row_text, write_rows
 from halo_pipeline.engine.step import Artifact, Params, RunContext, step
+
+# Worker processes start with the input's 5th shard (16,001+ rows at the default shard_size): a smaller input
+# takes under a second in one process (~0.45 s of CPU per 10k rows, docs/benchmarks.md), too little for them to pay.
+_POOL_AFTER_SHARDS = 4
 
 
 class NormalizeParams(Params):
@@ -52,11 +60,17 @@ class DedupParams(Params):
     threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity at which rows are near-duplicates.")
     ngram: int = Field(3, ge=1, le=32, description="Shingle size in words (or characters with `unit: char`).")
     unit: Literal["word", "char"] = Field("word", description="Shingle unit.")
-    lsh_weights: tuple[float, float] = Field((0.5, 0.5), description="datasketch MinHashLSH weights of false positives/negatives.")
+    lsh_weights: tuple[float, float] = Field(
+        (0.5, 0.5), description="Weights of false positives/negatives that choose the LSH bands (datasketch MinHashLSH's `weights`)."
+    )
     seed: int = Field(1, description="MinHash permutation seed.")
     keep: Literal["first", "best"] = Field("first", description="Which row of a cluster survives.")
     score_field: str | None = Field(None, description="Field that `keep: best` maximizes (default: score, else reward).")
-    workers: int = Field(0, ge=0, description="Processes computing signatures (0: one per core).")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Processes computing signatures (0: one per core), started when the input reaches a 5th shard; smaller inputs run in one process.",
+    )
     shard_size: int = Field(4000, ge=1, description="Rows per shard sent to a worker.")
     on_bad_rows: OnBadRows = Field("error", description="`error` stops at a malformed row; `skip` counts it.")
     columns: dict[str, str] = Field(default_factory=dict, description=sources.COLUMNS_HELP)
@@ -66,16 +80,10 @@ def _shard_work(
     texts: list[str], normalize: dict[str, Any], exact: bool, fuzzy: bool, signer_args: tuple[int, int, int, str]
 ) -> tuple[list[bytes], np.ndarray | None]:
     """Normalize, exact-hash and sign one shard (runs in a worker process for large inputs)."""
-    norm = Normalizer(**normalize)
-    texts = [norm(t) for t in texts]
-    digests = [hashlib.sha256(t.encode("utf-8")).digest()[:16] for t in texts] if exact else []
-    sigs = Signer(*signer_args).sign(texts) if fuzzy else None
+    encoded = Normalizer(**normalize).batch(texts)  # UTF-8 of the normalized texts
+    digests = [hashlib.sha256(t).digest()[:16] for t in encoded] if exact else []
+    sigs = Signer(*signer_args).sign(encoded) if fuzzy else None
     return digests, sigs
-
-
-def _band_key(band: bytes) -> bytes:
-    """8-byte keys for LSH bands: datasketch keeps every band key twice, so short keys halve the index."""
-    return hashlib.blake2b(band, digest_size=8).digest()
 
 
 def _shards(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -94,8 +102,8 @@ class _Clusters:
 
     def __init__(self, keep: str):
         self.keep = keep
-        self.best: list[int] = []  # cluster -> current kept row index
-        self.best_score: list[float] = []
+        self.best = array("q")  # cluster -> current kept row index
+        self.best_score = array("d")
         self.member_of: dict[int, tuple[int, str]] = {}  # removed row -> (cluster, how)
 
     def new(self, row: int, score: float) -> int:
@@ -119,6 +127,7 @@ def _score(row: dict[str, Any], field: str | None) -> float:
     return float("-inf")
 
 
+@functools.lru_cache(maxsize=64)  # validate, then run, in one process
 def lsh_bands(threshold: float, num_perm: int, weights: tuple[float, float]) -> tuple[int, int]:
     """The (bands, rows) datasketch's MinHashLSH picks: the pair minimizing the weighted false
     positive and negative areas. Same objective, integrated with numpy so that `validate` does not
@@ -152,19 +161,13 @@ def check(params: DedupParams) -> list[str]:
     check_inputs=sources.check_inputs,
 )
 def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
-    from datasketch import MinHashLSH
-
     src = inputs["dataset"]
     workers = params.workers or os.cpu_count() or 1
-    lsh = (
-        MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, weights=params.lsh_weights, hashfunc=_band_key)
-        if params.fuzzy
-        else None
-    )
-    signer = Signer(params.num_perm, params.seed, params.ngram, params.unit)
+    bands, rows_per_band = lsh_bands(params.threshold, params.num_perm, params.lsh_weights) if params.fuzzy else (None, None)
+    # every cluster's first row, indexed as datasketch's MinHashLSH would index it (same bands, same answers)
+    near = LSHIndex(params.num_perm, params.threshold, bands, rows_per_band) if bands and rows_per_band else None
     clusters = _Clusters(params.keep)
     exact_seen: dict[bytes, int] = {}
-    sig_store = np.empty((1024, params.num_perm), dtype=np.uint32)  # signature of each cluster's first row
     ids: list[str] = []
     bad: list[str] = []
     stats = {"rows_in": 0, "exact_removed": 0, "fuzzy_removed": 0}
@@ -179,18 +182,19 @@ def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
         for n, shard in enumerate(_shards(rows, params.shard_size)):
             fields = params.key or default_text_fields(src.type, shard[0])
             texts = [row_text(r, fields) for r in shard]
-            if n == 1 and workers > 1:  # more than one shard: worth starting processes
+            if n == _POOL_AFTER_SHARDS and workers > 1:  # a large input: worth starting processes
                 pool = ProcessPoolExecutor(max_workers=workers)
-                first_shard, first_texts = pending.popleft()
-                pending.append((first_shard, pool.submit(_shard_work, first_texts, *work_args)))
+                for _ in range(len(pending)):  # shards read so far and not yet done: theirs too
+                    earlier, earlier_texts = pending.popleft()
+                    pending.append((earlier, pool.submit(_shard_work, earlier_texts, *work_args)))
             if pool:
                 pending.append((shard, pool.submit(_shard_work, texts, *work_args)))
             else:
                 pending.append((shard, texts))
             while len(pending) > 2 * workers:  # bounded: memory stays flat on large files
-                sig_store = _consume(pending.popleft(), params, lsh, signer, clusters, exact_seen, sig_store, ids, stats, work_args)
+                _consume(pending.popleft(), params, near, clusters, exact_seen, ids, stats, work_args)
         while pending:
-            sig_store = _consume(pending.popleft(), params, lsh, signer, clusters, exact_seen, sig_store, ids, stats, work_args)
+            _consume(pending.popleft(), params, near, clusters, exact_seen, ids, stats, work_args)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -220,8 +224,9 @@ def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
         "lsh": {
             "threshold": params.threshold,
             "weights": list(params.lsh_weights),
-            "bands": lsh.b if lsh else None,
-            "rows_per_band": lsh.r if lsh else None,
+            "bands": bands,
+            "rows_per_band": rows_per_band,
+            "index": "numpy band index with MinHashLSH's answers" if near else None,
         },
     }
     for line in bad[:20]:
@@ -234,43 +239,40 @@ def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     return {"dataset": out_path, "clusters": clusters_path}
 
 
-def _consume(item, params, lsh, signer, clusters, exact_seen, sig_store, ids, stats, work_args):  # type: ignore[no-untyped-def]
+def _consume(item, params, near, clusters, exact_seen, ids, stats, work_args):  # type: ignore[no-untyped-def]
+    """Decide the rows of one shard, in order: exact duplicate, near-duplicate, or a new cluster."""
     shard, work = item
     digests, sigs = work.result() if isinstance(work, Future) else _shard_work(work, *work_args)
+    matcher = near.shard(sigs) if near is not None else None
+    exact, best, field = params.exact, params.keep == "best", params.score_field
+    h = b""
     for i, row in enumerate(shard):
-        index = len(ids)
+        row_index = len(ids)
         ids.append(str(row["id"]))
-        stats["rows_in"] += 1
-        score = _score(row, params.score_field)
-        if params.exact:
+        score = _score(row, field) if best else 0.0
+        if exact:
             h = digests[i]
             cluster = exact_seen.get(h)
             if cluster is not None:
-                clusters.add(cluster, index, score, "exact")
+                clusters.add(cluster, row_index, score, "exact")
                 stats["exact_removed"] += 1
                 continue
-        cluster = None
-        if lsh is not None:
-            sig = sigs[i]
-            for cand in lsh.query(signer.lean(sig)):
-                if float(np.mean(sig_store[cand] == sig)) >= params.threshold:
-                    cluster = cand
-                    break
+        if matcher is not None:
+            cluster = matcher.match(i)
             if cluster is not None:
-                clusters.add(cluster, index, score, "fuzzy")
+                clusters.add(cluster, row_index, score, "fuzzy")
                 stats["fuzzy_removed"] += 1
-                if params.exact:
+                if exact:
                     exact_seen[h] = cluster
                 continue
-        cluster = clusters.new(index, score)
-        if params.exact:
+        cluster = clusters.new(row_index, score)
+        if exact:
             exact_seen[h] = cluster
-        if lsh is not None:
-            if cluster >= len(sig_store):
-                sig_store = np.resize(sig_store, (2 * len(sig_store), params.num_perm))
-            sig_store[cluster] = sigs[i]
-            lsh.insert(cluster, signer.lean(sigs[i]), check_duplication=False)
-    return sig_store
+        if matcher is not None:
+            matcher.added(i, cluster)
+    if matcher is not None:
+        matcher.commit()
+    stats["rows_in"] += len(shard)
 
 
 def _lines_to_keep(fin: Iterable[str], lines: array, removed: dict[int, Any]) -> Iterator[str]:
@@ -283,19 +285,58 @@ def _lines_to_keep(fin: Iterable[str], lines: array, removed: dict[int, Any]) ->
 
 
 def _plot_cluster_sizes(sizes: list[int], path: Path) -> None:
-    import matplotlib
+    """A histogram of the cluster sizes, drawn with Pillow in matplotlib's look (its font, colors and
+    layout): importing matplotlib took 0.3-0.4 s of CPU here, as long as the rest of the step on 10k rows."""
+    from PIL import Image, ImageDraw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    counts = Counter(sizes)
+    top, most = max(counts), max(counts.values())
+    font, title = _font(13), _font(16)
+    left = 38 + int(max(font.getlength(str(t)) for t in _ticks(0, most)))  # room for the y labels
+    right, upper, lower = 485, 30, 252  # the axes, in pixels of a 500 x 300 image
+    x0, x1 = 1.5 - 0.05 * (top - 1), top + 0.5 + 0.05 * (top - 1)  # matplotlib's 5% margins
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.hist(sizes, bins=range(2, max(sizes) + 2), color="#4c72b0", align="left")
-    ax.set_xlabel("cluster size (rows)")
-    ax.set_ylabel("clusters")
-    ax.set_title("duplicate clusters")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (right - left)
+
+    def py(y: float) -> float:
+        return lower - y / (most * 1.05) * (lower - upper)
+
+    image = Image.new("RGB", (500, 300), "white")
+    draw = ImageDraw.Draw(image)
+    for size, n in counts.items():
+        draw.rectangle((px(size - 0.5), py(n), px(size + 0.5), lower), fill="#4c72b0")
+    draw.rectangle((left, upper, right, lower), outline="black")
+    for tick in _ticks(2, top):
+        draw.line((px(tick), lower, px(tick), lower + 4), fill="black")
+        draw.text((px(tick), lower + 6), str(tick), fill="black", font=font, anchor="mt")
+    for tick in _ticks(0, most):
+        draw.line((left - 4, py(tick), left, py(tick)), fill="black")
+        draw.text((left - 7, py(tick)), str(tick), fill="black", font=font, anchor="rm")
+    draw.text(((left + right) / 2, upper - 7), "duplicate clusters", fill="black", font=title, anchor="ms")
+    draw.text(((left + right) / 2, 294), "cluster size (rows)", fill="black", font=font, anchor="md")
+    label = Image.new("RGB", (120, 20), "white")
+    ImageDraw.Draw(label).text((60, 10), "clusters", fill="black", font=font, anchor="mm")
+    image.paste(label.rotate(90, expand=True), (2, (upper + lower) // 2 - 60))
+    image.save(path)
+
+
+def _ticks(lo: int, hi: int) -> list[int]:
+    """Whole-number ticks from lo to hi, 1, 2 or 5 times a power of ten apart, at most 8 of them."""
+    step = 1
+    while (hi - lo) / step > 7:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2
+    return list(range(-(-lo // step) * step, hi + 1, step))
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    spec = importlib.util.find_spec("matplotlib")  # its DejaVu Sans, read without importing matplotlib
+    ttf = (
+        Path(spec.submodule_search_locations[0]) / "mpl-data/fonts/ttf/DejaVuSans.ttf" if spec and spec.submodule_search_locations else None
+    )
+    return ImageFont.truetype(str(ttf), size) if ttf and ttf.exists() else ImageFont.load_default(size)
 
 
 def _version(dist: str) -> str:
