@@ -1,17 +1,23 @@
 """Serve benchmark: SmolLM2-135M behind `halo-pipeline serve`, driven by the real openai client.
 
-In one run: aggregate generated tokens/s at 1, 4 and 8 concurrent streams for each engine (torch on the
-fp32 HF model, gguf on the PyPI Q4_1 GGUF, mlx on an MLX q8 export), TTFT p50/p95; our GGUF engine vs
-`llama_cpp.server` on the same file; a repeated ~1k-token prompt prefix with and without prefix reuse.
-Every server runs in its own process on loopback; generations ask for `--tokens` tokens with
-`ignore_eos` (llama_cpp.server: `min_tokens`; started with `--interrupt_requests False`, since by
-default a new request interrupts the one streaming), and throughput counts the tokens actually generated
-(usage, or one streamed chunk per token where a server reports no usage).
+For each engine (torch on the fp32 HF model, gguf on the PyPI Q4_1 GGUF, mlx on an MLX export): aggregate
+generated tokens/s at 1, 4 and 8 concurrent streams and TTFT p50/p95; the GGUF engine side by side with
+`llama_cpp.server` on the same file at each of its thread settings; optionally the same engine from another
+source tree (`--baseline-src`, e.g. the previous release unpacked with `git archive`), to show what a change
+did; and a repeated ~1k-token prompt prefix with and without prefix reuse (TTFT).
 
-Targets: torch aggregate throughput at 8 concurrent >= 2.5x at 1; GGUF engine >= 1.0x
-llama_cpp.server; prefix reuse cuts TTFT of a repeated 1k-token prefix >= 2x.
+The machine may be shared, so every side of a comparison is up at once and measured in interleaved rounds
+(`--repeats`, the order rotating each round); the tables give the median and the spread (min-max) of the rounds.
+Every server runs in its own process on loopback; generations ask for `--tokens` tokens with `ignore_eos`
+(llama_cpp.server: `min_tokens`; started with `--interrupt_requests False`, since by default a new request
+interrupts the one streaming), and throughput counts the tokens actually generated (usage, or one streamed
+chunk per token where a server reports no usage).
 
-Usage: python benchmarks/serve.py [--tokens 32] [--json out.json] [--engines torch,gguf,mlx]
+Targets: torch and mlx aggregate throughput at 8 streams >= 2.5x at 1; GGUF engine >= 1.0x llama_cpp.server
+at each side's best thread setting; prefix reuse cuts TTFT of a repeated 1k-token prefix >= 2x.
+
+Usage: python benchmarks/serve.py [--tokens 32] [--engines torch,gguf,mlx] [--repeats 3] [--llama-threads 1,2]
+                                  [--baseline-src DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,52 +48,60 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, argv: list[str], health: str) -> None:
+    def __init__(self, argv: list[str], health: str, url: str, extra: dict, src: str | None = None) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        if src:  # another source tree of this package, imported first
+            env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+        self.url, self.extra = url, extra
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.time() + 300
+        deadline = time.time() + 600
         while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {argv}")
             try:
                 urllib.request.urlopen(health, timeout=1)
-                return
+                break
             except OSError:
                 time.sleep(0.3)
-        raise RuntimeError(f"server did not start: {argv}")
+        else:
+            raise RuntimeError(f"server did not start: {argv}")
+        self.model = openai.OpenAI(base_url=url, api_key="bench").models.list().data[0].id
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=20)
+        self.proc.wait(timeout=30)
 
 
-def ours(model: Path, engine: str, parallel: int = 8, reuse: bool = True) -> tuple[Server, str]:
+def ours(model: Path, engine: str, parallel: int = 8, reuse: bool = True, src: str | None = None) -> Server:
     port = free_port()
-    exe = str(Path(sys.executable).parent / "halo-pipeline")
-    argv = [exe, "serve", "--model", str(model), "--engine", engine, "--port", str(port), "--parallel", str(parallel)]
-    if not reuse:
-        argv.append("--no-prefix-reuse")
-    return Server(argv, f"http://127.0.0.1:{port}/health"), f"http://127.0.0.1:{port}/v1"
+    entry = "import sys; from halo_pipeline.cli import entry; sys.argv[0] = 'halo-pipeline'; entry()"
+    argv = [sys.executable, "-c", entry, "serve", "--model", str(model), "--engine", engine, "--port", str(port)]
+    argv += ["--parallel", str(parallel)] + ([] if reuse else ["--no-prefix-reuse"])
+    return Server(argv, f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{port}/v1", {"ignore_eos": True}, src)
 
 
-def llama_server(model: Path, threads: int = 1) -> tuple[Server, str]:
+def llama_server(model: Path, threads: int, tokens: int) -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port), "--n_ctx", "2048"]
-    argv += ["--n_threads", str(threads), "--interrupt_requests", "False"]  # by default a new request interrupts the streaming one
-    return Server(argv, f"http://127.0.0.1:{port}/v1/models"), f"http://127.0.0.1:{port}/v1"
+    argv += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+    argv += ["--interrupt_requests", "False"]  # by default a new request interrupts the streaming one
+    url = f"http://127.0.0.1:{port}/v1"
+    return Server(argv, f"{url}/models", url, {"min_tokens": tokens})
 
 
-def stream_once(url: str, model: str, prompt: str, tokens: int, extra: dict) -> tuple[float, float, int]:
-    client = openai.OpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
+def stream_once(server: Server, prompt: str, tokens: int) -> tuple[float, float, int]:
+    client = openai.OpenAI(base_url=server.url, api_key="bench", max_retries=0, timeout=1200)
     started = time.perf_counter()
     first, chunks, usage = None, 0, None
     stream = client.completions.create(
-        model=model,
+        model=server.model,
         prompt=prompt,
         max_tokens=tokens,
         temperature=0.8,
         seed=1,
         stream=True,
         stream_options={"include_usage": True},
-        extra_body=extra,
+        extra_body=server.extra,
     )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].text:
@@ -100,50 +114,74 @@ def stream_once(url: str, model: str, prompt: str, tokens: int, extra: dict) -> 
     return (first or done) - started, done - started, usage if usage is not None else chunks
 
 
-def load(url: str, model: str, concurrent: int, tokens: int, extra: dict) -> dict:
+def load(server: Server, concurrent: int, tokens: int) -> dict:
     """`concurrent` streams at once, twice over (2 x concurrent requests); aggregate tokens/s and TTFT."""
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(2 * concurrent)]
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrent) as pool:
-        runs = list(pool.map(lambda p: stream_once(url, model, p, tokens, extra), prompts))
+        runs = list(pool.map(lambda p: stream_once(server, p, tokens), prompts))
     wall = time.perf_counter() - started
     ttfts = sorted(r[0] for r in runs)
     generated = sum(r[2] for r in runs)  # counted, not assumed: a server may stop early
     return {
-        "concurrent": concurrent,
-        "tokens_per_s": round(generated / wall, 1),
-        "ttft_p50_s": round(statistics.median(ttfts), 3),
-        "ttft_p95_s": round(ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))], 3),
+        "tokens_per_s": generated / wall,
+        "ttft_p50_s": statistics.median(ttfts),
+        "ttft_p95_s": ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))],
         "generated": generated,
     }
 
 
-def model_id(url: str) -> str:
-    return openai.OpenAI(base_url=url, api_key="bench").models.list().data[0].id
-
-
-def prefix_ttft(url: str, model: str, repeats: int = 4) -> float:
-    """TTFT of requests sharing a ~1k-token prefix, after a first request has seen it (median)."""
-    client = openai.OpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
+def prefix_ttft(server: Server, repeats: int) -> list[float]:
+    """TTFT of requests sharing a ~1k-token prefix, after a first request has seen it."""
+    client = openai.OpenAI(base_url=server.url, api_key="bench", max_retries=0, timeout=1200)
     ttfts = []
     for i in range(repeats + 1):
         started = time.perf_counter()
         stream = client.completions.create(
-            model=model, prompt=f"{LONG_PREFIX}\nQuestion {i}: which rule is first?", max_tokens=1, temperature=0, stream=True
+            model=server.model, prompt=f"{LONG_PREFIX}\nQuestion {i}: which rule is first?", max_tokens=1, temperature=0, stream=True
         )
         for _ in stream:
             pass
         if i:  # the first request fills the cache
             ttfts.append(time.perf_counter() - started)
-    return statistics.median(ttfts)
+    return ttfts
+
+
+def summary(rounds: list[dict]) -> dict:
+    rates = [r["tokens_per_s"] for r in rounds]
+    return {
+        "tokens_per_s": round(statistics.median(rates), 1),
+        "tokens_per_s_min": round(min(rates), 1),
+        "tokens_per_s_max": round(max(rates), 1),
+        "ttft_p50_s": round(statistics.median(r["ttft_p50_s"] for r in rounds), 3),
+        "ttft_p95_s": round(statistics.median(r["ttft_p95_s"] for r in rounds), 3),
+        "rounds": len(rounds),
+    }
+
+
+def interleaved(sides: dict[str, Server], levels: list[int], tokens: int, repeats: int) -> dict[str, dict[int, dict]]:
+    """Each level, `repeats` rounds; in each round every side once, the order rotating."""
+    names = list(sides)
+    results: dict[str, dict[int, list]] = {name: {c: [] for c in levels} for name in names}
+    for c in levels:
+        for r in range(repeats):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                results[name][c].append(load(sides[name], c, tokens))
+            print(f"  {c} streams, round {r + 1}: " + ", ".join(f"{n} {results[n][c][-1]['tokens_per_s']:.1f}" for n in names), flush=True)
+    return {name: {c: summary(rows) for c, rows in per.items()} for name, per in results.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--engines", default="torch,gguf,mlx")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds per measurement (medians reported)")
+    ap.add_argument("--mlx-repeats", type=int, default=1, help="rounds for mlx (slow on a CPU build)")
+    ap.add_argument("--llama-threads", default="1,2", help="llama_cpp.server thread settings to compare with")
+    ap.add_argument("--baseline-src", help="a source tree of this package to run side by side (e.g. the previous release)")
+    ap.add_argument("--mlx-quant", default="q8")
+    ap.add_argument("--skip-prefix", action="store_true")
     ap.add_argument("--json")
-    ap.add_argument("--llama-threads", type=int, default=1, help="llama_cpp.server's n_threads (ours: 1 per context)")
     a = ap.parse_args()
     from halo_pipeline.export.converting import convert
     from halo_pipeline.runtimes.catalog import pypi_file, resolve
@@ -153,62 +191,63 @@ def main() -> None:
     models = {"torch": hf, "gguf": gguf}
     engines = a.engines.split(",")
     if "mlx" in engines:
-        mlx = Path(tempfile.mkdtemp(prefix="halo-serve-bench-")) / "mlx-q8"
-        convert(hf, "mlx", "q8", mlx)
+        mlx = Path(tempfile.mkdtemp(prefix="halo-serve-bench-")) / f"mlx-{a.mlx_quant}"
+        convert(hf, "mlx", a.mlx_quant, mlx)
         models["mlx"] = mlx
-    results: dict = {"tokens_per_stream": a.tokens, "engines": {}}
-    ours_extra = {"ignore_eos": True}
+    results: dict = {"tokens_per_stream": a.tokens, "repeats": a.repeats, "engines": {}, "prefix_reuse": {}}
     for engine in engines:
-        levels = [1, 4, 8] if engine != "mlx" else [1, 4]
-        server, url = ours(models[engine], engine)
+        print(engine, flush=True)
+        sides = {"ours": ours(models[engine], engine)}
         try:
-            name = model_id(url)
-            results["engines"][engine] = [load(url, name, c, a.tokens, ours_extra) for c in levels]
+            if a.baseline_src:
+                sides["baseline"] = ours(models[engine], engine, src=a.baseline_src)
+            if engine == "gguf":
+                for t in a.llama_threads.split(","):
+                    sides[f"llama_cpp.server {t}t"] = llama_server(gguf, int(t), a.tokens)
+            repeats = a.mlx_repeats if engine == "mlx" else a.repeats
+            results["engines"][engine] = interleaved(sides, [1, 4, 8], a.tokens, repeats)
         finally:
-            server.stop()
-        print(engine, results["engines"][engine], flush=True)
-    if "gguf" in engines:  # the same file, the same clients, under llama_cpp.server
-        server, url = llama_server(gguf, a.llama_threads)
-        try:
-            name = model_id(url)
-            results["llama_cpp_server"] = [load(url, name, c, a.tokens, {"min_tokens": a.tokens}) for c in (1, 4, 8)]
-        finally:
-            server.stop()
-        print("llama_cpp.server", results["llama_cpp_server"], flush=True)
-    for engine in [e for e in ("torch", "gguf") if e in engines]:
-        times = {}
-        for reuse in (True, False):
-            server, url = ours(models[engine], engine, parallel=1, reuse=reuse)
-            try:
-                times[reuse] = prefix_ttft(url, model_id(url))
-            finally:
+            for server in sides.values():
                 server.stop()
-        results.setdefault("prefix_reuse", {})[engine] = {
-            "ttft_reuse_s": round(times[True], 3),
-            "ttft_no_reuse_s": round(times[False], 3),
-            "speedup": round(times[False] / times[True], 2),
+    for engine in [] if a.skip_prefix else engines:
+        print("prefix", engine, flush=True)
+        repeats = 1 if engine == "mlx" else 4
+        sides = {"reuse": ours(models[engine], engine, parallel=1), "no reuse": ours(models[engine], engine, parallel=1, reuse=False)}
+        try:
+            times = {name: prefix_ttft(server, repeats) for name, server in sides.items()}
+        finally:
+            for server in sides.values():
+                server.stop()
+        reuse, none = statistics.median(times["reuse"]), statistics.median(times["no reuse"])
+        results["prefix_reuse"][engine] = {
+            "ttft_reuse_s": round(reuse, 3),
+            "ttft_no_reuse_s": round(none, 3),
+            "speedup": round(none / reuse, 2),
         }
-        print("prefix", engine, results["prefix_reuse"][engine], flush=True)
-    print("\n| engine | streams | aggregate tokens/s | TTFT p50 s | TTFT p95 s |")
-    print("|---|---|---|---|---|")
-    for engine, rows in [
-        *results["engines"].items(),
-        *([("llama_cpp.server", results["llama_cpp_server"])] if "llama_cpp_server" in results else []),
-    ]:
-        for r in rows:
-            print(f"| {engine} | {r['concurrent']} | {r['tokens_per_s']} | {r['ttft_p50_s']} | {r['ttft_p95_s']} |")
-    if "torch" in results["engines"]:
-        t = {r["concurrent"]: r["tokens_per_s"] for r in results["engines"]["torch"]}
-        print(f"\ntorch: 8 streams / 1 stream = {t[8] / t[1]:.2f}x (target >= 2.5x)")
-    if "llama_cpp_server" in results:
-        for ours_row, theirs in zip(results["engines"]["gguf"], results["llama_cpp_server"], strict=True):
-            print(
-                f"gguf vs llama_cpp.server at {ours_row['concurrent']}: {ours_row['tokens_per_s'] / theirs['tokens_per_s']:.2f}x (target >= 1.0x)"
-            )
-    for engine, p in results.get("prefix_reuse", {}).items():
-        print(f"prefix reuse ({engine}): TTFT {p['ttft_no_reuse_s']} s -> {p['ttft_reuse_s']} s = {p['speedup']}x (target >= 2x)")
+    report(results)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+def report(results: dict) -> None:
+    print("\n| engine | server | streams | aggregate tokens/s (median, min-max) | TTFT p50 s | TTFT p95 s |")
+    print("|---|---|---|---|---|---|")
+    for engine, sides in results["engines"].items():
+        for side, levels in sides.items():
+            for c, r in levels.items():
+                spread = f"{r['tokens_per_s_min']}-{r['tokens_per_s_max']}"
+                print(f"| {engine} | {side} | {c} | {r['tokens_per_s']} ({spread}) | {r['ttft_p50_s']} | {r['ttft_p95_s']} |")
+    print()
+    for engine, sides in results["engines"].items():
+        mine = sides["ours"]
+        print(f"{engine}: 8 streams / 1 stream = {mine[8]['tokens_per_s'] / mine[1]['tokens_per_s']:.2f}x")
+        for side, levels in sides.items():
+            if side == "ours":
+                continue
+            ratios = ", ".join(f"{c}: {mine[c]['tokens_per_s'] / levels[c]['tokens_per_s']:.2f}x" for c in levels)
+            print(f"{engine}: ours / {side} = {ratios}")
+    for engine, p in results["prefix_reuse"].items():
+        print(f"prefix reuse ({engine}): TTFT {p['ttft_no_reuse_s']} s -> {p['ttft_reuse_s']} s = {p['speedup']}x (target >= 2x)")
 
 
 if __name__ == "__main__":

@@ -22,20 +22,40 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--parallel", type=int, default=4, help="concurrent sequences (GGUF contexts; torch batch = 2x)")
     s.add_argument("--no-prefix-reuse", action="store_true", help="disable prompt-prefix KV reuse (to measure what it buys)")
     s.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve a LoRA adapter unmerged next to the base, as model NAME (repeatable): PEFT dir (torch), GGUF LoRA (gguf), mlx-lm dir (mlx)",
+    )
+    s.add_argument("--ctx-size", type=int, help="context length in tokens (default: what the model was trained for; GGUF: at most 2048)")
+    s.add_argument("--threads", type=int, help="gguf: threads for a lone generation (default: every core; several at once get one each)")
+    s.add_argument(
         "--check", action="store_true", help="preflight only: model, engine, device, bind, auth; no weights loaded, nothing bound"
     )
 
 
 def cmd_serve(args: argparse.Namespace, console: Any) -> int:
-    from halo_pipeline.serving.launch import ServeRefused, preflight, read_api_key, run_model, serve_forever
+    from halo_pipeline.serving.launch import ServeRefused, preflight, read_api_key, run_target, serve_forever
 
     try:
         if bool(args.model) == bool(args.run):
             raise ServeRefused("give --model M or --run RUN_DIR (one of them)")
-        model = run_model(Path(args.run)) if args.run else _model(args.model)
+        if args.ctx_size is not None and args.ctx_size < 16:
+            raise ServeRefused(f"--ctx-size {args.ctx_size}: at least 16 tokens")
+        if args.threads is not None and args.threads < 1:
+            raise ServeRefused(f"--threads {args.threads}: at least 1")
+        adapters = _adapters(args.lora)
+        if args.run:  # the run's final model; a final adapter is served unmerged on its base
+            model, from_run = run_target(Path(args.run))
+            adapters = {**from_run, **adapters}
+        else:
+            model = _model(args.model)
         api_key = read_api_key(args.api_key_file)
         engine, backend = _engine_and_backend(args.engine, args.backend)
-        facts = preflight(model, engine, args.host, args.port, api_key, backend)
+        facts = preflight(model, engine, args.host, args.port, api_key, backend, adapters)
+        if args.threads is not None and facts["engine"] != "gguf":
+            raise ServeRefused(f"--threads sets the gguf engine's llama.cpp threads; the {facts['engine']} engine does not take it")
         if args.check:
             for key, value in facts.items():
                 console.print(f"{key:18} {value}")
@@ -43,11 +63,36 @@ def cmd_serve(args: argparse.Namespace, console: Any) -> int:
             return 0
         # serve_forever runs the same preflight again, as every way of starting a server does
         signum = serve_forever(
-            model, facts["engine"], args.host, args.port, api_key, args.parallel, not args.no_prefix_reuse, args.model_name, backend
+            model,
+            facts["engine"],
+            args.host,
+            args.port,
+            api_key,
+            args.parallel,
+            not args.no_prefix_reuse,
+            args.model_name,
+            backend,
+            adapters=adapters,
+            ctx_size=args.ctx_size,
+            threads=args.threads,
         )
     except ServeRefused as exc:
         raise RecipeError([Issue(str(exc), hint="halo-pipeline serve --model M [--host 127.0.0.1] [--api-key-file F] --check")]) from None
     return 128 + signum if signum else 0  # stopped by a signal: 130 (Ctrl-C) or 143 (SIGTERM), as the shell reports it
+
+
+def _adapters(specs: list[str]) -> dict[str, Path]:
+    from halo_pipeline.serving.launch import ServeRefused
+
+    adapters: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ServeRefused(f"--lora {spec}: write --lora NAME=PATH (NAME is the model id clients send)")
+        if name in adapters:
+            raise ServeRefused(f"--lora {name}: given twice")
+        adapters[name] = Path(path).expanduser()
+    return adapters
 
 
 def _engine_and_backend(engine: str, backend: str) -> tuple[str, Any]:

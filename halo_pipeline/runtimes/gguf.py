@@ -23,13 +23,135 @@ from halo_pipeline.runtimes import Messages, Sampling, log_softmax
 from halo_pipeline.runtimes.formats import gguf_context_length
 
 
-def open_llama(path: Path, n_ctx: int = 2048, *, threads: int = 1, logits_all: bool = False, embedding: bool = False, seed: int = 0) -> Any:
+def open_llama(
+    path: Path,
+    n_ctx: int = 2048,
+    *,
+    threads: int = 1,
+    logits_all: bool = False,
+    embedding: bool = False,
+    seed: int = 0,
+    n_batch: int | None = None,
+) -> Any:
     """A llama.cpp context on a GGUF file, its context capped at what the model was trained for. One thread:
-    several single-threaded contexts beat one multi-threaded context on a small CPU (ggml's threads spin)."""
+    several single-threaded contexts beat one multi-threaded context on a small CPU (ggml's threads spin).
+    `n_batch`: tokens per decode call (an embedding context takes a whole input in one)."""
     from llama_cpp import Llama
 
     n_ctx = min(n_ctx, gguf_context_length(path) or n_ctx)
-    return Llama(str(path), n_ctx=n_ctx, n_threads=threads, logits_all=logits_all, embedding=embedding, seed=seed, verbose=False)
+    extra: dict[str, Any] = {"n_batch": n_batch, "n_ubatch": n_batch} if n_batch else {}
+    if embedding:  # every token's hidden state, pooled by the caller (the same mean pooling on every engine)
+        import llama_cpp
+
+        extra["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_NONE
+    return Llama(str(path), n_ctx=n_ctx, n_threads=threads, logits_all=logits_all, embedding=embedding, seed=seed, verbose=False, **extra)
+
+
+# -- what serving asks of a context beyond the Llama class: LoRA adapters, threads, raw logits, samplers, embeddings
+
+
+def lora_adapter(llm: Any, path: Path) -> Any:
+    """A GGUF LoRA adapter loaded for this context's model (applied only once `use_lora` selects it)."""
+    import llama_cpp
+
+    adapter = llama_cpp.llama_adapter_lora_init(llm._model.model, str(path).encode())
+    if not adapter:
+        raise ValueError(f"{path}: llama.cpp could not load it as a LoRA adapter for {Path(llm.model_path).name}")
+    return adapter
+
+
+def use_lora(llm: Any, adapter: Any | None, scale: float = 1.0) -> None:
+    """Apply one adapter (None: none) to the context's next decodes; the KV already cached was computed without it."""
+    import ctypes
+
+    import llama_cpp
+
+    if adapter is None:
+        llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, None, 0, None)
+        return
+    adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+    scales = (ctypes.c_float * 1)(scale)
+    if llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, adapters, 1, scales):
+        raise RuntimeError("llama.cpp refused the LoRA adapter for this context")
+
+
+def set_threads(llm: Any, threads: int, threads_batch: int | None = None) -> None:
+    """Threads for the context's next decodes (one token; a prompt batch)."""
+    import llama_cpp
+
+    llama_cpp.llama_set_n_threads(llm._ctx.ctx, threads, threads_batch or threads)
+
+
+def last_logits(llm: Any) -> np.ndarray:
+    """The raw logits after the context's last decode (a copy: the next decode overwrites them)."""
+    import llama_cpp
+
+    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
+
+
+def make_sampler(
+    llm: Any,
+    *,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    logit_bias: dict[int, float] | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+) -> Any:
+    """llama.cpp's sampler chain for one generation, in llama.cpp's order: logit bias, penalties (OpenAI's,
+    over every token this sampler has sampled), top-k, top-p, temperature, then a seeded draw (or argmax)."""
+    import random
+
+    from llama_cpp import _internals
+
+    sampler = _internals.LlamaSampler()
+    n_vocab = llm.n_vocab()
+    if logit_bias:
+        sampler.add_logit_bias(n_vocab, logit_bias)
+    if presence_penalty or frequency_penalty:
+        sampler.add_penalties(n_vocab, llm.n_ctx(), 1.0, frequency_penalty, presence_penalty)
+    if temperature == 0:
+        sampler.add_greedy()
+        return sampler
+    if top_k > 0:
+        sampler.add_top_k(top_k)
+    if top_p < 1.0:
+        sampler.add_top_p(top_p, 1)
+    sampler.add_temp(temperature)
+    sampler.add_dist(seed if seed is not None else random.randrange(2**31))
+    return sampler
+
+
+def sample(llm: Any, sampler: Any) -> int:
+    """A token from the logits of the context's last decode (the sampler records it, for its penalties)."""
+    return int(sampler.sample(llm._ctx, -1))
+
+
+def embed_tokens(llm: Any, ids: list[int]) -> np.ndarray:
+    """[tokens, dim]: the last hidden state (after the output norm) at each token, from an `embedding=True` context."""
+    import llama_cpp
+
+    llm._batch.reset()
+    llm._batch.add_sequence(ids, 0, True)
+    llm._ctx.kv_cache_clear()
+    llm._ctx.decode(llm._batch)
+    llm._batch.reset()
+    n_embd = llm.n_embd()
+    ptr = llama_cpp.llama_get_embeddings(llm._ctx.ctx)
+    out = np.ctypeslib.as_array(ptr, shape=(len(ids) * n_embd,)).reshape(len(ids), n_embd).copy()
+    llm._ctx.kv_cache_clear()
+    return out
+
+
+def gguf_kind(path: Path) -> str | None:
+    """general.type of a GGUF file ("model", "adapter"), without loading it."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("general.type")
+    return None if field is None else bytes(field.parts[field.data[0]]).decode()
 
 
 def render_chat(llm: Any, messages: Messages) -> str | None:

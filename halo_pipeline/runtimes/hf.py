@@ -28,6 +28,21 @@ def load_causal_lm(path: Path, device: str = "cpu", dtype: str = "float32", adap
     return model.to(device).eval(), tokenizer  # type: ignore[arg-type]
 
 
+def load_with_adapters(path: Path, adapters: dict[str, Path], device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, tokenizer) with PEFT adapters loaded by name and left unmerged, so one model serves the base and
+    each adapter (peft's mixed-batch forward: `adapter_names=[...]` per row, "__base__" for the base)."""
+    model, tokenizer = load_causal_lm(path, device, dtype)
+    if not adapters:
+        return model, tokenizer
+    from peft import PeftModel
+
+    names = list(adapters)
+    model = PeftModel.from_pretrained(model, str(adapters[names[0]]), adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(str(adapters[name]), adapter_name=name)
+    return model.to(device).eval(), tokenizer
+
+
 class HFRuntime:
     name = "transformers"
     format = "hf"

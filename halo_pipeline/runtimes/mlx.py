@@ -87,6 +87,16 @@ class MLXRuntime:
         self.model = None
 
 
+def last_hidden(model: Any, ids: list[int]) -> np.ndarray:
+    """[tokens, dim]: the last hidden state after the final norm (the language model without its head), as float32."""
+    import mlx.core as mx
+
+    body = getattr(model, "model", None) or getattr(getattr(model, "language_model", None), "model", None)
+    if body is None:
+        raise ValueError(f"{type(model).__name__}: no inner model to take hidden states from")
+    return np.array(body(mx.array([ids]))[0].astype(mx.float32))
+
+
 def mlx_rope_compat(config_path: Path) -> bool:
     """transformers 5 writes RoPE settings under `rope_parameters`; mlx-lm 0.32 reads a top-level
     `rope_theta` and silently uses 10000 without it (SmolLM2's is 100000: verify measured KL 0.04 at

@@ -8,6 +8,7 @@ import importlib.util
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -46,8 +47,9 @@ def read_api_key(key_file: str | None) -> str | None:
 
 
 def run_model(run_dir: Path) -> Path:
-    """A run's final model: a model output that no model-producing step consumed (the GGUF after
-    convert, not the merged model it came from); the most recently finished one if there are several."""
+    """A run's final model: a model (or adapter) output that no model-producing step consumed (the GGUF after
+    convert, not the merged model it came from; a train step's adapter when nothing merged it); the most
+    recently finished one if there are several."""
     manifest = run_dir / "replay.json"
     if not manifest.is_file():
         raise ServeRefused(f"{run_dir} is not a run directory (no replay.json)")
@@ -57,7 +59,7 @@ def run_model(run_dir: Path) -> Path:
         for sid, step in steps.items()
         if step.get("state") in ("ran", "cached")
         for name, out in (step.get("outputs") or {}).items()
-        if out.get("type") == "model"
+        if out.get("type") in ("model", "adapter")
     }
     producers = {ref.split(".")[0] for ref in models}
     consumed = {ref for sid, step in steps.items() if sid in producers for ref in (step.get("inputs") or {}).values()}
@@ -71,7 +73,75 @@ def run_model(run_dir: Path) -> Path:
     return path
 
 
-def preflight(model: Path, engine: str, host: str, port: int, api_key: str | None, backend: Any = None) -> dict[str, Any]:
+def run_target(run_dir: Path) -> tuple[Path, dict[str, Path]]:
+    """What `serve --run` serves: the run's final model, or, when that is a LoRA adapter (a train step nothing
+    merged), its base model with the adapter served unmerged next to it, named after the step."""
+    from halo_pipeline.runtimes.formats import is_adapter
+
+    final = run_model(run_dir)
+    if not is_adapter(final):
+        return final, {}
+    return adapter_base(final), {final.parent.name: final}
+
+
+def adapter_base(adapter: Path) -> Path:
+    """The base model an adapter was trained on: the model reference its provenance records (a train step's),
+    else PEFT's base_model_name_or_path."""
+    from halo_pipeline.runtimes.catalog import ModelNotFound, resolve
+
+    provenance = adapter / "halo_provenance.json"
+    config = adapter / "adapter_config.json"
+    base: Any = None
+    if provenance.is_file():
+        base = json.loads(provenance.read_text()).get("base")
+    if base is None and config.is_file():
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ServeRefused(f"{adapter} is an adapter that does not say which base model it was trained on; serve the base with --lora")
+    try:
+        return resolve(base)
+    except ModelNotFound as exc:
+        raise ServeRefused(f"the base model of adapter {adapter} is not available: {exc}") from None
+
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+
+
+def check_adapters(engine: str, adapters: dict[str, Path], base: Path | None = None) -> None:
+    """Each adapter exists, is named as a model id, and is what this engine applies unmerged: a PEFT LoRA directory
+    (torch), a GGUF LoRA file (gguf), an mlx-lm adapter directory (mlx)."""
+    for name, path in adapters.items():
+        where = f"--lora {name}={path}"
+        if not ADAPTER_NAME.match(name):
+            raise ServeRefused(f"{where}: the name is the model id clients send: letters, digits, _ . : - (up to 64)")
+        if not path.exists():
+            raise ServeRefused(f"{where}: no such file or directory")
+        if engine == "gguf":
+            from halo_pipeline.runtimes.gguf import gguf_kind
+
+            if not (path.is_file() and path.suffix == ".gguf" and gguf_kind(path) == "adapter"):
+                raise ServeRefused(
+                    f"{where}: the gguf engine applies GGUF LoRA files (llama.cpp's convert_lora_to_gguf.py makes one from "
+                    "a PEFT adapter); serve the HF base model with --engine torch to use a PEFT adapter as it is"
+                )
+            continue
+        config = path / "adapter_config.json"
+        if engine == "mlx":
+            if not (config.is_file() and (path / "adapters.safetensors").is_file()):
+                raise ServeRefused(f"{where}: the mlx engine applies mlx-lm adapters (adapter_config.json + adapters.safetensors)")
+            continue
+        if not (config.is_file() and any(path.glob("adapter_model.*"))):
+            raise ServeRefused(f"{where}: the torch engine applies PEFT adapters (adapter_config.json + adapter_model.safetensors)")
+        peft = json.loads(config.read_text())
+        if peft.get("peft_type", "LORA") != "LORA":
+            raise ServeRefused(f"{where}: a {peft.get('peft_type')} adapter; only LoRA adapters are served unmerged")
+        if peft.get("use_dora"):
+            raise ServeRefused(f"{where}: DoRA adapters cannot share a batch unmerged (peft's mixed batches exclude them); merge it first")
+
+
+def preflight(
+    model: Path, engine: str, host: str, port: int, api_key: str | None, backend: Any = None, adapters: dict[str, Path] | None = None
+) -> dict[str, Any]:
     """Everything `serve` checks before loading weights; raises ServeRefused with the fix."""
     from halo_pipeline.runtimes import as_backend
     from halo_pipeline.runtimes.formats import export_info
@@ -88,6 +158,10 @@ def preflight(model: Path, engine: str, host: str, port: int, api_key: str | Non
         raise ServeRefused(
             f"engine {chosen} cannot load a {info['format']} model; use --engine {' or '.join(sorted(compatible))} (or auto)"
         )
+    if adapters:
+        if chosen == "torch" and importlib.util.find_spec("peft") is None:
+            raise ServeRefused("serving adapters unmerged on the torch engine needs peft, which is not installed")
+        check_adapters(chosen, adapters, model)
     if importlib.util.find_spec(ENGINE_LIBRARIES[chosen]) is None:
         raise ServeRefused(f"engine {chosen} needs {ENGINE_LIBRARIES[chosen]}, which is not installed")
     device = as_backend(backend)
@@ -119,6 +193,7 @@ def preflight(model: Path, engine: str, host: str, port: int, api_key: str | Non
         "streaming": True,
         "loads": "at start, before the port opens (a broken model fails now, not at the first request)",
         "trust_remote_code": remote_code,
+        "adapters": {name: str(path) for name, path in (adapters or {}).items()} or "none",
     }
 
 
@@ -196,6 +271,9 @@ class Running:
         parallel: int = 4,
         prefix_reuse: bool = True,
         log_level: str = "warning",
+        adapters: dict[str, Path] | None = None,
+        ctx_size: int | None = None,
+        threads: int | None = None,
         **settings: Any,
     ) -> None:
         import uvicorn
@@ -204,12 +282,16 @@ class Running:
         from halo_pipeline.serving.server import Settings, create_app
 
         self.port = port or free_port()
-        self.facts = preflight(model, engine, host, self.port, api_key, backend)
-        self.engine = load_engine(model, self.facts["engine"], parallel=parallel, backend=backend)
-        if not prefix_reuse:  # benchmarks measure what reuse buys
-            self.engine.reuse_prefix = False  # type: ignore[attr-defined]
-            self.engine.prefix_cache_size = 0  # type: ignore[attr-defined]
         self.model_id = name or model_id(model)
+        if self.model_id in (adapters or {}):
+            raise ServeRefused(f"--lora {self.model_id}: the base model is served under that name already (see --model-name)")
+        self.facts = preflight(model, engine, host, self.port, api_key, backend, adapters)
+        self.engine = load_engine(
+            model, self.facts["engine"], parallel=parallel, backend=backend, adapters=adapters, ctx_size=ctx_size, threads=threads
+        )
+        if not prefix_reuse:  # benchmarks measure what reuse buys
+            self.engine.reuse_prefix = False
+            self.engine.prefix_cache_size = 0  # type: ignore[attr-defined]
         self.app = create_app(self.engine, Settings(model_id=self.model_id, api_key=api_key, aliases={str(model)}, **settings))
         config = uvicorn.Config(self.app, host=host, port=self.port, log_level=log_level, lifespan="off", timeout_graceful_shutdown=GRACE_S)
         self.server = uvicorn.Server(config)
@@ -262,6 +344,9 @@ def serve_forever(
     prefix_reuse: bool = True,
     name: str | None = None,
     backend: Any = None,
+    adapters: dict[str, Path] | None = None,
+    ctx_size: int | None = None,
+    threads: int | None = None,
 ) -> int:
     """Serve until asked to stop; returns the number of the signal that stopped it, or 0.
 
@@ -273,9 +358,22 @@ def serve_forever(
     _serving.add(serving)  # before loading: a stop asked meanwhile is seen as soon as the server is up
     try:
         with Running(
-            model, engine, host, port, api_key, name, backend=backend, parallel=parallel, prefix_reuse=prefix_reuse, log_level="info"
+            model,
+            engine,
+            host,
+            port,
+            api_key,
+            name,
+            backend=backend,
+            parallel=parallel,
+            prefix_reuse=prefix_reuse,
+            log_level="info",
+            adapters=adapters,
+            ctx_size=ctx_size,
+            threads=threads,
         ) as running:
-            print(f"serving {running.model_id} ({running.engine.name}) on {running.url}", flush=True)
+            served = ", ".join([running.model_id, *(adapters or {})])
+            print(f"serving {served} ({running.engine.name}) on {running.url}", flush=True)
             previous = _catch_signals(serving.stop, signals) if threading.current_thread() is threading.main_thread() else {}
             try:
                 running.wait(serving.stop)

