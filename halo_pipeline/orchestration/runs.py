@@ -4,6 +4,7 @@ imports Prefect: the flow (`flow.py`) and a run with nothing to do (`cached_run.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,13 +94,27 @@ def code_execution(plan: Plan) -> dict[str, Any]:
     return {"enabled": True, "steps": sorted(modes), **sandbox.describe(weakest)}
 
 
+RUN_CLAIM = ".run-claim"  # created exclusively by the run that takes the directory
+
+
 def fresh_dir(run_dir: Path) -> Path:
-    """Never write over an earlier run: two runs in the same second get `-1`, `-2`... suffixes."""
+    """Never write over another run: runs started in the same second get `-1`, `-2`... suffixes.
+
+    The directory is claimed by creating a file in it with O_EXCL, so that concurrent runs (two
+    terminals, overlapping schedules) cannot both take it; a directory holding an older run's
+    manifest counts as taken too. A sweep job's directory, made by the launcher, is claimed the same way.
+    """
     candidate, n = run_dir, 0
-    while (candidate / manifest.MANIFEST).exists():
+    while True:
+        candidate.mkdir(parents=True, exist_ok=True)
+        if not (candidate / manifest.MANIFEST).exists():
+            try:
+                os.close(os.open(candidate / RUN_CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                return candidate
+            except FileExistsError:
+                pass
         n += 1
         candidate = run_dir.with_name(f"{run_dir.name}-{n}")
-    return candidate
 
 
 def objective_value(plan: Plan, results: dict[str, StepResult]) -> float | None:
