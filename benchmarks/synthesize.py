@@ -4,10 +4,12 @@ Same model (the SmolLM2-135M-Instruct GGUF the quickstart's synthesize uses), sa
 train), same sampling settings and token budget, measured in one run on this machine:
 
 - baseline: one `Llama` context with llama.cpp's default threads (every core), one sequence at a
-  time — what a plain script calling `create_chat_completion` in a loop does;
+  time — what a plain script calling `create_chat_completion` in a loop does (llama-cpp-python reuses
+  the cached prompt when the next sample repeats it);
 - ours: `GGUFRuntime.generate`, the path the synthesize and probe steps take — one context on every
   core decoding up to `parallel` samples together (one token of each per decode step, a waiting sample
-  taking a finished one's slot), each sample seeded on its own.
+  taking a finished one's slot; the samples of one prompt admitted together share its decoded prompt),
+  each sample seeded on its own.
 
 Reports generated tokens/s of each and the ratio (target >= 1.8x), median of --repeat rounds, and checks
 that ours is reproducible (the same seed gives the same completions twice).
@@ -43,7 +45,7 @@ def baseline(path: Path, batch: list[Any], samples: int, max_new_tokens: int, se
     tokens, started = 0, time.perf_counter()
     for i, messages in enumerate(batch):
         for j in range(samples):
-            llm.reset()
+            # no reset: llama-cpp-python reuses the cached prefix when a prompt repeats, as a plain loop gets it
             out: Any = llm.create_chat_completion(
                 messages=messages, max_tokens=max_new_tokens, temperature=0.8, top_p=0.95, seed=seed + 31 * i + j
             )

@@ -47,11 +47,11 @@ class BatchedContext:
         params.n_ctx = width * seq_ctx
         params.n_batch = params.n_ubatch = self.n_batch
         params.n_seq_max = width
-        params.kv_unified = False  # a KV stream per sequence: attention looks only at its own cells
+        params.kv_unified = True  # one KV store: the samples of one prompt share its cells (decoded once)
         params.n_threads = params.n_threads_batch = threads or os.cpu_count() or 1
         params.no_perf = True
         self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
-        self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=width, verbose=False)
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
 
     def close(self) -> None:
@@ -79,15 +79,22 @@ class BatchedContext:
             self.batch.reset()
             for s, slot in enumerate(slots):  # one token for every running sequence
                 if slot is not None and slot.pending is not None:
-                    slot.index = self._add(b, slot.pending, slot.n_past, s)
+                    slot.index = self._add(b, slot.pending, slot.n_past, [s])
                     slot.n_past += 1
-            for s in range(self.width):  # then the prompts of new ones, while the step has room
-                if slots[s] is None and waiting and b.n_tokens + len(jobs[waiting[-1]].prompt) <= self.n_batch:
-                    j = waiting.pop()
-                    slot = slots[s] = _Slot(j, sampler(jobs[j].seed))
-                    for pos, token in enumerate(jobs[j].prompt):
-                        slot.index = self._add(b, token, pos, s)
-                    slot.n_past = len(jobs[j].prompt)
+            free = [s for s in range(self.width) if slots[s] is None]
+            while free and waiting and b.n_tokens + len(jobs[waiting[-1]].prompt) <= self.n_batch:
+                # the next job and the waiting ones with the same prompt (the samples of one prompt) take free
+                # slots together: their prompt is decoded once, its cells shared by their sequences
+                prompt = jobs[waiting[-1]].prompt
+                group = []
+                while free and waiting and jobs[waiting[-1]].prompt == prompt:
+                    j, s = waiting.pop(), free.pop(0)
+                    slots[s] = _Slot(j, sampler(jobs[j].seed), n_past=len(prompt))
+                    group.append(s)
+                for pos, token in enumerate(prompt):
+                    last = self._add(b, token, pos, group)
+                for s in group:
+                    slots[s].index = last  # type: ignore[union-attr]
             for i in range(b.n_tokens):
                 b.logits[i] = False
             for slot in slots:
@@ -121,10 +128,11 @@ class BatchedContext:
         return str(text[: min(cuts)] if cuts else text)
 
     @staticmethod
-    def _add(b: Any, token: int, pos: int, seq: int) -> int:
+    def _add(b: Any, token: int, pos: int, seqs: list[int]) -> int:
         i = b.n_tokens
-        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, False
-        b.seq_id[i][0] = seq
+        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, len(seqs), False
+        for k, seq in enumerate(seqs):
+            b.seq_id[i][k] = seq
         b.n_tokens = i + 1
         return i
 

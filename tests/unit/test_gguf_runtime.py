@@ -48,6 +48,20 @@ def test_greedy_batched_equals_one_sequence_greedy(tiny_gguf: Path) -> None:
     assert min(lengths) < 40 and max(lengths) == 40  # some ended at EOS early, some ran to the budget
 
 
+def test_samples_of_one_prompt_share_its_cells_and_decode_as_if_alone(tiny_gguf: Path) -> None:
+    """Three greedy samples per prompt through four slots: the prompt is decoded once for the samples admitted
+    together, a group is split across refills, and every sample is still the one-sequence greedy text."""
+    from halo_pipeline.runtimes import Sampling
+
+    rt = runtime(tiny_gguf, parallel=4)
+    texts, _ = rt.generate(chats(), Sampling(n=3, temperature=0, max_new_tokens=24))
+    for messages, samples in zip(chats(), texts, strict=True):
+        ids, _ = rt._prompt(messages)
+        ref = rt.greedy(ids, 24)
+        n = ref.index(rt.eos_id) if rt.eos_id in ref else 24
+        assert samples == [rt.detokenize(ref[:n])] * 3
+
+
 def test_same_seed_same_texts_other_seed_other_texts(tiny_gguf: Path) -> None:
     from halo_pipeline.runtimes import Sampling
 
