@@ -18,7 +18,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -734,7 +734,20 @@ class _ChatRun:
         """("content", {"text", "steps"}), ("tool_call", {"call", "steps"}), then ("done", {"finish_reason", ...})."""
         plan = self.plan
         parser = ToolCallParser(plan.forced, plan.named) if plan.parse else None
-        calls, carry, seen = 0, [], 0
+        calls, seen = 0, 0
+        carry: list[Any] = []
+
+        def parsed(pairs: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+            """The parser's text and finished calls as events, each carrying the steps since the last one."""
+            nonlocal calls, carry
+            for ev, value in pairs:
+                if ev == "text":
+                    yield "content", {"text": value, "steps": carry}
+                else:
+                    yield "tool_call", {"call": _call(value), "index": calls, "steps": carry}
+                    calls += 1
+                carry = []
+
         gen = self.server.generate(self.ticket, self.prompt, _seeded(self.sampling, i), self.stops, self.adapter, special=plan.special)
         done: dict[str, Any] = {}
         async with contextlib.aclosing(gen):  # type: ignore[type-var]
@@ -747,24 +760,14 @@ class _ChatRun:
                     yield "content", {"text": data["text"], "steps": data["steps"]}
                     continue
                 carry += data["steps"]
-                for ev, value in parser.feed(data["text"]):
-                    if ev == "text":
-                        yield "content", {"text": value, "steps": carry}
-                    else:
-                        yield "tool_call", {"call": _call(value), "index": calls, "steps": carry}
-                        calls += 1
-                    carry = []
+                for event in parsed(parser.feed(data["text"])):
+                    yield event
                 if calls and not plan.parallel:  # one call asked for: stop generating once it is complete
                     done = {"finish_reason": "tool_calls", "completion_tokens": None}
                     break
-        if parser is not None:
-            for ev, value in parser.finish() if done.get("completion_tokens") is not None else []:
-                if ev == "text":
-                    yield "content", {"text": value, "steps": carry}
-                else:
-                    yield "tool_call", {"call": _call(value), "index": calls, "steps": carry}
-                    calls += 1
-                carry = []
+        if parser is not None and done.get("completion_tokens") is not None:
+            for event in parsed(parser.finish()):
+                yield event
         count = done.get("completion_tokens")
         yield (
             "done",
