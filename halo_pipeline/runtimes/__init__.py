@@ -159,3 +159,12 @@ def as_backend(backend: Any) -> Any:
     from halo_pipeline.engine.groups import Backend
 
     return backend if isinstance(backend, Backend) else Backend.model_validate(backend or {})
+
+
+def common_prefix(a: Any, b: Any) -> int:
+    """How many leading tokens two token sequences share."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n]))[0]
+    return int(diff[0]) if diff.size else n

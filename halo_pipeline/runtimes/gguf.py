@@ -1,14 +1,19 @@
 """GGUF models with llama-cpp-python, in-process.
 
 `open_llama` is the one place a llama.cpp context is built from a file. Generation decodes up to `parallel`
-sequences together in one context on every core (`gguf_batch`), a waiting sample taking the slot of a
-finished one: every sample is seeded on its own and admitted in a fixed order, so a run reproduces.
+sequences together in a context (`gguf_batch`), a waiting sample taking the slot of a finished one, with
+one single-threaded context per core while there is work for each (the prompts dealt out in turn; the
+cores of a context that is done go to the others): on a small CPU that beats one context on every core,
+whose threads meet at a barrier after every operation.
+Every sample is seeded on its own and the work is split in a fixed way, so a run reproduces.
 Scoring (log-probs, greedy) uses a separate `logits_all` context.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +169,18 @@ def render_chat(llm: Any, messages: Messages) -> str | None:
     return str(Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt)  # type: ignore[arg-type]
 
 
-# Default batch width: measured on SmolLM2-135M (2 cores, 16 samples x 64 tokens) 4 -> 83, 8 -> 88, 16 -> 90
-# tokens/s; 8 keeps the KV cache (width x context) small for larger teachers.
-PARALLEL = 8
+# Default batch width of a context. Measured on SmolLM2-135M, 2 cores, the quickstart's synthesize (12 prompts
+# x 2 samples x 96 tokens): 8 -> 148, 12 -> 161, 16 -> 162 tokens/s (a single-threaded step costs about the
+# same per token from 8 to 32 sequences; a wider one needs fewer refill waves). Its KV cache is width x context.
+PARALLEL = 16
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a container or taskset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def sample_seed(seed: int, batch_index: int, prompt: int, sample: int) -> int:
@@ -184,7 +198,7 @@ class GGUFRuntime:
         self.use_chat_template = use_chat_template
         self.parallel = max(1, parallel or PARALLEL)  # sequences decoded together
         self._scorer: Any = None
-        self._batched: Any = None
+        self._batched: list[Any] = []  # the batched generation contexts
 
     @property
     def scorer(self) -> Any:
@@ -235,8 +249,8 @@ class GGUFRuntime:
         return render_chat(self.scorer, messages)
 
     def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]:
-        """`sampling.n` completions per conversation, decoded together in one context, `parallel` at a time."""
-        from halo_pipeline.runtimes.gguf_batch import Job
+        """`sampling.n` completions per conversation, up to `parallel` decoded together in each context."""
+        from halo_pipeline.runtimes.gguf_batch import CoreShare, Job
 
         jobs = []
         for i, messages in enumerate(batch):
@@ -244,14 +258,32 @@ class GGUFRuntime:
             jobs += [Job(ids, sample_seed(sampling.seed, batch_index, i, j), stops) for j in range(sampling.n)]
         if not jobs:
             return [[] for _ in batch], 0
-        width = min(self.parallel, len(jobs))
+        # the prompts dealt out to one context per core (as many as have a full width of samples to decode);
+        # the samples of one prompt stay together, so they share its decoded prompt
+        cores = usable_cores()
+        count = max(1, min(cores, len(batch), -(-len(jobs) // self.parallel)))
+        shares = [[k for k in range(len(jobs)) if (k // sampling.n) % count == c] for c in range(count)]
         seq_ctx = min(self.n_ctx, self.scorer._model.n_ctx_train() or self.n_ctx)
         seq_ctx = min(seq_ctx, -(-(max(len(j.prompt) for j in jobs) + sampling.max_new_tokens) // 256) * 256)
+        width = min(self.parallel, max(len(share) for share in shares))
+        contexts = self._contexts(count, width, seq_ctx)
         # llama.cpp's own defaults for a completion (top-k 40, min-p 0.05, as a plain create_completion loop)
         t, p = sampling.temperature, sampling.top_p
-        results = self._context(width, seq_ctx).generate(
-            jobs, lambda seed: make_sampler(self.scorer, temperature=t, top_p=p, top_k=40, min_p=0.05, seed=seed), sampling.max_new_tokens
-        )
+
+        def sampler(seed: int) -> Any:
+            return make_sampler(self.scorer, temperature=t, top_p=p, top_k=40, min_p=0.05, seed=seed)
+
+        share_cores = CoreShare(cores, count)
+
+        def decode(c: int) -> list[tuple[str, int]]:
+            with share_cores.running():
+                return list(contexts[c].generate([jobs[k] for k in shares[c]], sampler, sampling.max_new_tokens, share_cores.threads))
+
+        results: list[tuple[str, int]] = [("", 0)] * len(jobs)
+        with ThreadPoolExecutor(count) as pool:  # llama.cpp releases the GIL while it decodes
+            for share, done in zip(shares, pool.map(decode, range(count)), strict=True):
+                for k, result in zip(share, done, strict=True):
+                    results[k] = result
         out: list[list[str]] = [[] for _ in batch]
         for k, (text, _) in enumerate(results):
             out[k // sampling.n].append(text)
@@ -278,19 +310,19 @@ class GGUFRuntime:
         stops = [result.stop] if isinstance(result.stop, str) else list(result.stop or [])
         return list(ids), stops
 
-    def _context(self, width: int, seq_ctx: int) -> Any:
-        """The batched generation context, kept while it is wide and long enough."""
+    def _contexts(self, count: int, width: int, seq_ctx: int) -> list[Any]:
+        """`count` batched generation contexts, kept while they are as many, as wide and as long."""
         from halo_pipeline.runtimes.gguf_batch import BatchedContext
 
-        ctx = self._batched
-        if ctx is None or ctx.width < width or ctx.seq_ctx < seq_ctx:
-            if ctx is not None:
-                ctx.close()
-            ctx = self._batched = BatchedContext(self.scorer, width, seq_ctx)
-        return ctx
+        kept = self._batched
+        if len(kept) != count or any(c.width < width or c.seq_ctx < seq_ctx for c in kept):
+            for c in kept:
+                c.close()
+            self._batched = [BatchedContext(self.scorer, width, seq_ctx, threads=1) for _ in range(count)]
+        return list(self._batched)
 
     def close(self) -> None:
-        if self._batched is not None:
-            self._batched.close()
-        self._batched = None
+        for c in self._batched:
+            c.close()
+        self._batched = []
         self._scorer = None

@@ -1,17 +1,23 @@
 """Batched decoding in one llama.cpp context: many sequences, one `llama_decode` per step.
 
-Each step carries one token for every running sequence (its own `seq_id`, its own KV stream) plus the
-prompts of the sequences admitted at that step; a finished sequence frees its slot and its KV cells, and
-the next waiting sample takes the slot. Admission is in job order and every sample draws from its own
-seeded sampler chain, so the same inputs give the same texts on every run.
+Each step carries one token for every running sequence (its own `seq_id`) plus the prompts of the
+sequences admitted at that step; a finished sequence frees its slot and the next waiting sample takes it.
+A prompt is decoded only past the longest beginning of it the context already has: the cells another
+sequence holds (a finished sample's prompt, a running sample of the same prompt — the chat template's
+system turn is common to every prompt) are shared by reference (`llama_memory_seq_cp`, one KV store), and
+the samples of one prompt admitted together decode it once. Admission is in job order and every sample
+draws from its own seeded sampler chain, so the same inputs give the same texts on every run.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from halo_pipeline.runtimes import common_prefix
 
 
 @dataclass
@@ -34,21 +40,53 @@ class _Slot:
     index: int = -1  # its position in the step's batch (where its logits are)
 
 
-class BatchedContext:
-    """One llama.cpp context on a loaded model, `width` sequences decoded together on `threads` threads."""
+@dataclass
+class _Admitted:
+    """A prompt admitted in this step: the positions below `cached` are cells sequence `seqs[0]` already
+    has; from there on, each position is a token of this step's batch (`rows`)."""
 
-    def __init__(self, llm: Any, width: int, seq_ctx: int, threads: int | None = None) -> None:
+    prompt: list[int]
+    seqs: list[int]
+    cached: int
+    rows: dict[int, int]
+
+
+class CoreShare:
+    """The cores shared by contexts decoding at once: each takes its part of them before every step, so
+    the cores of one that is done go to the others."""
+
+    def __init__(self, cores: int, contexts: int) -> None:
+        self.cores, self.active = cores, contexts
+        self.lock = threading.Lock()
+
+    def threads(self) -> int:
+        return max(1, self.cores // max(1, self.active))
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+class BatchedContext:
+    """One llama.cpp context on a loaded model, `width` sequences decoded together on `threads` threads.
+    Not thread-safe: one caller at a time (several contexts on one model may decode at once)."""
+
+    def __init__(self, llm: Any, width: int, seq_ctx: int, threads: int) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
-        self.llm, self.width, self.seq_ctx = llm, width, seq_ctx
+        self.llm, self.width, self.seq_ctx, self.threads = llm, width, seq_ctx, threads
         self.n_batch = max(512, width + seq_ctx)  # one step: every running token plus at least one whole prompt
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = width * seq_ctx
         params.n_batch = params.n_ubatch = self.n_batch
         params.n_seq_max = width
-        params.kv_unified = True  # one KV store: the samples of one prompt share its cells (decoded once)
-        params.n_threads = params.n_threads_batch = threads or os.cpu_count() or 1
+        params.kv_unified = True  # one KV store: sequences share the cells of a common beginning
+        params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
         self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=width, verbose=False)
@@ -58,10 +96,13 @@ class BatchedContext:
         self.batch.close()
         self.ctx.close()
 
-    def generate(self, jobs: Sequence[Job], sampler: Callable[[int], Any], max_new_tokens: int) -> list[tuple[str, int]]:
+    def generate(
+        self, jobs: Sequence[Job], sampler: Callable[[int], Any], max_new_tokens: int, threads: Callable[[], int] | None = None
+    ) -> list[tuple[str, int]]:
         """(text, generated tokens) of every job, in job order, each drawn by `sampler(job.seed)`, a llama.cpp
         sampler chain. A sequence ends at an end-of-generation token (not counted), at a stop string (the
-        text cut before it) or after `max_new_tokens`."""
+        text cut before it) or after `max_new_tokens`. `threads()`, asked before each step, may change the
+        context's threads (the texts do not depend on them)."""
         import llama_cpp
 
         for job in jobs:
@@ -72,8 +113,9 @@ class BatchedContext:
             return [("", 0)] * len(jobs)
         vocab = self.llm._model.vocab
         slots: list[_Slot | None] = [None] * self.width
+        held: list[list[int]] = [[] for _ in range(self.width)]  # the tokens each sequence has cells for
         waiting = list(range(len(jobs)))[::-1]  # popped from the end: job order
-        llama_cpp.llama_memory_clear(self.memory, True)
+        llama_cpp.llama_memory_clear(self.memory, True)  # a fresh start: the same jobs, the same batches
         b = self.batch.batch
         while waiting or any(slots):
             self.batch.reset()
@@ -81,20 +123,24 @@ class BatchedContext:
                 if slot is not None and slot.pending is not None:
                     slot.index = self._add(b, slot.pending, slot.n_past, [s])
                     slot.n_past += 1
+                    held[s].append(slot.pending)
             free = [s for s in range(self.width) if slots[s] is None]
+            admitted: list[_Admitted] = []
             while free and waiting and b.n_tokens + len(jobs[waiting[-1]].prompt) <= self.n_batch:
                 # the next job and the waiting ones with the same prompt (the samples of one prompt) take free
-                # slots together: their prompt is decoded once, its cells shared by their sequences
+                # slots together and decode what the context does not have of their prompt once
                 prompt = jobs[waiting[-1]].prompt
-                group = []
-                while free and waiting and jobs[waiting[-1]].prompt == prompt:
-                    j, s = waiting.pop(), free.pop(0)
-                    slots[s] = _Slot(j, sampler(jobs[j].seed), n_past=len(prompt))
-                    group.append(s)
-                for pos, token in enumerate(prompt):
-                    last = self._add(b, token, pos, group)
+                same = 1
+                while same < len(waiting) and jobs[waiting[-1 - same]].prompt == prompt:
+                    same += 1
+                group = [free.pop(0) for _ in range(min(same, len(free)))]
+                last = self._admit(b, prompt, group, held, admitted)
                 for s in group:
-                    slots[s].index = last  # type: ignore[union-attr]
+                    j = waiting.pop()
+                    slots[s] = _Slot(j, sampler(jobs[j].seed), n_past=len(prompt), index=last)
+            if threads is not None and threads() != self.threads:
+                self.threads = threads()
+                llama_cpp.llama_set_n_threads(self.ctx.ctx, self.threads, self.threads)
             for i in range(b.n_tokens):
                 b.logits[i] = False
             for slot in slots:
@@ -102,6 +148,9 @@ class BatchedContext:
                     b.logits[slot.index] = True
             if llama_cpp.llama_decode(self.ctx.ctx, b) != 0:
                 raise RuntimeError("llama_decode failed in a batched step")
+            for a in admitted:
+                for s in a.seqs:
+                    held[s] = list(a.prompt)
             for s, slot in enumerate(slots):
                 if slot is None:
                     continue
@@ -115,11 +164,41 @@ class BatchedContext:
                         slot.text, done = slot.text[:cut], True
                 if done or len(slot.tokens) >= max_new_tokens:
                     results[slot.job] = (self._text(slot, jobs[slot.job].stops), len(slot.tokens))
-                    llama_cpp.llama_memory_seq_rm(self.memory, s, -1, -1)
-                    slots[s] = None
+                    slots[s] = None  # its cells stay: a later prompt may begin as its prompt did
                 else:
                     slot.pending = token
         return [r if r is not None else ("", 0) for r in results]
+
+    def _admit(self, b: Any, prompt: list[int], group: list[int], held: list[list[int]], admitted: list[_Admitted]) -> int:
+        """Give the group's sequences the prompt: the longest beginning of it the context has — cells a
+        sequence holds, or tokens of this step's batch — shared, the rest added to the batch once. Returns the
+        batch row of the prompt's last token (its logits are the group's first draw)."""
+        import llama_cpp
+
+        limit = len(prompt) - 1  # the last token is decoded anyway: its logits are the first draw
+        src, from_cells = max(((s, min(common_prefix(held[s], prompt), limit)) for s in range(self.width)), key=lambda c: c[1])
+        prior = max(admitted, key=lambda a: common_prefix(a.prompt, prompt), default=None)
+        from_step = min(common_prefix(prior.prompt, prompt), limit) if prior else 0
+        if prior is not None and from_step > from_cells:
+            src, from_cells = prior.seqs[0], min(prior.cached, from_step)
+        for s in group:  # the shared beginning, as cells (by reference: no copy of the KV data)
+            if s != src:
+                llama_cpp.llama_memory_seq_rm(self.memory, s, -1, -1)
+                if from_cells:
+                    llama_cpp.llama_memory_seq_cp(self.memory, src, s, 0, from_cells)
+        if src in group:
+            llama_cpp.llama_memory_seq_rm(self.memory, src, from_cells, -1)
+        rows: dict[int, int] = {}
+        if prior is not None and from_step > from_cells:  # then as tokens another prompt adds to this batch
+            for pos in range(from_cells, from_step):
+                rows[pos] = prior.rows[pos]
+                self._join(b, rows[pos], group)
+        for pos in range(len(rows) + from_cells, len(prompt)):
+            rows[pos] = self._add(b, prompt[pos], pos, group)
+        for s in group:
+            held[s] = prompt[:from_cells]  # the rest once this step is decoded
+        admitted.append(_Admitted(prompt, group, from_cells, rows))
+        return rows[len(prompt) - 1]
 
     def _text(self, slot: _Slot, stops: list[str]) -> str:
         """The completion detokenized as a whole (as llama-cpp-python does), cut before a stop string."""
@@ -135,6 +214,13 @@ class BatchedContext:
             b.seq_id[i][k] = seq
         b.n_tokens = i + 1
         return i
+
+    @staticmethod
+    def _join(b: Any, row: int, seqs: list[int]) -> None:
+        """More sequences for a token already in the batch."""
+        for seq in seqs:
+            b.seq_id[row][b.n_seq_id[row]] = seq
+            b.n_seq_id[row] += 1
 
 
 def _piece(vocab: Any, token: int) -> bytes:

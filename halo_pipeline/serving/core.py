@@ -199,14 +199,6 @@ def mean_pool(hidden: np.ndarray) -> list[float]:
     return [float(x) for x in vec / (np.linalg.norm(vec) or 1.0)]
 
 
-def common_prefix(a: Any, b: Any) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n]))[0]
-    return int(diff[0]) if diff.size else n
-
-
 @functools.cache
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table, which byte-level BPE vocabularies are written in."""

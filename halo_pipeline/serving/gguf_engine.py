@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from halo_pipeline.runtimes import log_softmax
-from halo_pipeline.serving.core import END, Engine, Generation, Step, common_prefix, load_tokenizer, mean_pool, scores_to_logprobs, step_of
+from halo_pipeline.runtimes import common_prefix, log_softmax
+from halo_pipeline.runtimes.gguf import usable_cores
+from halo_pipeline.serving.core import END, Engine, Generation, Step, load_tokenizer, mean_pool, scores_to_logprobs, step_of
 
 
 @dataclass(eq=False)
@@ -118,13 +119,6 @@ def _cpus() -> set[int]:
         return set(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return set()
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class GGUFEngine(Engine):

@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from halo_pipeline.runtimes import log_softmax
-from halo_pipeline.serving.core import BASE, END, MIN_SHARED_PREFIX, Engine, Generation, Step, common_prefix, scores_to_logprobs
+from halo_pipeline.runtimes import common_prefix, log_softmax
+from halo_pipeline.serving.core import BASE, END, MIN_SHARED_PREFIX, Engine, Generation, Step, scores_to_logprobs
 
 
 class TorchEngine(Engine):

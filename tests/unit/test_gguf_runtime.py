@@ -73,9 +73,50 @@ def test_same_seed_same_texts_other_seed_other_texts(tiny_gguf: Path) -> None:
     assert len({t for ts in a[0] for t in ts}) > len(PROMPTS)  # the samples of a prompt differ
     c = rt.generate(chats(), Sampling(n=3, temperature=1.0, top_p=0.95, max_new_tokens=24, seed=8))
     assert c[0] != a[0]
-    # a sample's seed is its own, not its slot's: on this fp32 model another width gives the same texts
+    # a sample's seed is its own, not its slot's: on this fp32 model another width gives the same texts,
+    # and so does another split of the prompts across contexts (one per core)
     assert runtime(tiny_gguf, parallel=16).generate(chats(), sampling) == a
     assert runtime(tiny_gguf, parallel=1).generate(chats(), sampling) == a
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3])
+def test_prompts_split_across_contexts_give_the_same_texts(tiny_gguf: Path, cores: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One context per core (up to one per prompt), a finished context's cores going to the others: the texts
+    are those of one context decoding everything."""
+    import halo_pipeline.runtimes.gguf as gguf
+    from halo_pipeline.runtimes import Sampling
+
+    sampling = Sampling(n=3, temperature=1.0, top_p=0.95, max_new_tokens=24, seed=3)
+    monkeypatch.setattr(gguf, "usable_cores", lambda: 1)
+    one = runtime(tiny_gguf, parallel=4).generate(chats(), sampling)
+    monkeypatch.setattr(gguf, "usable_cores", lambda: cores)
+    rt = runtime(tiny_gguf, parallel=4)
+    assert rt.generate(chats(), sampling) == one
+    assert len(rt._batched) == min(cores, 4)  # 15 samples, 4 per context: at most 4 contexts
+
+
+def test_a_prompt_is_decoded_only_past_what_the_context_holds(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One slot, five prompts in turn: each prompt after the first is decoded only past the beginning (the
+    chat template's) it shares with the previous one still in the cache; the texts stay the greedy ones."""
+    import llama_cpp
+
+    import halo_pipeline.runtimes.gguf as gguf
+    from halo_pipeline.runtimes import Sampling, common_prefix
+
+    monkeypatch.setattr(gguf, "usable_cores", lambda: 1)
+    rt = runtime(tiny_gguf, parallel=1)
+    decoded = []
+    real = llama_cpp.llama_decode
+    monkeypatch.setattr(llama_cpp, "llama_decode", lambda ctx, batch: decoded.append(batch.n_tokens) or real(ctx, batch))
+    texts, tokens = rt.generate(chats(), Sampling(n=1, temperature=0, max_new_tokens=6))
+    prompts = [rt._prompt(m)[0] for m in chats()]
+    shared = [0] + [common_prefix(a, b) for a, b in zip(prompts, prompts[1:], strict=False)]
+    assert min(shared[1:]) > 0  # the prompts do share a beginning
+    # each sample: its prompt past the shared beginning, then one token per step but the last sampled
+    assert sum(decoded) == sum(len(p) - k for p, k in zip(prompts, shared, strict=True)) + tokens - len(prompts)
+    for messages, (text,) in zip(chats(), texts, strict=True):
+        ref = rt.greedy(rt._prompt(messages)[0], 6)
+        assert text == rt.detokenize(ref[: ref.index(rt.eos_id)] if rt.eos_id in ref else ref)
 
 
 def test_max_new_tokens_is_respected(tiny_gguf: Path) -> None:
