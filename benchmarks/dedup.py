@@ -286,7 +286,7 @@ def print_table(results: list[dict]) -> None:
         return f"{e[k]['docs_per_s']:,.0f} docs/s" if k in e else "—"
 
     def ratio(e: dict, k: str) -> str:
-        return f"{e['ours']['docs_per_s'] / e[k]['docs_per_s']:.1f}x" if k in e else "—"
+        return f"{e['ours']['docs_per_s'] / e[k]['docs_per_s']:.2f}x" if k in e else "—"
 
     def each(e: dict, field: str) -> str:
         if field == "peak_mb":
