@@ -1,8 +1,20 @@
 """MLX models with mlx-lm (Apple silicon, or MLX's CPU build on Linux): batched generation with
-`batch_generate`, log-probs and greedy decoding, the tokenizer's chat template."""
+`batch_generate`, log-probs and greedy decoding, the tokenizer's chat template.
+
+On Linux, MLX's CPU wheel links the reference (netlib) BLAS: a matrix product there costs as much per
+row whatever the batch, so a decode step of 8 sequences took 7.1x one sequence's (SmolLM2-135M fp32,
+882 vs 124 ms). `use_fast_blas` loads an optimized BLAS (OpenBLAS, when the system has it) into the
+process before MLX is imported, and MLX's products bind to it: the same 8-sequence step then costs 1.4x
+one sequence's (95 vs 66 ms). Quantized (q4/q8) weights do not go through BLAS on MLX's CPU backend.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,12 +23,37 @@ import numpy as np
 
 from halo_pipeline.runtimes import Messages, Sampling, log_softmax
 
+BLAS_ENV = "HALO_PIPELINE_MLX_BLAS"  # a BLAS library to load for MLX on Linux; "reference": keep MLX's own
+_blas: list[str | None] = []  # what use_fast_blas loaded, once per process
+
+
+def use_fast_blas() -> str | None:
+    """On Linux, before MLX is first imported: load an optimized BLAS (`$HALO_PIPELINE_MLX_BLAS`, else the
+    system's OpenBLAS) with its symbols global, so MLX's matrix products bind to it rather than to the
+    reference BLAS its wheel ships. Returns the library loaded (None: MLX keeps its own)."""
+    if _blas:
+        return _blas[0]
+    chosen = os.environ.get(BLAS_ENV) or ctypes.util.find_library("openblas")
+    if sys.platform != "linux" or not chosen or chosen == "reference":
+        _blas.append(None)
+    elif "mlx.core" in sys.modules:  # too late: MLX bound its BLAS when it was loaded
+        logging.getLogger(__name__).warning("MLX was imported before %s could be loaded: it keeps its reference BLAS", chosen)
+        _blas.append(None)
+    else:
+        try:
+            ctypes.CDLL(chosen, mode=ctypes.RTLD_GLOBAL)
+            _blas.append(chosen)
+        except OSError as e:
+            raise RuntimeError(f"{BLAS_ENV}={chosen}: cannot load it ({e}); unset it, or set it to 'reference'") from e
+    return _blas[0]
+
 
 class MLXRuntime:
     name = "mlx-lm"
     format = "mlx"
 
     def __init__(self, path: Path, use_chat_template: bool = True, adapter: Path | None = None) -> None:
+        use_fast_blas()
         from mlx_lm import load
 
         loaded: Any = load(str(path), adapter_path=str(adapter) if adapter else None)

@@ -53,9 +53,10 @@ class MLXEngine(Engine):
         prompt_cache: int = 8,
     ) -> None:
         super().__init__(path)
-        from mlx_lm.models.cache import LRUPromptCache
+        from halo_pipeline.runtimes.mlx import MLXRuntime, use_fast_blas
 
-        from halo_pipeline.runtimes.mlx import MLXRuntime
+        use_fast_blas()  # before MLX is imported
+        from mlx_lm.models.cache import LRUPromptCache
 
         runtime = MLXRuntime(path)
         self.adapters = dict(adapters or {})

@@ -18,6 +18,9 @@ import yaml
 
 
 def main() -> None:
+    from halo_pipeline.runtimes.mlx import use_fast_blas
+
+    use_fast_blas()  # before MLX is imported: its products on OpenBLAS rather than the wheel's reference BLAS
     from mlx_lm.lora import CONFIG_DEFAULTS, train_model
     from mlx_lm.tuner.callbacks import TrainingCallback
     from mlx_lm.tuner.datasets import load_dataset
