@@ -123,7 +123,6 @@ class BatchedContext:
                 if slot is not None and slot.pending is not None:
                     slot.index = self._add(b, slot.pending, slot.n_past, [s])
                     slot.n_past += 1
-                    held[s].append(slot.pending)
             free = [s for s in range(self.width) if slots[s] is None]
             admitted: list[_Admitted] = []
             while free and waiting and b.n_tokens + len(jobs[waiting[-1]].prompt) <= self.n_batch:
@@ -148,6 +147,9 @@ class BatchedContext:
                     b.logits[slot.index] = True
             if llama_cpp.llama_decode(self.ctx.ctx, b) != 0:
                 raise RuntimeError("llama_decode failed in a batched step")
+            for s, slot in enumerate(slots):  # what each sequence has cells for now
+                if slot is not None and slot.pending is not None:
+                    held[s].append(slot.pending)
             for a in admitted:
                 for s in a.seqs:
                     held[s] = list(a.prompt)

@@ -128,3 +128,27 @@ def test_max_new_tokens_is_respected(tiny_gguf: Path) -> None:
     assert all(len(rt.tokenize(t)) <= 6 for ts in texts for t in ts)
     assert rt.generate(chats(), Sampling(n=2, max_new_tokens=0)) == ([["", ""]] * len(PROMPTS), 0)
     assert rt.generate([], Sampling(n=2)) == ([], 0)
+
+
+def test_a_prompt_that_continues_a_running_sample_shares_only_its_decoded_cells(tiny_gguf: Path) -> None:
+    """Two slots: A runs while X stops at once (a stop string) and B takes its slot; B's prompt is A's prompt
+    plus the beginning of A's own greedy continuation, so it shares the cells A has decoded so far — never
+    the token A has in the same step's batch. B's text is still its one-sequence greedy text."""
+    from halo_pipeline.runtimes.gguf import make_sampler
+    from halo_pipeline.runtimes.gguf_batch import BatchedContext, Job
+
+    rt = runtime(tiny_gguf, parallel=2)
+    a = rt._prompt(chats()[0])[0]
+    x = rt._prompt(chats()[1])[0]
+    x_first = rt.detokenize(rt.greedy(x, 1))
+    b = a + rt.greedy(a, 3)
+    jobs = [Job(a, 0), Job(x, 0, [x_first]), Job(b, 0)]
+    ctx = BatchedContext(rt.scorer, 2, 256, 1)
+    try:
+        texts = [t for t, _ in ctx.generate(jobs, lambda seed: make_sampler(rt.scorer, temperature=0, seed=seed), 12)]
+    finally:
+        ctx.close()
+    for job, text in zip([jobs[0], jobs[2]], [texts[0], texts[2]], strict=True):
+        ref = rt.greedy(job.prompt, 12)
+        assert text == rt.detokenize(ref[: ref.index(rt.eos_id)] if rt.eos_id in ref else ref)
+    assert texts[1] == ""  # X: cut before its stop string, its first token
