@@ -5,7 +5,10 @@ number of optimizer steps, on the same small dataset. Each side runs in its own 
 (imports are not timed: both pay the same); timed is the work from loading the model to the saved
 adapter. Reports wall time, tokens/s, our overhead, and peak memory (max RSS) of each process.
 
-Usage: python benchmarks/train.py [--algorithms sft,dpo,grpo,rm] [--steps 6] [--json out.json]
+With `--repeat N` the two sides alternate N times per algorithm (direct, ours, direct, ...) and each
+figure is the median of its N runs: a single pair moves by a second or so with the machine's load.
+
+Usage: python benchmarks/train.py [--algorithms sft,dpo,grpo,rm] [--steps 6] [--repeat 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -162,10 +165,16 @@ def child(side: str, algo: str, steps: int) -> None:
     print("RESULT " + json.dumps(result))
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--algorithms", default="sft,dpo,grpo,rm")
     ap.add_argument("--steps", type=int, default=6, help="steps for sft/rm; dpo and grpo run 2/3 and 1/2 of it")
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved runs of each side per algorithm (medians reported)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", nargs=3, metavar=("SIDE", "ALGO", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -179,19 +188,23 @@ def main() -> int:
     report = {}
     for algo in args.algorithms.split(","):
         steps = max(1, round(SEQ[algo] * args.steps / 6))
-        sides = {}
-        for side in ("direct", "ours"):
-            proc = subprocess.run([sys.executable, __file__, "--child", side, algo, str(steps)], capture_output=True, text=True, env=env)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                raise SystemExit(f"{side} {algo} failed:\n{proc.stderr[-3000:]}")
-            sides[side] = json.loads(line[len("RESULT ") :])
-        d, o = sides["direct"], sides["ours"]
+        runs: dict[str, list[dict]] = {"direct": [], "ours": []}
+        for _ in range(args.repeat):
+            for side in ("direct", "ours"):
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--child", side, algo, str(steps)], capture_output=True, text=True, env=env
+                )
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if line is None:
+                    raise SystemExit(f"{side} {algo} failed:\n{proc.stderr[-3000:]}")
+                runs[side].append(json.loads(line[len("RESULT ") :]))
+        d, o = median_run(runs["direct"]), median_run(runs["ours"])
         report[algo] = {
             "steps": steps,
             "direct": {**d, "tokens_per_s": round(d["tokens"] / d["train_s"], 1)},
             "ours": {**o, "tokens_per_s": round(o["tokens"] / o["train_s"], 1)},
             "overhead_pct": round(100 * (o["wall_s"] / d["wall_s"] - 1), 1),
+            "wall_s_runs": {side: [r["wall_s"] for r in rs] for side, rs in runs.items()},
         }
         print(
             f"{algo}: direct {d['wall_s']:.1f} s, ours {o['wall_s']:.1f} s, overhead {report[algo]['overhead_pct']:+.1f}%", file=sys.stderr
