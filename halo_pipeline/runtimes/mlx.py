@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -24,28 +25,31 @@ import numpy as np
 from halo_pipeline.runtimes import Messages, Sampling, log_softmax
 
 BLAS_ENV = "HALO_PIPELINE_MLX_BLAS"  # a BLAS library to load for MLX on Linux; "reference": keep MLX's own
-_blas: list[str | None] = []  # what use_fast_blas loaded, once per process
 
 
+@functools.cache
 def use_fast_blas() -> str | None:
     """On Linux, before MLX is first imported: load an optimized BLAS (`$HALO_PIPELINE_MLX_BLAS`, else the
     system's OpenBLAS) with its symbols global, so MLX's matrix products bind to it rather than to the
-    reference BLAS its wheel ships. Returns the library loaded (None: MLX keeps its own)."""
-    if _blas:
-        return _blas[0]
-    chosen = os.environ.get(BLAS_ENV) or ctypes.util.find_library("openblas")
-    if sys.platform != "linux" or not chosen or chosen == "reference":
-        _blas.append(None)
-    elif "mlx.core" in sys.modules:  # too late: MLX bound its BLAS when it was loaded
+    reference BLAS its wheel ships. Once per process; returns the library loaded (None: MLX keeps its own)."""
+    if sys.platform != "linux":
+        return None
+    named = os.environ.get(BLAS_ENV)
+    chosen = named or ctypes.util.find_library("openblas")
+    if not chosen or chosen == "reference":
+        return None
+    if "mlx.core" in sys.modules:  # too late: MLX bound its BLAS when it was loaded
         logging.getLogger(__name__).warning("MLX was imported before %s could be loaded: it keeps its reference BLAS", chosen)
-        _blas.append(None)
-    else:
-        try:
-            ctypes.CDLL(chosen, mode=ctypes.RTLD_GLOBAL)
-            _blas.append(chosen)
-        except OSError as e:
+        return None
+    try:
+        ctypes.CDLL(chosen, mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        if named:
             raise RuntimeError(f"{BLAS_ENV}={chosen}: cannot load it ({e}); unset it, or set it to 'reference'") from e
-    return _blas[0]
+        raise RuntimeError(
+            f"the system's OpenBLAS ({chosen}): cannot load it ({e}); set {BLAS_ENV}=reference, or to another library"
+        ) from e
+    return chosen
 
 
 class MLXRuntime:
