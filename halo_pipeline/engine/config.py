@@ -100,6 +100,7 @@ def _compose_manifest(path: Path, overrides: list[str]) -> Composed:
     from halo_pipeline.engine.manifest import read
 
     data = read(path)
+    _refuse_group_switch(path, data, overrides)
     with tempfile.TemporaryDirectory(prefix="halo-replay-") as tmp:
         resolved = Path(tmp) / "recipe.yaml"
         resolved.write_text(yaml.safe_dump(_escape_interpolations(data["config"]), sort_keys=False))
@@ -112,6 +113,41 @@ def _compose_manifest(path: Path, overrides: list[str]) -> Composed:
     composed.replay_of = str(path.resolve().parent)
     composed.source.file = str(path)
     return composed
+
+
+def _refuse_group_switch(path: Path, data: dict[str, Any], overrides: list[str]) -> None:
+    """A replay's config is resolved: its groups are applied and their values copied into the steps, so
+    `quant=q4` cannot switch one. Say so, with the command that does (a run of the recipe) and the values to set."""
+    import shlex
+
+    groups = data.get("groups") or {}
+    switched = [o for o in overrides if "=" in o and o[:1] not in "+~" and _key(o) in groups]
+    if not switched:
+        return
+    recipe = data.get("recipe") or {}
+    earlier = [o for o in data.get("overrides") or [] if _key(o) not in {_key(s) for s in switched}]
+    issues = []
+    rerun = shlex.join(["halo-pipeline", "run", str(recipe.get("path") or "RECIPE"), *earlier, *switched])
+    for override in switched:
+        group, new = _key(override), override.split("=", 1)[1]
+        copies = [k for k, v in _leaves(data.get("config") or {}, ()) if k[:1] == ("steps",) and v == groups[group]]
+        sets = " ".join(".".join(k) + "=" + new for k in copies)
+        values = f"; or set the resolved value in the replay: {sets}" if copies else ""
+        issues.append(
+            Issue(
+                f"replay runs {path.parent.name}'s resolved config, in which group '{group}' is already applied "
+                f"({group}={groups[group]}): a group cannot be switched in a replay",
+                key=group,
+                hint=f"run the recipe with it: {rerun}{values}",
+            )
+        )
+    raise RecipeError(issues)
+
+
+def _leaves(node: Any, at: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
+    if isinstance(node, dict):
+        return [leaf for k, v in node.items() for leaf in _leaves(v, (*at, str(k)))]
+    return [(at, node)]
 
 
 def _escape_interpolations(node: Any) -> Any:
@@ -131,7 +167,7 @@ def _compose_file(path: Path, overrides: list[str], base_dir: Path) -> Composed:
         raise RecipeError(issues)
     if not isinstance(data, dict):
         raise RecipeError([Issue("a recipe must be a YAML mapping", file=str(path), line=1, hint="start with `name:`")])
-    cfg = _load(path, overrides, smap, data)
+    cfg, overrides = _load(path, overrides, smap, data)
     config, choices, run_dir = _resolve(cfg, smap)
     return Composed(
         config=config,
@@ -145,7 +181,9 @@ def _compose_file(path: Path, overrides: list[str], base_dir: Path) -> Composed:
     )
 
 
-def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any]) -> Any:
+def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The composed config, and the overrides that composed it: a documented key the recipe does not set
+    (`steps.train.with.lora_r=32`) is set as if written `+key=value`."""
     from hydra import version
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
@@ -171,12 +209,13 @@ def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any
             [Issue(f"bad override: {why}", hint="overrides use Hydra's grammar: key=value") for why in bad.values()], fine
         )
     try:
-        return loader.load_configuration(
+        cfg = loader.load_configuration(
             config_name=path.stem,
             overrides=overrides + hydra_defaults(overrides),
             run_mode=RunMode.RUN,
             from_shell=False,
         )
+        return cfg, overrides
     except MissingConfigException as exc:
         issue, retry = _missing_option(exc, smap, data, overrides, loader)
         raise CompositionError([issue], retry) from exc
@@ -184,7 +223,10 @@ def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if msg.startswith("Could not override '"):
             key = msg.split("'")[1]
-            raise CompositionError([_bad_override_issue(key, data)], _without(overrides, key)) from exc
+            settable, why = _documented(path, overrides, key, smap, data)
+            if settable:
+                return _load(path, [f"+{o}" if _key(o) == key and o[:1] not in "+~" else o for o in overrides], smap, data)
+            raise CompositionError([_bad_override_issue(key, data, why)], _without(overrides, key)) from exc
         if msg.startswith("Could not append to config. An item is already at '"):
             key = msg.split("'")[1]
             issue = Issue(f"'+{key}' adds a key, but the recipe already sets it", key=key, hint=f"drop the '+': {key}=VALUE")
@@ -216,15 +258,43 @@ def _without(overrides: list[str], key: str) -> list[str]:
     return [o for o in overrides if _key(o) != key]
 
 
-def _bad_override_issue(key: str, data: dict[str, Any]) -> Issue:
+def _documented(path: Path, overrides: list[str], key: str, smap: SourceMap, data: dict[str, Any]) -> tuple[bool, str | None]:
+    """Whether an override's key, unset in the recipe, is documented (a step's param, a group's field), judged on
+    the recipe composed without it; else perhaps a hint (the group option that has the field)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from halo_pipeline.engine.keys import settable
+
+    if key.startswith("hydra.") or not any(_key(o) == key and o[:1] not in "+~" for o in overrides):
+        return False, None
+    try:
+        cfg, _ = _load(path, _without(overrides, key), smap, data)
+    except RecipeError:
+        return False, None
+    OmegaConf.set_struct(cfg, False)
+    raw: dict[str, Any] = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
+    raw.pop("hydra", None)
+    choices = {str(k): str(v) for k, v in (OmegaConf.to_container(cfg.hydra.runtime.choices) or {}).items()}  # type: ignore[union-attr]
+    try:
+        body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        resolved: dict[str, Any] = OmegaConf.to_container(body, resolve=True)  # type: ignore[assignment]
+    except OmegaConfBaseException:
+        resolved = raw
+    return settable(key, raw, resolved, {k: v for k, v in choices.items() if not k.startswith("hydra")})
+
+
+def _bad_override_issue(key: str, data: dict[str, Any], why: str | None = None) -> Issue:
     *parents, last = key.split(".")
     node: Any = data
     for p in parents:
         node = node.get(p) if isinstance(node, dict) else None
     known = list(node) if isinstance(node, dict) else []
-    close = did_you_mean(last, known)
+    close = did_you_mean(last, [k for k in known if k != last])
     hint = f"{close + ' ' if close else ''}to add a key that the recipe does not set, write +{key}=VALUE"
-    return Issue(f"cannot override '{key}': the recipe has no such key", key=key, hint=hint)
+    if why:
+        return Issue(f"cannot override '{key}': {why}", key=key, hint=f"choose that option, or {hint}")
+    return Issue(f"cannot override '{key}': the recipe has no such key, and no step or group documents it", key=key, hint=hint)
 
 
 def _missing_option(exc: Any, smap: SourceMap, data: dict[str, Any], overrides: list[str], loader: Any) -> tuple[Issue, list[str] | None]:
