@@ -42,6 +42,9 @@ def run_verifier(
         if not sep:
             raise RecipeError([Issue(f"--set takes KEY=VALUE, got '{item}'")])
         spec[key] = yaml.safe_load(value)
+    from halo_pipeline.engine.registry import importable, search_path_hint
+
+    importable(Path.cwd())  # `my_pkg.verifiers:fn` from the working directory, as for a recipe's `uses:`
     try:
         fields = lookup(str(spec["name"])).settings.model_fields
         if allow_code and "allow_code_execution" in fields:
@@ -51,6 +54,8 @@ def run_verifier(
         verifier = build_verifier(spec)
     except UnknownVerifier as exc:
         raise RecipeError([Issue(str(exc), hint="halo-pipeline verifiers lists them")]) from None
+    except ImportError as exc:
+        raise RecipeError([Issue(f"cannot import the verifier '{spec['name']}' ({exc})", hint=search_path_hint())]) from None
     if verifier.reg.executes_code and not verifier.executes_code:
         raise RecipeError(
             [Issue(f"verifier '{verifier.name}' runs the completions as code, which is off by default", hint="add --allow-code-execution")]

@@ -142,6 +142,7 @@ def build_plan(composed: Composed) -> Plan:
     specs: dict[str, StepSpec] = {}
     kinds: dict[str, StepKind] = {}
     params: dict[str, Params] = {}
+    registry.importable(composed.base_dir, Path.cwd())  # `uses: my_pkg.steps.upper:run` beside the recipe or here
     for sid, raw in raw_steps.items():
         sid = str(sid)
         try:
@@ -157,6 +158,8 @@ def build_plan(composed: Composed) -> Plan:
             where = ("steps", sid, "uses") if spec.uses else ("steps", sid)
             if exc.known:
                 hint = did_you_mean(uses, exc.known) or f"known kinds: {', '.join(exc.known)}; or set `uses:` to one"
+            elif "cannot import" in str(exc):
+                hint = registry.search_path_hint()
             else:
                 hint = "`uses: package.module:function` names a function decorated with @halo_pipeline.engine.step.step"
             issues.append(smap.issue(where, str(exc), hint))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import pkgutil
+import sys
 from dataclasses import replace
 from functools import cache
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from halo_pipeline.engine.step import StepKind
 
@@ -55,6 +58,29 @@ def all_kinds() -> dict[str, StepKind]:
     return {**builtin_kinds(), **plugin_kinds()}
 
 
+def importable(*dirs: Path) -> None:
+    """Make a project's own code importable for `uses: my_pkg.mod:fn` (and `name: my_pkg.mod:fn` verifiers) the way
+    Python users expect: the recipe's folder and the working directory, as `python -m` puts the working directory on
+    the path. Appended (an installed package of the same name wins) and passed on in PYTHONPATH, so that worker
+    processes (runner=processes, dask) import the same modules."""
+    for d in dirs:
+        entry = str(Path(d).resolve())
+        if entry not in sys.path:
+            sys.path.append(entry)
+            get.cache_clear()  # a kind that failed to import may import now
+        parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if entry not in parts:
+            os.environ["PYTHONPATH"] = os.pathsep.join([*parts, entry])
+
+
+def search_path_hint() -> str:
+    """Where `uses: pkg.module:function` looks, for the hint of a module that is not found."""
+    return (
+        "modules are imported from the recipe's folder, the working directory and the installed packages: "
+        "put the package there, or `pip install -e` it"
+    )
+
+
 @cache
 def get(uses: str) -> StepKind:
     """Resolve a `uses:` value: a registered name or an import path `pkg.module:function`."""
@@ -63,7 +89,7 @@ def get(uses: str) -> StepKind:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise UnknownStepKind(uses, sorted(all_kinds()), f"cannot import '{module_name}' ({exc})") from exc
+            raise UnknownStepKind(uses, [], f"cannot import '{module_name}' ({exc})") from exc
         except Exception as exc:  # the module itself is broken: say where, never a traceback
             raise UnknownStepKind(uses, sorted(all_kinds()), f"importing '{module_name}' raised {type(exc).__name__}: {exc}") from exc
         obj = getattr(module, attr, None) if attr else module
