@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
-from halo_pipeline.data import sources
-from halo_pipeline.data.humaneval import humaneval_prompts
+from halo_pipeline.data import load, refs, sources
 from halo_pipeline.data.rows import read_complete_jsonl, write_rows
 from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
 from halo_pipeline.engine.step import Artifact, Params, RunContext, TypeByParam, step
@@ -66,16 +65,21 @@ class SynthesizeParams(Params):
     keep_unverified: bool = Field(False, description="Keep completions that did not pass the verifier.")
     output: Literal["sft", "preference", "prompts"] = Field("sft", description="Dataset kind written (prompts: no generation).")
 
-    @model_validator(mode="after")
-    def _check_source(self) -> SynthesizeParams:
-        if self.source is not None and sources.is_source(self.source):
-            sources.parse(self.source)  # a malformed hf: spec is reported here, with its form
-        elif self.source is not None and self.source.split(":")[0] != "humaneval":
-            raise ValueError(
-                f"unknown source '{self.source}'; sources: humaneval, humaneval:train, humaneval:test, hf:<id>[:<config>][:<split>] "
-                "(a local data file goes in `inputs: {prompts: file:...}`)"
-            )
-        return self
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                refs.parse(value, allow=("builtin", "hf"), paths=False)  # a malformed spec or an unknown split: here, with a hint
+            except refs.RefError as exc:
+                if exc.hint and exc.hint.startswith("did you mean"):
+                    raise
+                raise refs.RefError(exc.message, f"{exc.hint}; a local data file goes in `inputs: {{prompts: file:...}}`") from None
+        return value
+
+    @property
+    def source_ref(self) -> refs.DatasetRef | None:
+        return refs.parse(self.source, allow=("builtin", "hf"), paths=False) if self.source else None
 
 
 def check(params: SynthesizeParams) -> list[Any]:
@@ -83,8 +87,8 @@ def check(params: SynthesizeParams) -> list[Any]:
     from halo_pipeline.verifiers import check_spec
 
     problems: list[Any] = check_spec(params.verifier)
-    if params.source and sources.is_source(params.source):
-        problems += [(key or "source", text) for key, text in _prompt_problems(sources.parse(params.source), params)]
+    if params.source_ref and params.source_ref.kind == "hf":
+        problems += [(key or "source", text) for key, text in _prompt_problems(params.source_ref, params)]
     if not params.base_url:
         problems += [("model", p) for p in check_reference(params.model)]
         if why := params.backend.unavailable():
@@ -95,7 +99,8 @@ def check(params: SynthesizeParams) -> list[Any]:
 def fingerprint(params: SynthesizeParams) -> dict[str, Any]:
     from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
 
-    found = {"source": sources.fingerprint(sources.parse(params.source))} if params.source and sources.is_source(params.source) else {}
+    ref = params.source_ref
+    found = {"source": sources.fingerprint(ref)} if ref and ref.kind == "hf" else {}
     return found if params.base_url else {**found, "teacher": model_fingerprint(params.model)}
 
 
@@ -142,11 +147,10 @@ def load_prompts(params: SynthesizeParams, inputs: dict[str, Artifact]) -> list[
         else:
             lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             rows = [{"id": f"p{i}", "prompt": text} for i, text in enumerate(lines, 1)]
-    elif params.source and sources.is_source(params.source):
-        rows = _with_prompt(sources.load_rows(sources.parse(params.source), params.columns, params.limit), params, f"{params.source}: row ")
-    elif params.source:
-        _, _, split = params.source.partition(":")
-        rows = humaneval_prompts(split or None)
+    elif (ref := params.source_ref) and ref.kind == "hf":
+        rows = _with_prompt(sources.load_rows(ref, params.columns, params.limit), params, f"{params.source}: row ")
+    elif ref:
+        rows = load.rows(ref)
     else:
         raise ValueError("no prompts: set `source:` (e.g. humaneval:train) or wire `inputs: {prompts: file:...}`")
     return rows[: params.limit] if params.limit else rows

@@ -23,9 +23,9 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from halo_pipeline.data import sources
+from halo_pipeline.data import refs, sources
 from halo_pipeline.data.rows import read_rows
 from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
 from halo_pipeline.engine.step import Artifact, Params, RunContext, TypeByParam, step
@@ -60,7 +60,10 @@ class TrainParams(Params):
     probe_every: int | None = Field(
         None, ge=1, description="Probe held-out tasks every N steps (and before the first), logged with the curves."
     )
-    probe_source: str = Field("humaneval:test", description="Tasks of the mid-training probe (humaneval:test: the held-out split).")
+    probe_source: str = Field(
+        "humaneval:test",
+        description="Tasks of the mid-training probe: humaneval:test (the held-out split), hf:<id>[:<config>][:<split>] or file:<path>.",
+    )
     probe_limit: int = Field(8, ge=1, description="Tasks per mid-training probe.")
     probe_max_new_tokens: int = Field(64, ge=1, description="Tokens per probe completion.")
     probe_verifier: VerifierSpec | None = Field(None, description="Scores the probe (default: `verifier`).")
@@ -74,6 +77,12 @@ class TrainParams(Params):
     @property
     def output_kind(self) -> str:
         return "model" if self.adapter == "none" or self.algorithm.name == "rm" else "adapter"
+
+    @field_validator("probe_source")
+    @classmethod
+    def _probe_source_parses(cls, value: str) -> str:
+        refs.parse(value, paths=False)  # a malformed reference or an unknown split: reported at its key, with a did-you-mean
+        return value
 
     @model_validator(mode="after")
     def _grpo_batch(self) -> TrainParams:

@@ -41,7 +41,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"✘ {recipe}\n{exc.format()}", file=sys.stderr)
             continue
         print(f"✔ {recipe}: {len(plan.steps)} steps ({', '.join(plan.steps)})")
+        _print_warnings(plan)
     return 2 if bad else 0
+
+
+def _print_warnings(plan: Any) -> None:
+    for warning in plan.warnings:  # valid, but it will not do what it seems to (e.g. a gate too small to decide)
+        print("  warning: " + warning.format().replace("\n", "\n  "), file=sys.stderr)
 
 
 def _split_recipe_args(values: list[str]) -> tuple[list[str], list[str]]:
@@ -87,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     plan = plan_recipe(args.recipe, args.overrides)  # every problem at once, exit 2, before Prefect starts
     check_selection(plan, only, args.from_, args.until)
+    _print_warnings(plan)
     return run_and_report(args.recipe, args.overrides, args, only=only)
 
 

@@ -20,13 +20,14 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HF = "hf:"
+from halo_pipeline.data import refs
+from halo_pipeline.engine.errors import did_you_mean
+
+HF = refs.HF
 BUILDERS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
-SPLIT_NAMES = {"train", "test", "validation", "valid", "dev", "eval", "evaluation"}  # `hf:<id>:<x>`: x is a split when so named
 # the fields a row of each artifact type needs: any one group, complete
 REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "prompts": (("prompt",),),
@@ -41,19 +42,7 @@ class SourceError(ValueError):
     """A source that cannot be read as asked: named, with what it does hold and the fix."""
 
 
-@dataclass(frozen=True)
-class Source:
-    """A parsed source: a hub dataset (`hf_id`, optional config and split) or a local path."""
-
-    spec: str
-    hf_id: str | None = None
-    config: str | None = None
-    split: str | None = None
-    path: Path | None = None
-
-    @property
-    def label(self) -> str:
-        return self.spec if self.hf_id else str(self.path)
+Source = refs.DatasetRef  # one parsed reference type for every dataset (see refs)
 
 
 def is_source(spec: str) -> bool:
@@ -62,24 +51,15 @@ def is_source(spec: str) -> bool:
 
 
 def parse(spec: str | Path, base_dir: Path | None = None) -> Source:
-    """`hf:<id>[:<config>][:<split>]` (one part after the id is the split when it is named like one, e.g. `hf:org/name:test`;
-    `hf:org/name::test` says so explicitly), or a path (relative to `base_dir`)."""
-    text = str(spec)
-    if text.startswith(HF):
-        parts = re.split(r":(?![^\[]*\])", text[len(HF) :])  # not the colon of a split slice: train[:100]
-        if not parts[0] or len(parts) > 3 or parts[0].count("/") > 1:
-            raise SourceError(f"'{text}' is not a hub dataset: write hf:<id>[:<config>][:<split>], e.g. hf:openai/openai_humaneval:test")
-        config, split = None, None
-        if len(parts) == 3:
-            config, split = parts[1] or None, parts[2] or None
-        elif len(parts) == 2:
-            looks_like_split = parts[1].split("[")[0] in SPLIT_NAMES or "[" in parts[1]
-            split, config = (parts[1], None) if looks_like_split else (None, parts[1] or None)
-        return Source(text, hf_id=parts[0], config=config, split=split)
-    path = Path(text).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    return Source(text, path=path)
+    """`hf:<id>[:<config>][:<split>]` or a path (relative to `base_dir`), parsed by `refs.parse`.
+
+    Raises:
+        SourceError: a malformed reference or an unknown split (with its did-you-mean).
+    """
+    try:
+        return refs.parse(spec, base_dir, allow=("hf", "file"))
+    except refs.RefError as exc:
+        raise SourceError(str(exc)) from None
 
 
 def is_dataset_path(path: Path) -> bool:
@@ -141,7 +121,10 @@ def pick_split(splits: Iterable[str], wanted: str | None, label: str) -> str:
     splits = list(splits)
     if wanted is not None:
         if wanted.split("[")[0] not in splits:
-            raise SourceError(f"{label} has no split '{wanted.split('[')[0]}'; its splits: {', '.join(splits)}")
+            close = did_you_mean(wanted.split("[")[0], splits)
+            raise SourceError(
+                f"{label} has no split '{wanted.split('[')[0]}'; its splits: {', '.join(splits)}" + (f"; {close}" if close else "")
+            )
         return wanted
     if "train" in splits or len(splits) == 1:
         return "train" if "train" in splits else splits[0]

@@ -35,6 +35,16 @@ class Issue:
         return text
 
 
+@dataclass(frozen=True)
+class Warn:
+    """What a step kind's `check` returns for use that is valid but will not do what it seems to (e.g. a probe
+    too small for the regression its gate names): reported with file:line, nothing stops."""
+
+    key: str  # under the step's `with`
+    message: str
+    hint: str | None = None
+
+
 class RecipeError(Exception):
     """Raised with every problem found in a recipe; exit code 2, nothing runs."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from halo_pipeline.engine import registry
 from halo_pipeline.engine.config import Composed, CompositionError, compose
-from halo_pipeline.engine.errors import Issue, RecipeError, did_you_mean
+from halo_pipeline.engine.errors import Issue, RecipeError, Warn, did_you_mean
 from halo_pipeline.engine.graph import CycleError, Ref, topo_order
 from halo_pipeline.engine.recipe import FILE_PREFIX, RecipeModel, SourceMap, StepSpec
 from halo_pipeline.engine.step import Params, StepKind
@@ -33,6 +33,7 @@ class Plan:
     composed: Composed
     recipe: RecipeModel
     steps: dict[str, PlannedStep]  # in topological order
+    warnings: list[Issue] = field(default_factory=list)  # valid, but worth knowing (e.g. a gate too small to decide)
 
     @property
     def deps(self) -> dict[str, list[str]]:
@@ -53,7 +54,9 @@ def pydantic_issues(exc: ValidationError, prefix: tuple[str, ...], smap: SourceM
         else:
             got = err.get("input")
             got_text = f" (got {got!r})" if not isinstance(got, dict | list) else ""
-            issues.append(smap.issue(path, f"{err['msg']}{got_text}", _field_help(model, loc)))
+            hint = getattr(err.get("ctx", {}).get("error"), "hint", None)  # a validator's own fix (e.g. a did-you-mean)
+            message = getattr(err.get("ctx", {}).get("error"), "message", None) if hint else None
+            issues.append(smap.issue(path, f"{message or err['msg']}{got_text}", hint or _field_help(model, loc)))
     return issues
 
 
@@ -128,6 +131,7 @@ def build_plan(composed: Composed) -> Plan:
     smap = composed.source
     cfg = composed.config
     issues: list[Issue] = []
+    warnings: list[Issue] = []
     raw_steps = cfg.get("steps")
     try:
         recipe = RecipeModel.model_validate({**cfg, "steps": {}} if isinstance(raw_steps, dict) else cfg)
@@ -172,6 +176,10 @@ def build_plan(composed: Composed) -> Plan:
             continue
         if kind.check:  # a problem is text, or (key under `with`, text) to report it at that key
             for problem in kind.check(params[sid]):
+                if isinstance(problem, Warn):
+                    warn_at = ("steps", sid, "with", *[p for p in problem.key.split(".") if p])
+                    warnings.append(smap.issue(warn_at, problem.message, problem.hint))
+                    continue
                 key, text = problem if isinstance(problem, tuple) else ("", problem)
                 issues.append(smap.issue(("steps", sid, "with", *[p for p in key.split(".") if p]), text))
 
@@ -289,7 +297,7 @@ def build_plan(composed: Composed) -> Plan:
         )
         for sid in order
     }
-    return Plan(composed=composed, recipe=recipe, steps=steps)
+    return Plan(composed=composed, recipe=recipe, steps=steps, warnings=warnings)
 
 
 def _blame_overrides(issues: list[Issue], overrides: list[str]) -> list[Issue]:

@@ -15,12 +15,11 @@ from typing import Any
 def callback(params: Any, tokenizer: Any, chat: bool, metrics_path: Path, log: Any) -> Any:
     from transformers import TrainerCallback
 
-    from halo_pipeline.data.humaneval import humaneval_prompts
+    from halo_pipeline.data import load, refs
     from halo_pipeline.training.sampling import generate
     from halo_pipeline.verifiers import build_verifier
 
-    split = params.probe_source.split(":", 1)[1] if ":" in params.probe_source else None
-    tasks = humaneval_prompts(split)[: params.probe_limit]
+    tasks = load.rows(refs.parse(params.probe_source, paths=False), limit=params.probe_limit)
     verifier = build_verifier(params.probe_verifier or params.verifier)
 
     def probe(model: Any, step: int) -> None:

@@ -124,10 +124,12 @@ def _verdicts(step_dir: Path, kind: str) -> str:
         rows = "".join(
             f"<tr><td>{e(r['metric'])}</td><td class='num'>{e(fmt_value(r['metric'], r['baseline']))}</td>"
             f"<td class='num'>{e(fmt_value(r['metric'], r['candidate']))}</td><td class='num'>{e(fmt_value('delta', r['delta']))}</td>"
+            f"<td>{_interval(r)}</td><td>{e(_verdict(r))}</td>"
             f"<td>{e(r['rule'])}</td><td>{'<span class=ok>ok</span>' if r['ok'] else '<span class=fail>FAIL</span>'}</td></tr>"
             for r in probe.get("gate", [])
         )
-        head = "<tr><th>metric</th><th>baseline</th><th>candidate</th><th>Δ</th><th>rule</th><th></th></tr>"
+        level = f"{probe.get('confidence', 0.95):.0%}"
+        head = f"<tr><th>metric</th><th>baseline</th><th>candidate</th><th>Δ</th><th>{level} interval of Δ</th><th>verdict</th><th>rule</th><th></th></tr>"
         return f"<p>{verdict} (baseline: {e(str(probe.get('baseline_from', '')))})</p><table>{head}{rows}</table>"
     if kind == "verify" and (step_dir / "report/verify.json").is_file():
         report = json.loads((step_dir / "report/verify.json").read_text())
@@ -144,6 +146,34 @@ def _verdicts(step_dir: Path, kind: str) -> str:
         what = f"{report.get('format', '')} {report.get('quant', '')}"
         return f"<p>{verdict}: {e(what)} against thresholds for {e(str(report.get('quant', '')))}</p><table><tr><th>metric</th><th>value</th><th>threshold</th><th></th></tr>{rows}</table>"
     return ""
+
+
+def _interval(row: dict[str, Any]) -> str:
+    """The interval of a difference as text and an error bar on a -1..1 axis with 0 marked (the verdict at a glance)."""
+    if not row.get("ci"):
+        return "<span class='dim'>—</span>"
+    low, high = row["ci"]
+    span = max(1.0, abs(low), abs(high))
+
+    def x(v: float) -> float:
+        return round(60 + 55 * v / span, 1)
+
+    color = {"improved": "#2e7d32", "regressed": "#c62828"}.get(row.get("verdict") or "", "#757575")
+    bar = (
+        f"<svg width='120' height='14' role='img' aria-label='interval {low:+.3f} to {high:+.3f}'>"
+        f"<line x1='60' y1='1' x2='60' y2='13' stroke='#bbb'/><line x1='{x(low)}' y1='7' x2='{x(high)}' y2='7' stroke='{color}' stroke-width='2'/>"
+        f"<line x1='{x(low)}' y1='3' x2='{x(low)}' y2='11' stroke='{color}'/><line x1='{x(high)}' y1='3' x2='{x(high)}' y2='11' stroke='{color}'/>"
+        f"<circle cx='{x(row['delta'] or 0)}' cy='7' r='2.5' fill='{color}'/></svg>"
+    )
+    return f"{bar} <span class='num'>[{low:+.3f}, {high:+.3f}]</span>"
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    if not row.get("verdict"):
+        return "—"
+    if row.get("method") == "exact":
+        return f"{row['verdict']} ({row['gained']} gained, {row['lost']} lost of {row['n']} tasks)"
+    return f"{row['verdict']} ({row['n']} tasks)"
 
 
 def _step_section(run_dir: Path, sid: str, step: dict[str, Any]) -> str:
