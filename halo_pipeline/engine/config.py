@@ -150,6 +150,42 @@ def _leaves(node: Any, at: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]
     return [(at, node)]
 
 
+def settable_overrides(recipe: str | Path, overrides: list[str]) -> list[str]:
+    """The overrides with `+` added where a documented key is unset in the recipe, for Hydra's own composition
+    (a `-m` sweep): judged on the recipe composed with each sweep's first value. Unchanged when it does not compose
+    (the jobs' validation reports why)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    probe, index = [], {}
+    for override in overrides:
+        try:
+            parsed = OverridesParser.create().parse_overrides([override])[0]
+        except HydraException:
+            return overrides
+        if parsed.key_or_group.startswith("hydra"):
+            continue
+        first = _first_value(parsed) if parsed.is_sweep_override() else None
+        text = f"{override.split('=', 1)[0]}={first}" if first is not None else override
+        index[_key(override)] = override
+        probe.append(text)
+    try:
+        composed = compose(recipe, probe)
+    except RecipeError:
+        return overrides
+    added = {_key(o) for o in composed.overrides if o.startswith("+")} - {_key(o) for o in probe if o.startswith("+")}
+    return [f"+{o}" if _key(o) in added and o[:1] not in "+~" else o for o in overrides]
+
+
+def _first_value(parsed: Any) -> str | None:
+    """A sweep's first value (an Optuna interval's start), as override text."""
+    try:
+        return str(next(iter(parsed.sweep_string_iterator())))
+    except Exception:  # an interval: no list of values to iterate
+        start = getattr(parsed.value(), "start", None)
+        return None if start is None else str(start)
+
+
 def _escape_interpolations(node: Any) -> Any:
     """A resolved value that happens to contain `${` is text, not an interpolation to resolve again."""
     if isinstance(node, dict):

@@ -27,7 +27,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from halo_pipeline.engine.config import hydra_defaults, search_path
+from halo_pipeline.engine.config import hydra_defaults, search_path, settable_overrides
 from halo_pipeline.engine.errors import Issue, RecipeError
 from halo_pipeline.engine.recipe import read_yaml
 
@@ -51,9 +51,19 @@ class Job:
     """One job, Hydra's task function: Hydra chose its overrides and directory; the job composes and runs on
     the same road as a single run. Picklable (plain fields only), since joblib and submitit run it in other processes."""
 
-    def __init__(self, recipe: Path, sweep: str, sweeper: str, quiet: bool, command: list[str], selection: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        recipe: Path,
+        sweep: str,
+        sweeper: str,
+        quiet: bool,
+        command: list[str],
+        selection: dict[str, Any],
+        invalid: dict[tuple[str, ...], list[str]] | None = None,
+    ) -> None:
         self.recipe, self.sweep, self.sweeper, self.quiet, self.command = str(recipe), sweep, sweeper, quiet, command
         self.selection, self.launcher_pid = selection, os.getpid()
+        self.invalid = dict(invalid or {})  # a grid's jobs found invalid before the sweep started: their overrides -> problems
 
     def __call__(self, cfg: Any) -> float | None:
         from hydra.core.hydra_config import HydraConfig
@@ -67,8 +77,16 @@ class Job:
         hc = HydraConfig.get()
         only, from_, until = self.selection["only"], self.selection["from"], self.selection["until"]
         job_overrides = [*hc.overrides.task, f"hydra.run.dir={hc.runtime.output_dir}"]
-        plan = plan_recipe(self.recipe, job_overrides)
-        check_selection(plan, only, from_, until)
+        problems = self.invalid.get(tuple(hc.overrides.task))
+        if problems is None:
+            try:
+                plan = plan_recipe(self.recipe, job_overrides)
+                check_selection(plan, only, from_, until)
+            except RecipeError as exc:  # an Optuna trial's values, or a grid job the pre-check could not foresee
+                problems = [issue.format() for issue in exc.issues]
+        if problems is not None:
+            self._invalid(hc, problems)
+            return None
         opts = flow.RunOptions(only=only, from_=from_, until=until, command=self.command)
         tag_list = ["multirun", f"job-{hc.job.num}"]
         with local_server.active_run():
@@ -95,6 +113,30 @@ class Job:
         if plan.recipe.objective and result["objective"] is None and self.sweeper == "optuna":
             raise RecipeError([Issue(f"objective '{plan.recipe.objective}' produced no value", key="objective")])
         return result["objective"]  # type: ignore[no-any-return]
+
+    def _invalid(self, hc: Any, problems: list[str]) -> None:
+        """An invalid job runs nothing: its record says why, and the sweep goes on with the others."""
+        from halo_pipeline.engine.cache import atomic_write_json
+
+        run_dir = Path(str(hc.runtime.output_dir))
+        record = {
+            "job": hc.job.num,
+            "overrides": list(hc.overrides.task),
+            "state": "invalid",
+            "objective": None,
+            "run_dir": str(run_dir),
+            "steps": {},
+            "problems": problems,
+            "sweep": self.sweep,
+            "pid": os.getpid(),
+        }
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / JOB_RECORD, record)
+        if not self.quiet and os.getpid() == self.launcher_pid:
+            print(_job_line(record), flush=True)
+        if self.sweeper == "optuna":  # a failed trial, never a value the sampler learns from
+            raise SweepJobFailed(f"job {hc.job.num} is invalid")
+        return None
 
 
 def gather(sweep_dir: Path, sweep: str) -> list[dict[str, Any]]:
@@ -130,11 +172,23 @@ def multirun(
     _, _, issues = read_yaml(path)
     if issues:
         raise RecipeError(issues)
-    local_server.ensure_api_url()  # one API for every job (and for launcher subprocesses)
     sweeper = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/sweeper=")), "basic")
     _quiet_sweeper_logs(sweeper)
     sweep = secrets.token_hex(8)
-    job = Job(path, sweep, sweeper, quiet, ["halo-pipeline", *sys.argv[1:]], {"only": list(only or []), "from": from_, "until": until})
+    overrides = settable_overrides(str(path), overrides)  # documented keys the recipe does not set, as for a single run
+    selection = {"only": list(only or []), "from": from_, "until": until}
+    invalid = invalid_jobs(path, overrides, selection) if sweeper == "basic" else {}
+    if invalid:
+        total = len(grid_jobs(overrides))
+        print(f"{len(invalid)} of {total} jobs invalid (they will not run):", file=sys.stderr, flush=True)
+        for job_overrides, problems in invalid.items():
+            print(f"  job ({' '.join(job_overrides)}):", file=sys.stderr)
+            for text in problems:
+                print("    " + text.replace("\n", "\n    "), file=sys.stderr)
+        if len(invalid) == total:
+            return 2
+    local_server.ensure_api_url()  # one API for every job (and for launcher subprocesses)
+    job = Job(path, sweep, sweeper, quiet, ["halo-pipeline", *sys.argv[1:]], selection, invalid)
     direction = _direction(path)
     extra = hydra_defaults(overrides)
     extra.append("hydra.searchpath=[" + ",".join(f"'{s}'" for s in search_path(path.parent)) + "]")
@@ -165,12 +219,45 @@ def multirun(
                 print(_job_line(record), flush=True)
     if jobs:
         write_summary(jobs, direction, quiet)
-    failed = [j for j in jobs if j["state"] != "completed"]
+    failed = [j for j in jobs if j["state"] not in ("completed", "invalid")]
+    bad = [j for j in jobs if j["state"] == "invalid"]
     if failed and not quiet:
         print(f"{len(failed)} of {len(jobs)} jobs failed: {', '.join(str(j['job']) for j in failed)}", flush=True)
+    if bad and not quiet:
+        print(f"{len(bad)} of {len(jobs)} jobs invalid: {', '.join(str(j['job']) for j in bad)}", flush=True)
     if stopped:
         print(stopped, file=sys.stderr, flush=True)
-    return 1 if failed else 0
+    return 1 if failed else 2 if bad else 0
+
+
+def grid_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of each job of a grid, as Hydra's basic sweeper makes them (its own function): the same
+    text as each job's `hydra.overrides.task`."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = [o for o in OverridesParser.create().parse_overrides(overrides) if not o.key_or_group.startswith("hydra")]
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def invalid_jobs(path: Path, overrides: list[str], selection: dict[str, Any]) -> dict[tuple[str, ...], list[str]]:
+    """Every job of a grid validated before any runs: the invalid ones' overrides -> their problems."""
+    from hydra.errors import HydraException
+
+    from halo_pipeline.engine.plan import plan_recipe
+    from halo_pipeline.orchestration.runs import check_selection
+
+    try:
+        jobs = grid_jobs(overrides)
+    except HydraException:  # what the sweeper itself must expand (a glob): each job is checked as it starts
+        return {}
+    invalid = {}
+    for job in jobs:
+        try:
+            check_selection(plan_recipe(path, job), selection["only"], selection["from"], selection["until"])
+        except RecipeError as exc:
+            invalid[tuple(job)] = [issue.format() for issue in exc.issues]
+    return invalid
 
 
 def _job_line(job: dict[str, Any]) -> str:
