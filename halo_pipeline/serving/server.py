@@ -174,11 +174,15 @@ class Server:
         self.scorer.shutdown(wait=False, cancel_futures=True)
 
     def check_model(self, model: str) -> str | None:
-        """The adapter a request's `model` names (None: the base model); 404 for anything not served."""
+        """The adapter a request's `model` names (None: the base model). A server of one model answers any id, as
+        llama.cpp's does (a client's placeholder or the id it was shown elsewhere); with adapters beside the base an
+        id names one of them, so anything not served is a 404 listing what is."""
         if model == self.settings.model_id or model in self.settings.aliases:
             return None
         if model in self.engine.adapters:
             return model
+        if not self.engine.adapters:
+            return None
         served = ", ".join([self.settings.model_id, *self.engine.adapters])
         raise APIError(
             404, f"The model '{model}' does not exist; this server serves {served}", "invalid_request_error", "model", "model_not_found"
