@@ -67,6 +67,12 @@ def check(params: EvalParams) -> list[Any]:
     for path in params.include_path:
         if not Path(path).is_dir():
             problems.append(("include_path", f"include_path '{path}' is not a directory of task YAMLs"))
+    from halo_pipeline.evaluation.harness import unknown_tasks
+
+    unknown = unknown_tasks(params.tasks, [Path(p) for p in params.include_path])
+    for i, task in enumerate(params.tasks):
+        if task in unknown:
+            problems.append((f"tasks.{i}", f"unknown eval task '{task}': not a local task YAML and not an lm-eval task; {unknown[task]}"))
     return problems
 
 

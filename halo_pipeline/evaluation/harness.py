@@ -9,6 +9,7 @@ and local task YAMLs from include paths — the shipped ones in `conf/eval_tasks
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,62 @@ def local_task_names(dirs: list[Path]) -> dict[str, Path]:
             if isinstance(doc, dict) and isinstance(doc.get("task"), str):
                 names[doc["task"]] = path
     return names
+
+
+_TASK_NAME = re.compile(r"^\s*-?\s*(?:task|group|tag):\s*['\"]?([A-Za-z0-9_.\-]+)", re.M)
+
+
+def lm_eval_task_names() -> set[str]:
+    """Every task, group and tag name lm-eval ships, read from its task YAMLs without importing it (validation stays
+    fast): a superset (subtask lists count too), enough to tell a misspelt name. Indexed once per lm-eval version, in
+    HALO_PIPELINE_HOME (~/.cache/halo-pipeline)."""
+    import importlib.util
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return set()
+    try:
+        tag = version("lm_eval")
+    except PackageNotFoundError:
+        tag = "unknown"
+    home = Path(os.environ.get("HALO_PIPELINE_HOME", Path.home() / ".cache" / "halo-pipeline"))
+    index = home / "lm_eval" / f"task-names-{tag}.json"
+    try:
+        return set(json.loads(index.read_text()))
+    except (OSError, ValueError):
+        pass
+    names: set[str] = set()
+    for path in (Path(list(spec.submodule_search_locations)[0]) / "tasks").rglob("*.yaml"):
+        names.update(_TASK_NAME.findall(path.read_text(errors="ignore")))
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(sorted(names)))
+        tmp.replace(index)
+    except OSError:
+        pass  # a read-only home: index again next time
+    return names
+
+
+def unknown_tasks(tasks: list[str], include: list[Path]) -> dict[str, str]:
+    """Task names that are neither local (the shipped tasks, `include`) nor lm-eval's, each with a hint."""
+    from halo_pipeline.engine.errors import did_you_mean
+
+    local = set(local_task_names([shipped_tasks_dir(), *[d for d in include if d.is_dir()]]))
+    missing = [t for t in tasks if t not in local]
+    if not missing:
+        return {}
+    known = lm_eval_task_names()
+    if not known:  # lm-eval is not installed: the run says so
+        return {}
+    found = {}
+    for task in missing:
+        if task not in known:
+            close = did_you_mean(task, local) or did_you_mean(task, known)
+            found[task] = close or f"local tasks: {', '.join(sorted(local))}; or an lm-eval task (`lm-eval ls tasks`)"
+    return found
 
 
 def stage_tasks(dirs: list[Path], into: Path) -> Path:
