@@ -129,12 +129,16 @@ def _too_small(params: ProbeParams) -> list[Warn]:
             needed = stats.tasks_needed(effect, params.confidence)
             if tasks is not None and needed is not None and tasks < needed:
                 key = "max_regression" if what == "drop" else "min_improvement"
+                whole = _task_count(params.model_copy(update={"limit": None}), metric) if params.limit else tasks
+                more = "probe more tasks (`limit`, a larger task set)"
+                if whole is not None and whole < needed:
+                    more = f"{params.source or params.tasks_file} holds {whole} tasks in all: add tasks (`tasks_file`)"
                 warnings.append(
                     Warn(
                         f"{key}.{metric}",
                         f"{tasks} tasks cannot tell a {what} of {effect:g} in {metric} from noise: at {params.confidence:.0%} the "
                         f"paired exact test needs at least {needed} tasks (80% power, every changed task changing the same way)",
-                        "probe more tasks (`limit`, a larger task set), or gate on a larger change; see docs/probe.md",
+                        f"{more}, or gate on a larger change; see docs/probe.md",
                     )
                 )
     for metric, wanted in sorted(params.require.items()):

@@ -41,6 +41,28 @@ def test_gate_passes_and_fails_on_constructed_cases() -> None:
     assert gate(params(max_regression={"mc_accuracy": 0.0}), base, {"pass@1": 0.6})[1] == ["mc_accuracy"]  # a gated metric is missing
 
 
+def test_the_gate_pairs_tasks_and_tells_one_task_from_a_real_change() -> None:
+    """0.0 -> 0.1 on 10 tasks passes the point threshold but is one task: `inconclusive`; ten tasks are `improved`."""
+    tasks = [f"t{i}" for i in range(10)]
+    zeros = {"pass@1": dict.fromkeys(tasks, 0.0)}
+    one = {"pass@1": {t: float(t == "t3") for t in tasks}}
+    rows, breaches = gate(params(), {"pass@1": 0.0}, {"pass@1": 0.1}, {"baseline": zeros, "candidate": one})
+    row = next(r for r in rows if r["metric"] == "pass@1")
+    assert not breaches and row["verdict"] == "inconclusive" and (row["gained"], row["lost"], row["n"]) == (1, 0, 10)
+    assert row["ci"][0] < 0 < row["ci"][1] and row["method"] == "exact"
+    rows, breaches = gate(params(require={"pass@1": "improved"}), {"pass@1": 0.0}, {"pass@1": 0.1}, {"baseline": zeros, "candidate": one})
+    assert breaches == ["pass@1"] and "improved at 95%" in rows[0]["rule"]  # the gate that asks for a real gain fails
+    ones = {"pass@1": dict.fromkeys(tasks, 1.0)}
+    rows, breaches = gate(params(require={"pass@1": "improved"}), {"pass@1": 0.0}, {"pass@1": 1.0}, {"baseline": zeros, "candidate": ones})
+    assert not breaches and rows[0]["verdict"] == "improved" and rows[0]["ci"][0] > 0
+    # not regressed: a drop of one task passes, ten fail; without per-task values (an old probe.json) nothing is known
+    assert not gate(params(require={"pass@1": "not_regressed"}, max_regression={}), {"pass@1": 0.1}, {"pass@1": 0.0},
+                    {"baseline": one, "candidate": zeros})[1]  # fmt: skip
+    assert gate(params(require={"pass@1": "not_regressed"}, max_regression={}), {"pass@1": 1.0}, {"pass@1": 0.0},
+                {"baseline": ones, "candidate": zeros})[1] == ["pass@1"]  # fmt: skip
+    assert gate(params(require={"pass@1": "not_regressed"}), {"pass@1": 0.1}, {"pass@1": 0.1})[1] == ["pass@1"]
+
+
 def test_params_refuse_estimates_that_mean_nothing() -> None:
     with pytest.raises(ValueError, match="n >= 5"):
         params(k=[1, 5], n=2, temperature=0.8)
@@ -115,3 +137,45 @@ def test_a_gguf_or_mlx_candidate_is_probed_in_its_own_runtime(tmp_path: Path, ad
     # the exported candidate computes what the merged model computes: the same multiple-choice pick as HF would make
     hf, _ = run_kind("probe", {**p, "limit": 1}, {"candidate": Artifact("model", tmp_path / "merged")}, tmp_path / "probe-hf")
     assert json.loads((hf["report"] / "probe.json").read_text())["candidate"]["mc_accuracy"] == report["candidate"]["mc_accuracy"]
+
+
+def test_gate_verdicts_on_real_probes_of_the_tiny_model(tmp_path: Path, adapter: Artifact) -> None:
+    """Real probe steps: ten multiple-choice tasks whose two choices are the same text, so any model picks the first
+    (the answer) on any machine; the baseline is an earlier probe.json that got one task wrong, or all ten."""
+    mc = write_jsonl(
+        tmp_path / "mc.jsonl", [{"id": f"m{i}", "prompt": f"Repeat {i}.", "choices": [str(i), str(i)], "answer": 0} for i in range(10)]
+    )
+    p = {"model": "tiny", "mc_file": str(mc), "max_regression": {}, "require": {"mc_accuracy": "improved"}}
+
+    def earlier(name: str, right: int) -> str:
+        per_task = {f"m{i}": float(i < right) for i in range(10)}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"candidate": {"mc_accuracy": right / 10}, "per_task": {"candidate": {"mc_accuracy": per_task}}}))
+        return f"file:{path}"
+
+    with pytest.raises(ProbeGateFailed) as failure:  # 0.9 -> 1.0: one task changed
+        run_kind("probe", {**p, "baseline": earlier("nine", 9)}, {"candidate": adapter}, tmp_path / "one")
+    assert "inconclusive (1 gained, 0 lost of 10 tasks)" in str(failure.value)
+    report = json.loads((tmp_path / "one" / "report" / "probe.json").read_text())
+    (row,) = report["gate"]
+    assert row["verdict"] == "inconclusive" and row["delta"] == pytest.approx(0.1) and not report["passed"]
+    assert report["per_task"]["candidate"]["mc_accuracy"] == {f"m{i}": 1.0 for i in range(10)}
+    outputs, ctx = run_kind("probe", {**p, "baseline": earlier("none", 0)}, {"candidate": adapter}, tmp_path / "ten")
+    report = json.loads((outputs["report"] / "probe.json").read_text())
+    (row,) = report["gate"]
+    assert report["passed"] and row["verdict"] == "improved" and row["gained"] == 10
+    # the interval by hand: 10 of 10 changed tasks gained, exact lower bound 0.025 ** (1/10), mapped as 2 * theta - 1
+    assert row["ci"] == [pytest.approx(2 * 0.025 ** (1 / 10) - 1, abs=1e-4), 1.0]
+    assert "improved (10 gained, 0 lost of 10 tasks)" in ctx.summary_lines[0]
+
+
+def test_validation_warns_when_a_gate_has_too_few_tasks() -> None:
+    from halo_pipeline.engine.errors import Warn
+    from halo_pipeline.evaluation.stats import tasks_needed
+    from halo_pipeline.tasks.probe import check
+
+    (warn,) = [w for w in check(params(limit=10, max_regression={"pass@1": 0.1})) if isinstance(w, Warn)]
+    assert warn.key == "max_regression.pass@1" and f"at least {tasks_needed(0.1)} tasks" in warn.message and "10 tasks" in warn.message
+    assert not [w for w in check(params(limit=None, max_regression={"pass@1": 0.5})) if isinstance(w, Warn)]  # all of humaneval:test
+    (warn,) = [w for w in check(params(limit=4, max_regression={}, require={"pass@1": "improved"})) if isinstance(w, Warn)]
+    assert warn.key == "require.pass@1" and "can never show `improved`" in warn.message
