@@ -11,6 +11,7 @@ record (tests passed / collected) is written to fd 3 from here.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -33,19 +34,29 @@ def driver(args: dict[str, Any]) -> None:
         emit({"passed": 0, "total": 0, "error": why})
         return
     name = args["module"]
+    stdlib = {str(n) for n in args.get("stdlib", []) if n in sys.stdlib_module_names}
 
     class SolutionModule(types.ModuleType):
-        """`solution` in the tests: each attribute comes from the candidate process."""
+        """`solution` in the tests: each attribute comes from the candidate process. `from solution
+        import *` gives only the exports the pipeline worked out (the declared entry points, or the
+        names the tests read but bind nowhere): never a builtin, `pytest`, or anything the tests import
+        themselves. Standard-library modules are the real ones."""
 
         def __getattr__(self, attr: str) -> Any:
-            if attr == "__all__":
-                reply = link.ask(["dir"])
-                return list(reply[1]) if reply[0] == "ok" and type(reply[1]) is list else []
+            if attr == "__all__":  # the exports the solution has (a star import skips the rest, as Python's would)
+                exports = [str(n) for n in args.get("exports", []) if str(n) not in stdlib]
+                found = link.names(exports) if exports else {}
+                present = [n for n in exports if type(found.get(n)) is list and found[n][:1] in (["v"], ["o"])]
+                return present + sorted(stdlib)
             if attr.startswith("__"):
                 raise AttributeError(attr)
+            if attr in stdlib:
+                value = importlib.import_module(attr)
+                setattr(self, attr, value)
+                return value
             desc = link.names([attr]).get(attr)
-            if type(desc) is list and desc[:1] == ["m"] and len(desc) == 2 and desc[1] in sys.stdlib_module_names:
-                value = __import__(desc[1])
+            if type(desc) is list and desc[:1] == ["m"] and len(desc) == 2 and desc[1] == attr and attr in sys.stdlib_module_names:
+                value = importlib.import_module(attr)  # `solution.math`: the real module
             elif type(desc) is list and desc[:1] in (["v"], ["o"]):
                 value = link.value(desc)
             else:
@@ -63,14 +74,21 @@ def driver(args: dict[str, Any]) -> None:
         def __init__(self) -> None:
             self.outcomes: dict[str, str] = {}
             self.collected = 0
+            self.asked = 0
 
         def pytest_collection_modifyitems(self, items: list[Any]) -> None:
             self.collected = len(items)
 
+        def pytest_runtest_setup(self, item: Any) -> None:
+            self.asked = link.asked
+
         def pytest_runtest_logreport(self, report: Any) -> None:
-            if report.failed or report.when == "call":
-                self.outcomes.setdefault(report.nodeid, "failed" if report.failed else report.outcome)
-                if report.failed:
+            failed = report.failed
+            if report.when == "call" and link.gone and link.asked > self.asked:
+                failed = True  # the solution went away during this test (even if the test swallowed that)
+            if failed or report.when == "call":
+                self.outcomes.setdefault(report.nodeid, "failed" if failed else report.outcome)
+                if failed:
                     self.outcomes[report.nodeid] = "failed"
 
     counter = Counter()

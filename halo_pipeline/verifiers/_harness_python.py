@@ -4,12 +4,14 @@ that the solution's code cannot reach.
 Each sample is two sandboxed processes, started together and joined by two pipes:
 
 - `candidate` runs the solution: execs the program, then answers requests: what a name is, a call
-  with plain-data arguments, an attribute of an object it returned. Answers are plain data.
+  with plain-data arguments, an attribute of an object it returned. Answers are plain data. It is
+  forked before anything of the tests reached the process it is forked from (the driver's payload
+  is read after the fork): there is no test, expected value or driver argument in its memory.
 - `driver` runs the tests, in a process the solution's code never runs in. It execs the task's
-  prompt (task data: helpers such as HumanEval/32's `poly`) and the test code, with the entry point
-  and the other names the tests take from the solution bound to proxies that call the candidate.
-  Replies are decoded by a safe decoder (tagged JSON, size- and depth-capped; never pickle). The
-  driver alone writes the record, on fd 3.
+  prompt (task data: its bindings, e.g. HumanEval/32's `poly` or a `from math import *`, are the
+  tests') and the test code, with only the declared entry points (see `driver`) bound to proxies
+  that call the candidate. Replies are decoded by a safe decoder (tagged JSON, size- and
+  depth-capped; never pickle). The driver alone counts (`Units`) and writes the record, on fd 3.
 
 So the candidate can lie only about its own return values, which is what the tests check: frame
 walking, patched builtins, a rigged `__eq__`, `exit()`, signal handlers and forged output reach
@@ -26,10 +28,12 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import importlib
 import json
 import marshal
 import os
 import select
+import signal
 import struct
 import sys
 import time
@@ -57,6 +61,15 @@ class SolutionError(Exception):
 class SolutionGone(BaseException):
     """The solution exited, crashed, hung past the deadline or broke the protocol. A BaseException,
     so that a test's `except Exception:` does not turn a dead solution into a pass."""
+
+
+class SolutionExit(BaseException):
+    """The solution raised SystemExit, KeyboardInterrupt or another BaseException that is not an
+    Exception: as in one process, a test's `except Exception:` does not catch it."""
+
+
+class DeadlinePassed(BaseException):
+    """The driver's own deadline: never counted as one failed statement, it ends the tests."""
 
 
 # ---------------------------------------------------------------- plain-data codec
@@ -262,8 +275,10 @@ class Link:
     def __init__(self, replies: int, requests: int, deadline: float):
         self.replies, self.requests, self.deadline = replies, requests, deadline
         self.gone: str | None = None
+        self.asked = 0  # requests the tests made of the solution (a statement that made one involved it)
 
     def ask(self, message: list[Any]) -> list[Any]:
+        self.asked += 1
         if self.gone:
             raise SolutionGone(self.gone)
         try:
@@ -305,7 +320,11 @@ class Link:
     def outcome(self, reply: list[Any]) -> Any:
         if reply[0] == "raise" and len(reply) == 3:
             name, message = str(reply[1]), str(reply[2])
-            raise RAISABLE[name](message) if name in RAISABLE else SolutionError(f"{name}: {message}")
+            if name in RAISABLE:
+                raise RAISABLE[name](message)
+            if name in ("SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseExceptionGroup"):
+                raise SolutionExit(f"{name}: {message}")
+            raise SolutionError(f"{name}: {message}")
         if reply[0] != "ok" or len(reply) < 2:
             self.gone = "the solution broke the protocol"
             raise SolutionGone(self.gone)
@@ -371,9 +390,74 @@ class Remote:
         return f"<{self._halo_type} from the solution>"
 
 
+class Units:
+    """Counts what the tests check, from their execution (never from the names in a statement).
+
+    The test code arrives instrumented: each *unit statement* (a top-level statement of the tests, or
+    of `check()`'s body) reports begin/raised/end, and each `assert` on something other than a
+    constant reports that it ran. A statement is a unit when an assertion ran in it or an exception
+    escaped it; it passes when nothing escaped. A statement that only involved the solution (`out =
+    candidate(x)`) belongs to the next unit; if no unit follows, those statements are one more unit.
+    A statement during which the solution went away fails, even if the test swallowed that.
+    """
+
+    def __init__(self, link: Link):
+        self.link = link
+        self.results: list[tuple[bool, int, str | None]] = []
+        self.checks = 0
+        self.pending: int | None = None  # the first statement of an open unit that involved the solution
+        self.deadline_hit = False
+        self._start: tuple[int, int, bool] = (0, 0, False)
+        self._exc: BaseException | None = None
+
+    def check(self) -> None:
+        self.checks += 1
+
+    def begin(self, k: int) -> None:
+        if self.deadline_hit:
+            raise DeadlinePassed("the tests ran past their deadline")
+        self._start, self._exc = (self.checks, self.link.asked, bool(self.link.gone)), None
+
+    def raised(self, k: int, exc: BaseException) -> None:
+        if isinstance(exc, DeadlinePassed) or self.deadline_hit:
+            raise exc
+        self._exc = exc
+
+    def end(self, k: int) -> None:
+        checks, asked, was_gone = self._start
+        exc = self._exc
+        involved = self.link.asked > asked
+        if exc is None and involved and self.link.gone and not was_gone:
+            exc = SolutionGone(self.link.gone)  # the test swallowed it; in one process it would have ended the tests
+        first = self.pending if self.pending is not None else k
+        if exc is not None:
+            self.results.append((False, k, _why(exc)))  # reported at the statement that failed
+            self.pending = None
+        elif self.checks > checks:
+            self.results.append((True, first, None))
+            self.pending = None
+        elif involved and self.pending is None:
+            self.pending = k
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            self.results.append((True, self.pending, None))
+            self.pending = None
+
+
+def _why(exc: BaseException) -> str:
+    return f"the solution stopped answering: {exc}" if isinstance(exc, SolutionGone) else short(exc)
+
+
 def driver(args: dict[str, Any]) -> None:
-    """Run the tests against proxies of the solution; write the record on fd 3."""
-    record_fd, total = 3, int(args["tests"])
+    """Run the tests against proxies of the solution; write the record on fd 3.
+
+    Names: the tests' own code, the task's prompt (executed here: however it binds a name, that is
+    the task's binding), the standard-library modules the tests name without importing them, and
+    builtins. From the solution: only the entry points the task declares (`declared`), and, for tests
+    that call functions by name without declaring them, those names when nothing above binds them.
+    """
+    record_fd = 3
     deadline = time.monotonic() + float(args["deadline_s"])
 
     def emit(record: dict[str, Any]) -> None:
@@ -381,46 +465,58 @@ def driver(args: dict[str, Any]) -> None:
 
     os.set_blocking(5, False)
     link = Link(4, 5, deadline)
+    units = Units(link)
+
+    def deadline_passed(*_: Any) -> None:
+        units.deadline_hit = True
+        raise DeadlinePassed("the tests ran past their deadline")
+
+    signal.signal(signal.SIGALRM, deadline_passed)
     if why := link.start():
-        emit({"passed": 0, "total": total, "error": why})
+        emit({"passed": 0, "total": 0, "error": why})
         return
     namespace: dict[str, Any] = {"__name__": "__tests__", "__builtins__": builtins}
-    if args.get("helpers"):  # the prompt is task data: its helpers are the tests' own, not the solution's
+    if args.get("helpers"):  # the prompt is task data: its bindings are the tests', not the solution's
         with contextlib.suppress(Exception):
             exec(_code(args["helpers"]), namespace)
+    for name in args.get("stdlib", []):  # `math` named by the tests: the real module, never the solution's
+        if name not in namespace and name in sys.stdlib_module_names:
+            with contextlib.suppress(Exception):
+                namespace[name] = importlib.import_module(name)
+    declared = [str(n) for n in args.get("declared", [])]
+    wanted = declared + [str(n) for n in args.get("inferred", []) if n not in namespace and n not in declared]
     try:
-        found = link.names(list(args["names"]))
+        found = link.names(wanted) if wanted else {}
     except SolutionGone as exc:
-        emit({"passed": 0, "total": total, "error": f"the solution stopped answering: {exc}"})
+        emit({"passed": 0, "total": 0, "error": f"the solution stopped answering: {exc}"})
         return
-    for name, desc in found.items():
-        if type(desc) is list and desc[:1] == ["m"] and len(desc) == 2 and desc[1] == name and name in sys.stdlib_module_names:
-            namespace[name] = __import__(name)  # the solution's `import math`, which MBPP tests rely on
-        elif type(desc) is list and desc[:1] in (["v"], ["o"]):
+    for name in wanted:
+        desc = found.get(name)
+        if type(desc) is list and desc[:1] in (["v"], ["o"]):
             namespace[name] = link.value(desc)
-        elif name in namespace and name == args.get("entry_point"):
-            del namespace[name]  # the prompt's stub is not the solution
+        elif name in declared:
+            namespace.pop(name, None)  # the prompt's stub is not the solution
     entry = args.get("entry_point")
     target = namespace.get(entry) if entry else None
-    if entry and target is None:
-        emit({"passed": 0, "total": total, "error": f"the solution does not define `{entry}`"})
+    if args.get("check_function") and target is None:
+        emit({"passed": 0, "total": 0, "error": f"the solution does not define `{entry}`"})
         return
-    results: dict[int, str | None] = {}
-
-    def fail(k: int, exc: BaseException) -> None:
-        results[k] = f"the solution stopped answering: {exc}" if isinstance(exc, SolutionGone) else short(exc)
-
-    namespace.update(__halo_begin=lambda k: None, __halo_ok=lambda k: results.setdefault(k, None), __halo_fail=fail)
+    namespace.update(__halo_check=units.check, __halo_begin=units.begin, __halo_raised=units.raised, __halo_end=units.end)
     try:
         exec(_code(args["test_code"]), namespace)
         if args.get("check_function"):
             namespace[args["check_function"]](target)
+    except DeadlinePassed:
+        raise TimeoutError("the tests ran past their deadline") from None
     except BaseException as exc:
-        if not isinstance(exc, SolutionGone):
-            emit({"passed": 0, "total": total, "error": f"the tests could not run: {short(exc)}"})
+        if isinstance(exc, SolutionGone | SolutionExit):
+            units.results.append((False, -1, _why(exc)))
+        else:
+            emit({"passed": 0, "total": 0, "error": f"the tests could not run: {short(exc)}"})
             return
-    failures = [{"test": k, "error": results.get(k) or "did not run"} for k in range(total) if results.get(k, "") is not None]
-    emit({"passed": total - len(failures), "total": total, "failures": failures[:10]})
+    units.finish()
+    failures = [{"test": k, "error": why or "failed"} for ok, k, why in units.results if not ok]
+    emit({"passed": len(units.results) - len(failures), "total": len(units.results), "failures": failures[:10]})
 
 
 def _code(packed: str) -> Any:

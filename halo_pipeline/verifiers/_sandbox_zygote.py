@@ -11,8 +11,9 @@ A run, over the control socket (JSON + file descriptors):
                    /tmp holding the work dir; a fresh uid when we are root; no capabilities,
                    no-new-privs, rlimits), then exec(argv) or a role of a preloaded harness module.
 A *pair* (the Python verifiers) is a test driver and a candidate joined by two pipes: the
-supervisor forks the candidate (confined as above), then drops its own privileges to a second fresh
-uid and becomes the driver; the candidate is killed when it exits (parent-death signal, and as its
+supervisor forks the candidate (confined as above) before it has read the driver's payload (the
+tests: a second memfd), then drops its own privileges to a second fresh uid, reads that payload and
+becomes the driver; the candidate is killed when it exits (parent-death signal, and as its
 pid namespace's init everything it started goes with it). Two forks per sample.
 
 Sample data (programs, tests, inputs) reaches only the supervisor and the sample, through a memfd
@@ -172,7 +173,9 @@ class Supervisor:
         self.uid: int | None = uids[0] if uids else None
         self.driver_uid: int | None = uids[1] if uids else None
         self.binds_under_tmp = zygote.binds_under_tmp
-        self.status_fd, self.control_fd, payload_fd = fds
+        self.status_fd, self.control_fd, payload_fd = fds[:3]
+        # a pair's second payload (the tests' driver's arguments) is read only after the candidate is forked
+        self.driver_payload_fd = fds[3] if len(fds) > 3 else -1
         self.header, self.blobs = _read_payload(payload_fd)
         os.close(payload_fd)
         self.host_work: str | None = None
@@ -229,7 +232,8 @@ class Supervisor:
     def run_pair(self) -> int:
         """Fork the candidate, then become the driver (unprivileged) and report its record."""
         driver_role, candidate_role = self.spec["pair"]
-        args = self.header.get("args", {})
+        if self.driver_payload_fd < 0:
+            raise ValueError("a pair needs the driver's payload")
         requests_r, requests_w = os.pipe()
         replies_r, replies_w = os.pipe()
         errors = os.memfd_create("stderr")
@@ -248,13 +252,16 @@ class Supervisor:
                 os.close(self.control_fd)
                 null = os.open("/dev/null", os.O_RDWR)
                 targets = {0: null, 1: null, 2: errors, 4: requests_r, 5: replies_w}
-                Sample(self, targets, None, candidate_role, args.get("candidate", {}), own_namespaces=self.namespaces).start()
+                # forked before the driver's payload was read: the tests were never in this memory
+                Sample(self, targets, None, candidate_role, self.header.get("args", {}), own_namespaces=self.namespaces).start()
             except BaseException as exc:
                 _last_words(exc)
             finally:
                 os._exit(71)
         for fd in (requests_r, replies_w, self.control_fd):
             os.close(fd)
+        driver_args = _read_payload(self.driver_payload_fd)[0].get("args", {})
+        os.close(self.driver_payload_fd)
         if own_pid_ns >= 0:
             # what the driver starts (a test's subprocess) stays out of the candidate's namespace; an
             # unprivileged bubblewrap does not allow this, and such rare processes then share it
@@ -282,7 +289,7 @@ class Supervisor:
         signal.setitimer(signal.ITIMER_REAL, float(self.limits["timeout_s"]))
         module, _, function = driver_role.partition(":")
         try:
-            getattr(sys.modules[module], function)(args.get("driver", {}))
+            getattr(sys.modules[module], function)(driver_args)
         except TimeoutError:
             timed_out = True
         except BaseException as exc:

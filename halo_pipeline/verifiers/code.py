@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,9 +152,9 @@ class PythonTestsSettings(CodeSettings):
 def python_program(settings: PythonTestsSettings, sample: Mapping[str, Any]) -> str:
     prompt, completion = str(sample.get("prompt") or ""), str(sample.get("completion") or "")
     code = extract_code(completion, ("python", "py", "python3"))
-    entry = sample.get("entry_point")
+    entries = entry_points_of(sample)
     if settings.program == "auto":
-        defines_entry = bool(entry) and re.search(rf"^\s*def\s+{re.escape(str(entry))}\s*\(", code, re.MULTILINE)
+        defines_entry = any(re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE) for entry in entries)
         # a full definition comes after the prompt (its imports/helpers) and wins; otherwise it continues the prompt
         return prompt + "\n\n" + code if defines_entry else prompt + completion
     return code if settings.program == "completion" else prompt + completion
@@ -164,37 +165,66 @@ class PreparedTests:
     """What the driver runs for one task, made here (trusted) once per task: GRPO verifies many samples of each."""
 
     code: str  # base64 of the marshalled, instrumented test code (compiled here: the driver needs no `ast`)
-    sources: tuple[str, ...]  # each test statement's source, for failure details
-    names: tuple[str, ...]  # what the tests take from the solution (proxied to the candidate)
-    helpers: str  # base64 of the marshalled prompt, when it is code (its helpers are the tests', not the solution's)
+    sources: tuple[str, ...]  # each unit statement's source, for failure details
+    declared: tuple[str, ...]  # the entry points: always the solution's
+    inferred: tuple[str, ...]  # names undeclared tests call: the solution's unless the prompt binds them
+    stdlib: tuple[str, ...]  # standard-library modules the tests name without importing them: the real ones
+    helpers: str  # base64 of the marshalled prompt, when it is code (its bindings are the tests', not the solution's)
 
 
 @functools.lru_cache(maxsize=512)
-def prepare_tests(test_source: str, check_function: str | None, entry_point: str | None, prompt: str) -> PreparedTests:
-    """Every test statement wrapped to report its own outcome.
-
-    A test is a statement that asserts something about the solution (`assert True, "..."` lines in
-    HumanEval are not): the top-level ones, or those of `check_function`'s body. Other statements
-    inside check() are setup; a failing one is skipped so the rest still run.
-    """
+def prepare_tests(test_source: str, check_function: str | None, entry_points: tuple[str, ...], prompt: str) -> PreparedTests:
+    """The test code instrumented so that the driver counts what it checks as it runs (`Units` in
+    `_harness_python.py`): each top-level statement (or each statement of `check_function`'s body)
+    reports its outcome, and each `assert` on a non-constant reports that it ran. Nothing is
+    classified by the names a statement mentions."""
     tree = ast.parse(test_source)
-    prompt_tree = _parse(prompt)
-    names = solution_names(tree, prompt_tree, entry_point)
+    prompt_tree = _parse_prompt(prompt)
+    declared, inferred, stdlib = solution_names(tree, prompt_tree, entry_points)
     if check_function:
         fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == check_function), None)
         if fn is None:
             raise ValueError(f"the test code defines no `{check_function}` function")
-        subjects = {a.arg for a in fn.args.args[:1]} | ({entry_point} if entry_point else set())
-        tests = [s for s in fn.body if _is_test(s, subjects)]
-        fn.body = [_wrap(s, tests) for s in fn.body]
+        units = fn.body
+        fn.body = [_unit(s, k) for k, s in enumerate(units)]
+        tree.body = [s for s in tree.body if not _calls(s, check_function)]  # we call it, once
     else:
-        subjects = {entry_point} if entry_point else set()
-        tests = [s for s in tree.body if _is_test(s, subjects)]
-        tree.body = [_wrap(s, tests) if _has_assert(s) else s for s in tree.body]
+        units = [s for s in tree.body if not (isinstance(s, ast.ImportFrom) and s.module == "__future__")]
+        tree.body = [s if isinstance(s, ast.ImportFrom) and s.module == "__future__" else _unit(s, units.index(s)) for s in tree.body]
     lines = [line.encode() for line in test_source.splitlines(keepends=True)]
-    sources = tuple(_clip(_segment(lines, t)) for t in tests)
+    sources = tuple(_clip(_segment(lines, t)) for t in units)
     helpers = _marshalled(prompt_tree, "prompt.py") if prompt_tree is not None else ""
-    return PreparedTests(_marshalled(tree, "tests.py"), sources, tuple(names), helpers)
+    tree = _CountChecks().visit(tree)
+    return PreparedTests(_marshalled(ast.fix_missing_locations(tree), "tests.py"), sources, declared, inferred, stdlib, helpers)
+
+
+class _CountChecks(ast.NodeTransformer):
+    """Before each `assert` on something that is not a constant (`assert True, "..."` checks nothing): count it."""
+
+    def visit_Assert(self, node: ast.Assert) -> Any:
+        if isinstance(node.test, ast.Constant):
+            return node
+        return [_located(_call("__halo_check"), node), node]
+
+
+def _calls(stmt: ast.stmt, name: str) -> bool:
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Call)
+        and isinstance(stmt.value.func, ast.Name)
+        and stmt.value.func.id == name
+    )
+
+
+def _unit(stmt: ast.stmt, k: int) -> ast.stmt:
+    """begin(k); try: <stmt> / except BaseException as e: raised(k, e) / finally: end(k)."""
+    handler = ast.ExceptHandler(
+        type=ast.Name("BaseException", ast.Load()),
+        name="__halo_exc",
+        body=[_call("__halo_raised", k, ast.Name("__halo_exc", ast.Load()))],
+    )
+    wrapper = ast.Try(body=[_call("__halo_begin", k), stmt], handlers=[handler], orelse=[], finalbody=[_call("__halo_end", k)])
+    return _located(wrapper, stmt)
 
 
 def _marshalled(tree: ast.Module, filename: str) -> str:
@@ -206,6 +236,14 @@ def _parse(source: str) -> ast.Module | None:
         return ast.parse(source)
     except (SyntaxError, ValueError):
         return None
+
+
+def _parse_prompt(prompt: str) -> ast.Module | None:
+    """The prompt as code: as it is, or ended with `pass` when it stops at a signature (`def add(a, b):`)."""
+    for suffix in ("", "\n    pass\n", "\n        pass\n"):
+        if (tree := _parse(prompt + suffix)) is not None:
+            return tree
+    return None
 
 
 def _segment(lines: list[bytes], node: ast.stmt) -> str:
@@ -224,30 +262,9 @@ def _clip(text: str) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _has_assert(node: ast.AST) -> bool:
-    return any(isinstance(n, ast.Assert) for n in ast.walk(node))
-
-
-def _is_test(stmt: ast.stmt, names: set[str]) -> bool:
-    asserts = [n for n in ast.walk(stmt) if isinstance(n, ast.Assert)]
-    if not asserts or all(isinstance(a.test, ast.Constant) for a in asserts):
-        return False
-    return not names or any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(stmt))
-
-
 def _call(name: str, *args: int | ast.expr) -> ast.Expr:
     values: list[ast.expr] = [a if isinstance(a, ast.expr) else ast.Constant(a) for a in args]
     return ast.Expr(ast.Call(ast.Name(name, ast.Load()), values, []))
-
-
-def _wrap(stmt: ast.stmt, tests: list[ast.stmt]) -> ast.stmt:
-    """try: begin(k); <test> / except BaseException: fail(k, exc) / else: ok(k)."""
-    k = next((i for i, t in enumerate(tests) if t is stmt), None)
-    if k is None:
-        wrapper = ast.Try(body=[stmt], handlers=[_handler(None)], orelse=[], finalbody=[])
-    else:
-        wrapper = ast.Try(body=[_call("__halo_begin", k), stmt], handlers=[_handler(k)], orelse=[_call("__halo_ok", k)], finalbody=[])
-    return _located(wrapper, stmt)
 
 
 def _located(node: ast.stmt, like: ast.stmt) -> ast.stmt:
@@ -262,27 +279,29 @@ def _located(node: ast.stmt, like: ast.stmt) -> ast.stmt:
     return node
 
 
-def _handler(k: int | None) -> ast.ExceptHandler:
-    body: list[ast.stmt] = [ast.Pass()] if k is None else [_call("__halo_fail", k, ast.Name("__halo_exc", ast.Load()))]
-    return ast.ExceptHandler(type=ast.Name("BaseException", ast.Load()), name="__halo_exc", body=body)
+def entry_points_of(sample: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names the task declares the solution must define: `entry_point` (a name or a list of names)."""
+    entry = sample.get("entry_point")
+    names = [entry] if isinstance(entry, str) else list(entry) if isinstance(entry, list | tuple) else []
+    return tuple(str(n) for n in names if str(n).isidentifier())
 
 
 def python_test_spec(sample: Mapping[str, Any]) -> dict[str, Any]:
     """HumanEval (`test` + `entry_point`: check(candidate)), MBPP (`test_list`, `test_setup_code`,
     `test_imports`) or generic (`tests`: assert statements, or `test` code with top-level asserts)."""
-    entry = sample.get("entry_point")
+    entries = entry_points_of(sample)
+    entry = entries[0] if entries else None
     if sample.get("test_list") or isinstance(sample.get("tests"), list):
         lines = [*sample.get("test_imports", []), str(sample.get("test_setup_code") or "")]
         lines += list(sample.get("test_list") or sample.get("tests") or [])
-        return {"test_source": "\n".join(lines), "check_function": None, "entry_point": entry}
+        return {"test_source": "\n".join(lines), "check_function": None, "entry_point": entry, "entry_points": entries}
     test = str(sample.get("test") or sample.get("tests") or "")
     has_check = re.search(r"^def\s+check\s*\(", test, re.MULTILINE) is not None
-    return {"test_source": test, "check_function": "check" if has_check and entry else None, "entry_point": entry}
+    return {"test_source": test, "check_function": "check" if has_check and entry else None, "entry_point": entry, "entry_points": entries}
 
 
-def solution_names(tests: ast.Module, prompt: ast.Module | None, entry_point: str | None) -> list[str]:
-    """Names the tests take from the solution: the entry point, and every name they read but neither
-    bind themselves nor get from the prompt's real definitions (MBPP tests call functions by name)."""
+def free_names(tests: ast.Module) -> set[str]:
+    """Names the tests read but bind nowhere, builtins excluded."""
     loaded: set[str] = set()
     bound: set[str] = set()
     for node in ast.walk(tests):
@@ -294,24 +313,36 @@ def solution_names(tests: ast.Module, prompt: ast.Module | None, entry_point: st
             bound.add(node.arg)
         elif isinstance(node, ast.alias):
             bound.add((node.asname or node.name).split(".")[0])
-        elif isinstance(node, ast.ExceptHandler) and node.name:
+        elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
             bound.add(node.name)
-    names = loaded - bound - set(dir(builtins)) - _prompt_definitions(prompt)
-    return sorted(names | ({entry_point} if entry_point else set()))
+    return loaded - bound - set(dir(builtins))
 
 
-def _prompt_definitions(tree: ast.Module | None) -> set[str]:
-    """Top-level names the prompt really defines (helpers, imports); a stub (docstring/pass only) is the solution's to write."""
-    found: set[str] = set()
-    for stmt in tree.body if tree is not None else []:
-        if isinstance(stmt, ast.ClassDef) or (isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and not _is_stub(stmt)):
-            found.add(stmt.name)
-        elif isinstance(stmt, ast.Import | ast.ImportFrom):
-            found |= {(a.asname or a.name).split(".")[0] for a in stmt.names}
-        elif isinstance(stmt, ast.Assign | ast.AnnAssign):
-            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-            found |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-    return found
+def solution_names(
+    tests: ast.Module, prompt: ast.Module | None, entry_points: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(declared, inferred, stdlib): what the tests may take from the solution, and the standard-library
+    modules they name without importing. With declared entry points, nothing else comes from the
+    solution. Without (MBPP calls functions by name), the names the tests read but bind nowhere that
+    are neither builtins nor standard-library modules: the solution's unless the prompt binds them
+    (checked as the driver runs the prompt; a prompt's stub, a body of only a docstring or `pass`, is
+    the solution's to write)."""
+    free = free_names(tests)
+    stdlib = tuple(sorted(n for n in free if n in sys.stdlib_module_names and n not in entry_points))
+    if entry_points:
+        return tuple(entry_points), (), stdlib
+    inferred = free - set(stdlib)
+    stubs = inferred & _prompt_stubs(prompt)
+    return tuple(sorted(stubs)), tuple(sorted(inferred - stubs)), stdlib
+
+
+def _prompt_stubs(tree: ast.Module | None) -> set[str]:
+    """Top-level functions of the prompt whose body is only a docstring, `pass` or `...`: the solution's to write."""
+    return {
+        stmt.name
+        for stmt in (tree.body if tree is not None else [])
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and _is_stub(stmt)
+    }
 
 
 def _is_stub(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -359,17 +390,18 @@ def python_tests(settings: PythonTestsSettings, sample: Mapping[str, Any]) -> Ve
     if not found["test_source"].strip():
         return VerifyResult(0.0, False, {}, "sample has no tests (fields: test + entry_point, test_list, or tests)")
     try:
-        prepared = prepare_tests(found["test_source"], found["check_function"], found["entry_point"], str(sample.get("prompt") or ""))
-    except (SyntaxError, ValueError) as exc:
-        return VerifyResult(0.0, False, {}, f"the sample's test code is broken: {exc}")
+        prepared = prepare_tests(found["test_source"], found["check_function"], found["entry_points"], str(sample.get("prompt") or ""))
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError) as exc:
+        return VerifyResult(0.0, False, {}, f"the sample's test code cannot be run: {type(exc).__name__}: {exc}")
     sources = prepared.sources
     driver_args = {
         "test_code": prepared.code,
-        "tests": len(sources),
         "check_function": found["check_function"],
         "entry_point": found["entry_point"],
         "helpers": prepared.helpers,
-        "names": list(prepared.names),
+        "declared": list(prepared.declared),
+        "inferred": list(prepared.inferred),
+        "stdlib": list(prepared.stdlib),
     }
     run = run_python_pair(settings, {"program": python_program(settings, sample)}, "harness_python:driver", driver_args)
     record, error = _driver_record(run)
@@ -400,10 +432,26 @@ def pytest_verifier(settings: PytestSettings, sample: Mapping[str, Any]) -> Veri
     if not test.strip():
         return VerifyResult(0.0, False, {}, "no tests: give the sample a `test` field or set test_file")
     program = extract_code(str(sample.get("completion") or ""), ("python", "py"))
-    driver_args = {"test_source": test, "module": settings.module}
+    try:
+        exports, stdlib = pytest_exports(test, entry_points_of(sample))
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        return VerifyResult(0.0, False, {}, f"the sample's test code cannot be run: {type(exc).__name__}: {exc}")
+    driver_args = {"test_source": test, "module": settings.module, "exports": exports, "stdlib": stdlib}
     run = run_python_pair(settings, {"program": program, "module_name": settings.module}, "harness_pytest:driver", driver_args, ("pytest",))
     record, error = _driver_record(run)
     return _tests_result(record, error, _details(settings, run))
+
+
+@functools.lru_cache(maxsize=512)
+def pytest_exports(test_source: str, entry_points: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """What `from solution import *` gives the tests: the declared entry points, or (none declared) the
+    names the test module reads but binds nowhere; never a builtin or a name the tests import
+    themselves (`pytest`, `abs`, `math`). Standard-library modules the tests name without importing
+    them are the real ones."""
+    free = free_names(ast.parse(test_source))
+    stdlib = sorted(n for n in free if n in sys.stdlib_module_names and n not in entry_points)
+    exports = list(entry_points) if entry_points else sorted(free - set(stdlib))
+    return exports, stdlib
 
 
 # ---------------------------------------------------------------- execution and compiled languages
@@ -411,7 +459,10 @@ def pytest_verifier(settings: PytestSettings, sample: Mapping[str, Any]) -> Veri
 
 class CompareSettings(CodeSettings):
     compare: Literal["exact", "contains", "regex", "numeric"] = Field(
-        "exact", description="How stdout is compared with the expected output (exact ignores trailing whitespace per line)."
+        "exact",
+        description="How stdout is compared with the expected output: exact (the same lines, trailing whitespace ignored), "
+        "contains (the output ends with the expected lines; anything may come before), regex (the pattern matches the whole "
+        "output) or numeric (the same numbers within tolerance).",
     )
     tolerance: float = Field(1e-6, ge=0, description="numeric: absolute/relative tolerance per number.")
 
@@ -426,16 +477,36 @@ def io_cases(sample: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def output_matches(settings: CompareSettings, got: str, want: str) -> bool:
+    """Whether stdout `got` answers `want`. Each mode judges one answer, so printing many candidates
+    cannot pass: exact = the same lines; contains = the output *ends with* the expected lines (anything
+    may come before them, on earlier lines or before the first expected line on its own line after a
+    token boundary: "Enter n: 42"), so only the last thing printed is judged; regex = the pattern
+    matches the *whole* output (stripped); numeric = the same count of numbers, each within tolerance."""
     if settings.compare == "exact":
-        return [line.rstrip() for line in got.strip().splitlines()] == [line.rstrip() for line in want.strip().splitlines()]
+        return _lines(got) == _lines(want)
     if settings.compare == "contains":
-        return want.strip() in got
+        return _ends_with(_lines(got), _lines(want))
     if settings.compare == "regex":
-        return re.search(want, got) is not None
+        return re.fullmatch(want.strip(), got.strip()) is not None
     got_numbers, want_numbers = _numbers(got), _numbers(want)
     return len(got_numbers) == len(want_numbers) > 0 and all(
         abs(g - w) <= settings.tolerance * max(1.0, abs(w)) for g, w in zip(got_numbers, want_numbers, strict=True)
     )
+
+
+def _lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.strip().splitlines()]
+
+
+def _ends_with(got: list[str], want: list[str]) -> bool:
+    if not want or len(got) < len(want) or got[len(got) - len(want) + 1 :] != want[1:]:
+        return not want and not got
+    line, first = got[len(got) - len(want)], want[0]
+    if line == first:
+        return True
+    before = line[: len(line) - len(first)]
+    # at a token boundary: "x: 42" ends with 42, "142", "-42", "1.42" and "x42" do not
+    return line.endswith(first) and (before[-1].isspace() or not (before[-1].isalnum() or before[-1] in "_.-+"))
 
 
 def _numbers(text: str) -> list[float]:
@@ -518,6 +589,12 @@ def _verify_program(settings: Any, language: str, compiler: str, sample: Mapping
     test_body = str(sample["test"]) if language != "python" and sample.get("test") else None
     cases = io_cases(sample)
     details = _details(settings)
+    if settings.compare == "regex":
+        for _, pattern in cases:
+            try:
+                re.compile(pattern.strip())
+            except (re.error, RecursionError, OverflowError) as exc:
+                return VerifyResult(0.0, False, details, f"the sample's expected output is not a valid regex: {exc}")
     if language == "python":
         if not cases:
             return VerifyResult(0.0, False, details, "no test cases (tests: [{input, output}] or expected_output)")

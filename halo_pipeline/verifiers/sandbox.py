@@ -242,7 +242,8 @@ def start(
     runs both, joined by pipes (the driver's fds 4/5 are the candidate's 5/4): the candidate confined
     like any run, the driver in the supervisor itself under a second fresh uid; `args` is then
     {"driver": ..., "candidate": ...}, the driver's fd 3 comes back as `result` and the candidate's
-    stderr as `stderr`.
+    stderr as `stderr`. The two argument sets travel in two memfds: the supervisor forks the
+    candidate before it reads the driver's, so nothing of the tests is ever in the candidate's memory.
 
     `{result_fd}` in argv (or `result=True`) gives the run a result pipe on fd 3, returned as `result`
     and, split into lines, as `records` (only those carrying `nonce`, when given). `stdin` becomes
@@ -263,8 +264,13 @@ def start(
         "collect": list(collect),
         "proc": proc,
     }
-    payload = _payload(files or {}, set(executable), stdin, secrets_on_fds or {}, dict(args or {}))
-    return zygote.launch(spec, payload, limits.timeout_s, nonce)
+    all_args = dict(args or {})
+    if pair:  # the candidate's payload holds its own arguments only: the tests travel in a second memfd
+        payloads = [_payload(files or {}, set(executable), stdin, secrets_on_fds or {}, dict(all_args.get("candidate") or {}))]
+        payloads.append(_payload({}, set(), None, {}, dict(all_args.get("driver") or {})))
+    else:
+        payloads = [_payload(files or {}, set(executable), stdin, secrets_on_fds or {}, all_args)]
+    return zygote.launch(spec, payloads, limits.timeout_s, nonce)
 
 
 def _payload(
@@ -384,7 +390,7 @@ class Zygote:
         self.sock: socket.socket | None = None
         self.log: Any = None
 
-    def launch(self, spec: dict[str, Any], payload_fd: int, timeout_s: float, nonce: str | None) -> Launched:
+    def launch(self, spec: dict[str, Any], payload_fds: list[int], timeout_s: float, nonce: str | None) -> Launched:
         status_r, status_w = os.pipe()
         control_r, control_w = os.pipe()
         message = json.dumps(spec).encode()
@@ -394,7 +400,7 @@ class Zygote:
                     if self.sock is None or self.proc is None or self.proc.poll() is not None:
                         self._start()
                     try:
-                        socket.send_fds(self.sock, [message], [status_w, control_r, payload_fd])  # type: ignore[arg-type]
+                        socket.send_fds(self.sock, [message], [status_w, control_r, *payload_fds])  # type: ignore[arg-type]
                         break
                     except OSError:
                         self._stop()
@@ -405,7 +411,7 @@ class Zygote:
                 os.close(fd)
             raise
         finally:
-            for fd in (status_w, control_r, payload_fd):
+            for fd in (status_w, control_r, *payload_fds):
                 os.close(fd)
         return Launched(status_r, control_w, timeout_s, nonce)
 

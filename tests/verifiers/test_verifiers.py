@@ -87,7 +87,10 @@ def test_execution_compares_stdout() -> None:
     r = code("execution", {"completion": prog, "tests": [{"input": "1 2", "output": "3"}, {"input": "2 2", "output": "5"}]})
     assert r.reward == 0.5
     assert code("execution", {"completion": "print(3.14159)", "expected_output": "3.1416"}, compare="numeric", tolerance=1e-4).passed
-    assert code("execution", {"completion": "print('the answer is 42')", "expected_output": r"answer is \d+"}, compare="regex").passed
+    assert code("execution", {"completion": "print('the answer is 42')", "expected_output": r".*answer is \d+"}, compare="regex").passed
+    assert not code(
+        "execution", {"completion": "print('the answer is 42!')", "expected_output": r".*answer is \d+"}, compare="regex"
+    ).passed
     assert code("execution", {"completion": "print('ok', end='')", "expected_output": "ok"}, compare="contains").passed
 
 
