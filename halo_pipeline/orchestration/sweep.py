@@ -19,6 +19,7 @@ trial (never a value the sampler learns from), and the sweep stops once failed t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import sys
@@ -320,9 +321,66 @@ def write_summary(jobs: list[dict[str, Any]], direction: str, quiet: bool) -> No
     scored = [j for j in jobs if j["objective"] is not None and j["state"] == "completed"]
     best = (max if direction == "maximize" else min)(scored, key=lambda j: j["objective"]) if scored else None
     sweep_dir = Path(jobs[0]["run_dir"]).parent
-    atomic_write_json(sweep_dir / "summary.json", {"direction": direction, "best": best, "jobs": jobs})
+    across = seed_summary(jobs)
+    atomic_write_json(sweep_dir / "summary.json", {"direction": direction, "best": best, "jobs": jobs, "across_seeds": across})
+    if not quiet:
+        for line in _seed_lines(across):
+            print(line)
     if not quiet and best is not None:
         print(f"best: job {best['job']} ({' '.join(best['overrides'])}) objective={best['objective']}  -> {sweep_dir / 'summary.json'}")
+
+
+def _is_seed(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key == "seed" or key.endswith(".seed")
+
+
+def seed_summary(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every numeric step metric summarised across the completed jobs that differ only in a seed (`seed=0,1,2`, or
+    any `*.seed`): its mean and 95% Student-t interval over those jobs, one group per setting of the other overrides."""
+    import json
+
+    from halo_pipeline.evaluation import stats
+    from halo_pipeline.views.runs import flatten
+
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for job in jobs:
+        if job["state"] == "completed":
+            groups.setdefault(tuple(o for o in job["overrides"] if not _is_seed(o)), []).append(job)
+    out = []
+    for rest, members in groups.items():
+        values: dict[str, list[float]] = {}
+        for job in members:
+            try:
+                manifest = json.loads((Path(job["run_dir"]) / "replay.json").read_text())
+            except (OSError, ValueError):
+                continue
+            for sid, step in manifest.get("steps", {}).items():
+                for key, value in flatten(step.get("metrics") or {}).items():
+                    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                        values.setdefault(f"{sid}.{key}", []).append(float(value))
+        seeds = [o for job in members for o in job["overrides"] if _is_seed(o)]
+        metrics = {k: stats.mean_interval(v) for k, v in sorted(values.items()) if len(v) == len(members)}
+        out.append({"overrides": list(rest), "jobs": [j["job"] for j in members], "seeds": seeds, "metrics": metrics})
+    return out
+
+
+def _seed_lines(across: list[dict[str, Any]], most: int = 12) -> list[str]:
+    """The printed summary: per group of 2+ jobs, the metrics that vary across seeds, mean and interval."""
+    lines = []
+    for group in across:
+        if len(group["jobs"]) < 2:
+            continue
+        varying = {k: m for k, m in group["metrics"].items() if m["std"]}
+        setting = " ".join(group["overrides"]) or "all jobs"
+        lines.append(f"across {len(group['jobs'])} seeds ({setting}): mean [95% interval] of the metrics that vary")
+        for key, m in list(varying.items())[:most]:
+            lines.append(f"  {key}: {m['mean']:.4g} [{m['low']:.4g}, {m['high']:.4g}]")
+        if len(varying) > most:
+            lines.append(f"  ... {len(varying) - most} more in summary.json")
+        if not varying:
+            lines.append("  (every metric is the same in every job)")
+    return lines
 
 
 def _direction(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,31 @@ def test_mean_and_t_interval_across_seeds_match_scipy() -> None:
     for df in (1, 2, 5, 29, 200):
         assert stats.t_quantile(0.975, df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=1e-8)
     assert stats.mean_interval([0.5])["low"] is None and not math.isnan(stats.mean_interval([0.5, 0.5])["low"])
+
+
+def test_a_seed_sweep_summarises_each_metric_with_mean_and_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`-m seed=0,1,2 lr=...`: one group per setting of the other overrides, each metric's mean and t interval."""
+    import json
+
+    from halo_pipeline.orchestration.sweep import write_summary
+
+    jobs, values = [], {"1e-4": [0.30, 0.40, 0.35], "1e-3": [0.10, 0.20, 0.10]}
+    for n, (lr, seed) in enumerate((lr, seed) for lr in values for seed in range(3)):
+        run_dir = tmp_path / str(n)
+        run_dir.mkdir()
+        metrics = {"pass@1": values[lr][seed], "tasks": 10}
+        (run_dir / "replay.json").write_text(json.dumps({"steps": {"probe": {"metrics": metrics}}}))
+        jobs.append({"job": n, "overrides": [f"lr={lr}", f"seed={seed}"], "state": "completed", "objective": None, "run_dir": str(run_dir)})
+    write_summary(jobs, "maximize", quiet=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    groups = {tuple(g["overrides"]): g for g in summary["across_seeds"]}
+    found = groups[("lr=1e-4",)]["metrics"]["probe.pass@1"]
+    low, high = scipy_stats.t.interval(0.95, 2, loc=0.35, scale=scipy_stats.sem(values["1e-4"]))
+    assert (
+        found["n"] == 3
+        and found["mean"] == pytest.approx(0.35)
+        and (found["low"], found["high"]) == (pytest.approx(low, abs=1e-6), pytest.approx(high, abs=1e-6))
+    )
+    assert groups[("lr=1e-4",)]["jobs"] == [0, 1, 2] and groups[("lr=1e-4",)]["metrics"]["probe.tasks"]["std"] == 0
+    printed = capsys.readouterr().out
+    assert "across 3 seeds (lr=1e-4)" in printed and "probe.pass@1: 0.35 [" in printed and "probe.tasks" not in printed
