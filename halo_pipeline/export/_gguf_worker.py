@@ -9,7 +9,6 @@ import ctypes
 import json
 import logging
 import os
-import resource
 import runpy
 import sys
 
@@ -59,8 +58,9 @@ def main() -> None:
         os.remove(intermediate)
         if rc != 0:
             sys.exit(f"llama_model_quantize returned {rc}")
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("HALO_RESULT " + json.dumps({"notes": notes, "peak_rss_mb": round(peak_mb, 1)}), flush=True)
+    from halo_pipeline.export.memory import own_peak_rss_mb  # this process's own peak, not the pipeline's
+
+    print("HALO_RESULT " + json.dumps({"notes": notes, "peak_rss_mb": own_peak_rss_mb()}), flush=True)
 
 
 if __name__ == "__main__":

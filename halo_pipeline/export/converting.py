@@ -98,8 +98,8 @@ def _to_mlx(source: Path, out: Path, spec: dict[str, Any]) -> dict[str, Any]:
     else:
         args["dtype"] = spec["dtype"]
     code = (
-        "import json, resource, sys; from mlx_lm.convert import convert; convert(**json.loads(sys.argv[1])); "
-        "print('HALO_RESULT ' + json.dumps({'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))"
+        "import json, sys; from mlx_lm.convert import convert; convert(**json.loads(sys.argv[1])); "
+        "from halo_pipeline.export.memory import own_peak_rss_mb; print('HALO_RESULT ' + json.dumps({'peak_rss_mb': own_peak_rss_mb()}))"
     )
     done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
     if done.returncode != 0:
@@ -113,15 +113,16 @@ def _to_mlx(source: Path, out: Path, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _to_hf(source: Path, out: Path, quant: str) -> dict[str, Any]:
-    # A child process, like the GGUF and MLX converters: the peak memory reported is the conversion's own.
+    # A child process, like the GGUF and MLX converters: the peak memory reported is the conversion's own
+    # (its VmHWM: ru_maxrss in a child holds the parent's peak, see export.memory).
     from transformers import __version__
 
     code = (
-        "import json, resource, sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer; "
+        "import json, sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer; "
         "src, out, dtype = sys.argv[1:4]; "
         "AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype)).save_pretrained(out); "
         "AutoTokenizer.from_pretrained(src).save_pretrained(out); "
-        "print('HALO_RESULT ' + json.dumps({'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))"
+        "from halo_pipeline.export.memory import own_peak_rss_mb; print('HALO_RESULT ' + json.dumps({'peak_rss_mb': own_peak_rss_mb()}))"
     )
     done = subprocess.run([sys.executable, "-c", code, str(source), str(out), TORCH_DTYPES[quant]], capture_output=True, text=True)
     if done.returncode != 0:

@@ -207,3 +207,22 @@ def test_convert_to_a_gguf_file_name_writes_one_gguf_file(tiny: Path, tmp_path: 
     from halo_pipeline.runtimes.formats import export_info
 
     assert export_info(out)["quant"] == "q8" and (tmp_path / "verify-tiny-q8.gguf" / "verify.json").is_file()
+
+
+def test_a_conversion_reports_its_own_peak_memory_not_the_pipelines(tiny: Path, tmp_path: Path) -> None:
+    """A converter is a child process: its ru_maxrss holds the peak of the process that started it (the kernel
+    carries the pre-exec high-water mark over), so a 135M model once reported 5 GB. The figure is its own VmHWM."""
+    import resource
+    import subprocess
+    import sys
+
+    held = bytearray(768 * 2**20)  # the pipeline process holding much more than any tiny conversion needs
+    held[::4096] = b"\1" * len(held[::4096])
+    parent_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    code = "import resource; from halo_pipeline.export.memory import own_peak_rss_mb as p; print(p(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    own, inherited = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert inherited >= 768 and own < 200, (own, inherited)  # what ru_maxrss would have reported, and the child's own
+    for fmt in ("gguf", "hf"):
+        record = convert(tiny, fmt, "fp32" if fmt == "hf" else "q8", tmp_path / fmt)
+        assert 0 < record["peak_rss_mb"] < parent_mb - 100, (fmt, record["peak_rss_mb"], parent_mb)  # inherited: >= parent_mb
+    del held
