@@ -86,6 +86,11 @@ def fingerprint(params: EvalParams) -> dict[str, Any]:
     return found
 
 
+def held_out(params: EvalParams) -> list[dict[str, Any]]:
+    """Each task's documents are held out: no train step of the recipe may train on them."""
+    return [{"label": f"lm-eval task {t}", "kind": "lm_eval", "task": t, "include": list(params.include_path)} for t in params.tasks]
+
+
 def _is_deterministic(params: EvalParams) -> bool:
     return params.engine != "api"  # an endpoint can change under us
 
@@ -99,6 +104,7 @@ def _is_deterministic(params: EvalParams) -> bool:
     deterministic=_is_deterministic,
     check=check,
     fingerprint=fingerprint,
+    held_out=held_out,
 )
 def run(params: EvalParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     from halo_pipeline.evaluation import harness

@@ -164,6 +164,26 @@ def fingerprint(params: TrainParams) -> dict[str, Any]:
     return {"base": model_fingerprint(params.model)}
 
 
+def held_out(params: TrainParams) -> list[dict[str, Any]]:
+    """The mid-training probe's tasks are held out too."""
+    return [{"label": f"probe_source {params.probe_source}", "ref": params.probe_source}] if params.probe_every else []
+
+
+def decontaminate(
+    params: TrainParams,
+    inputs: dict[str, Artifact],
+    labels: dict[str, str],
+    sets: list[dict[str, Any]],
+    settings: dict[str, Any],
+    cache: Any,
+) -> Any:
+    """Before training, cached or not: the dataset against every held-out set of the recipe (docs/data-steps.md)."""
+    from halo_pipeline.data.decontaminate import before_training
+    from halo_pipeline.evaluation.held_out import LOADER
+
+    return before_training(inputs, ("dataset",), labels, sets, settings, cache, params.columns, {"lm_eval": LOADER})
+
+
 @step(
     inputs={"dataset": ("sft_dataset", "preference_dataset", "prompts"), "init": "adapter"},
     optional_inputs={"init"},
@@ -176,6 +196,8 @@ def fingerprint(params: TrainParams) -> dict[str, Any]:
     fingerprint=fingerprint,
     accepts=accepts,
     resumable=True,  # checkpoints (and RAFT's cycles) in the work dir: a killed run continues from the last complete one
+    held_out=held_out,
+    decontaminate=decontaminate,
 )
 def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     _warm_plotting()

@@ -54,6 +54,7 @@ class StepResult:
     ended: float | None = None
     error: str | None = None
     waited_for: str | None = None  # another process that was computing the same key; this run reused its result
+    decontamination: dict[str, Any] | None = None  # a train step's inputs checked against the recipe's held-out sets
 
     @property
     def seconds(self) -> float:
@@ -78,6 +79,8 @@ class StepCall:
     cache_root: str
     cached: bool = True  # False: run into the run directory and leave the cache untouched (--no-cache, `cache: false`, replay --check)
     tracking: dict[str, Any] = field(default_factory=dict)  # the experiment tracker (RunContext.tracking); not in the cache key
+    held_out: list[dict[str, Any]] = field(default_factory=list)  # the recipe's held-out sets, for a step that trains
+    decontaminate: dict[str, Any] = field(default_factory=dict)  # the recipe's `decontaminate:` (mode, n)
 
     def kind(self) -> StepKind:
         return registry.get(self.uses)
@@ -86,6 +89,8 @@ class StepCall:
 def step_calls(plan: Any, run_dir: Path, no_cache: bool = False, check: bool = False) -> dict[str, StepCall]:
     """One StepCall per planned step. With `check`, deterministic steps run again outside the cache."""
     cache_root = str(default_cache_dir())
+    held_out = plan.held_out
+    settings = plan.recipe.decontaminate.model_dump()
     return {
         sid: StepCall(
             id=sid,
@@ -98,6 +103,8 @@ def step_calls(plan: Any, run_dir: Path, no_cache: bool = False, check: bool = F
             run_dir=str(run_dir.resolve()),
             cache_root=cache_root,
             cached=ps.spec.cache and not no_cache and not (check and ps.kind.is_deterministic(ps.params)),
+            held_out=held_out if ps.kind.decontaminate else [],
+            decontaminate=settings,
         )
         for sid, ps in plan.steps.items()
     }
@@ -210,10 +217,30 @@ def link_into_run(call: StepCall, target: Path, cache: Cache) -> None:
 def cached_result(call: StepCall, upstream: dict[str, StepResult]) -> tuple[str, StepResult | None]:
     """The step's cache key, and its verified cached result when there is one."""
     kind = call.kind()
-    key = cache_key(call, kind, input_artifacts(call, upstream))
+    inputs = input_artifacts(call, upstream)
+    try:
+        inputs, _ = screen_inputs(call, kind, inputs)
+    except StepError:  # the run would stop before this step: nothing of it is reusable
+        return cache_key(call, kind, inputs), None
+    key = cache_key(call, kind, inputs)
     if not call.cached:
         return key, None
     return key, _lookup(call, kind, key, Cache(Path(call.cache_root)))
+
+
+def screen_inputs(call: StepCall, kind: StepKind, inputs: dict[str, Artifact]) -> tuple[dict[str, Artifact], dict[str, Any] | None]:
+    """Before a step that trains, cached or not: its inputs against the recipe's held-out sets (`decontaminate:`).
+    Returns the inputs (rows dropped, when the recipe says so) and the check's record; raises StepError to stop."""
+    if kind.decontaminate is None or not call.held_out or call.decontaminate.get("mode", "stop") == "off":
+        return inputs, None
+    labels = {n: f"file:{r}" if isinstance(r, Path) else str(r) for n, r in call.inputs.items()}
+    root = Path(call.cache_root) if call.cached else Path(call.run_dir) / "logs" / "decontaminate"  # --no-cache: the cache untouched
+    try:
+        found = kind.decontaminate(call.params, inputs, labels, call.held_out, call.decontaminate, root)
+    except Exception as exc:
+        write_state(call, "failed", error=str(exc))
+        raise StepError(f"{call.id} ({kind.name}): {type(exc).__name__}: {exc}", transient=is_transient(exc)) from exc
+    return found if found is not None else (inputs, None)
 
 
 def _lookup(call: StepCall, kind: StepKind, key: str, cache: Cache) -> StepResult | None:
@@ -235,7 +262,13 @@ def execute(call: StepCall, upstream: dict[str, StepResult]) -> StepResult:
     finds the entry the holder committed and reuses it.
     """
     kind = call.kind()
-    inputs = input_artifacts(call, upstream)
+    inputs, checked = screen_inputs(call, kind, input_artifacts(call, upstream))
+    result = _execute(call, kind, inputs)
+    result.decontamination = checked
+    return result
+
+
+def _execute(call: StepCall, kind: StepKind, inputs: dict[str, Artifact]) -> StepResult:
     key = cache_key(call, kind, inputs)
     if not call.cached:
         out_dir = Path(call.run_dir) / "steps" / call.id

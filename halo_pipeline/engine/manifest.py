@@ -88,6 +88,8 @@ def build(plan: Any, results: dict[str, Any], command: list[str], state: str, ex
             )
             if res.waited_for:
                 entry["waited_for"] = res.waited_for
+            if res.decontamination is not None:
+                entry["decontamination"] = res.decontamination
         steps[sid] = entry
     libs = tuple(sorted({lib for ps in plan.steps.values() for lib in ps.kind.libraries}))
     return {

@@ -39,6 +39,11 @@ class Plan:
     def deps(self) -> dict[str, list[str]]:
         return {s.id: s.deps for s in self.steps.values()}
 
+    @property
+    def held_out(self) -> list[dict[str, Any]]:
+        """What the steps evaluate on (probe, eval tasks): the data no train step of the recipe may train on."""
+        return held_out_sets(self.steps)
+
 
 def pydantic_issues(exc: ValidationError, prefix: tuple[str, ...], smap: SourceMap, model: type[BaseModel]) -> list[Issue]:
     issues = []
@@ -320,3 +325,15 @@ def _parse_input(value: str, base_dir: Path) -> Ref | Path | Issue:
     if not dot or not step or not output:
         return Issue(f"'{value}' is not a reference", hint="write `<step_id>.<output>` or `file:<path>`")
     return Ref(step, output)
+
+
+def held_out_sets(steps: dict[str, PlannedStep]) -> list[dict[str, Any]]:
+    """The held-out sets the steps declare, each once, labelled with the first step that names it."""
+    from halo_pipeline.engine.cache import canonical_json
+
+    found: dict[str, dict[str, Any]] = {}
+    for sid, ps in steps.items():
+        for spec in ps.kind.held_out(ps.params) if ps.kind.held_out else []:
+            same = canonical_json({k: v for k, v in spec.items() if k != "label"})
+            found.setdefault(same, {**spec, "label": f"{sid}: {spec['label']}", "step": sid})
+    return list(found.values())

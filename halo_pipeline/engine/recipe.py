@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from halo_pipeline.engine.errors import Issue
 from halo_pipeline.engine.groups import Tracking
@@ -34,6 +34,26 @@ class StepSpec(BaseModel):
     description: str | None = Field(None, description="Free text shown by `plan`.")
 
 
+class Decontaminate(BaseModel):
+    """`decontaminate:` — what happens when training rows overlap a held-out set the recipe evaluates on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["stop", "drop", "warn", "off"] = Field(
+        "stop",
+        description="stop: the run stops before training; drop: train without the overlapping rows; warn: train on them, "
+        "recorded; off: no check.",
+    )
+    n: int = Field(13, ge=1, le=100, description="Words in the n-grams compared (13: GPT-3's and lm-eval's choice).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_alone(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML reads a bare `off` as false
+            return {"mode": "stop" if value else "off"}
+        return {"mode": value} if isinstance(value, str) else value  # `decontaminate: drop`
+
+
 class RecipeModel(BaseModel):
     """The top level of a recipe after Hydra composition (group nodes and user variables pass through)."""
 
@@ -45,6 +65,11 @@ class RecipeModel(BaseModel):
     objective: str | None = Field(None, description="`<step>.<metric>` that sweeps optimize.")
     direction: Literal["minimize", "maximize"] = Field("maximize", description="Direction of `objective`.")
     tracking: Tracking = Field(default_factory=Tracking, description="Experiment tracker (the `tracking` group: tracking=mlflow).")
+    decontaminate: Decontaminate = Field(
+        default_factory=Decontaminate,
+        description="Check what reaches each train step against the recipe's held-out sets (probe, eval): stop (default), "
+        "drop, warn or off; `{mode: drop, n: 13}` sets the n-gram length too (docs/data-steps.md).",
+    )
 
 
 @dataclass

@@ -60,6 +60,10 @@ class StepKind:
     fingerprint: Callable[[Any], dict[str, Any]] | None = None
     accepts: Callable[[Any, str], tuple[str, ...]] | None = None  # input types that depend on params
     resumable: bool = False  # a rerun after a kill continues in the work dir the killed run left
+    # held-out sets this step evaluates on, as plain dicts (`label`, and `ref` or a loader's `kind`); see data/decontaminate.py
+    held_out: Callable[[Any], list[dict[str, Any]]] | None = None
+    # a step that trains: checks its inputs against the recipe's held-out sets before it runs (cached or not)
+    decontaminate: Callable[..., Any] | None = None
     doc: str = ""
     import_path: str = ""
 
@@ -97,6 +101,8 @@ def step(
     fingerprint: Callable[[Any], dict[str, Any]] | None = None,
     accepts: Callable[[Any, str], tuple[str, ...]] | None = None,
     resumable: bool = False,
+    held_out: Callable[[Any], list[dict[str, Any]]] | None = None,
+    decontaminate: Callable[..., Any] | None = None,
 ) -> Callable[[F], F]:
     """Declare a function `run(params, inputs, ctx) -> {output: path}` as a step kind.
 
@@ -116,6 +122,12 @@ def step(
         accepts: `(params, input) -> types` when what an input takes depends on params.
         resumable: the step continues from what a killed run left in its work dir (checkpoints,
             appended JSONL); other steps start from an empty work dir.
+        held_out: `params -> [held-out set]`: the data this step evaluates on, which no train step of the
+            recipe may train on (each a dict: `label`, and `ref` — a dataset reference — or `kind` with what
+            its loader reads).
+        decontaminate: for a step that trains: `(params, inputs, labels, held_out, settings, cache_root)
+            -> (inputs, record) | None`, run before the step (cached or not) with the recipe's held-out sets
+            and its `decontaminate:` settings; it may raise to stop the run, or replace inputs (rows dropped).
     """
 
     def wrap(fn: F) -> F:
@@ -138,6 +150,8 @@ def step(
             fingerprint=fingerprint,
             accepts=accepts,
             resumable=resumable,
+            held_out=held_out,
+            decontaminate=decontaminate,
             doc=(getattr(sys.modules.get(fn.__module__), "__doc__", None) or fn.__doc__ or "").strip(),
             import_path=f"{fn.__module__}:{fn.__name__}",
         )

@@ -176,6 +176,33 @@ def _verdict(row: dict[str, Any]) -> str:
     return f"{row['verdict']} ({row['n']} tasks)"
 
 
+def _decontamination(found: dict[str, Any] | None) -> str:
+    """A train step's inputs against the recipe's held-out sets: per source, the rows that overlap and what became of them."""
+    if not found:
+        return ""
+    e = html.escape
+    checked = ", ".join(f"{s['label']} ({s['items']:,} items)" for s in found.get("held_out", []) if s.get("checked")) or "none readable"
+    unchecked = [f"{s['label']}: {s.get('why', '')}" for s in found.get("held_out", []) if not s.get("checked")]
+    overlapping = sum(s["overlapping"] for s in found.get("sources", []))
+    verdict = "<span class='ok'>no overlap</span>" if not overlapping else f"<span class='fail'>{overlapping:,} rows overlap</span>"
+    head = f"<p>decontamination ({e(str(found.get('mode')))}, {found.get('n')}-grams): {verdict} against {e(checked)}"
+    head += "".join(f"<br><span class='dim'>not checked: {e(u)}</span>" for u in unchecked) + "</p>"
+    rows = []
+    for src in found.get("sources", []):
+        sets = ", ".join(f"{k} ({v:,})" for k, v in sorted(src.get("by_held_out", {}).items())) or "—"
+        examples = "<br>".join(
+            f"row {x['row']} (id {e(x['id'])}) ~ {e(x['held_out'])} {e(x['item'])}, {e(x['how'])}: <code>{e(x['words'])}</code>"
+            for x in src.get("examples", [])
+        )
+        dropped = f"{src['dropped']:,}" if "dropped" in src else "—"
+        rows.append(
+            f"<tr><td>{e(src['source'])}</td><td class='num'>{src['rows']:,}</td><td class='num'>{src['overlapping']:,}</td>"
+            f"<td class='num'>{dropped}</td><td>{e(sets)}</td><td>{examples}</td></tr>"
+        )
+    table = "<tr><th>source</th><th>rows</th><th>overlapping</th><th>dropped</th><th>held-out sets</th><th>examples</th></tr>"
+    return head + f"<table>{table}{''.join(rows)}</table>"
+
+
 def _step_section(run_dir: Path, sid: str, step: dict[str, Any]) -> str:
     e = html.escape
     step_dir = run_dir / "steps" / sid
@@ -192,6 +219,7 @@ def _step_section(run_dir: Path, sid: str, step: dict[str, Any]) -> str:
     if links:
         parts.append("<p class='links'>" + " ".join(links) + "</p>")
     parts.append(_verdicts(step_dir, step["kind"]))
+    parts.append(_decontamination(step.get("decontamination")))
     metrics = _flat(step.get("metrics") or {})
     if metrics:
         rows = "".join(f"<tr><td>{e(k)}</td><td class='num'>{e(fmt_value(k, v))}</td></tr>" for k, v in sorted(metrics.items()))
