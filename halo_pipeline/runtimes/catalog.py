@@ -16,7 +16,7 @@ from typing import Any
 
 from halo_pipeline.engine.groups import ModelRef
 
-TINY_VERSION = "tiny-v1"
+TINY_VERSION = "tiny-v2"  # v2: stored weights (v1 was trained on each machine)
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
@@ -99,7 +99,7 @@ def fingerprint(ref: Any) -> dict[str, Any]:
 
     source, hf_id = source_of(ref)
     if source in ("builtin:tiny", "tiny"):
-        return {"model": TINY_VERSION}
+        return {"model": TINY_VERSION, "sha256": tiny_digest()}
     if source.startswith("pypi-chunks:"):
         return {"model": source, "sha256": _chunked_digest(source), "hf_id": hf_id}
     if source.startswith("pypi:"):
@@ -223,76 +223,29 @@ def stable_adapter_config(adapter_dir: Path) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-TOY_TEXT = """<|im_start|>user
-Write a function that adds two numbers.<|im_end|>
-<|im_start|>assistant
-def add(a, b):
-    return a + b<|im_end|>
-<|im_start|>user
-What is the capital of France?<|im_end|>
-<|im_start|>assistant
-The capital of France is Paris.<|im_end|>
-<|im_start|>user
-Say hello.<|im_end|>
-<|im_start|>assistant
-Hello! How can I help you today?<|im_end|>
-"""
+TINY_FILES = Path(__file__).parent / "tiny_model"  # the stored tiny model (runtimes/tiny.py made it)
+
+
+def tiny_digest() -> str:
+    """SHA-256 of the stored tiny model's files, names included: its identity in cache keys."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(TINY_FILES.iterdir()):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def build_tiny() -> Path:
-    """A 2-layer, 64-wide Llama with a byte-level BPE tokenizer and ChatML template; deterministic."""
-    out = models_dir() / TINY_VERSION
-    if (out / "config.json").exists():
-        return out
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """A 2-layer, 64-wide Llama with a byte-level BPE tokenizer and ChatML template: the stored files, so every
+    machine tests the same weights (training it here would round differently on another CPU)."""
+    import shutil
 
     from halo_pipeline.engine.cache import atomic_path
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    corpus = [TOY_TEXT] * 4 + [
-        "def f(x):\n    return x * 2\n",
-        "for i in range(10):\n    print(i)\n",
-        "The quick brown fox jumps over the lazy dog.",
-    ]
-    tok.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
-    fast.chat_template = CHATML
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    ids = torch.tensor([fast(TOY_TEXT)["input_ids"]])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(80):  # a few dozen steps on the toy text make greedy output readable and deterministic
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    model.generation_config.pad_token_id = fast.pad_token_id
+    out = models_dir() / TINY_VERSION
+    if (out / "config.json").exists():
+        return out
     with atomic_path(out) as tmp:
-        model.save_pretrained(tmp)
-        fast.save_pretrained(tmp)
+        shutil.copytree(TINY_FILES, tmp, copy_function=shutil.copyfile)
     return out

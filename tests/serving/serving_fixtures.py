@@ -66,3 +66,31 @@ def loras(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     from lora_adapters import make_loras
 
     return make_loras(models["torch"], tmp_path_factory.getbasetemp() / "serving-loras")
+
+
+def logprob_tolerance(engine: str, path: Path, ids: list[int]) -> float:
+    """How far an engine's log-probs may be from the fp32 model's, from the arithmetic, not from one CPU.
+
+    torch and MLX compute in fp32: unit roundoff 6e-8, so a 2e-3 tolerance is orders of magnitude of headroom.
+    llama.cpp keeps keys and values in an f16 cache: each is rounded to 11 significant bits (unit roundoff
+    2^-11 = 4.9e-4), which moves the logits by an amount that depends on the model's weights. So the tolerance
+    for gguf is that effect measured on this model for these tokens (the fp32 model with its keys and values
+    rounded to f16), with 4x headroom, since llama.cpp rounds after RoPE and this reference before it."""
+    if engine != "gguf":
+        return 2e-3
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        exact = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1).numpy()
+    half = [
+        module.register_forward_hook(lambda _m, _i, out: out.half().float())
+        for name, module in model.named_modules()
+        if name.endswith(("k_proj", "v_proj"))
+    ]
+    with torch.no_grad():
+        rounded = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1).numpy()
+    for hook in half:
+        hook.remove()
+    return 2e-3 + 4 * float(abs(rounded - exact).max())

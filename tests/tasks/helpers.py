@@ -10,6 +10,12 @@ from typing import Any
 from halo_pipeline.engine import registry
 from halo_pipeline.engine.step import Artifact, RunContext
 
+# GRPO learns only from groups whose rewards differ. chrF against a fixed reference is graded, and samples the
+# tiny model draws at temperature 2.0 differ from each other, so every group carries signal on any machine
+# (a pattern the model happens to say in some samples holds only for one machine's weights or rounding).
+VARIED_REWARD = {"name": "chrf", "reference_field": "reference"}
+REFERENCE = "Hello! How can I help you today?"
+
 
 def run_kind(name: str, params: dict[str, Any], inputs: dict[str, Artifact], out_dir: Path) -> tuple[dict[str, Any], RunContext]:
     kind = registry.get(name)

@@ -19,15 +19,15 @@ import pytest
 
 from halo_pipeline.engine import registry
 from halo_pipeline.engine.step import Artifact, RunContext
-from helpers import read_jsonl, write_jsonl
+from helpers import REFERENCE, VARIED_REWARD, read_jsonl, write_jsonl
 
-REWARD = {"name": "regex_format", "pattern": "today"}
+REWARD = VARIED_REWARD
 LOSS_TOLERANCE = 1e-4  # relative, per logged step: DDP's all-reduced gradients vs one process on the same global batch
 
 
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
-    rows = [{"id": f"r{i}", "prompt": f"What is {i}+{i}?", "completion": f"{2 * i}"} for i in range(16)]
+    rows = [{"id": f"r{i}", "prompt": f"What is {i}+{i}?", "completion": f"{2 * i}", "reference": REFERENCE} for i in range(16)]
     return Artifact("sft_dataset", write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", rows))
 
 
@@ -71,9 +71,8 @@ def test_ddp_on_two_cpu_ranks_matches_one_process_with_the_same_global_batch(tmp
 
 
 def test_grpo_trains_on_two_cpu_ranks(tmp_path: Path, sft_data: Artifact) -> None:
-    node = {"name": "grpo", "batch_size": 2, "num_generations": 4, "max_completion_length": 8, "learning_rate": 1e-3}
-    mixed = {"name": "regex_format", "pattern": "e"}  # some completions have an "e", some not: advantages that move the weights
-    summary, progress, _ = train(tmp_path, sft_data, algorithm=node, verifier=mixed, max_steps=2, distributed={"num_processes": 2})
+    node = {"name": "grpo", "batch_size": 2, "num_generations": 4, "max_completion_length": 8, "learning_rate": 1e-3, "temperature": 2.0}
+    summary, progress, _ = train(tmp_path, sft_data, algorithm=node, verifier=REWARD, max_steps=2, distributed={"num_processes": 2})
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert summary["steps"] == 2 and summary["weights_changed"] and summary["distributed"]["num_processes"] == 2
     assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["reward"] <= 1 for r in rows)
@@ -155,7 +154,7 @@ def test_sharded_strategies_train_on_cpu(strategy: str, tmp_path: Path, sft_data
 
 @pytest.mark.slow
 def test_raft_cycles_on_two_cpu_ranks(tmp_path: Path, sft_data: Artifact) -> None:
-    node = {"name": "raft", "cycles": 2, "samples_per_prompt": 2, "reward_threshold": 0.5, "max_completion_length": 8}
+    node = {"name": "raft", "cycles": 2, "samples_per_prompt": 2, "reward_threshold": 0.1, "max_completion_length": 8, "temperature": 2.0}
     summary, _, _ = train(tmp_path, sft_data, algorithm=node, verifier=REWARD, max_steps=2, distributed={"num_processes": 2})
     cycles = [r["cycle"] for r in read_jsonl(tmp_path / "metrics.jsonl") if "cycle" in r]
     assert cycles == [0, 1] and len(summary["reward_by_cycle"]) == 2

@@ -12,15 +12,18 @@ from pathlib import Path
 import pytest
 
 from halo_pipeline.engine.step import Artifact
-from helpers import read_jsonl, run_kind, write_jsonl
+from helpers import REFERENCE, VARIED_REWARD, read_jsonl, run_kind, write_jsonl
 
-REWARD = {"name": "regex_format", "pattern": "today"}  # the tiny model says "today" in some samples, not all
+REWARD = VARIED_REWARD
 
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifact]:
     root = tmp_path_factory.mktemp("data")
-    sft = write_jsonl(root / "sft.jsonl", [{"id": f"r{i}", "prompt": f"What is {i}+{i}?", "completion": f"{2 * i}"} for i in range(8)])
+    sft = write_jsonl(
+        root / "sft.jsonl",
+        [{"id": f"r{i}", "prompt": f"What is {i}+{i}?", "completion": f"{2 * i}", "reference": REFERENCE} for i in range(8)],
+    )
     pref = write_jsonl(
         root / "pref.jsonl", [{"id": f"p{i}", "prompt": f"What is {i}+{i}?", "chosen": f"{2 * i}", "rejected": "no idea"} for i in range(8)]
     )
@@ -31,8 +34,14 @@ ALGORITHMS = {
     "sft": ({"name": "sft", "batch_size": 2}, "sft"),
     "dpo": ({"name": "dpo", "batch_size": 2, "learning_rate": 1e-3}, "preference"),
     "rm": ({"name": "rm", "batch_size": 2, "learning_rate": 1e-3}, "preference"),
-    "grpo": ({"name": "grpo", "batch_size": 4, "num_generations": 4, "max_completion_length": 8, "learning_rate": 1e-3}, "sft"),
-    "raft": ({"name": "raft", "cycles": 2, "samples_per_prompt": 2, "reward_threshold": 0.5, "max_completion_length": 8}, "sft"),
+    "grpo": (
+        {"name": "grpo", "batch_size": 4, "num_generations": 4, "max_completion_length": 8, "learning_rate": 1e-3, "temperature": 2.0},
+        "sft",
+    ),
+    "raft": (
+        {"name": "raft", "cycles": 2, "samples_per_prompt": 2, "reward_threshold": 0.1, "max_completion_length": 8, "temperature": 2.0},
+        "sft",
+    ),
 }
 
 
@@ -68,6 +77,8 @@ def test_each_algorithm_trains_with_lora_and_the_adapter_loads(algo: str, tmp_pa
         assert any("lora" in n for n, _ in loaded.named_parameters())
     if algo == "grpo":
         assert any("reward" in r for r in rows)
+        stds = [r["reward_std"] for r in rows if "reward_std" in r]
+        assert stds and all(std > 0 for std in stds), rows  # every group had signal: an update happened
     if algo == "raft":
         assert summary["reward_by_cycle"] and all(0 <= r <= 1 for r in summary["reward_by_cycle"])
 
