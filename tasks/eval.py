@@ -10,7 +10,8 @@ Tasks are lm-eval's own (their datasets must be reachable) or local YAML + JSONL
 `halo_arith` (multiple choice), `halo_capitals` (generation, exact match) and `halo_prose_ppl`
 (perplexity) run offline; `include_path` adds your own task directories. Results are normalized to
 `{task: {metric: {value, stderr}}}` (eval.json) next to lm-eval's raw output, per-sample logs and a
-chart; every value is also a step metric `<task>/<metric>` (for `runs diff` and sweep objectives).
+chart with error bars; every value is also a step metric `<task>/<metric>` (for `runs diff` and sweep objectives),
+and its standard error `<task>/<metric>_stderr` (the summary shows value +- 1.96 stderr as a 95% interval).
 """
 
 from __future__ import annotations
@@ -145,12 +146,15 @@ def run(params: EvalParams, inputs: dict[str, Artifact], ctx: RunContext) -> dic
     normalized = harness.normalize(raw)
     report_dir = ctx.path("report")
     harness.save(raw, normalized, report_dir, ctx.path("work"))
-    lines = ["| task | metric | value | stderr |", "|---|---|---|---|"]
+    lines = ["| task | metric | value | stderr | 95% interval |", "|---|---|---|---|---|"]
     for task, metrics in normalized.items():
         for metric, m in metrics.items():
             ctx.metrics[f"{task}/{metric}"] = m["value"]
+            if m["stderr"] is not None:  # lm-eval's standard error, kept beside the value (runs show, runs diff, report)
+                ctx.metrics[f"{task}/{metric}_stderr"] = m["stderr"]
             stderr = "" if m["stderr"] is None else f"{m['stderr']:.4g}"
-            lines.append(f"| {task} | {metric} | {m['value']:.4g} | {stderr} |")
+            interval = "" if m["stderr"] is None else f"[{m['value'] - 1.96 * m['stderr']:.4g}, {m['value'] + 1.96 * m['stderr']:.4g}]"
+            lines.append(f"| {task} | {metric} | {m['value']:.4g} | {stderr} | {interval} |")
     ctx.summary(f"lm-eval on {engine} ({model_path or params.base_url}):\n\n" + "\n".join(lines))
     if harness.plot(normalized, report_dir / "eval.png", f"eval ({engine})"):
         from halo_pipeline.training.metrics import inline_image

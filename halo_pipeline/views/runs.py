@@ -58,7 +58,7 @@ def ls(root: Path, console: Any) -> int:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for col in ("run", "state", "steps", "objective", "groups", "git"):
+    for col in ("run", "state", "steps", "objective", "gates", "groups", "git"):
         table.add_column(col)
     for run in all_runs(root):
         try:
@@ -74,6 +74,7 @@ def ls(root: Path, console: Any) -> int:
             m.get("state", "?"),
             " ".join(f"{k}:{v}" for k, v in sorted(states.items())),
             "" if m.get("objective") is None else f"{m['objective']:.4g}",
+            "\n".join(gates(m)),
             " ".join(f"{k}={v}" for k, v in sorted(m.get("groups", {}).items())),
             f"{(git.get('commit') or '')[:8]}{'+dirty' if git.get('dirty') else ''}",
         )
@@ -136,7 +137,71 @@ def diff(a: Path, b: Path, console: Any) -> int:
         delta = f"{vb - va:+.4g}" if isinstance(va, int | float) and isinstance(vb, int | float) else ""
         metrics.add_row(key, _fmt(va if va is not None else "—"), _fmt(vb if vb is not None else "—"), delta)
     console.print(metrics)
+    paired = paired_rows(ma, mb)
+    if paired:
+        table = Table(title=f"paired per task ({b.name} vs {a.name})", box=None, pad_edge=False, title_justify="left")
+        for col in ("step.metric", "tasks", "Δ", "95% interval", "verdict"):
+            table.add_column(col)
+        for row in paired:
+            table.add_row(row["metric"], str(row["n"]), f"{row['delta']:+.4g}", f"[{row['low']:+.4g}, {row['high']:+.4g}]", row["verdict"])
+        console.print(table)
     return 0
+
+
+def _probe_reports(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """step id -> its probe.json, for the probe steps whose report is still on disk."""
+    found = {}
+    for sid, step in m.get("steps", {}).items():
+        path = (step.get("outputs") or {}).get("report", {}).get("path")
+        if step.get("kind") == "probe" and path and (Path(path) / "probe.json").is_file():
+            try:
+                found[sid] = json.loads((Path(path) / "probe.json").read_text())
+            except ValueError:
+                continue
+    return found
+
+
+def gates(m: dict[str, Any]) -> list[str]:
+    """One line per gated probe metric: its verdict and interval (what `runs ls` shows)."""
+    lines = []
+    for sid, report in _probe_reports(m).items():
+        for row in report.get("gate", []):
+            if not row.get("rule"):
+                continue
+            ci = f" [{row['ci'][0]:+.2f}, {row['ci'][1]:+.2f}]" if row.get("ci") else ""
+            lines.append(f"{sid} {row['metric']}: {'ok' if row['ok'] else 'FAIL'}, {row.get('verdict') or 'no verdict'}{ci}")
+    return lines
+
+
+def paired_rows(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run B against run A where both scored the same tasks: each probe metric paired per task (the candidates'
+    per-task values), with its interval and verdict; eval metrics from lm-eval's standard errors (unpaired: lm-eval
+    keeps no per-task values here), difference +- 1.96 sqrt(se_a^2 + se_b^2)."""
+    from halo_pipeline.evaluation import stats
+
+    rows: list[dict[str, Any]] = []
+    pa, pb = _probe_reports(ma), _probe_reports(mb)
+    for sid in sorted(set(pa) & set(pb)):
+        ta = pa[sid].get("per_task", {}).get("candidate", {})
+        tb = pb[sid].get("per_task", {}).get("candidate", {})
+        for metric in sorted(set(ta) & set(tb)):
+            common = [t for t in tb[metric] if t in ta[metric]]
+            if not common:
+                continue
+            found = stats.compare([ta[metric][t] for t in common], [tb[metric][t] for t in common])
+            rows.append({"metric": f"{sid}.{metric}", "n": found.n, "delta": found.delta, "low": found.low, "high": found.high,
+                         "verdict": found.verdict})  # fmt: skip
+    fa = {f"{sid}.{k}": v for sid, s in ma["steps"].items() for k, v in flatten(s.get("metrics", {})).items()}
+    fb = {f"{sid}.{k}": v for sid, s in mb["steps"].items() for k, v in flatten(s.get("metrics", {})).items()}
+    for key in sorted(fa):
+        se_a, se_b = fa.get(f"{key}_stderr"), fb.get(f"{key}_stderr")
+        va, vb = fa.get(key), fb.get(key)
+        if not all(isinstance(v, int | float) for v in (se_a, se_b, va, vb)):
+            continue
+        delta, half = vb - va, 1.96 * (se_a**2 + se_b**2) ** 0.5  # type: ignore[operator]
+        rows.append({"metric": key, "n": "lm-eval", "delta": delta, "low": delta - half, "high": delta + half,
+                     "verdict": stats.verdict(delta - half, delta + half)})  # fmt: skip
+    return rows
 
 
 def _recipe_diff(ma: dict[str, Any], mb: dict[str, Any], a: Path, b: Path, console: Any) -> None:
@@ -190,14 +255,16 @@ def print_result(result: dict[str, Any], console: Any) -> None:
     console.print(f"run dir: {result['run_dir']}")
     if result.get("prefect_ui"):
         console.print(f"prefect: {result['prefect_ui']}")
-    if result["state"] != "completed":
-        try:
-            m = json.loads((Path(result["run_dir"]) / MANIFEST).read_text())
-            for sid, s in m["steps"].items():
-                if s["state"] == "failed":
-                    console.print(f"[red]✘ {sid}[/]: {s.get('error')}  (log: {result['run_dir']}/logs/{sid}.log)")
-        except (OSError, ValueError):
-            pass
+    try:
+        m = json.loads((Path(result["run_dir"]) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    for sid, s in m.get("steps", {}).items():
+        if s.get("state") == "failed":
+            console.print(f"[red]✘ {sid}[/]: {s.get('error')}  (log: {result['run_dir']}/logs/{sid}.log)")
+        for name, out in (s.get("outputs") or {}).items():  # a step that made nothing says why, even when the run completed
+            if s.get("state") in ("ran", "cached") and (why := (out.get("meta") or {}).get("empty_because")):
+                console.print(f"[yellow]⚠ {sid}.{name} has no rows[/]: {why}")
 
 
 def _count(values: Any) -> dict[str, int]:
