@@ -78,6 +78,8 @@ def read_numbered_rows(
                 raise ValueError("a row must be a JSON object")
             if dataset or columns:
                 data = sources.map_row(data, columns or {}, lineno)
+            else:
+                data = sources.text_fields(data)  # `"completion": 42` is the text 42, as in a data file
             if "id" in data and not isinstance(data["id"], str):
                 data["id"] = str(data["id"])
             model.model_validate(data)

@@ -34,6 +34,7 @@ REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "sft_dataset": (("prompt", "completion"), ("messages",)),
     "preference_dataset": (("prompt", "chosen", "rejected"), ("chosen", "rejected")),  # conversations carry their prompt
 }
+TEXT_FIELDS = ("id", "prompt", "completion", "chosen", "rejected")  # what a number becomes text in
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant", "model": "assistant"}
 ROLES |= {"system": "system", "tool": "tool"}
 
@@ -149,6 +150,10 @@ def columns_of(source: Source) -> list[str] | None:
                     f"{source.spec} is not in the local datasets cache ({datasets_cache()}) and the hub is offline (HF_HUB_OFFLINE=1): "
                     "load it once online, or point HF_DATASETS_CACHE at a cache that holds it"
                 )
+            from halo_pipeline.data.hub import dataset_problem
+
+            if why := dataset_problem(source.hf_id):  # unreachable or unknown: a validation error, not a run that retries
+                raise SourceError(f"{source.spec}: {why}")
             return None
         _, info = found
         pick_split((info.get("splits") or {"train": {}}).keys(), source.split, source.spec)
@@ -266,8 +271,9 @@ def load_rows(source: Source, columns: dict[str, str] | None = None, limit: int 
 
 
 def raw_rows(source: Source, columns: dict[str, str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """The source's rows as they are (JSON values), once its columns are known to hold what `columns:` maps."""
-    dataset = load_dataset(source)
+    """The source's rows as they are (JSON values), once its columns are known to hold what `columns:` maps;
+    a CSV/TSV column that lands on a text field is read as the text its cells hold (`007` stays `007`)."""
+    dataset = load_dataset(source, text_columns=[(columns or {}).get(field, field) for field in TEXT_FIELDS])
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     missing = [f"'{theirs}' (mapped to {ours})" for ours, theirs in (columns or {}).items() if theirs not in dataset.column_names]
@@ -277,8 +283,9 @@ def raw_rows(source: Source, columns: dict[str, str] | None = None, limit: int |
     return list(json.loads(json.dumps(dataset.to_list(), default=str)))
 
 
-def load_dataset(source: Source) -> Any:
-    """A `datasets.Dataset` for the source: one split of a hub dataset, a data file, or a saved dataset."""
+def load_dataset(source: Source, text_columns: Iterable[str] = ()) -> Any:
+    """A `datasets.Dataset` for the source: one split of a hub dataset, a data file, or a saved dataset.
+    `text_columns` of a CSV/TSV file are read as text, not as the numbers pandas would infer."""
     import datasets
 
     datasets.disable_progress_bars()  # the step reports its own progress
@@ -306,7 +313,10 @@ def load_dataset(source: Source) -> Any:
     suffix = path.suffix.lower()
     if suffix not in BUILDERS:
         raise SourceError(f"{path}: unknown data file type '{suffix}' (parquet, csv, tsv, json, jsonl, arrow, or a save_to_disk folder)")
-    extra = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    extra: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    if BUILDERS[suffix] == "csv":
+        header = set(columns_of(source) or ())
+        extra["converters"] = {name: str for name in dict.fromkeys(text_columns) if name in header}  # an empty cell stays None
     return datasets.load_dataset(BUILDERS[suffix], data_files=str(path), split="train", cache_dir=cache_dir, **extra)
 
 
@@ -326,7 +336,25 @@ def map_row(row: dict[str, Any], columns: dict[str, str], number: int) -> dict[s
         turns = chat(out["prompt"])
         out["prompt"] = next((t["content"] for t in reversed(turns) if t["role"] == "user"), turns[-1]["content"] if turns else "")
     out["id"] = str(out["id"]) if out.get("id") is not None else str(number)
-    return out
+    return text_fields(out)
+
+
+def as_text(value: Any) -> Any:
+    """A number in a text field as text (`42`, `3.5`; a whole float without its `.0`); anything else as it is."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return str(value) if isinstance(value, int | float) else value
+
+
+def text_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with numbers in its text fields (prompt, completion, chosen, rejected, id) turned into text: a
+    numeric parquet/arrow column mapped onto a text field, or a JSONL row written with `"completion": 42`."""
+    for field in TEXT_FIELDS:
+        if field in row:
+            row[field] = as_text(row[field])
+    return row
 
 
 def chat(value: Any) -> list[dict[str, Any]]:
