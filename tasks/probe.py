@@ -11,9 +11,12 @@ fields: JSONL, parquet, CSV, arrow, a saved dataset or `hf:<id>[:<config>][:<spl
 its columns) scored by the recipe's verifier, with `n` samples per task and pass@k by the unbiased
 estimator; multiple-choice tasks (`mc_file`: JSONL `{id, prompt, choices, answer}`) scored by
 log-likelihood. The gate: `max_regression` (metric -> largest allowed drop) and `min_improvement`
-(metric -> smallest required gain); a breach fails the step with a table, so nothing downstream
-ships. Outputs a `report` (probe.json + a baseline-vs-candidate bar chart); candidate metrics are the
-step's metrics (`probe.pass@1` can be a recipe's objective).
+(metric -> smallest required gain), point thresholds; every metric is also compared per task (paired):
+its difference, a 95% interval (exact McNemar for pass/fail metrics, a paired bootstrap for graded ones)
+and a verdict (improved, regressed, inconclusive), which `require` can gate on (docs/probe.md). A breach
+fails the step with a table, so nothing downstream ships. Outputs a `report` (probe.json with per-task
+values + a baseline-vs-candidate bar chart with the intervals); candidate metrics are the step's
+metrics (`probe.pass@1` can be a recipe's objective).
 """
 
 from __future__ import annotations
