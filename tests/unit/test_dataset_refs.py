@@ -95,3 +95,20 @@ def test_a_misspelt_split_is_a_validate_time_error_at_its_key(project: Path) -> 
         issue = by_key[key]
         assert issue.file is not None and issue.file.endswith("typo.yaml") and issue.line == line, issue.format()
         assert "humaneval has no split 'tset'" in issue.message and issue.hint == "did you mean 'humaneval:test'?", issue.format()
+
+
+def test_train_and_probe_params_take_the_same_references() -> None:
+    from pydantic import ValidationError
+
+    from halo_pipeline.tasks.probe import ProbeParams
+    from halo_pipeline.tasks.train import TrainParams
+
+    with pytest.raises(ValidationError) as info:
+        TrainParams.model_validate({"probe_source": "humaneval:tset"})
+    (error,) = info.value.errors()
+    assert error["loc"] == ("probe_source",) and error["ctx"]["error"].hint == "did you mean 'humaneval:test'?"
+    assert TrainParams.model_validate({"probe_source": "hf:org/qa:test"}).probe_source == "hf:org/qa:test"
+    probe = ProbeParams.model_validate({"source": "humaneval:test", "tasks_file": "hf:org/qa::dev", "verifier": "python_syntax"})
+    assert probe.ref("source") == refs.parse("humaneval:test") and probe.ref("tasks_file").split == "dev"  # type: ignore[union-attr]
+    with pytest.raises(ValidationError, match="is a file, which this field does not take"):
+        ProbeParams.model_validate({"source": "file:tasks.jsonl", "verifier": "python_syntax"})

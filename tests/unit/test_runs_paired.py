@@ -47,3 +47,12 @@ def test_ls_shows_gates_and_diff_pairs_per_task(tmp_path: Path) -> None:
     (acc,) = [r for r in runs.paired_rows(runs.read(a), runs.read(b)) if r["metric"] == "eval.halo_arith/acc"]
     half = 1.96 * (2 * 0.02**2) ** 0.5  # lm-eval's standard errors of the two runs
     assert acc["verdict"] == "inconclusive" and (acc["low"], acc["high"]) == (pytest.approx(0.02 - half), pytest.approx(0.02 + half))
+
+
+def test_report_html_shows_the_interval_as_an_error_bar(tmp_path: Path) -> None:
+    from halo_pipeline.views.report import _verdicts
+
+    run = fake_run(tmp_path, "a", {f"t{i}": float(i == 0) for i in range(10)}, acc=0.5)
+    html = _verdicts(run / "steps/probe", "probe")
+    assert "95% interval of Δ" in html and "<svg" in html and "[-0.095, +0.100]" in html
+    assert "inconclusive (1 gained, 0 lost of 10 tasks)" in html
