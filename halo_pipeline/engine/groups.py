@@ -13,6 +13,7 @@ import importlib.util
 import os
 import platform
 import shutil
+from collections.abc import Mapping
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -160,6 +161,24 @@ TRACKER_KEYS = {  # the settings each tracker reads; any other key is a mistake 
 }
 
 
+# Where a setting the recipe leaves unset comes from: the tracker's own variable, then our default (docs/tracking.md)
+TRACKER_ENV = {
+    ("mlflow", "uri"): "MLFLOW_TRACKING_URI",
+    ("mlflow", "experiment"): "MLFLOW_EXPERIMENT_NAME",
+    ("wandb", "experiment"): "WANDB_PROJECT",
+    ("wandb", "dir"): "WANDB_DIR",
+    ("wandb", "mode"): "WANDB_MODE",
+    ("wandb", "entity"): "WANDB_ENTITY",
+    ("tensorboard", "dir"): "TENSORBOARD_LOGGING_DIR",
+}
+TRACKER_DEFAULTS = {
+    ("mlflow", "uri"): "sqlite:///outputs/mlflow.db",
+    ("wandb", "dir"): "outputs",
+    ("wandb", "mode"): "offline",
+    ("tensorboard", "dir"): "outputs/tensorboard",
+}
+
+
 class Tracking(BaseModel):
     """The experiment tracker a run reports to (`conf/tracking/<name>.yaml`): the train step hands it to
     TRL as `report_to`, and the pipeline logs one run per pipeline run with a nested run per step.
@@ -170,20 +189,43 @@ class Tracking(BaseModel):
     uri: str | None = Field(None, description="mlflow: tracking URI (sqlite:///outputs/mlflow.db, http://host:5000, file:./mlruns).")
     experiment: str | None = Field(None, description="mlflow: experiment; wandb, trackio: project (default: the recipe's name).")
     dir: str | None = Field(None, description="tensorboard: event file root; wandb: where offline runs go.")
-    mode: Literal["offline", "online"] = Field("offline", description="wandb: offline (local files, `wandb sync` later) or online.")
+    mode: Literal["offline", "online", "disabled"] | None = Field(
+        None, description="wandb: offline (local files, `wandb sync` later), online or disabled (default: WANDB_MODE, else offline)."
+    )
     entity: str | None = Field(None, description="wandb: team or user.")
     log_artifacts: bool = Field(True, description="Upload the run's replay.json, config.yaml and report.html to the tracker.")
 
     @model_validator(mode="after")
     def _keys_of_this_tracker(self) -> Tracking:
-        settings = {k for k in ("uri", "experiment", "dir", "entity") if getattr(self, k) is not None}
-        if self.mode != "offline":
-            settings.add("mode")
+        settings = {k for k in ("uri", "experiment", "dir", "entity", "mode") if getattr(self, k) is not None}
         wrong = sorted(settings - TRACKER_KEYS[self.name])
         if wrong:
             takes = ", ".join(sorted(TRACKER_KEYS[self.name])) or "no settings"
             raise ValueError(f"tracking={self.name} does not read {', '.join(wrong)} (it takes {takes})")
         return self
+
+    def resolved(self, recipe_name: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The settings the tracker runs with: the recipe's value, else the tracker's own environment variable
+        (TRACKER_ENV), else our default (TRACKER_DEFAULTS; `experiment` defaults to the recipe's name).
+
+        Raises:
+            ValueError: WANDB_MODE holds a mode W&B does not have.
+        """
+        env = os.environ if environ is None else environ
+        out: dict[str, Any] = {}
+        for key in sorted(TRACKER_KEYS[self.name]):
+            value = getattr(self, key)
+            variable = TRACKER_ENV.get((self.name, key))
+            if value is None and variable and env.get(variable):
+                value = env[variable]
+            out[key] = value if value is not None else TRACKER_DEFAULTS.get((self.name, key), recipe_name if key == "experiment" else None)
+        if self.name == "wandb":
+            out["mode"] = {"dryrun": "offline", "run": "online"}.get(out["mode"], out["mode"])
+            if out["mode"] not in ("offline", "online", "disabled"):
+                raise ValueError(
+                    f"WANDB_MODE={out['mode']} is not a W&B mode (online, offline, disabled): set tracking.mode, or fix the variable"
+                )
+        return out
 
     def report_to(self) -> list[str]:
         """TrainingArguments.report_to for this tracker."""
@@ -195,9 +237,13 @@ class Tracking(BaseModel):
         if package and importlib.util.find_spec(package) is None:
             how = "pip install trackio" if package == "trackio" else f"pip install 'halo-pipeline[tracking]' (or {package} itself)"
             return f"tracking={self.name} needs the {package} package: {how}"
+        try:
+            settings = self.resolved("")
+        except ValueError as exc:
+            return str(exc)
         if (
             self.name == "mlflow"
-            and (self.uri or "").startswith("file:")
+            and str(settings["uri"]).startswith("file:")
             and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true"
         ):
             return (

@@ -45,21 +45,22 @@ def start(plan: Plan, run_dir: Path, calls: dict[str, StepCall]) -> None:
     if node.name == "none":
         return
     run_name = f"{plan.recipe.name}/{run_dir.name}"
+    settings = node.resolved(plan.recipe.name)  # the recipe's values, else the tracker's own environment, else ours
     info: dict[str, Any] = {
         "name": node.name,
         "report_to": node.report_to(),
         "run_name": run_name,
         "group": run_name,
-        "experiment": node.experiment or plan.recipe.name,
+        "experiment": settings.get("experiment") or plan.recipe.name,
         "log_artifacts": node.log_artifacts,
     }
     try:
         if node.name == "mlflow":
-            info.update(_mlflow_start(node.uri or DEFAULT_MLFLOW_URI, info["experiment"], run_name, plan, run_dir))
+            info.update(_mlflow_start(settings["uri"], info["experiment"], run_name, plan, run_dir))
         elif node.name == "tensorboard":
-            info["dir"] = str(Path(node.dir or "outputs/tensorboard").resolve() / plan.recipe.name / run_dir.name)
+            info["dir"] = str(Path(settings["dir"]).resolve() / plan.recipe.name / run_dir.name)
         elif node.name == "wandb":
-            info.update(dir=str(Path(node.dir or "outputs").resolve()), mode=node.mode, entity=node.entity)
+            info.update(dir=str(Path(settings["dir"]).resolve()), mode=settings["mode"], entity=settings["entity"])
     except Exception as exc:  # a tracker that cannot be reached must not stop the run
         _warn(node.name, "start", exc)
         return

@@ -30,7 +30,7 @@ def test_every_shipped_recipe_takes_every_tracker(tracker: str, monkeypatch: pyt
         plan = plan_recipe(str(recipe), ["model=tiny", f"tracking={tracker}"])
         assert plan.recipe.tracking.name == tracker and plan.composed.choices["tracking"] == tracker
         if tracker in ("mlflow", "wandb", "trackio"):
-            assert plan.recipe.tracking.experiment == plan.recipe.name  # the project is the recipe's name
+            assert plan.recipe.tracking.resolved(plan.recipe.name, {})["experiment"] == plan.recipe.name  # the recipe's name by default
 
 
 def test_a_trackers_settings_are_checked_at_their_key(monkeypatch: pytest.MonkeyPatch) -> None:
