@@ -104,7 +104,8 @@ def cmd_convert(args: argparse.Namespace, console: Any) -> int:
     for note in record.get("notes", []):
         console.print(f"[yellow]note:[/yellow] {note}")
     if args.verify:
-        return _verify(source, out, _fresh_report_dir(out) if single_file else out / "verify", None, {}, console)
+        # the report goes beside what it describes: in the export this command wrote, or next to its one file
+        return _verify(source, out, _fresh_report_dir(out, out.parent) if single_file else out / "verify", None, {}, console)
     return 0
 
 
@@ -141,13 +142,15 @@ def cmd_verify(args: argparse.Namespace, console: Any) -> int:
     return _verify(source, exported, report_dir, args.quant, thresholds, console)
 
 
-def _fresh_report_dir(exported: Path) -> Path:
-    """`./verify-<name>[-N]` in the working directory: the export (a cache entry, an input) is never written to."""
+def _fresh_report_dir(exported: Path, where: Path | None = None) -> Path:
+    """`verify-<name>[-N]` in `where` (default: the working directory, since an export given to `verify` may be a
+    cache entry or someone's input, which is never written into)."""
+    where = where or Path.cwd()
     name = exported.name if exported.name not in ("model", "") else f"{exported.parent.name}-{exported.name}"
-    candidate, n = Path.cwd() / f"verify-{name}", 0
+    candidate, n = where / f"verify-{name}", 0
     while candidate.exists():
         n += 1
-        candidate = Path.cwd() / f"verify-{name}-{n}"
+        candidate = where / f"verify-{name}-{n}"
     return candidate
 
 

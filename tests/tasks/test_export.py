@@ -199,14 +199,16 @@ def test_convert_to_a_gguf_file_name_writes_one_gguf_file(tiny: Path, tmp_path: 
     out = tmp_path / "exports" / "tiny-q8.gguf"
     res = cli("convert", "--source", "tiny", "--format", "gguf", "--quant", "q8", "--output", str(out), "--verify", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == ["tiny-q8.gguf", "tiny-q8.gguf.halo_export.json"]
+    beside = ["tiny-q8.gguf", "tiny-q8.gguf.halo_export.json", "verify-tiny-q8.gguf"]  # the report beside the file it describes
+    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == beside
     from llama_cpp import Llama
 
     llm = Llama(str(out), n_ctx=64, verbose=False)
     assert llm.n_vocab() > 0
     from halo_pipeline.runtimes.formats import export_info
 
-    assert export_info(out)["quant"] == "q8" and (tmp_path / "verify-tiny-q8.gguf" / "verify.json").is_file()
+    assert export_info(out)["quant"] == "q8" and (out.parent / "verify-tiny-q8.gguf" / "verify.json").is_file()
+    assert not (tmp_path / "verify-tiny-q8.gguf").exists()
 
 
 def test_a_conversion_reports_its_own_peak_memory_not_the_pipelines(tiny: Path, tmp_path: Path) -> None:
