@@ -266,7 +266,34 @@ def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) 
     ctx.summary(
         f"{len(prompts)} prompts x {params.samples_per_prompt} samples -> {len(rows)} {params.output} rows; rejected: {rejected or 'none'}."
     )
+    if not rows and params.output != "prompts":  # a step that produces nothing says why (and the next step's error repeats it)
+        why = why_empty(len(prompts), rejected, params)
+        ctx.meta["dataset"]["empty_because"] = why
+        ctx.summary(f"**No rows**: {why}")
+        ctx.log.warning("no %s rows: %s", params.output, why)
     return {"dataset": out_path, "generated": generated_path}
+
+
+FIXES = {  # what to change when every prompt was rejected for this reason
+    "no reward gap between samples": "every prompt's samples got the same reward from the verifier, so there is no chosen and "
+    "rejected: sample more or more diversely (samples_per_prompt, temperature), use a stronger model, or a verifier whose "
+    "rewards are graded rather than pass/fail",
+    "fewer than two scored samples": "a pair needs two scored, non-empty samples per prompt: samples_per_prompt >= 2, "
+    "max_new_tokens large enough, and a verifier",
+    "empty completion": "the model wrote nothing: raise max_new_tokens, or check the chat template",
+    "failed verifier": "every sample failed the verifier: keep_unverified: true keeps them, or use a stronger model",
+    "below min_reward": "every sample scored below min_reward: lower it, or use a stronger model",
+}
+
+
+def why_empty(n_prompts: int, rejected: dict[str, int], p: SynthesizeParams) -> str:
+    """Why synthesize wrote no rows, and what to change."""
+    if not n_prompts:
+        return f"the source gave no prompts ({p.source or 'the prompts input'})"
+    counts = ", ".join(f"{why} ({n})" for why, n in sorted(rejected.items(), key=lambda kv: -kv[1]))
+    top = max(rejected, key=lambda k: rejected[k]).split(" (")[0] if rejected else ""
+    fix = FIXES.get(top)
+    return f"nothing kept from {n_prompts} prompts, rejected: {counts}" + (f"; {fix}" if fix else "")
 
 
 def build_rows(

@@ -306,6 +306,17 @@ def _execute(call: StepCall, kind: StepKind, inputs: dict[str, Artifact]) -> Ste
     return hit
 
 
+def empty_inputs(call: StepCall, inputs: dict[str, Artifact]) -> str | None:
+    """Inputs that came with no rows (their step's `meta.rows` is 0), with the reason their step gave
+    (`meta.empty_because`): what a step that then fails or makes nothing names as the cause upstream."""
+    found = []
+    for name, artifact in inputs.items():
+        if artifact.meta.get("rows") == 0:
+            why = artifact.meta.get("empty_because")
+            found.append(f"input '{name}' ({call.inputs.get(name)}) has no rows" + (f": {why}" if why else ""))
+    return "; ".join(found) or None
+
+
 def _run(call: StepCall, kind: StepKind, key: str, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     """Call the step kind with its work dir and logger; returns the record of what it made."""
     log_path = Path(call.run_dir) / "logs" / f"{call.id}.log"
@@ -332,8 +343,10 @@ def _run(call: StepCall, kind: StepKind, key: str, inputs: dict[str, Artifact], 
         produced = kind.fn(params, inputs, ctx) or {}
     except Exception as exc:
         logger.error("step failed:\n%s", traceback.format_exc())
-        write_state(call, "failed", error=str(exc))
-        raise StepError(f"{call.id} ({kind.name}): {type(exc).__name__}: {exc}", transient=is_transient(exc)) from exc
+        cause = empty_inputs(call, inputs)  # the error names the cause upstream: an input that came empty, and why
+        error = f"{exc} (upstream: {cause})" if cause else str(exc)
+        write_state(call, "failed", error=error)
+        raise StepError(f"{call.id} ({kind.name}): {type(exc).__name__}: {error}", transient=is_transient(exc)) from exc
     finally:
         logger.removeHandler(handler)
         handler.close()
@@ -352,6 +365,9 @@ def _run(call: StepCall, kind: StepKind, key: str, inputs: dict[str, Artifact], 
             "sha256": digest(p),
             "meta": ctx.meta.get(name, {}),
         }
+        meta = outputs[name]["meta"]
+        if meta.get("rows") == 0 and "empty_because" not in meta and (cause := empty_inputs(call, inputs)):
+            outputs[name]["meta"] = {**meta, "empty_because": cause}  # an empty output of an empty input: why, passed on
     write_state(call, "ran", seconds=ended - started)
     return {
         "kind": kind.name,
