@@ -335,6 +335,7 @@ def _export_command(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="halo-pipeline", description="Declarative post-training pipelines: YAML recipes run as Prefect flows.")
+    p.add_argument("--version", action="version", version=f"halo-pipeline {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check recipes without running anything")
@@ -438,6 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
 TAKES_OVERRIDES = {"plan", "run", "replay", "deploy"}
 
 
+def _version() -> str:
+    """The installed distribution's version (what pip installed), else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("halo-pipeline")
+    except PackageNotFoundError:
+        from halo_pipeline import __version__
+
+        return __version__
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread: handled like Ctrl-C (manifest says interrupted), exit 143."""
 
@@ -471,7 +484,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `halo-pipeline plan … | head`: the reader has gone, which is not an error to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout again at exit: let that go nowhere
+        code = 0
     if code in (130, 143):
         # Steps still running in worker threads would keep the process alive until they finish;
         # the manifest already says where the run stopped, and their sandboxes and children die with us.

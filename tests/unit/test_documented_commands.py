@@ -104,6 +104,8 @@ def test_the_docs_show_commands() -> None:
 def test_documented_subcommand_exists(command: Command) -> None:
     parser = build_parser()
     subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    if command.argv in (("--version",), ("--help",)):
+        return
     assert command.argv and command.argv[0] in subcommands, f"{command}: no such command"
 
 
