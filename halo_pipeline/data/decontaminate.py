@@ -20,6 +20,7 @@ held-out sets' fingerprints, `n`), and stops, drops or warns as the recipe's `de
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import unicodedata
@@ -34,6 +35,9 @@ VERSION = "1"  # bump when what counts as an overlap changes: part of the verdic
 MIN_WORDS = 8  # a held-out text shorter than n words is matched whole when it has at least this many (GPT-3's smallest n)
 MODES = ("stop", "drop", "warn", "off")
 _PUNCT = re.compile(r"[^\w\s]+")
+_WORD = re.compile(r"\w+")  # the words `normalise` leaves, found in one pass
+_ASCII_BREAKS = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_" or chr(c).isspace())}  # same, for ASCII
+_FILTER_BITS = 24  # a byte table of 2^24 slots marks the held-out hashes: most training n-grams are rejected by one lookup
 _P = np.uint64(0x100000001B3)  # the polynomial's base (odd: multiplication by it is a bijection modulo 2^64)
 _CHUNK = 20_000  # training texts hashed per numpy batch (bounds memory: ~10 arrays of their word count)
 
@@ -44,7 +48,10 @@ def normalise(text: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    return normalise(text).split()
+    """`normalise(text).split()`, faster (most text is ASCII, which NFKC leaves alone)."""
+    if text.isascii():
+        return text.lower().translate(_ASCII_BREAKS).split()
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -73,9 +80,8 @@ class Overlap:
 
 def _hashes(docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
     """The words' hashes of all docs, concatenated, and each doc's word count."""
-    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-    total = int(lengths.sum())
-    flat = np.fromiter((hash(w) for d in docs for w in d), dtype=np.int64, count=total).view(np.uint64)
+    lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+    flat = np.fromiter(map(hash, itertools.chain.from_iterable(docs)), dtype=np.int64, count=int(lengths.sum())).view(np.uint64)
     return flat, lengths
 
 
@@ -125,6 +131,9 @@ class Index:
             starts = np.cumsum(lengths) - lengths
             whole = (lengths[doc] == length) & (pos == starts[doc])  # the doc itself, not a window of a longer one
             self.keys[length] = self._sorted(h[whole], owners[doc[whole]])
+        self.table = np.zeros(1 << _FILTER_BITS, dtype=np.bool_)  # the top bits of every held-out hash
+        for keys, _ in self.keys.values():
+            self.table[keys >> np.uint64(64 - _FILTER_BITS)] = True
 
     @staticmethod
     def _sorted(h: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,17 +146,17 @@ class Index:
     def check(self, rows: list[tuple[str | None, list[str]]]) -> list[Overlap]:
         """The first overlap of each training row that has one; a row is (prompt, its texts)."""
         found: dict[int, Overlap] = {}
-        for r, (prompt, _) in enumerate(rows):
-            if prompt and (p := normalise(prompt)) in self.prompts:
-                found[r] = Overlap(r, self.prompts[p], "exact", _short(p))
         for start in range(0, len(rows), _CHUNK):
             docs: list[list[str]] = []
             doc_row: list[int] = []
             for r in range(start, min(start + _CHUNK, len(rows))):
-                if r in found:
+                prompt, texts = rows[r]
+                prompt_words = words(prompt) if prompt else []
+                if prompt_words and (p := " ".join(prompt_words)) in self.prompts:
+                    found[r] = Overlap(r, self.prompts[p], "exact", _short(p))
                     continue
-                for text in rows[r][1]:
-                    ws = words(text)
+                for text in texts:
+                    ws = prompt_words if text is prompt else words(text)
                     if ws:
                         docs.append(ws)
                         doc_row.append(r)
@@ -159,15 +168,16 @@ class Index:
                 if not len(keys):
                     continue
                 h, doc, pos = _grams(flat, lengths, length)
-                at = np.searchsorted(keys, h)
+                maybe = np.flatnonzero(self.table[h >> np.uint64(64 - _FILTER_BITS)])  # the few that may be held out
+                at = np.searchsorted(keys, h[maybe])
                 at[at == len(keys)] = 0
-                hit = np.flatnonzero(keys[at] == h)
-                for k in hit.tolist():  # one per row suffices: the first found
+                sure = keys[at] == h[maybe]
+                for k, a in zip(maybe[sure].tolist(), at[sure].tolist(), strict=True):  # one per row suffices: the first found
                     r = doc_row[int(doc[k])]
                     if r not in found:
                         d, p0 = docs[int(doc[k])], int(pos[k] - starts[doc[k]])
                         how = f"{length}-gram" if length == self.n else f"whole item ({length} words)"
-                        found[r] = Overlap(r, int(owners[at[k]]), how, _short(" ".join(d[p0 : p0 + length])))
+                        found[r] = Overlap(r, int(owners[a]), how, _short(" ".join(d[p0 : p0 + length])))
         return [found[r] for r in sorted(found)]
 
 

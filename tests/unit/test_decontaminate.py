@@ -20,6 +20,8 @@ def test_normalisation_ignores_case_whitespace_and_punctuation() -> None:
     assert dc.normalise("def f(x):\n    return x+1") == "def f x return x 1"
     assert dc.normalise("snake_case stays one word") == "snake_case stays one word"
     assert dc.words("  ") == []
+    for text in ("a\x00b\x1fc\x7fd", "Ünïcode — “quotes” ＡＢ", "tabs\tand\x0bvt", "under_score-dash", "x²+y³ ½"):
+        assert dc.words(text) == dc.normalise(text).split(), text  # the fast path for ASCII finds the same words
 
 
 def test_ngrams_are_word_windows_after_normalisation() -> None:
