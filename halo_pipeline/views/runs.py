@@ -169,6 +169,8 @@ def gates(m: dict[str, Any]) -> list[str]:
             if not row.get("rule"):
                 continue
             ci = f" [{row['ci'][0]:+.2f}, {row['ci'][1]:+.2f}]" if row.get("ci") else ""
+            if row.get("method") == "exact" and not row.get("gained") and not row.get("lost"):
+                ci = f" (no task of {row.get('n')} changed)"
             lines.append(f"{sid} {row['metric']}: {'ok' if row['ok'] else 'FAIL'}, {row.get('verdict') or 'no verdict'}{ci}")
     return lines
 
