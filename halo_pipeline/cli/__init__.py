@@ -208,6 +208,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     if args.stop:
         print("stopped" if local_server.stop_background() else "no background server was running")
         return 0
+    if args.status:  # the background server `run` started: where its API and UI are
+        url = local_server.running_server()
+        if url is None:
+            print("no background server is running (the next `halo-pipeline run` starts one)")
+            return 1
+        print(f"background Prefect server: UI {local_server.ui_url(url)}  API {url}  (stop it with: halo-pipeline server --stop)")
+        return 0
     return local_server.serve_foreground(args.host, args.port)
 
 
@@ -379,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=4200)
     s.add_argument("--stop", action="store_true", help="stop the background server that `run` started")
+    s.add_argument("--status", action="store_true", help="print the background server's UI and API address (exit 1 if none runs)")
     s.set_defaults(func=cmd_server)
 
     one = sub.add_parser("step", help="run one step kind outside a recipe (same cache, manifest and Prefect run as a recipe)")
@@ -417,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     from halo_pipeline.cli.serve import add_parser as add_serve_parser
 
     add_serve_parser(sub)
+    from halo_pipeline.cli.preview import add_parser as add_preview_parser
+
+    add_preview_parser(sub)
     for name in ("merge", "convert", "verify", "serve"):
         sub.choices[name].set_defaults(func=_export_command)
 
@@ -436,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-TAKES_OVERRIDES = {"plan", "run", "replay", "deploy"}
+TAKES_OVERRIDES = {"plan", "run", "replay", "deploy", "preview"}
 
 
 def _version() -> str:

@@ -210,7 +210,12 @@ def _flow_run_info() -> dict[str, Any]:
     """Where this run is in Prefect, so a manifest leads to its flow run and back."""
     from prefect.runtime import flow_run
 
-    return {"flow_run_id": flow_run.get_id(), "flow_run_name": flow_run.get_name(), "ui_url": flow_run.get_flow_run_ui_url()}
+    url = flow_run.get_flow_run_ui_url()  # "None/flow-runs/…" when the server has no UI address (Prefect's temporary one)
+    return {
+        "flow_run_id": flow_run.get_id(),
+        "flow_run_name": flow_run.get_name(),
+        "ui_url": None if not url or url.startswith("None") else url,
+    }
 
 
 def run(recipe: str, overrides: list[str], opts: RunOptions, tag_list: list[str] | None = None) -> dict[str, Any]:

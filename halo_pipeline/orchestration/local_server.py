@@ -232,12 +232,16 @@ def _write_state(info: dict[str, object]) -> None:
     tmp.replace(state_file())
 
 
-def stop_background() -> bool:
+def stop_background(wait_s: float = 20.0) -> bool:
+    """Stop the background server; once this returns (within `wait_s`) it no longer answers."""
     try:
         info = json.loads(state_file().read_text())
         os.kill(int(info["pid"]), signal.SIGTERM)
     except (OSError, ValueError, KeyError):
         return False
+    deadline = time.time() + wait_s
+    while time.time() < deadline and healthy(str(info.get("url", "")), timeout=0.5):
+        time.sleep(0.2)
     return True
 
 

@@ -153,9 +153,13 @@ def test_local_server_is_started_once_and_reused(project: Path, tmp_path: Path) 
         assert second.returncode == 0, second.stderr
         assert json.loads((home / "server.json").read_text())["pid"] == info["pid"]  # same server
         assert warm < 15, f"a warm run took {warm:.1f} s"
+        status = cli("server", "--status", cwd=project, env=env)  # the one command that says where it is
+        assert status.returncode == 0 and info["url"] in status.stdout and info["url"].removesuffix("/api") in status.stdout
     finally:
         stop = cli("server", "--stop", cwd=project, env=env)
         assert stop.returncode == 0
+    status = cli("server", "--status", cwd=project, env=env)
+    assert status.returncode == 1 and "no background server is running" in status.stdout
 
 
 @pytest.mark.usefixtures("prefect_api")
