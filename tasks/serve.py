@@ -69,6 +69,7 @@ def run(params: ServeParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
         f"{engine}: chat {found['chat_latency_s']} s, TTFT p50 {found['ttft_p50_s']} s, {found['tokens_per_s_1']} tok/s (1 stream), "
         f"{found[f'tokens_per_s_{params.concurrent}']} tok/s ({params.concurrent} streams). Serve it with:\n\n    {shlex.join(command)}"
     )
+    ctx.meta["report"] = {"command": shlex.join(command)}  # printed at the end of the run: how to serve what it made
     return {"report": _write(ctx, found)}
 
 

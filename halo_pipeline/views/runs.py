@@ -267,6 +267,8 @@ def print_result(result: dict[str, Any], console: Any) -> None:
         for name, out in (s.get("outputs") or {}).items():  # a step that made nothing says why, even when the run completed
             if s.get("state") in ("ran", "cached") and (why := (out.get("meta") or {}).get("empty_because")):
                 console.print(f"[yellow]⚠ {sid}.{name} has no rows[/]: {why}")
+            if s.get("state") in ("ran", "cached") and (command := (out.get("meta") or {}).get("command")):
+                console.print(f"{sid}: {command}", markup=False, soft_wrap=True)  # e.g. the serve step: how to serve the artifact
 
 
 def _count(values: Any) -> dict[str, int]:
