@@ -20,7 +20,6 @@ held-out sets' fingerprints, `n`), and stops, drops or warns as the recipe's `de
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import unicodedata
@@ -35,23 +34,25 @@ VERSION = "1"  # bump when what counts as an overlap changes: part of the verdic
 MIN_WORDS = 8  # a held-out text shorter than n words is matched whole when it has at least this many (GPT-3's smallest n)
 MODES = ("stop", "drop", "warn", "off")
 _PUNCT = re.compile(r"[^\w\s]+")
-_WORD = re.compile(r"\w+")  # the words `normalise` leaves, found in one pass
 _ASCII_BREAKS = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_" or chr(c).isspace())}  # same, for ASCII
 _FILTER_BITS = 24  # a byte table of 2^24 slots marks the held-out hashes: most training n-grams are rejected by one lookup
-_P = np.uint64(0x100000001B3)  # the polynomial's base (odd: multiplication by it is a bijection modulo 2^64)
-_CHUNK = 20_000  # training texts hashed per numpy batch (bounds memory: ~10 arrays of their word count)
+_P = np.uint64(0x100000001B3)  # the polynomials' base (odd: invertible modulo 2^64)
+_P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
+_SEPARATOR = "\x00"  # between texts: normalised text never holds it (a control character becomes a space)
+_SPACE = np.zeros(256, dtype=np.bool_)
+_SPACE[list(b" \t\n\v\f\r\x1c\x1d\x1e\x1f\x00")] = True
+_CHUNK = 4096  # training rows hashed per numpy batch (bounds memory: ~10 arrays of their bytes)
 
 
 def normalise(text: str) -> str:
     """Case, Unicode form, punctuation and whitespace made irrelevant: `"Hello,  World!"` -> `"hello world"`."""
+    if text.isascii():  # most text: NFKC leaves it alone, and one translate does what the expression does
+        return " ".join(text.lower().translate(_ASCII_BREAKS).split())
     return " ".join(_PUNCT.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split())
 
 
 def words(text: str) -> list[str]:
-    """`normalise(text).split()`, faster (most text is ASCII, which NFKC leaves alone)."""
-    if text.isascii():
-        return text.lower().translate(_ASCII_BREAKS).split()
-    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+    return normalise(text).split()
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -78,15 +79,63 @@ class Overlap:
     words: str  # the normalised words that matched (shortened)
 
 
-def _hashes(docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-    """The words' hashes of all docs, concatenated, and each doc's word count."""
-    lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
-    flat = np.fromiter(map(hash, itertools.chain.from_iterable(docs)), dtype=np.int64, count=int(lengths.sum())).view(np.uint64)
-    return flat, lengths
+_powers: dict[str, np.ndarray] = {}
+
+
+def _power(name: str, base: np.uint64, size: int) -> np.ndarray:
+    """base^0 .. base^(size-1) modulo 2^64, kept and grown as needed."""
+    have = _powers.get(name)
+    if have is None or len(have) < size:
+        grown = np.full(max(size, 1 << 16), base, dtype=np.uint64)
+        grown[0] = 1
+        _powers[name] = have = np.cumprod(grown, dtype=np.uint64)
+    return have[:size]
+
+
+@dataclass
+class _Words:
+    """The words of a batch of texts: a hash each (in order), words per text, and each word's bytes."""
+
+    hashes: np.ndarray
+    lengths: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    data: bytes
+
+    def text(self, first: int, count: int) -> str:
+        return " ".join(self.data[self.starts[first] : self.ends[first + count - 1]].decode(errors="replace").split())
+
+
+def _words(texts: list[str]) -> _Words:
+    """Normalise and hash every word of the texts at once: a word's hash is a polynomial of its UTF-8 bytes,
+    sum b[j] * P^(end-1-j), from one prefix sum over the whole batch (P is invertible modulo 2^64), then mixed."""
+    data = _SEPARATOR.join(map(_spaced, texts)).encode()
+    b = np.frombuffer(data, dtype=np.uint8)
+    word = ~_SPACE[b]
+    edges = np.diff(word.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    prefix = np.cumsum(b.astype(np.uint64) * _power("inv", _P_INV, len(b)), dtype=np.uint64)
+    before = np.where(starts > 0, prefix[starts - 1], np.uint64(0)) if len(starts) else np.zeros(0, dtype=np.uint64)
+    h = (prefix[ends - 1] - before) * _power("p", _P, len(b) + 1)[ends - 1] if len(starts) else before
+    h ^= h >> np.uint64(31)  # splitmix64's finaliser: short words' small sums spread over all 64 bits
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    text_of = np.cumsum(b == 0)[starts] if len(starts) else np.zeros(0, dtype=np.int64)
+    lengths = np.bincount(text_of, minlength=len(texts)).astype(np.int64)
+    return _Words(h, lengths, starts, ends, data)
+
+
+def _spaced(text: str) -> str:
+    """The text normalised up to its spacing: words apart, case, form and punctuation gone (whitespace runs stay)."""
+    if text.isascii():
+        return text.lower().translate(_ASCII_BREAKS)
+    return normalise(text)
 
 
 def _grams(flat: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hashes of every n-word window that lies inside one doc: (hashes, doc index, start position)."""
+    """Hashes of every n-word window that lies inside one text: (hashes, text index, start word)."""
     m = len(flat) - n + 1
     if m <= 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -110,18 +159,16 @@ class Index:
             raise ValueError("n must be at least 1")
         self.items, self.n = items, n
         self.prompts: dict[str, int] = {}
-        docs: list[list[str]] = []
+        texts: list[str] = []
         owner: list[int] = []
         for i, item in enumerate(items):
             if item.prompt and (p := normalise(item.prompt)):
                 self.prompts.setdefault(p, i)
-            for text in item.texts:
-                ws = words(text)
-                if ws:
-                    docs.append(ws)
-                    owner.append(i)
+            texts += item.texts
+            owner += [i] * len(item.texts)
         owners = np.asarray(owner, dtype=np.int64)
-        flat, lengths = _hashes(docs)
+        found = _words(texts)
+        flat, lengths = found.hashes, found.lengths
         self.keys: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # word count -> (sorted hashes, item of each)
         h, doc, _ = _grams(flat, lengths, n)
         self.keys[n] = self._sorted(h, owners[doc])
@@ -129,7 +176,7 @@ class Index:
         for length in sorted(short):
             h, doc, pos = _grams(flat, lengths, length)
             starts = np.cumsum(lengths) - lengths
-            whole = (lengths[doc] == length) & (pos == starts[doc])  # the doc itself, not a window of a longer one
+            whole = (lengths[doc] == length) & (pos == starts[doc])  # the text itself, not a window of a longer one
             self.keys[length] = self._sorted(h[whole], owners[doc[whole]])
         self.table = np.zeros(1 << _FILTER_BITS, dtype=np.bool_)  # the top bits of every held-out hash
         for keys, _ in self.keys.values():
@@ -147,37 +194,31 @@ class Index:
         """The first overlap of each training row that has one; a row is (prompt, its texts)."""
         found: dict[int, Overlap] = {}
         for start in range(0, len(rows), _CHUNK):
-            docs: list[list[str]] = []
-            doc_row: list[int] = []
+            texts: list[str] = []
+            text_row: list[int] = []
             for r in range(start, min(start + _CHUNK, len(rows))):
-                prompt, texts = rows[r]
-                prompt_words = words(prompt) if prompt else []
-                if prompt_words and (p := " ".join(prompt_words)) in self.prompts:
+                prompt, its = rows[r]
+                if prompt and (p := normalise(prompt)) in self.prompts:
                     found[r] = Overlap(r, self.prompts[p], "exact", _short(p))
                     continue
-                for text in texts:
-                    ws = prompt_words if text is prompt else words(text)
-                    if ws:
-                        docs.append(ws)
-                        doc_row.append(r)
-            if not docs:
+                texts += its
+                text_row += [r] * len(its)
+            if not texts:
                 continue
-            flat, lengths = _hashes(docs)
-            starts = np.cumsum(lengths) - lengths
+            batch = _words(texts)
             for length, (keys, owners) in self.keys.items():
                 if not len(keys):
                     continue
-                h, doc, pos = _grams(flat, lengths, length)
+                h, doc, pos = _grams(batch.hashes, batch.lengths, length)
                 maybe = np.flatnonzero(self.table[h >> np.uint64(64 - _FILTER_BITS)])  # the few that may be held out
                 at = np.searchsorted(keys, h[maybe])
                 at[at == len(keys)] = 0
                 sure = keys[at] == h[maybe]
                 for k, a in zip(maybe[sure].tolist(), at[sure].tolist(), strict=True):  # one per row suffices: the first found
-                    r = doc_row[int(doc[k])]
+                    r = text_row[int(doc[k])]
                     if r not in found:
-                        d, p0 = docs[int(doc[k])], int(pos[k] - starts[doc[k]])
                         how = f"{length}-gram" if length == self.n else f"whole item ({length} words)"
-                        found[r] = Overlap(r, int(owners[a]), how, _short(" ".join(d[p0 : p0 + length])))
+                        found[r] = Overlap(r, int(owners[a]), how, _short(batch.text(int(pos[k]), length)))
         return [found[r] for r in sorted(found)]
 
 
