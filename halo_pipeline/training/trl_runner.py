@@ -13,6 +13,7 @@ from halo_pipeline.training import algorithms as alg
 from halo_pipeline.training import data
 from halo_pipeline.training.configs import peft_config, trainer_config
 from halo_pipeline.training.distributed import barrier, gather, is_main, rank, sharded, world_size
+from halo_pipeline.training.preview import load_tokenizer
 from halo_pipeline.training.sampling import generate
 from halo_pipeline.training.tracking import session
 
@@ -62,14 +63,12 @@ def _trim_metrics(path: Path, upto_step: int) -> None:
 
 def _load(params: Any, for_reward_model: bool = False) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from halo_pipeline.runtimes.catalog import resolve
 
     path = resolve(params.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(params)  # the one `halo-pipeline preview` shows the examples with
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if params.backend.attention:
         kwargs["attn_implementation"] = params.backend.attention

@@ -1,0 +1,339 @@
+"""What a train step trains on, as its trainer sees it: each example after `columns:`, the chat template and
+truncation, token by token, with the tokens the loss is computed on told apart from the masked ones; and what
+the whole dataset looks like to the trainer (lengths against `max_length`, rows truncated or dropped, empty
+turns, duplicate prompts, and for preference pairs the balance of their labels).
+
+The examples are prepared by TRL's own code, not a copy of it: the trainer class's `_prepare_dataset` (its
+chat template, EOS, tokenization, label masks, truncation and the filter that drops what cannot train) and the
+trainer's data collator, given the same rows (`training/data.py`), tokenizer and config (`training/configs.py`)
+that `trl_runner` gives the trainer. A test holds the preview's masks to the labels a real trainer's collator
+yields.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from halo_pipeline.training import algorithms as alg
+from halo_pipeline.training import data
+
+ROW = "halo_row"  # a bookkeeping column: the dataset row an example came from (TRL's maps carry it through)
+
+
+@dataclass
+class Sequence:
+    """One tokenized sequence: an SFT example, or one side of a preference pair."""
+
+    side: str  # "" (sft, prompts), "chosen" or "rejected"
+    ids: list[int]
+    pieces: list[str]  # each token's text
+    trained: list[bool]  # whether the loss reads this token (a reward model: every token it scores)
+    length: int  # tokens before truncation
+
+    @property
+    def truncated(self) -> bool:
+        return self.length > len(self.ids)
+
+
+@dataclass
+class Example:
+    id: str
+    row: int  # 1-based, in the dataset as the train step reads it
+    sequences: list[Sequence]
+    dropped: bool = False  # the trainer leaves it out (nothing left to train on after truncation)
+
+
+@dataclass
+class Preview:
+    algorithm: str
+    chat_template: bool  # whether the rows went through the tokenizer's chat template
+    max_length: int | None
+    examples: list[Example]
+    stats: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_tokenizer(params: Any) -> Any:
+    """The tokenizer the train step uses (its pad token falls back to EOS, as the trainer's does)."""
+    from transformers import AutoTokenizer
+
+    from halo_pipeline.runtimes.catalog import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(params.model))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def uses_chat(params: Any, tokenizer: Any) -> bool:
+    return bool(params.use_chat_template and getattr(tokenizer, "chat_template", None))
+
+
+def preview(params: Any, rows: list[dict[str, Any]], n: int = 3, tokenizer: Any = None, bad_rows: int = 0) -> Preview:
+    """The first `n` examples as the trainer sees them, and statistics over every row.
+
+    Args:
+        params: the train step's params (`TrainParams`).
+        rows: the dataset's rows, as the train step reads them (`read_rows` with its `columns:`).
+        n: how many examples to show.
+        tokenizer: the step's tokenizer, when already loaded.
+        bad_rows: rows the step skipped as malformed (counted in the statistics).
+    """
+    import datasets
+
+    datasets.disable_progress_bars()
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(params)
+    chat = uses_chat(params, tokenizer)
+    algo = params.algorithm
+    from halo_pipeline.training.configs import trainer_config
+
+    with tempfile.TemporaryDirectory(prefix="halo-preview-") as tmp:
+        config = trainer_config(params, Path(tmp))
+    if isinstance(algo, alg.SFT):
+        examples, lengths, notes = _sft(params, rows, tokenizer, chat, config, n)
+    elif isinstance(algo, alg.DPO):
+        examples, lengths, notes = _dpo(params, rows, tokenizer, chat, config, n)
+    elif isinstance(algo, alg.RM):
+        examples, lengths, notes = _rm(params, rows, tokenizer, chat, config, n)
+    else:  # grpo, raft: the prompts; completions are generated while training
+        examples, lengths, notes = _prompts(params, rows, tokenizer, chat, n)
+    max_length = None if isinstance(algo, alg.GRPO | alg.RAFT) else params.max_length
+    stats = statistics(rows, lengths, max_length, algo.name, bad_rows)
+    return Preview(algo.name, chat, max_length, examples, stats, notes)
+
+
+# ------------------------------------------------------------------ per algorithm, through TRL's own preparation
+
+
+def _dataset(records: list[dict[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list([{**r, ROW: i} for i, r in enumerate(records)])
+
+
+def _untruncated(config: Any) -> Any:
+    full = copy.copy(config)
+    full.max_length = None  # the same preparation without truncation or the filters that follow it: every row's length
+    return full
+
+
+def _pieces(tokenizer: Any, ids: list[int]) -> list[str]:
+    return [tokenizer.decode([i]) for i in ids]
+
+
+def _by_row(dataset: Any) -> dict[int, dict[str, Any]]:
+    return {int(ex[ROW]): ex for ex in dataset}
+
+
+def _sft(
+    params: Any, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
+) -> tuple[list[Example], list[dict[str, int]], list[str]]:
+    import trl
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    records = data.sft_rows(rows, chat, params.system_prompt)
+    dataset = _dataset(records)
+    sample = records[0] if records else {}
+    # what SFTTrainer.__init__ decides before it prepares the dataset (no assistant_only_loss: no training template)
+    owner: Any = SimpleNamespace(
+        _tokenizer=tokenizer,
+        chat_template=None,
+        completion_only_loss=("prompt" in sample and "completion" in sample)
+        if config.completion_only_loss is None
+        else config.completion_only_loss,
+    )
+    prepared = _by_row(trl.SFTTrainer._prepare_dataset(owner, dataset, tokenizer, config, config.packing, None, "train"))
+    full = _by_row(trl.SFTTrainer._prepare_dataset(owner, dataset, tokenizer, _untruncated(config), False, None, "train"))
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=config.pad_to_multiple_of)
+    examples = []
+    for i in range(min(n, len(records))):
+        ex = prepared.get(i) or full[i]
+        batch = collator([{"input_ids": ex["input_ids"], "labels": ex["labels"]}])
+        ids = ex["input_ids"]
+        trained = [int(label) != -100 for label in batch["labels"][0][: len(ids)]]
+        seq = Sequence("", list(ids), _pieces(tokenizer, ids), trained, len(full[i]["input_ids"]))
+        examples.append(Example(str(rows[i].get("id", i + 1)), i + 1, [seq], dropped=i not in prepared))
+    lengths = [{"": len(full[i]["input_ids"]), "kept": int(i in prepared)} for i in range(len(records))]
+    notes = [] if owner.completion_only_loss or "messages" in sample else ["completion_only_loss is off: the prompt is trained on too"]
+    return examples, lengths, notes
+
+
+def _dpo(
+    params: Any, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
+) -> tuple[list[Example], list[dict[str, int]], list[str]]:
+    import trl
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    records = data.preference_rows(rows, chat, params.system_prompt)
+    dataset = _dataset(records)
+    owner: Any = SimpleNamespace(_tokenizer=tokenizer)  # what _prepare_dataset reads of its trainer
+    prepared = _by_row(trl.DPOTrainer._prepare_dataset(owner, dataset, tokenizer, config, "train"))
+    full = _by_row(trl.DPOTrainer._prepare_dataset(owner, dataset, tokenizer, _untruncated(config), "train"))
+    collator = DataCollatorForPreference(
+        pad_token_id=tokenizer.pad_token_id,
+        max_length=config.max_length,
+        truncation_mode=config.truncation_mode,
+        pad_to_multiple_of=config.pad_to_multiple_of,
+    )
+    examples = []
+    for i in range(min(n, len(records))):
+        ex = prepared.get(i) or full[i]
+        batch = collator([{k: ex[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}])
+        sequences = []
+        for j, side in enumerate(("chosen", "rejected")):
+            size = int(batch["attention_mask"][j].sum())
+            ids = [int(t) for t in batch["input_ids"][j][:size]]
+            trained = [bool(m) for m in batch["completion_mask"][j][:size]]
+            sequences.append(
+                Sequence(side, ids, _pieces(tokenizer, ids), trained, len(full[i]["prompt_ids"]) + len(full[i][f"{side}_ids"]))
+            )
+        examples.append(Example(str(rows[i].get("id", i + 1)), i + 1, sequences, dropped=i not in prepared))
+    lengths = [
+        {side: len(full[i]["prompt_ids"]) + len(full[i][f"{side}_ids"]) for side in ("chosen", "rejected")} | {"kept": int(i in prepared)}
+        for i in range(len(records))
+    ]
+    return examples, lengths, []
+
+
+def _rm(
+    params: Any, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
+) -> tuple[list[Example], list[dict[str, int]], list[str]]:
+    import trl
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    records = data.preference_rows(rows, chat, params.system_prompt)
+    dataset = _dataset(records)
+    owner: Any = SimpleNamespace(_tokenizer=tokenizer)  # what _prepare_dataset reads of its trainer
+    prepared = _by_row(trl.RewardTrainer._prepare_dataset(owner, dataset, tokenizer, config, "train"))
+    full = _by_row(trl.RewardTrainer._prepare_dataset(owner, dataset, tokenizer, _untruncated(config), "train"))
+    collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=config.pad_to_multiple_of)
+    examples = []
+    for i in range(min(n, len(records))):
+        ex = prepared.get(i) or full[i]
+        batch = collator([{"chosen_ids": ex["chosen_ids"], "rejected_ids": ex["rejected_ids"]}])
+        sequences = []
+        for j, side in enumerate(("chosen", "rejected")):
+            size = int(batch["attention_mask"][j].sum())
+            ids = [int(t) for t in batch["input_ids"][j][:size]]
+            sequences.append(Sequence(side, ids, _pieces(tokenizer, ids), [True] * size, len(full[i][f"{side}_ids"])))
+        examples.append(Example(str(rows[i].get("id", i + 1)), i + 1, sequences, dropped=i not in prepared))
+    lengths = [
+        {side: len(full[i][f"{side}_ids"]) for side in ("chosen", "rejected")} | {"kept": int(i in prepared)} for i in range(len(records))
+    ]
+    notes = ["a reward model scores each whole sequence: every token is marked; pairs longer than max_length are dropped, not truncated"]
+    return examples, lengths, notes
+
+
+def _prompts(
+    params: Any, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, n: int
+) -> tuple[list[Example], list[dict[str, int]], list[str]]:
+    records = data.prompt_rows(rows, chat, params.system_prompt)
+    examples, lengths = [], []
+    for i, record in enumerate(records):
+        prompt = record["prompt"]
+        if chat:
+            ids = list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        else:
+            ids = list(tokenizer(prompt)["input_ids"])
+        lengths.append({"": len(ids), "kept": 1})
+        if i < n:
+            seq = Sequence("", ids, _pieces(tokenizer, ids), [False] * len(ids), len(ids))
+            examples.append(Example(str(record.get("id", i + 1)), i + 1, [seq]))
+    return (
+        examples,
+        lengths,
+        [f"{params.algorithm.name} trains on completions it generates for these prompts (one row per distinct prompt)"],
+    )
+
+
+# ------------------------------------------------------------------ the whole dataset
+
+
+def percentile(values: list[int], q: float) -> int:
+    """Nearest-rank percentile (0 for no values)."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(min(rank, len(ordered))) - 1]
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _prompt_key(row: dict[str, Any]) -> str:
+    if row.get("messages") is not None and row.get("prompt") is None:
+        turns = row["messages"]
+        context = turns[:-1] if turns and turns[-1].get("role") == "assistant" else turns
+        return json.dumps([[t.get("role"), str(t.get("content", "")).strip()] for t in context])
+    return " ".join(str(row.get("prompt", "")).split())
+
+
+def statistics(
+    rows: list[dict[str, Any]], lengths: list[dict[str, int]], max_length: int | None, algorithm: str, bad_rows: int = 0
+) -> dict[str, Any]:
+    """What the whole dataset looks like to the trainer (see module docstring)."""
+    longest = [max(v for k, v in item.items() if k != "kept") for item in lengths]
+    stats: dict[str, Any] = {
+        "rows": len(rows),
+        "bad_rows": bad_rows,
+        "examples": len(lengths),
+        "tokens": {
+            "p50": percentile(longest, 50),
+            "p90": percentile(longest, 90),
+            "p99": percentile(longest, 99),
+            "max": max(longest, default=0),
+        },
+        "max_length": max_length,
+    }
+    if max_length is not None:
+        stats["truncated"] = sum(1 for v in longest if v > max_length)
+        stats["dropped"] = sum(1 for item in lengths if not item["kept"])
+    fields = ("prompt", "chosen", "rejected") if algorithm in ("dpo", "rm") else ("prompt", "completion")
+    empty: dict[str, int] = {}
+    for row in rows:
+        if row.get("messages") is not None and row.get("prompt") is None:
+            if any(_is_empty(t.get("content")) for t in row["messages"]):
+                empty["messages"] = empty.get("messages", 0) + 1
+            continue
+        for name in fields:
+            if _is_empty(row.get(name)):
+                empty[name] = empty.get(name, 0) + 1
+    stats["empty"] = empty
+    seen: set[str] = set()
+    duplicates = 0
+    for row in rows:
+        key = _prompt_key(row)
+        duplicates += key in seen
+        seen.add(key)
+    stats["duplicate_prompts"] = duplicates
+    if algorithm in ("dpo", "rm") and rows:
+        stats["pairs"] = _pairs(rows, lengths)
+    return stats
+
+
+def _pairs(rows: list[dict[str, Any]], lengths: list[dict[str, int]]) -> dict[str, Any]:
+    """Label balance of preference pairs: identical sides, how often the chosen side is the longer one (a reward a
+    model can earn by length alone), and pairs whose recorded rewards rank the rejected side higher."""
+    n = len(rows)
+    out: dict[str, Any] = {
+        "identical": sum(1 for r in rows if str(r.get("chosen")).strip() == str(r.get("rejected")).strip()),
+        "chosen_longer_share": round(sum(1 for item in lengths if item["chosen"] > item["rejected"]) / max(len(lengths), 1), 4),
+    }
+    rewarded = [r for r in rows if isinstance(r.get("chosen_reward"), int | float) and isinstance(r.get("rejected_reward"), int | float)]
+    if rewarded:
+        out["rewarded"] = len(rewarded)
+        out["inverted"] = sum(1 for r in rewarded if r["chosen_reward"] < r["rejected_reward"])
+        out["tied"] = sum(1 for r in rewarded if r["chosen_reward"] == r["rejected_reward"])
+    out["pairs"] = n
+    return out
