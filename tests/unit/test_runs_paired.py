@@ -13,7 +13,7 @@ from halo_pipeline.engine.manifest import SCHEMA_VERSION
 from halo_pipeline.views import runs
 
 
-def fake_run(root: Path, name: str, per_task: dict[str, float], acc: float) -> Path:
+def fake_run(root: Path, name: str, per_task: dict[str, float], acc: float, samples: list[float] | None = None) -> Path:
     run = root / "demo" / name
     report = run / "steps/probe/report"
     report.mkdir(parents=True)
@@ -25,6 +25,11 @@ def fake_run(root: Path, name: str, per_task: dict[str, float], acc: float) -> P
         "probe": {"kind": "probe", "state": "ran", "metrics": {"pass@1": rate}, "outputs": {"report": {"path": str(report)}}},
         "eval": {"kind": "eval", "state": "ran", "metrics": {"halo_arith/acc": acc, "halo_arith/acc_stderr": 0.02}},
     }
+    if samples is not None:  # the eval step's per-document scores
+        (run / "steps/eval/report").mkdir(parents=True)
+        lines = [json.dumps({"task": "halo_arith", "doc_id": d, "filter": "none", "acc": v}) for d, v in enumerate(samples)]
+        (run / "steps/eval/report/samples.jsonl").write_text("\n".join(lines) + "\n")
+        steps["eval"]["outputs"] = {"report": {"path": str(run / "steps/eval/report")}}
     manifest = {"schema_version": SCHEMA_VERSION, "name": "demo", "state": "completed", "steps": steps, "config": {}, "groups": {}}
     (run / "replay.json").write_text(json.dumps(manifest))
     return run
@@ -56,3 +61,12 @@ def test_report_html_shows_the_interval_as_an_error_bar(tmp_path: Path) -> None:
     html = _verdicts(run / "steps/probe", "probe")
     assert "95% interval of Δ" in html and "<svg" in html and "[-0.095, +0.100]" in html
     assert "inconclusive (1 gained, 0 lost of 10 tasks)" in html
+
+
+def test_diff_pairs_eval_metrics_per_document(tmp_path: Path) -> None:
+    tasks = [f"t{i}" for i in range(10)]
+    a = fake_run(tmp_path, "a", dict.fromkeys(tasks, 0.0), acc=0.0, samples=[0.0] * 40)
+    b = fake_run(tmp_path, "b", dict.fromkeys(tasks, 0.0), acc=0.25, samples=[1.0] * 10 + [0.0] * 30)
+    (acc,) = [r for r in runs.paired_rows(runs.read(a), runs.read(b)) if r["metric"] == "eval.halo_arith/acc"]
+    assert acc["n"] == 40 and acc["verdict"] == "improved" and acc["delta"] == pytest.approx(0.25)
+    assert acc["low"] == pytest.approx(10 / 40 * (2 * 0.025 ** (1 / 10) - 1))  # 10 documents gained of 40: exact, by hand
