@@ -159,9 +159,11 @@ def check_init(params: TrainParams, init: Artifact) -> None:
 
 
 def fingerprint(params: TrainParams) -> dict[str, Any]:
+    """The base model's content, and its tokenizer's and chat template's: they decide what the examples are."""
     from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
+    from halo_pipeline.training.tokenization import fingerprint as tokenizer_fingerprint
 
-    return {"base": model_fingerprint(params.model)}
+    return {"base": model_fingerprint(params.model), "tokenizer": tokenizer_fingerprint(params.model)}
 
 
 def held_out(params: TrainParams) -> list[dict[str, Any]]:
