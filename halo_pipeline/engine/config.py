@@ -260,8 +260,9 @@ def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any
         if msg.startswith("Could not override '"):
             key = msg.split("'")[1]
             settable, why = _documented(path, overrides, key, smap, data)
-            if settable:
-                return _load(path, [f"+{o}" if _key(o) == key and o[:1] not in "+~" else o for o in overrides], smap, data)
+            if settable:  # `+` adds it; `++` when it is there but Hydra cannot merge into it (a mapping such as `{}`)
+                plus = "++" if why == EXISTS else "+"
+                return _load(path, [f"{plus}{o}" if _key(o) == key and o[:1] not in "+~" else o for o in overrides], smap, data)
             raise CompositionError([_bad_override_issue(key, data, why)], _without(overrides, key)) from exc
         if msg.startswith("Could not append to config. An item is already at '"):
             key = msg.split("'")[1]
@@ -317,7 +318,15 @@ def _documented(path: Path, overrides: list[str], key: str, smap: SourceMap, dat
         resolved: dict[str, Any] = OmegaConf.to_container(body, resolve=True)  # type: ignore[assignment]
     except OmegaConfBaseException:
         resolved = raw
-    return settable(key, raw, resolved, {k: v for k, v in choices.items() if not k.startswith("hydra")})
+    ok, why = settable(key, raw, resolved, {k: v for k, v in choices.items() if not k.startswith("hydra")})
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+    return ok, (EXISTS if ok and node is not _ABSENT else why)
+
+
+EXISTS = "exists"  # _documented's word for a documented key that the recipe sets already
+_ABSENT = object()
 
 
 def _bad_override_issue(key: str, data: dict[str, Any], why: str | None = None) -> Issue:

@@ -365,7 +365,7 @@ def _run(call: StepCall, kind: StepKind, key: str, inputs: dict[str, Artifact], 
             "sha256": digest(p),
             "meta": ctx.meta.get(name, {}),
         }
-        meta = outputs[name]["meta"]
+        meta: dict[str, Any] = ctx.meta.get(name, {})
         if meta.get("rows") == 0 and "empty_because" not in meta and (cause := empty_inputs(call, inputs)):
             outputs[name]["meta"] = {**meta, "empty_because": cause}  # an empty output of an empty input: why, passed on
     write_state(call, "ran", seconds=ended - started)

@@ -152,6 +152,43 @@ def quant_names() -> list[str]:
     return ["q4", "q8", "fp16", "bf16", "fp32"]
 
 
+RUNNER_KEYS = {  # the settings each runner reads (conf/runner/<name>.yaml); any other is a setting it cannot honour
+    "threads": {"max_workers"},
+    "processes": {"max_workers"},
+    "dask": {"address", "n_workers", "threads_per_worker", "resources"},
+    "ray": {"address", "num_cpus", "resources"},
+}
+
+
+class Runner(BaseModel):
+    """The task runner that runs a run's steps (`conf/runner/<name>.yaml`), validated with the recipe: a setting the
+    chosen runner cannot honour (`runner.resources` on threads) is an error before anything runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Literal["threads", "processes", "dask", "ray"] = Field("threads", description="The task runner.")
+    max_workers: int | None = Field(None, ge=1, description="threads, processes: steps that run at once.")
+    address: str | None = Field(None, description="dask, ray: an existing cluster's address (default: a local one).")
+    n_workers: int | None = Field(None, ge=1, description="dask: the local cluster's worker processes.")
+    threads_per_worker: int | None = Field(None, ge=1, description="dask: threads per local worker.")
+    num_cpus: int | None = Field(None, ge=1, description="ray: the local instance's CPUs.")
+    resources: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="dask, ray: step id or kind -> what its worker must have ({train: {GPU: 1}})."
+    )
+
+    @model_validator(mode="after")
+    def _settings_of_this_runner(self) -> Runner:
+        settings = {k for k in ("max_workers", "address", "n_workers", "threads_per_worker", "num_cpus") if getattr(self, k) is not None}
+        if self.resources:
+            settings.add("resources")
+        wrong = sorted(settings - RUNNER_KEYS[self.name])
+        if wrong:
+            takes = ", ".join(sorted(RUNNER_KEYS[self.name]))
+            can = sorted(n for n, keys in RUNNER_KEYS.items() if set(wrong) <= keys)
+            fix = f"; choose runner={' or runner='.join(can)}" if can else ""
+            raise ValueError(f"runner={self.name} cannot honour {', '.join(wrong)} (it takes {takes}){fix}")
+        return self
+
+
 TRACKER_KEYS = {  # the settings each tracker reads; any other key is a mistake worth reporting
     "none": set(),
     "tensorboard": {"dir"},

@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 
 # Groups whose nodes the engine itself reads, with their models (others are found through the steps that take them).
-ENGINE_GROUPS = {"backend": "Backend", "model": "ModelRef", "quant": "Quant", "tracking": "Tracking", "verifier": "VerifierSpec"}
+ENGINE_GROUPS = {
+    "backend": "Backend",
+    "model": "ModelRef",
+    "quant": "Quant",
+    "tracking": "Tracking",
+    "verifier": "VerifierSpec",
+    "runner": "Runner",
+}
 
 
 def settable(key: str, raw: dict[str, Any], resolved: dict[str, Any], choices: dict[str, str]) -> tuple[bool, str | None]:

@@ -310,11 +310,16 @@ def _blame_overrides(issues: list[Issue], overrides: list[str]) -> list[Issue]:
     set_keys = {o.split("=", 1)[0].lstrip("+~"): o for o in overrides if "=" in o}
     out = []
     for issue in issues:
-        hit = next((o for k, o in set_keys.items() if issue.key == k or issue.key.startswith(k + ".")), None)
+        hit = next((o for k, o in set_keys.items() if issue.key == k or issue.key.startswith(k + ".") or _within_group(k, issue.key)), None)
         if hit:
             issue = Issue(issue.message + f" (from override `{hit}`)", key=issue.key, hint=issue.hint)
         out.append(issue)
     return out
+
+
+def _within_group(override_key: str, issue_key: str) -> bool:
+    """An issue about a whole group node (`runner`) that an override of one of its keys (`runner.resources=`) set."""
+    return "." not in issue_key and issue_key != "steps" and override_key.startswith(issue_key + ".")
 
 
 def _parse_input(value: str, base_dir: Path) -> Ref | Path | Issue:

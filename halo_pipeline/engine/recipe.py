@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from halo_pipeline.engine.errors import Issue
-from halo_pipeline.engine.groups import Tracking
+from halo_pipeline.engine.groups import Runner, Tracking
 
 FILE_PREFIX = "file:"
 MAX_EXPANDED_NODES = 100_000  # a recipe is a few hundred nodes; YAML aliases can make a 300-byte file expand to gigabytes
@@ -65,6 +65,7 @@ class RecipeModel(BaseModel):
     objective: str | None = Field(None, description="`<step>.<metric>` that sweeps optimize.")
     direction: Literal["minimize", "maximize"] = Field("maximize", description="Direction of `objective`.")
     tracking: Tracking = Field(default_factory=Tracking, description="Experiment tracker (the `tracking` group: tracking=mlflow).")
+    runner: Runner = Field(default_factory=Runner, description="Task runner (the `runner` group: runner=dask).")
     decontaminate: Decontaminate = Field(
         default_factory=Decontaminate,
         description="Check what reaches each train step against the recipe's held-out sets (probe, eval): stop (default), "
