@@ -305,6 +305,8 @@ def _documented(path: Path, overrides: list[str], key: str, smap: SourceMap, dat
 
     if key.startswith("hydra.") or not any(_key(o) == key and o[:1] not in "+~" for o in overrides):
         return False, None
+    if "." not in key and group_options(key, path.parent):  # a group the recipe's defaults do not name: `distributed=ddp`
+        return True, None
     try:
         cfg, _ = _load(path, _without(overrides, key), smap, data)
     except RecipeError:

@@ -71,3 +71,10 @@ def test_replay_says_a_group_cannot_be_switched_and_how_to(project: Path) -> Non
     assert "halo-pipeline run recipes/quickstart.yaml model=tiny quant=q4" in (issue.hint or "")
     assert "steps.convert.with.quant=q4" in (issue.hint or "")
     assert compose(run, ["steps.convert.with.quant=q4"]).config["steps"]["convert"]["with"]["quant"] == "q4"
+
+
+def test_a_group_the_recipe_does_not_name_is_chosen_without_plus(shipped: Path) -> None:
+    """docs/scale.md: `distributed=ddp` (no group of the recipe's defaults) is a plain choice, as any group's."""
+    plan = plan_recipe(shipped / "grpo_code.yaml", ["model=tiny", "distributed=ddp", "steps.train.with.distributed=${distributed}"])
+    assert plan.composed.choices["distributed"] == "ddp" and plan.steps["train"].params.distributed.strategy == "ddp"  # type: ignore[attr-defined]
+    assert "+distributed=ddp" in plan.composed.overrides
