@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write
+from conftest import cli, write
 from halo_pipeline.data import refs, sources
 from halo_pipeline.engine.config import compose
 from halo_pipeline.engine.errors import RecipeError
@@ -95,6 +95,9 @@ def test_a_misspelt_split_is_a_validate_time_error_at_its_key(project: Path) -> 
         issue = by_key[key]
         assert issue.file is not None and issue.file.endswith("typo.yaml") and issue.line == line, issue.format()
         assert "humaneval has no split 'tset'" in issue.message and issue.hint == "did you mean 'humaneval:test'?", issue.format()
+    done = cli("validate", str(recipe), cwd=project)  # the command line: exit 2, nothing runs
+    assert done.returncode == 2 and "typo.yaml:9:12: steps.synthesize.with.source" in done.stderr
+    assert "hint: did you mean 'humaneval:test'?" in done.stderr and not (project / "outputs").exists()
 
 
 def test_train_and_probe_params_take_the_same_references() -> None:
