@@ -203,6 +203,7 @@ def _compose_file(path: Path, overrides: list[str], base_dir: Path) -> Composed:
         raise RecipeError(issues)
     if not isinstance(data, dict):
         raise RecipeError([Issue("a recipe must be a YAML mapping", file=str(path), line=1, hint="start with `name:`")])
+    _include_sources(path, data, smap)
     cfg, overrides = _load(path, overrides, smap, data)
     config, choices, run_dir = _resolve(cfg, smap)
     return Composed(
@@ -215,6 +216,22 @@ def _compose_file(path: Path, overrides: list[str], base_dir: Path) -> Composed:
         source=smap,
         recipe_sha256=sha256_file(path),
     )
+
+
+def _include_sources(path: Path, data: dict[str, Any], smap: SourceMap, seen: frozenset[Path] = frozenset()) -> None:
+    """Where the keys of recipes pulled in through `defaults:` (`- quickstart`, beside this one) were written, so
+    a problem in one is reported at its own file and line, not at the recipe that includes it."""
+    for item in data.get("defaults") or []:
+        if not isinstance(item, str) or item == "_self_":
+            continue
+        included = (path.parent / f"{item}.yaml").resolve()
+        if included in seen or included == path.resolve() or not included.is_file():
+            continue
+        inner, inner_map, issues = read_yaml(included)
+        if issues or not isinstance(inner, dict):
+            continue
+        _include_sources(included, inner, inner_map, seen | {path.resolve()})
+        smap.include(inner_map)
 
 
 def _load(path: Path, overrides: list[str], smap: SourceMap, data: dict[str, Any]) -> tuple[Any, list[str]]:

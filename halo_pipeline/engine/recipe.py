@@ -79,6 +79,8 @@ class SourceMap:
 
     file: str | None
     positions: dict[tuple[str, ...], tuple[int, int]] = field(default_factory=dict)
+    # keys written in another file that the recipe pulls in through `defaults:` (`- quickstart`): path -> that file
+    origins: dict[tuple[str, ...], str] = field(default_factory=dict)
 
     def locate(self, path: tuple[str, ...]) -> tuple[int | None, int | None]:
         # Fall back to the nearest written parent: a key added by an override has no line of its own.
@@ -86,6 +88,19 @@ class SourceMap:
             if path[:n] in self.positions:
                 return self.positions[path[:n]]
         return None, None
+
+    def include(self, other: SourceMap) -> None:
+        """Add the keys of a recipe this one includes; a key this file writes itself stays this file's."""
+        for key, position in other.positions.items():
+            if key not in self.positions:
+                self.positions[key] = position
+                self.origins[key] = other.origins.get(key, other.file or "")
+
+    def _origin(self, path: tuple[str, ...]) -> str | None:
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.positions:
+                return self.origins.get(path[:n], self.file)
+        return self.file
 
     def issue(self, path: tuple[str, ...] | str, message: str, hint: str | None = None) -> Issue:
         parts = tuple(path.split(".")) if isinstance(path, str) else path
@@ -100,7 +115,7 @@ class SourceMap:
             line, col, file = None, None, self.file
         else:
             line, col = self.locate(parts)
-            file = self.file
+            file = self._origin(parts)
         return Issue(message=message, key=".".join(parts), file=file, line=line, col=col, hint=hint)
 
 
