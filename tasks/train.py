@@ -30,6 +30,7 @@ from halo_pipeline.data.rows import read_rows
 from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
 from halo_pipeline.engine.step import Artifact, Params, RunContext, TypeByParam, step
 from halo_pipeline.training import algorithms as alg
+from halo_pipeline.training.checks import DataChecks
 from halo_pipeline.training.distributed import Distributed
 
 
@@ -69,6 +70,10 @@ class TrainParams(Params):
     probe_verifier: VerifierSpec | None = Field(None, description="Scores the probe (default: `verifier`).")
     system_prompt: str | None = Field(None, description="System message before each prompt.")
     columns: dict[str, str] = Field(default_factory=dict, description=sources.COLUMNS_HELP)
+    data_checks: DataChecks = Field(
+        default_factory=DataChecks,
+        description="Thresholds on the dataset as the trainer prepares it, checked before training (docs/training.md#dataset-checks).",
+    )
     distributed: Distributed = Field(
         default_factory=lambda: Distributed(name="single"),
         description="Ranks, machines and strategy (ddp, fsdp, deepspeed) of multi-process training (docs/training.md).",
@@ -211,6 +216,9 @@ def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     rows = list(read_rows(src.path, src.type, "skip", bad, params.columns))
     if not rows:
         raise ValueError(f"the training dataset {src.path} has no usable rows")
+    from halo_pipeline.training.checks import before_training
+
+    before_training(params, rows, len(bad), ctx)  # stops here when the data fails a check (data_checks.json keeps why)
     started = time.time()
     if params.backend.engine == "mlx":
         from halo_pipeline.training.mlx import train_mlx

@@ -299,17 +299,24 @@ def statistics(
     if max_length is not None:
         stats["truncated"] = sum(1 for v in longest if v > max_length)
         stats["dropped"] = sum(1 for item in lengths if not item["kept"])
-    fields = ("prompt", "chosen", "rejected") if algorithm in ("dpo", "rm") else ("prompt", "completion")
+    fields = {
+        "dpo": ("prompt", "chosen", "rejected"),
+        "rm": ("prompt", "chosen", "rejected"),
+        "grpo": ("prompt",),
+        "raft": ("prompt",),
+    }.get(algorithm, ("prompt", "completion"))
     empty: dict[str, int] = {}
+    empty_rows = 0
     for row in rows:
         if row.get("messages") is not None and row.get("prompt") is None:
-            if any(_is_empty(t.get("content")) for t in row["messages"]):
-                empty["messages"] = empty.get("messages", 0) + 1
-            continue
-        for name in fields:
-            if _is_empty(row.get(name)):
-                empty[name] = empty.get(name, 0) + 1
+            names = ["messages"] if any(_is_empty(t.get("content")) for t in row["messages"]) else []
+        else:
+            names = [name for name in fields if _is_empty(row.get(name))]
+        for name in names:
+            empty[name] = empty.get(name, 0) + 1
+        empty_rows += bool(names)
     stats["empty"] = empty
+    stats["empty_rows"] = empty_rows
     seen: set[str] = set()
     duplicates = 0
     for row in rows:

@@ -219,6 +219,10 @@ def _step_section(run_dir: Path, sid: str, step: dict[str, Any]) -> str:
     if links:
         parts.append("<p class='links'>" + " ".join(links) + "</p>")
     parts.append(_verdicts(step_dir, step["kind"]))
+    if step["kind"] == "train":
+        from halo_pipeline.views import train_data
+
+        parts.append(train_data.render(step_dir))  # its dataset checks and first examples, token by token
     parts.append(_decontamination(step.get("decontamination")))
     metrics = _flat(step.get("metrics") or {})
     if metrics:

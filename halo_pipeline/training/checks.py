@@ -1,0 +1,126 @@
+"""Dataset checks that stop a train step before it trains: what `halo-pipeline preview` measures (the trainer's own
+preparation of every row), held to thresholds a recipe may set (`with.data_checks`). The defaults stop only on
+data that is almost certainly not what its owner meant (most examples cut or dropped, empty, or pairs whose two
+sides are the same); a recipe tightens them, or sets `on_fail: warn` to record and go on."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EXAMPLES = 3  # the first examples, as the trainer sees them, kept for the step's report
+
+
+class DataChecks(BaseModel):
+    """Thresholds on the training dataset, checked before training (docs/training.md#dataset-checks)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    on_fail: Literal["stop", "warn", "off"] = Field(
+        "stop", description="stop: the step fails before training, naming each check; warn: record and train; off: no checks."
+    )
+    max_truncated: float = Field(0.5, ge=0, le=1, description="Largest share of examples longer than max_length (they are cut).")
+    max_dropped: float = Field(
+        0.5, ge=0, le=1, description="Largest share of examples the trainer drops (nothing left to train on after truncation)."
+    )
+    max_empty: float = Field(0.5, ge=0, le=1, description="Largest share of rows with an empty prompt, completion, side or turn.")
+    max_duplicate_prompts: float | None = Field(
+        None, ge=0, le=1, description="Largest share of rows whose prompt repeats an earlier row's (several samples per prompt are normal)."
+    )
+    min_tokens: int | None = Field(None, ge=1, description="Smallest median example length, in tokens.")
+    max_tokens: int | None = Field(None, ge=1, description="Largest 99th-percentile example length, in tokens.")
+    max_identical_pairs: float = Field(0.5, ge=0, le=1, description="dpo/rm: largest share of pairs whose two sides are the same text.")
+    max_inverted_pairs: float | None = Field(
+        None, ge=0, le=1, description="dpo/rm: largest share of pairs whose recorded rewards rank the rejected side higher."
+    )
+    min_chosen_longer: float | None = Field(
+        None, ge=0, le=1, description="dpo/rm: smallest share of pairs whose chosen side is the longer."
+    )
+    max_chosen_longer: float | None = Field(
+        None, ge=0, le=1, description="dpo/rm: largest share of pairs whose chosen side is the longer (a reward for length alone)."
+    )
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
+
+
+def evaluate(checks: DataChecks, stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each check that applies to these statistics: `{name, value, limit, ok, what}`."""
+    rows, examples = stats["rows"], stats["examples"]
+    found: list[tuple[str, float, float | None, bool, str]] = []  # name, value, limit, is-a-maximum, what
+
+    def most(name: str, value: float, limit: float | None, what: str) -> None:
+        found.append((name, value, limit, True, what))
+
+    def least(name: str, value: float, limit: float | None, what: str) -> None:
+        found.append((name, value, limit, False, what))
+
+    if stats.get("max_length") is not None:
+        most(
+            "max_truncated",
+            _share(stats["truncated"], examples),
+            checks.max_truncated,
+            f"examples longer than max_length {stats['max_length']}",
+        )
+        most("max_dropped", _share(stats["dropped"], examples), checks.max_dropped, "examples the trainer drops")
+    most("max_empty", _share(stats["empty_rows"], rows), checks.max_empty, "rows with an empty prompt, completion, side or turn")
+    most(
+        "max_duplicate_prompts", _share(stats["duplicate_prompts"], rows), checks.max_duplicate_prompts, "rows repeating an earlier prompt"
+    )
+    least("min_tokens", stats["tokens"]["p50"], checks.min_tokens, "median tokens per example")
+    most("max_tokens", stats["tokens"]["p99"], checks.max_tokens, "99th-percentile tokens per example")
+    pairs = stats.get("pairs")
+    if pairs:
+        most("max_identical_pairs", _share(pairs["identical"], pairs["pairs"]), checks.max_identical_pairs, "pairs with identical sides")
+        if "rewarded" in pairs:
+            most(
+                "max_inverted_pairs",
+                _share(pairs["inverted"], pairs["rewarded"]),
+                checks.max_inverted_pairs,
+                "pairs rewarded the wrong way",
+            )
+        least("min_chosen_longer", pairs["chosen_longer_share"], checks.min_chosen_longer, "pairs whose chosen side is longer")
+        most("max_chosen_longer", pairs["chosen_longer_share"], checks.max_chosen_longer, "pairs whose chosen side is longer")
+    return [
+        {"name": name, "value": value, "limit": limit, "ok": value <= limit if maximum else value >= limit, "what": what}
+        for name, value, limit, maximum, what in found
+        if limit is not None
+    ]
+
+
+def failure(step: str, results: list[dict[str, Any]]) -> str | None:
+    """The message that stops the step (None when every check passed)."""
+    failed = [r for r in results if not r["ok"]]
+    if not failed:
+        return None
+    parts = [f"{r['name']}: {r['what']} {r['value']} {'>' if r['name'].startswith('max') else '<'} {r['limit']}" for r in failed]
+    fix = f"see them with `halo-pipeline preview RECIPE --step {step}`; fix the data, or set steps.{step}.with.data_checks.<check> (or on_fail: warn)"
+    return "the training dataset fails its checks: " + "; ".join(parts) + f" ({fix})"
+
+
+def before_training(params: Any, rows: list[dict[str, Any]], bad_rows: int, ctx: Any) -> None:
+    """Measure the dataset as the trainer will prepare it, keep the measures and the first examples
+    (`data_checks.json`, shown on the report page), and stop (or warn) when a check fails."""
+    checks: DataChecks = params.data_checks
+    if checks.on_fail == "off":
+        return
+    if params.backend.engine == "mlx":  # mlx-lm prepares its own examples: TRL's preparation would not be what trains
+        ctx.log.info("data checks: not run on backend=mlx")
+        return
+    from halo_pipeline.training.preview import preview
+
+    shown = preview(params, rows, EXAMPLES, bad_rows=bad_rows)
+    results = evaluate(checks, shown.stats)
+    record = {**shown.to_json(), "checks": results, "on_fail": checks.on_fail}
+    ctx.path("data_checks.json").write_text(json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    failed = [r["name"] for r in results if not r["ok"]]
+    ctx.metrics["data_checks"] = {"passed": not failed, "failed": failed, **{r["name"]: r["value"] for r in results}}
+    message = failure(ctx.step_id, results)
+    if message is None:
+        return
+    if checks.on_fail == "stop":
+        raise ValueError(message)
+    ctx.log.warning(message)
+    ctx.summary(f"warning: {message}")
