@@ -113,8 +113,8 @@ def check(params: ProbeParams) -> list[Any]:
         if ref is not None and ref.kind != "builtin":
             for field, text in sources.column_problems(ref, params.columns, sources.REQUIRED["prompts"]):
                 problems.append((f"columns.{field}" if field else name, text))
-    if params.mc_file and not Path(params.mc_file).is_file():
-        problems.append(("mc_file", f"mc_file '{params.mc_file}' does not exist"))
+    if (mc := params.ref("mc_file")) is not None and not (mc.path and mc.path.is_file()):
+        problems.append(("mc_file", f"mc_file '{mc.path}' does not exist"))
     if params.baseline.startswith("file:") and not Path(params.baseline[5:]).is_file():
         problems.append(("baseline", f"baseline file '{params.baseline[5:]}' does not exist (a probe.json from an earlier run)"))
     return problems + _too_small(params)
@@ -188,7 +188,7 @@ def fingerprint(params: ProbeParams) -> dict[str, Any]:
     from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
 
     files = {
-        "mc_file": params.mc_file,
+        "mc_file": (mc := params.ref("mc_file")) and mc.path,
         "baseline": params.baseline[5:] if params.baseline != "base" else None,
     }
     digests = {name: external_digest(Path(path)) for name, path in files.items() if path and Path(path).is_file()}
