@@ -85,9 +85,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prefect_env()
     only = [s for part in (args.only or []) for s in part.split(",") if s]
     if args.multirun:
+        from halo_pipeline.cli import progress
         from halo_pipeline.orchestration.sweep import multirun
 
-        return multirun(args.recipe, args.overrides, quiet=args.quiet, only=only, from_=args.from_, until=args.until)
+        return multirun(
+            args.recipe,
+            args.overrides,
+            quiet=args.quiet,
+            only=only,
+            from_=args.from_,
+            until=args.until,
+            progress=None if args.quiet else progress.show,
+        )
     from halo_pipeline.engine.plan import plan_recipe
     from halo_pipeline.orchestration.runs import check_selection
 

@@ -61,10 +61,12 @@ class Job:
         command: list[str],
         selection: dict[str, Any],
         invalid: dict[tuple[str, ...], list[str]] | None = None,
+        progress: Any = None,
     ) -> None:
         self.recipe, self.sweep, self.sweeper, self.quiet, self.command = str(recipe), sweep, sweeper, quiet, command
         self.selection, self.launcher_pid = selection, os.getpid()
         self.invalid = dict(invalid or {})  # a grid's jobs found invalid before the sweep started: their overrides -> problems
+        self.progress = progress  # the terminal's progress view, for jobs that run in this process (the basic launcher)
 
     def __call__(self, cfg: Any) -> float | None:
         from hydra.core.hydra_config import HydraConfig
@@ -88,7 +90,10 @@ class Job:
         if problems is not None:
             self._invalid(hc, problems)
             return None
-        opts = flow.RunOptions(only=only, from_=from_, until=until, command=self.command)
+        here = not self.quiet and os.getpid() == self.launcher_pid
+        if here:  # never silent while a job runs: which job, then its steps' progress
+            print(f"job {hc.job.num} ({' '.join(hc.overrides.task)}): running", flush=True)
+        opts = flow.RunOptions(only=only, from_=from_, until=until, command=self.command, progress=self.progress if here else None)
         tag_list = ["multirun", f"job-{hc.job.num}"]
         with local_server.active_run():
             result = run_if_cached(self.recipe, job_overrides, plan, opts, tag_list) or flow.run(
@@ -162,6 +167,7 @@ def multirun(
     only: list[str] | None = None,
     from_: str | None = None,
     until: str | None = None,
+    progress: Any = None,
 ) -> int:
     import hydra
 
@@ -189,7 +195,7 @@ def multirun(
         if len(invalid) == total:
             return 2
     local_server.ensure_api_url()  # one API for every job (and for launcher subprocesses)
-    job = Job(path, sweep, sweeper, quiet, ["halo-pipeline", *sys.argv[1:]], selection, invalid)
+    job = Job(path, sweep, sweeper, quiet, ["halo-pipeline", *sys.argv[1:]], selection, invalid, progress)
     direction = _direction(path)
     extra = hydra_defaults(overrides)
     extra.append("hydra.searchpath=[" + ",".join(f"'{s}'" for s in search_path(path.parent)) + "]")

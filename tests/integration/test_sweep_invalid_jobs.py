@@ -20,6 +20,8 @@ def test_a_grid_with_an_invalid_job_runs_the_others_and_says_which(project: Path
     assert "Traceback" not in out
     assert "1 of 2 jobs invalid (they will not run):" in res.stderr and "job (steps.make.with.n=-1 +steps.make.with.text=hi):" in res.stderr
     assert "1 of 2 jobs invalid: 1" in res.stdout
+    assert "job 0 (steps.make.with.n=2 +steps.make.with.text=hi): running" in res.stdout  # never silent while a job runs
+    assert "make: ran" in res.stderr  # the job's steps, as a single run shows them
     (sweep_dir,) = (project / "multirun/fake").iterdir()
     summary = json.loads((sweep_dir / "summary.json").read_text())
     states = {tuple(j["overrides"]): j["state"] for j in summary["jobs"]}
