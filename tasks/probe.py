@@ -128,6 +128,8 @@ def _too_small(params: ProbeParams) -> list[Warn]:
     warnings = []
     for table, what in ((params.max_regression, "drop"), (params.min_improvement, "gain")):
         for metric, effect in sorted(table.items()):
+            if not _pass_fail(params, metric):  # graded: a bootstrap, whose power depends on the spread of the values
+                continue
             tasks = _task_count(params, metric)
             needed = stats.tasks_needed(effect, params.confidence)
             if tasks is not None and needed is not None and tasks < needed:
@@ -146,16 +148,23 @@ def _too_small(params: ProbeParams) -> list[Warn]:
                 )
     for metric, wanted in sorted(params.require.items()):
         tasks = _task_count(params, metric)
-        if wanted == "improved" and tasks is not None and tasks < stats.MIN_DISCORDANT:
+        exact = _pass_fail(params, metric)
+        fewest = stats.MIN_DISCORDANT if exact else stats.MIN_BOOTSTRAP
+        if wanted == "improved" and tasks is not None and tasks < fewest:
+            why = "the exact test needs at least {} tasks that change, all for the better" if exact else "a bootstrap needs {} tasks"
             warnings.append(
                 Warn(
                     f"require.{metric}",
-                    f"{tasks} tasks can never show `improved` at {params.confidence:.0%}: the exact test needs at least "
-                    f"{stats.MIN_DISCORDANT} tasks that change, all for the better",
+                    f"{tasks} tasks can never show `improved` at {params.confidence:.0%}: {why.format(fewest)}",
                     "probe more tasks; see docs/probe.md",
                 )
             )
     return warnings
+
+
+def _pass_fail(params: ProbeParams, metric: str) -> bool:
+    """Whether a metric's per-task values are 0 or 1 (the exact test's case): pass@n of n samples, mc_accuracy."""
+    return metric == "mc_accuracy" or metric == f"pass@{params.n}"
 
 
 def _task_count(params: ProbeParams, metric: str) -> int | None:

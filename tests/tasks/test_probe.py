@@ -179,3 +179,6 @@ def test_validation_warns_when_a_gate_has_too_few_tasks() -> None:
     assert not [w for w in check(params(limit=None, max_regression={"pass@1": 0.5})) if isinstance(w, Warn)]  # all of humaneval:test
     (warn,) = [w for w in check(params(limit=4, max_regression={}, require={"pass@1": "improved"})) if isinstance(w, Warn)]
     assert warn.key == "require.pass@1" and "can never show `improved`" in warn.message
+    graded = check(params(limit=4, max_regression={"mean_reward": 0.1}, require={"mean_reward": "improved"}))
+    (warn,) = [w for w in graded if isinstance(w, Warn)]  # no exact-test sizing for a graded metric; a bootstrap's floor
+    assert warn.key == "require.mean_reward" and "a bootstrap needs 10 tasks" in warn.message
