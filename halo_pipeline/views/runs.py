@@ -143,7 +143,9 @@ def diff(a: Path, b: Path, console: Any) -> int:
         for col in ("step.metric", "tasks", "Δ", "95% interval", "verdict"):
             table.add_column(col)
         for row in paired:
-            table.add_row(row["metric"], str(row["n"]), f"{row['delta']:+.4g}", f"[{row['low']:+.4g}, {row['high']:+.4g}]", row["verdict"])
+            changed = f" ({row['gained']} gained, {row['lost']} lost)" if row.get("gained") is not None else ""
+            interval = f"[{row['low']:+.4g}, {row['high']:+.4g}]"
+            table.add_row(row["metric"], str(row["n"]), f"{row['delta']:+.4g}", interval, row["verdict"] + changed)
         console.print(table)
     return 0
 
@@ -217,7 +219,7 @@ def paired_rows(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             found = stats.compare([ta[metric][t] for t in common], [tb[metric][t] for t in common])
             rows.append({"metric": f"{sid}.{metric}", "n": found.n, "delta": found.delta, "low": found.low, "high": found.high,
-                         "verdict": found.verdict})  # fmt: skip
+                         "verdict": found.verdict, "gained": found.gained, "lost": found.lost})  # fmt: skip
     ea, eb = _eval_samples(ma), _eval_samples(mb)
     for sid in sorted(set(ea) & set(eb)):
         for metric in sorted(set(ea[sid]) & set(eb[sid])):
@@ -226,7 +228,7 @@ def paired_rows(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             found = stats.compare([ea[sid][metric][d] for d in common], [eb[sid][metric][d] for d in common])
             rows.append({"metric": f"{sid}.{metric}", "n": found.n, "delta": found.delta, "low": found.low, "high": found.high,
-                         "verdict": found.verdict})  # fmt: skip
+                         "verdict": found.verdict, "gained": found.gained, "lost": found.lost})  # fmt: skip
     paired = {r["metric"] for r in rows}
     fa = {f"{sid}.{k}": v for sid, s in ma["steps"].items() for k, v in flatten(s.get("metrics", {})).items()}
     fb = {f"{sid}.{k}": v for sid, s in mb["steps"].items() for k, v in flatten(s.get("metrics", {})).items()}
