@@ -115,7 +115,7 @@ def test_documented_command_parses_and_validates(command: Command) -> None:
     if args.command == "validate":
         recipes = [p for item in args.items if "=" not in item for p in (sorted(glob.glob(str(ROOT / item))) or [item])]
         overrides = [item for item in args.items if "=" in item]
-    elif args.command in ("run", "plan", "deploy"):
+    elif args.command in ("run", "plan", "deploy", "preview"):
         recipes = [args.recipe]
     else:
         return
@@ -134,6 +134,10 @@ def test_documented_command_parses_and_validates(command: Command) -> None:
                 steps = [s for value in ([named] if isinstance(named, str) else named) for s in value.split(",")]
                 unknown = [s for s in steps if s not in plan.steps]
                 assert not unknown, f"{command}: {flag.rstrip('_')} names steps the recipe does not have: {unknown}"
+            if args.command == "preview":  # the step it shows is one of the recipe's train steps
+                from halo_pipeline.cli.preview import train_step
+
+                train_step(plan, args.step)
 
 
 def _yaml_blocks() -> list[tuple[str, str]]:
