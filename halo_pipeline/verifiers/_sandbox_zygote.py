@@ -244,10 +244,15 @@ class Supervisor:
             _check(_libc.unshare(CLONE_NEWPID), "unshare")  # the candidate is its pid namespace's init
         else:
             self.host_dir()
+        # from now on no process of the candidate's uid (rlimits without root) may read our memory or
+        # reopen the tests' memfd through /proc while we read it and become the driver
+        _prctl(PR_SET_DUMPABLE, 0)
         started = time.monotonic()
         pid = os.fork()
         if pid == 0:
             try:
+                os.close(self.driver_payload_fd)
+                _prctl(PR_SET_DUMPABLE, 1)  # the candidate itself is an ordinary process
                 os.close(self.status_fd)
                 os.close(self.control_fd)
                 null = os.open("/dev/null", os.O_RDWR)
@@ -278,7 +283,7 @@ class Supervisor:
         _close_all_but({0, 1, 2, 3, 4, 5, status_fd, errors})
         os.chdir(driver_dir)
         _confine(self.limits, self.driver_uid, self.nproc_base, self.namespaces)
-        _prctl(PR_SET_DUMPABLE, 0)  # not even a same-uid process may ptrace the driver or read its memory
+        _prctl(PR_SET_DUMPABLE, 0)  # again (a uid change resets it): no same-uid process may ptrace the driver or read its memory
         _fresh_stdio()
         timed_out = False
 

@@ -154,6 +154,8 @@ def python_program(settings: PythonTestsSettings, sample: Mapping[str, Any]) -> 
     code = extract_code(completion, ("python", "py", "python3"))
     entries = entry_points_of(sample)
     if settings.program == "auto":
+        if prompt.strip() and not _prompt_is_code(prompt):
+            return code  # a prompt in words (MBPP's "Write a function to ..."): the completion is the program
         defines_entry = any(re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE) for entry in entries)
         # a full definition comes after the prompt (its imports/helpers) and wins; otherwise it continues the prompt
         return prompt + "\n\n" + code if defines_entry else prompt + completion
@@ -246,6 +248,11 @@ def _parse_prompt(prompt: str) -> ast.Module | None:
     return None
 
 
+@functools.lru_cache(maxsize=512)
+def _prompt_is_code(prompt: str) -> bool:
+    return _parse_prompt(prompt) is not None
+
+
 def _segment(lines: list[bytes], node: ast.stmt) -> str:
     """The statement's source text (ast.get_source_segment without re-splitting the source each time)."""
     end_line, end_col = node.end_lineno, node.end_col_offset
@@ -292,8 +299,9 @@ def python_test_spec(sample: Mapping[str, Any]) -> dict[str, Any]:
     entries = entry_points_of(sample)
     entry = entries[0] if entries else None
     if sample.get("test_list") or isinstance(sample.get("tests"), list):
-        lines = [*sample.get("test_imports", []), str(sample.get("test_setup_code") or "")]
-        lines += list(sample.get("test_list") or sample.get("tests") or [])
+        imports = sample.get("test_imports") or []
+        lines = [*(str(i) for i in (imports if isinstance(imports, list) else [imports])), str(sample.get("test_setup_code") or "")]
+        lines += [str(t) for t in (sample.get("test_list") or sample.get("tests") or [])]
         return {"test_source": "\n".join(lines), "check_function": None, "entry_point": entry, "entry_points": entries}
     test = str(sample.get("test") or sample.get("tests") or "")
     has_check = re.search(r"^def\s+check\s*\(", test, re.MULTILINE) is not None

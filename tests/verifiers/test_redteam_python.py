@@ -367,3 +367,57 @@ def test_what_contains_and_regex_still_accept() -> None:
     assert io_verify("print('the answer is 42 or 43')\n", r"the answer is \d+", "regex").reward == 0.0
     broken = io_verify("print(1)\n", "(unclosed", "regex")
     assert broken.reward == 0.0 and "regex" in (broken.error or "")
+
+
+# ---------------------------------------------------------------- 6. samples the design cannot run
+
+BAD_SAMPLES = {
+    "test code that does not parse": {
+        "prompt": ADD_PROMPT,
+        "completion": "    return a + b\n",
+        "test": "def check(candidate):\n    assert (\n",
+        "entry_point": "add",
+    },
+    "an entry point that is not a name": {
+        "prompt": ADD_PROMPT,
+        "completion": "    return a + b\n",
+        "test": ADD_TEST,
+        "entry_point": "add b",
+    },
+    "tests that check nothing": {
+        "completion": "def add(a, b):\n    return a + b\n",
+        "test": "def check(candidate):\n    pass\n",
+        "entry_point": "add",
+    },
+    "setup of the tests that fails": {
+        "completion": "def add(a, b):\n    return a + b\n",
+        "test": "import no_such_module_here\n" + ADD_TEST,
+        "entry_point": "add",
+    },
+    "no tests at all": {"completion": "def add(a, b):\n    return a + b\n"},
+    "test_list of non-strings": {"completion": "def add(a, b):\n    return a + b\n", "test_list": [None, 3]},
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SAMPLES), ids=list(BAD_SAMPLES))
+def test_a_sample_that_cannot_run_scores_zero_with_the_reason(case: str) -> None:
+    verifier = build_verifier({"name": "python_tests", "allow_code_execution": True, "timeout_s": 3.0})
+    result = verifier.verify(BAD_SAMPLES[case])
+    assert result.reward == 0.0 and not result.passed and result.error, result
+
+
+def test_mbpp_prompts_in_words_and_several_entry_points() -> None:
+    verifier = build_verifier({"name": "python_tests", "allow_code_execution": True, "timeout_s": 3.0})
+    words = {
+        "prompt": "Write a function to add two numbers.",
+        "completion": "def add(a, b):\n    return a + b\n",
+        "test_list": ["assert add(1, 2) == 3"],
+    }
+    assert verifier.verify(words).reward == 1.0
+    two = {
+        "completion": "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n",
+        "test": "assert add(1, 2) == 3\nassert sub(3, 2) == 1\nassert helper(1) == 1\n",
+        "entry_point": ["add", "sub"],
+    }
+    with_helper = verifier.verify({**two, "completion": two["completion"] + "\ndef helper(x):\n    return x\n"})
+    assert with_helper.reward == pytest.approx(2 / 3), with_helper  # `helper` is not declared: never the solution's
