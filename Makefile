@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup system-deps run test test-slow lint bench clean
+.PHONY: setup system-deps run test test-fast test-slow lint bench clean
 
 setup: system-deps $(STAMP)
 
@@ -59,6 +59,10 @@ run: setup
 
 test: setup
 	$(BIN)/pytest -m "not slow and not gpu"
+
+# The fast loop while editing: the engine and unit tests, no servers, browsers or models (CI runs everything).
+test-fast: setup
+	$(BIN)/pytest -m "not integration and not slow and not gpu" -q
 
 test-slow: setup
 	$(BIN)/pytest -m "slow"

@@ -40,6 +40,15 @@ def _sandbox_fallback() -> None:
 _sandbox_fallback()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests outside tests/unit run real steps, servers, models or browsers: they are `integration`, which
+    `make test-fast` leaves out (unit tests that load a model carry the mark themselves)."""
+    unit = TESTS / "unit"
+    for item in items:
+        if unit not in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def halo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Models and server state go to a temp home (a user's ~/.cache is never touched)."""

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.integration  # converts and loads the tiny model
+
 PROMPTS = ["Say hello.", "Write a function.", "What is two plus two?", "def add(a, b):", "Tell me a story"]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="MLX's reference-BLAS CPU wheel is Linux's")
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="MLX's reference-BLAS CPU wheel is Linux's"), pytest.mark.integration]
 
 PROBE = """
 import sys

@@ -6,6 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from halo_pipeline.runtimes import catalog
 
 
@@ -37,6 +39,7 @@ def test_the_tokenizer_trains_to_the_stored_one_on_any_machine(tmp_path: Path) -
     assert fresh["vocab"] == stored["vocab"] and fresh["merges"] == stored["merges"]
 
 
+@pytest.mark.integration
 def test_the_stored_model_has_learned_its_toy_text() -> None:
     """What the stored weights are for: far below a uniform guess (ln 400 = 6.0 nats) on the text they learned."""
     import torch
