@@ -163,7 +163,11 @@ def _sft(
         seq = Sequence("", list(ids), _pieces(tokenizer, ids), trained, len(full[i]["input_ids"]))
         examples.append(Example(str(rows[i].get("id", i + 1)), i + 1, [seq], dropped=i not in prepared))
     lengths = [{"": len(full[i]["input_ids"]), "kept": int(i in prepared)} for i in range(len(records))]
-    notes = [] if owner.completion_only_loss or "messages" in sample else ["completion_only_loss is off: the prompt is trained on too"]
+    notes = []
+    if "messages" in sample:
+        notes.append("rows with `messages` train on every token of the conversation (only prompt/completion rows mask the prompt)")
+    elif not owner.completion_only_loss:
+        notes.append("completion_only_loss is off: the prompt is trained on too")
     return examples, lengths, notes
 
 

@@ -72,3 +72,29 @@ def test_preference_pairs_are_checked_for_identical_sides_and_inverted_rewards(t
         ValueError, match=r"max_inverted_pairs: pairs rewarded the wrong way 0\.75 > 0\.0; max_chosen_longer: .* 1\.0 > 0\.9"
     ):
         run_kind("train", {**dpo, "data_checks": checks}, {"dataset": Artifact("preference_dataset", inverted)}, tmp_path / "inv")
+
+
+def test_the_engine_records_the_checks_and_a_failure_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import write
+    from halo_pipeline.engine.execute import StepError, execute, step_calls
+    from halo_pipeline.engine.plan import plan_recipe
+
+    monkeypatch.setenv("HALO_PIPELINE_CACHE", str(tmp_path / "cache"))
+    write_jsonl(tmp_path / "recipes/qa.jsonl", QA)
+    recipe = write(
+        tmp_path / "recipes/r.yaml",
+        """
+        name: checks
+        steps:
+          train:
+            inputs: {dataset: file:qa.jsonl}
+            with: {model: tiny, algorithm: {name: sft, batch_size: 2}, max_steps: 1, data_checks: {min_tokens: 5}}
+        """,
+    )
+    result = execute(step_calls(plan_recipe(str(recipe), []), tmp_path / "run")["train"], {})
+    assert result.metrics["data_checks"]["passed"] is True and result.metrics["data_checks"]["min_tokens"] == 22
+    plan = plan_recipe(str(recipe), ["steps.train.with.data_checks.min_tokens=100"])
+    with pytest.raises(StepError, match=r"train \(train\): ValueError: .*min_tokens: median tokens per example 22 < 100"):
+        execute(step_calls(plan, tmp_path / "run2")["train"], {})
+    state = json.loads((tmp_path / "run2/logs/train.state.json").read_text())
+    assert state["state"] == "failed" and "min_tokens" in state["error"]

@@ -120,3 +120,35 @@ def test_preview_cli_names_the_step_to_run_first_then_reads_its_cached_output(pr
     assert main(["preview", str(recipe), "-n", "1", "--format", "json", "steps.train.with.max_length=256"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["stats"]["dropped"] == 0 and shown["max_length"] == 256 and shown["examples"][0]["id"] == "r0"
+
+
+def test_grpo_preview_shows_the_prompts_as_the_model_gets_them() -> None:
+    params = TrainParams.model_validate(
+        {"model": "tiny", "algorithm": {"name": "grpo", "batch_size": 2, "num_generations": 2}, "verifier": {"name": "exact_match"}}
+    )
+    rows = [{"id": f"t{i}", "prompt": f"Count to {i}.", "answer": str(i)} for i in range(3)] + [{"id": "again", "prompt": "Count to 0."}]
+    shown = preview(params, rows, n=2)
+    assert [ex.id for ex in shown.examples] == ["t0", "t1"] and shown.max_length is None
+    (seq,) = shown.examples[0].sequences
+    assert "".join(seq.pieces).endswith("Count to 0.<|im_end|>\n<|im_start|>assistant\n") and not any(seq.trained)
+    assert shown.stats["examples"] == 3 and shown.stats["duplicate_prompts"] == 1  # one example per distinct prompt
+
+
+def test_the_terminal_shows_trained_tokens_in_colour_and_pipes_get_markers() -> None:
+    import io
+
+    from rich.console import Console
+
+    from halo_pipeline.cli.preview import marked, render
+
+    assert marked(["a", "b", "c", "d"], [False, True, True, False]) == "a[[bc]]d"
+    assert marked(["a", "b", "c", "d"], [False, True, True, False], boundaries=True) == "a[[b|c]]d"
+    params = TrainParams.model_validate({"model": "tiny", "algorithm": {"name": "sft"}})
+    shown = preview(params, QA[:1], n=1)
+    out = io.StringIO()
+    render(shown, "train", Path("qa.jsonl"), Console(file=out, force_terminal=True, color_system="standard", width=200))
+    text = out.getvalue()
+    from rich.text import Text
+
+    assert "[[" not in Text.from_ansi(text).plain and "trained tokens in green" in text
+    assert "\x1b[1;92mI\x1b[0m\x1b[1;32mt" in text and "\x1b[37mWhat" in text  # trained: bold greens, alternating; masked: grey
