@@ -93,6 +93,17 @@ def check(params: SynthesizeParams) -> list[Any]:
         problems += [("model", p) for p in check_reference(params.model)]
         if why := params.backend.unavailable():
             problems.append(("backend", why))
+    if params.output == "preference":  # settings that can never make a pair: known before any sampling
+        if params.samples_per_prompt < 2:
+            problems.append(
+                ("samples_per_prompt", "output: preference pairs the best and the worst sample of a prompt: it needs 2 or more")
+            )
+        elif params.temperature == 0:
+            problems.append(
+                ("temperature", "output: preference with temperature 0 samples the same completion every time: no reward gap, no pair")
+            )
+        if params.verifier is None:
+            problems.append(("verifier", "output: preference ranks samples by the verifier's reward: set `verifier: ${verifier}`"))
     return problems
 
 

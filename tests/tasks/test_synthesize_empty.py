@@ -18,3 +18,18 @@ def test_no_pairs_says_no_reward_gap_and_the_fix() -> None:
     assert why.startswith("nothing kept from 3 prompts, rejected: no reward gap between samples (3); every prompt's samples got")
     assert "temperature" in why and "graded" in why
     assert why_empty(0, {}, params).startswith("the source gave no prompts")  # type: ignore[arg-type]
+
+
+def test_settings_that_can_never_make_a_pair_are_validation_errors() -> None:
+    from halo_pipeline.tasks.synthesize import check
+
+    kind = get("synthesize")
+
+    def problems(**settings: object) -> dict[str, str]:
+        params = kind.params.model_validate({"source": "humaneval:train", "output": "preference", "model": "tiny", **settings})
+        return {key: text for key, text in check(params) if isinstance(key, str)}  # type: ignore[arg-type]
+
+    assert "needs 2 or more" in problems(samples_per_prompt=1, verifier="python_syntax")["samples_per_prompt"]
+    assert "temperature 0" in problems(samples_per_prompt=4, temperature=0, verifier="python_syntax")["temperature"]
+    assert "verifier" in problems(samples_per_prompt=4)
+    assert not problems(samples_per_prompt=4, verifier="python_syntax")
