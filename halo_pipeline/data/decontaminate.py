@@ -4,7 +4,7 @@ The method of GPT-3 (Brown et al. 2020, appendix C) and lm-evaluation-harness's 
 normalised — Unicode NFKC, case-folded, punctuation turned into spaces, whitespace collapsed — and split into
 words. A training row overlaps a held-out item when
 
-- its prompt equals the item's prompt after normalisation (`exact`), or
+- its prompt equals the item's prompt after normalisation (`exact prompt`), or
 - any of its texts (prompt, completion, chosen, rejected, messages) shares a sequence of `n` words (13 by
   default) with any of the item's texts (prompt, answer, solution, choices; not its test code) (`13-gram`), or
 - one of its texts contains the whole of an item's text that is shorter than `n` words but has at least
@@ -75,7 +75,7 @@ class Item:
 class Overlap:
     row: int  # index of the training row in the list checked
     item: int  # index of the held-out item
-    how: str  # exact | <n>-gram | whole item
+    how: str  # exact prompt | <n>-gram | whole item (<k> words)
     words: str  # the normalised words that matched (shortened)
 
 
@@ -199,7 +199,7 @@ class Index:
             for r in range(start, min(start + _CHUNK, len(rows))):
                 prompt, its = rows[r]
                 if prompt and (p := normalise(prompt)) in self.prompts:
-                    found[r] = Overlap(r, self.prompts[p], "exact", _short(p))
+                    found[r] = Overlap(r, self.prompts[p], "exact prompt", _short(p))
                     continue
                 texts += its
                 text_row += [r] * len(its)
@@ -222,7 +222,7 @@ class Index:
         return [found[r] for r in sorted(found)]
 
 
-def _short(text: str, limit: int = 160) -> str:
+def _short(text: str, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -36,7 +36,7 @@ def _index(n: int = 13, *texts: str, prompt: str | None = None) -> dc.Index:
 def test_exact_prompt_match_after_normalisation() -> None:
     index = _index(13, "What is the capital of France?", prompt="What is the capital of France?")
     found = index.check([("  what IS the capital of france ", ["Paris"]), ("What is the capital of Spain?", ["Madrid"])])
-    assert [(o.row, o.how) for o in found] == [(0, "exact")]
+    assert [(o.row, o.how) for o in found] == [(0, "exact prompt")]
 
 
 @pytest.mark.parametrize("n", [5, 13])
