@@ -76,6 +76,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/dedup.py
+	$(BIN)/python benchmarks/decontaminate.py
 	$(BIN)/python benchmarks/verifiers.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/export.py
