@@ -326,20 +326,25 @@ def free_names(tests: ast.Module) -> set[str]:
     return loaded - bound - set(dir(builtins))
 
 
+def called_names(tests: ast.Module) -> set[str]:
+    """Names the tests call (`f(...)`, `Pair(...)`): what undeclared tests can mean by a function under test."""
+    return {n.func.id for n in ast.walk(tests) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+
+
 def solution_names(
     tests: ast.Module, prompt: ast.Module | None, entry_points: tuple[str, ...]
 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """(declared, inferred, stdlib): what the tests may take from the solution, and the standard-library
     modules they name without importing. With declared entry points, nothing else comes from the
-    solution. Without (MBPP calls functions by name), the names the tests read but bind nowhere that
+    solution. Without (MBPP calls functions by name), the names the tests *call* but bind nowhere that
     are neither builtins nor standard-library modules: the solution's unless the prompt binds them
     (checked as the driver runs the prompt; a prompt's stub, a body of only a docstring or `pass`, is
-    the solution's to write)."""
+    the solution's to write). A free name the tests only read (`np.allclose`) is never the solution's."""
     free = free_names(tests)
     stdlib = tuple(sorted(n for n in free if n in sys.stdlib_module_names and n not in entry_points))
     if entry_points:
         return tuple(entry_points), (), stdlib
-    inferred = free - set(stdlib)
+    inferred = (free & called_names(tests)) - set(stdlib)
     stubs = inferred & _prompt_stubs(prompt)
     return tuple(sorted(stubs)), tuple(sorted(inferred - stubs)), stdlib
 
@@ -453,12 +458,13 @@ def pytest_verifier(settings: PytestSettings, sample: Mapping[str, Any]) -> Veri
 @functools.lru_cache(maxsize=512)
 def pytest_exports(test_source: str, entry_points: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """What `from solution import *` gives the tests: the declared entry points, or (none declared) the
-    names the test module reads but binds nowhere; never a builtin or a name the tests import
+    names the test module calls but binds nowhere; never a builtin or a name the tests import
     themselves (`pytest`, `abs`, `math`). Standard-library modules the tests name without importing
     them are the real ones."""
-    free = free_names(ast.parse(test_source))
+    tree = ast.parse(test_source)
+    free = free_names(tree)
     stdlib = sorted(n for n in free if n in sys.stdlib_module_names and n not in entry_points)
-    exports = list(entry_points) if entry_points else sorted(free - set(stdlib))
+    exports = list(entry_points) if entry_points else sorted((free & called_names(tree)) - set(stdlib))
     return exports, stdlib
 
 

@@ -223,6 +223,12 @@ NAME_ATTACKS = {
         "def check(candidate):\n    assert near(candidate(2), 12.566, rel_tol=TOL)\n    assert near(candidate(1), 3.1416, rel_tol=TOL)\n",
         "def near(*a, **k):\n    return True\nTOL = 1e9\n\ndef area(r):\n    return 0\n",
     ),
+    "a module the tests use without importing it, faked by the solution": (
+        "",
+        ["assert fractions.Fraction(round(area(2))) == 13", "assert np.isclose(area(1), 3.1416)"],
+        "class fractions:\n    Fraction = staticmethod(lambda x: 13)\n\nclass np:\n    isclose = staticmethod(lambda *a: True)\n\n"
+        "def area(r):\n    return 0\n",
+    ),
     "a builtin the tests call, shadowed by the solution": (
         "",
         ["assert abs(area(2) - 12.566) < 1e-3", "assert all([round(area(1), 3) == 3.142])"],
@@ -248,6 +254,9 @@ def test_the_tests_names_are_the_tasks(attack: str) -> None:
     if attack.startswith("the prompt's helper"):
         right = "def area(r):\n    return -0.5\n"  # the zero of the prompt's poly
     honest = verifier.verify({**sample, "completion": right})
+    if attack.startswith("a module the tests use"):  # a free `np` is nobody's: its test fails, for everyone
+        assert honest.reward == 0.5 and "NameError" in str(honest.details["failures"]), honest
+        return
     assert honest.reward == 1.0, honest
 
 
