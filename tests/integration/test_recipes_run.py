@@ -21,6 +21,8 @@ def test_tiny_debug_recipe_runs_every_step(project: Path) -> None:
     copy_project(project)
     res = cli("run", "recipes/tiny_debug.yaml", "-q", cwd=project)
     assert res.returncode == 0, res.stdout + res.stderr
+    noise = [line for line in res.stderr.splitlines() if "Warning" in line or "warnings.warn" in line]
+    assert not noise, "a clean run shows no third-party warnings:\n" + "\n".join(noise)
     run_dir = Path(res.stdout.strip())
     m = json.loads((run_dir / "replay.json").read_text())
     assert [m["steps"][s]["state"] for s in ("synthesize", "dedup", "score")] == ["ran", "ran", "ran"]
