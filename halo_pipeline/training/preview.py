@@ -126,8 +126,20 @@ def _untruncated(config: Any) -> Any:
     return full
 
 
-def _pieces(tokenizer: Any, ids: list[int]) -> list[str]:
-    return [tokenizer.decode([i]) for i in ids]
+def _pieces(tokenizer: Any, ids: list[int], context: int = 8) -> list[str]:
+    """Each token's text, as the whole sequence decodes: a token decoded after a few of its predecessors (a
+    SentencePiece space, a character split over byte tokens), what it adds to them. A token that ends inside
+    a character adds nothing; its bytes show with the token that completes the character."""
+    pieces = []
+    for i in range(len(ids)):
+        start = max(0, i - context)
+        before = tokenizer.decode(ids[start:i]).rstrip("\ufffd") if i > start else ""
+        text = tokenizer.decode(ids[start : i + 1])
+        if text.endswith("\ufffd") and i + 1 < len(ids):
+            pieces.append("")
+            continue
+        pieces.append(text[len(before) :] if text.startswith(before) else tokenizer.decode([ids[i]]))
+    return pieces
 
 
 def _by_row(dataset: Any) -> dict[int, dict[str, Any]]:

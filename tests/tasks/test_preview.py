@@ -152,3 +152,14 @@ def test_the_terminal_shows_trained_tokens_in_colour_and_pipes_get_markers() -> 
 
     assert "[[" not in Text.from_ansi(text).plain and "trained tokens in green" in text
     assert "\x1b[1;92mI\x1b[0m\x1b[1;32mt" in text and "\x1b[37mWhat" in text  # trained: bold greens, alternating; masked: grey
+
+
+def test_token_pieces_join_into_the_decoded_text_characters_whole() -> None:
+    from halo_pipeline.training.preview import _pieces, load_tokenizer
+
+    tokenizer = load_tokenizer(TrainParams.model_validate({"model": "tiny"}))
+    for text in ("héllo wörld ✓ 日本語", " two spaces  and\ttab\n"):
+        ids = tokenizer(text)["input_ids"]
+        pieces = _pieces(tokenizer, ids)
+        assert len(pieces) == len(ids) and "".join(pieces) == tokenizer.decode(ids)
+        assert "\ufffd" not in "".join(pieces)  # a character split over byte tokens shows whole, with its last token
