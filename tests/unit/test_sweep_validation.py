@@ -38,3 +38,17 @@ def test_a_grid_of_only_invalid_jobs_starts_nothing(project: Path, capsys: pytes
     assert "2 of 2 jobs invalid (they will not run):" in err
     assert "job (steps.make.with.n=0 +steps.make.with.text=x):" in err and "job (steps.make.with.n=-1 +steps.make.with.text=x):" in err
     assert not (project / "multirun").exists()
+
+
+def test_an_invalid_optuna_trial_is_a_failed_trial_with_its_problems(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Optuna's values are known only when drawn: an invalid trial runs nothing, is recorded with its problems, and
+    counts as a failed trial (the sweep stops at max_failure_rate); no traceback."""
+    import json
+
+    recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE + "objective: copy.rows\n")
+    code = multirun(str(recipe), ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "steps.make.with.n=int(interval(-5,-1))"])
+    out = capsys.readouterr()
+    assert code == 2 and "Traceback" not in out.err and "the sweep stopped" in out.err, out.err
+    (summary,) = (project / "multirun/fake").glob("*/summary.json")
+    (job,) = json.loads(summary.read_text())["jobs"]
+    assert job["state"] == "invalid" and any("greater than or equal to 1" in p for p in job["problems"])
