@@ -370,7 +370,7 @@ def chat(value: Any) -> list[dict[str, Any]]:
     turns = []
     for turn in value:
         role = str(turn.get("role", turn.get("from", "")))
-        content = turn.get("content", turn.get("value", ""))
+        content = as_text(turn.get("content", turn.get("value", "")))  # a number said in a turn is its text
         turns.append({**{k: v for k, v in turn.items() if k not in ("from", "value")}, "role": ROLES.get(role, role), "content": content})
     return turns
 

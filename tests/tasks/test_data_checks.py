@@ -44,6 +44,12 @@ def test_a_passing_dataset_keeps_its_measures_and_first_examples_for_the_report(
     assert record["stats"]["empty"] == {"completion": 1} and len(record["examples"]) == 3
     page = train_data.render(tmp_path / "ok")
     assert "dataset checks passed" in page and "row 1 · id r0" in page and "background:#c6f0c2" in page
+    from halo_pipeline.views.report import _step_section
+
+    (tmp_path / "run/steps").mkdir(parents=True)
+    (tmp_path / "run/steps/train").symlink_to(tmp_path / "ok")
+    section = _step_section(tmp_path / "run", "train", {"kind": "train", "state": "ran", "metrics": ctx.metrics})
+    assert "dataset checks passed" in section and "the first 3 examples as the trainer sees them" in section
     with pytest.raises(ValueError, match=r"max_empty: rows with an empty prompt, completion, side or turn 0\.2 > 0\.1"):
         run_kind("train", {**params, "data_checks": {"max_empty": 0.1}}, {"dataset": Artifact("sft_dataset", data)}, tmp_path / "empty")
 

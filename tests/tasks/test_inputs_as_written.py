@@ -49,3 +49,10 @@ def test_numeric_parquet_columns_mapped_to_text_fields_become_text(tmp_path: Pat
     pairs.to_parquet(str(tmp_path / "pairs.parquet"))
     (pair,) = read_rows(tmp_path / "pairs.parquet", "preference_dataset")
     assert (pair["chosen"], pair["rejected"]) == ("4", "5.5")
+
+
+def test_numbers_in_chat_turns_become_text() -> None:
+    row = sources.map_row(
+        {"conversations": [{"from": "human", "value": "6*7?"}, {"from": "gpt", "value": 42}]}, {"messages": "conversations"}, 1
+    )
+    assert row["messages"][1] == {"role": "assistant", "content": "42"}
