@@ -32,7 +32,6 @@ import numpy as np
 
 VERSION = "1"  # bump when what counts as an overlap changes: part of the verdict's cache key
 MIN_WORDS = 8  # a held-out text shorter than n words is matched whole when it has at least this many (GPT-3's smallest n)
-MODES = ("stop", "drop", "warn", "off")
 _PUNCT = re.compile(r"[^\w\s]+")
 _ASCII_BREAKS = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_" or chr(c).isspace())}  # same, for ASCII
 _FILTER_BITS = 24  # a byte table of 2^24 slots marks the held-out hashes: most training n-grams are rejected by one lookup
@@ -353,7 +352,7 @@ def screen(
     """
     if mode == "off" or not held_out or not sources_:
         return None
-    from halo_pipeline.engine.cache import Cache, canonical_json, digest, sha256_text
+    from halo_pipeline.engine.cache import Cache, canonical_json, digest, remove, sha256_text
 
     all_loaders = {**LOADERS, **(loaders or {})}
     sets: list[dict[str, Any]] = []
@@ -383,8 +382,6 @@ def screen(
             record = cache.lookup(key)
             if record is None:
                 work = cache.partial(key)
-                from halo_pipeline.engine.cache import remove
-
                 remove(work)
                 work.mkdir(parents=True)
                 result, outputs = _check(sources_, sets, all_loaders, n, mode, columns, work, log)
@@ -511,24 +508,6 @@ def message(result: dict[str, Any]) -> str:
         "in the recipe"
     )
     return "\n".join(lines)
-
-
-def summary(result: dict[str, Any]) -> str:
-    """One line for the step's summary and the report."""
-    checked = [s["label"] for s in result["held_out"] if s["checked"]]
-    unchecked = [s["label"] for s in result["held_out"] if not s["checked"]]
-    parts = []
-    for src in result["sources"]:
-        text = f"{src['source']}: {src['overlapping']} of {src['rows']} rows overlap"
-        if "dropped" in src:
-            text += f", {src['dropped']} dropped"
-        parts.append(text)
-    line = f"decontamination ({result['mode']}, {result['n']}-grams) against {', '.join(checked) or 'nothing readable'}: " + "; ".join(
-        parts
-    )
-    if unchecked:
-        line += f" (not checked: {', '.join(unchecked)})"
-    return line
 
 
 def before_training(
