@@ -337,7 +337,7 @@ def _documented(path: Path, overrides: list[str], key: str, smap: SourceMap, dat
         resolved: dict[str, Any] = OmegaConf.to_container(body, resolve=True)  # type: ignore[assignment]
     except OmegaConfBaseException:
         resolved = raw
-    ok, why = settable(key, raw, resolved, {k: v for k, v in choices.items() if not k.startswith("hydra")})
+    ok, why = settable(key, raw, resolved, {k: v for k, v in choices.items() if not k.startswith("hydra")}, project_conf_dirs(path.parent))
     node: Any = raw
     for part in key.split("."):
         node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT

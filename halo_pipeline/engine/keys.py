@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import types
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -24,7 +26,9 @@ ENGINE_GROUPS = {
 }
 
 
-def settable(key: str, raw: dict[str, Any], resolved: dict[str, Any], choices: dict[str, str]) -> tuple[bool, str | None]:
+def settable(
+    key: str, raw: dict[str, Any], resolved: dict[str, Any], choices: dict[str, str], conf_dirs: Sequence[Path] = ()
+) -> tuple[bool, str | None]:
     """Whether `key` is a documented key of this composed recipe, and if not, a hint for the user.
 
     Args:
@@ -32,13 +36,14 @@ def settable(key: str, raw: dict[str, Any], resolved: dict[str, Any], choices: d
         raw: the composed config with interpolations unresolved (`${algorithm}` shows which step takes a group).
         resolved: the same config resolved (as far as it resolves).
         choices: the group choices (`algorithm: sft`).
+        conf_dirs: the project's own `conf/` folders (searched before the packaged one).
     """
     parts = key.split(".")
     head, rest = parts[0], parts[1:]
     if head == "steps" and len(parts) >= 3:
         return _step_key(parts[1], parts[2:], resolved)
     if head in choices:
-        return _group_key(head, choices[head], rest, raw, resolved)
+        return _group_key(head, choices[head], rest, raw, resolved, conf_dirs)
     from halo_pipeline.engine.recipe import RecipeModel
 
     field = RecipeModel.model_fields.get(head)
@@ -70,7 +75,9 @@ def _step_key(sid: str, path: list[str], resolved: dict[str, Any]) -> tuple[bool
     return walk(StepSpec, path, node), None
 
 
-def _group_key(group: str, choice: str, path: list[str], raw: dict[str, Any], resolved: dict[str, Any]) -> tuple[bool, str | None]:
+def _group_key(
+    group: str, choice: str, path: list[str], raw: dict[str, Any], resolved: dict[str, Any], conf_dirs: Sequence[Path]
+) -> tuple[bool, str | None]:
     if not path:
         return False, None
     takers = []  # (params model, param name, the step's resolved `with`) of each step that takes the whole group node
@@ -93,24 +100,21 @@ def _group_key(group: str, choice: str, path: list[str], raw: dict[str, Any], re
         ok = False
     if ok:
         return True, None
-    others = sorted(name for name, data in _options(group).items() if name != choice and path[0] in data)
+    others = sorted(name for name, data in _options(group, conf_dirs).items() if name != choice and path[0] in data)
     if others:
         has = ", ".join(f"{group}={o}" for o in others)
         return False, f"'{path[0]}' is not a field of {group}={choice}; {has} {'has' if len(others) == 1 else 'have'} it"
     return False, None
 
 
-def _options(group: str) -> dict[str, dict[str, Any]]:
+def _options(group: str, conf_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
     """Each option of a group as its YAML (the project's own `conf/` first, then the packaged one)."""
     from importlib.resources import files
-    from pathlib import Path
 
     import yaml
 
-    from halo_pipeline.engine.config import project_conf_dirs
-
     found: dict[str, dict[str, Any]] = {}
-    dirs: list[Any] = [d / group for d in project_conf_dirs(Path.cwd())]
+    dirs: list[Any] = [Path(d) / group for d in conf_dirs]
     with contextlib.suppress(ModuleNotFoundError):
         dirs.append(files("halo_pipeline.conf") / group)
     for folder in dirs:
