@@ -154,3 +154,18 @@ def test_humaneval_train_is_clean_against_test_and_the_near_duplicates_left_out_
     assert index.check([dc.row_texts(r) for r in humaneval_prompts("train")]) == []
     near = [r for r in humaneval_prompts(None) if r["id"].replace("-", "/") in NEAR_TEST]
     assert len(near) == len(NEAR_TEST) and len(index.check([dc.row_texts(r) for r in near])) == len(NEAR_TEST)
+
+
+def test_the_plan_collects_the_held_out_sets_and_gives_them_to_train_steps_only() -> None:
+    from halo_pipeline.engine.execute import step_calls
+    from halo_pipeline.engine.plan import plan_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    overrides = ["+decontaminate={mode: warn, n: 10}", "+steps.train.with.probe_every=2", "+steps.train.with.probe_verifier=python_syntax"]
+    plan = plan_recipe(str(root / "recipes/tiny_debug.yaml"), overrides)
+    labels = [s["label"] for s in plan.held_out]  # humaneval:test, named by the mid-training probe and the probe, once
+    assert labels == ["train: probe_source humaneval:test", "eval: lm-eval task halo_arith", "eval: lm-eval task halo_capitals"]
+    assert [s["step"] for s in plan.held_out] == ["train", "eval", "eval"]
+    calls = step_calls(plan, root / "outputs/unused")
+    assert calls["train"].held_out == plan.held_out and calls["train"].decontaminate == {"mode": "warn", "n": 10}
+    assert all(not c.held_out for sid, c in calls.items() if sid != "train")
