@@ -337,6 +337,12 @@ def _documented(path: Path, overrides: list[str], key: str, smap: SourceMap, dat
         resolved: dict[str, Any] = OmegaConf.to_container(body, resolve=True)  # type: ignore[assignment]
     except OmegaConfBaseException:
         resolved = raw
+    parts, node = key.split("."), raw
+    for i, part in enumerate(parts[:-1]):  # under an interpolation (`algorithm: ${algorithm}`): set what it names
+        node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str) and node.startswith("${") and node.endswith("}"):
+            target = ".".join([node[2:-1], *parts[i + 1 :]])
+            return False, f"{'.'.join(parts[: i + 1])} is `{node}` in the recipe; set {target}=VALUE instead"
     ok, why = settable(key, raw, resolved, {k: v for k, v in choices.items() if not k.startswith("hydra")}, project_conf_dirs(path.parent))
     node: Any = raw
     for part in key.split("."):
@@ -356,6 +362,9 @@ def _bad_override_issue(key: str, data: dict[str, Any], why: str | None = None) 
     known = list(node) if isinstance(node, dict) else []
     close = did_you_mean(last, [k for k in known if k != last])
     hint = f"{close + ' ' if close else ''}to add a key that the recipe does not set, write +{key}=VALUE"
+    if why and "; set " in why:  # a key under an interpolation: the fix is the key it names
+        message, fix = why.split("; ", 1)
+        return Issue(f"cannot override '{key}': {message}", key=key, hint=fix)
     if why:
         return Issue(f"cannot override '{key}': {why}", key=key, hint=f"choose that option, or {hint}")
     return Issue(f"cannot override '{key}': the recipe has no such key, and no step or group documents it", key=key, hint=hint)

@@ -78,3 +78,12 @@ def test_a_group_the_recipe_does_not_name_is_chosen_without_plus(shipped: Path) 
     plan = plan_recipe(shipped / "grpo_code.yaml", ["model=tiny", "distributed=ddp", "steps.train.with.distributed=${distributed}"])
     assert plan.composed.choices["distributed"] == "ddp" and plan.steps["train"].params.distributed.strategy == "ddp"  # type: ignore[attr-defined]
     assert "+distributed=ddp" in plan.composed.overrides
+
+
+def test_a_key_under_an_interpolation_names_the_key_to_set(shipped: Path) -> None:
+    """`steps.train.with.algorithm.beta=0.2` where the recipe writes `algorithm: ${algorithm}`: set algorithm.beta."""
+    with pytest.raises(RecipeError) as err:
+        plan_recipe(shipped / "dpo_preference.yaml", ["model=tiny", "steps.train.with.algorithm.beta=0.2"])
+    (issue,) = err.value.issues
+    assert "steps.train.with.algorithm is `${algorithm}` in the recipe" in issue.message
+    assert issue.hint == "set algorithm.beta=VALUE instead"
