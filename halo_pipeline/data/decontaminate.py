@@ -313,6 +313,10 @@ def _kind(spec: dict[str, Any]) -> str:
 class Contaminated(RuntimeError):
     """Training rows overlap a held-out set and the recipe says `decontaminate: stop` (the default)."""
 
+    def __init__(self, message: str, record: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.record = record
+
 
 @dataclass
 class Source:
@@ -398,7 +402,7 @@ def screen(
     screened = Screened(result, replaced)
     contaminated = [s for s in result["sources"] if s["overlapping"]]
     if contaminated and mode == "stop":
-        raise Contaminated(message(result))
+        raise Contaminated(message(result), result)
     return screened
 
 

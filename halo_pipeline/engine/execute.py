@@ -116,6 +116,7 @@ class StepError(RuntimeError):
     def __init__(self, message: str, transient: bool = False):
         super().__init__(message)
         self.transient = transient
+        self.decontamination: dict[str, Any] | None = None
 
 
 # errno values of failures that a retry can fix; a full disk, a missing file or a denied permission cannot
@@ -239,7 +240,9 @@ def screen_inputs(call: StepCall, kind: StepKind, inputs: dict[str, Artifact]) -
         found = kind.decontaminate(call.params, inputs, labels, call.held_out, call.decontaminate, root)
     except Exception as exc:
         write_state(call, "failed", error=str(exc))
-        raise StepError(f"{call.id} ({kind.name}): {type(exc).__name__}: {exc}", transient=is_transient(exc)) from exc
+        error = StepError(f"{call.id} ({kind.name}): {type(exc).__name__}: {exc}", transient=is_transient(exc))
+        error.decontamination = getattr(exc, "record", None)  # what a stop found, for the manifest
+        raise error from exc
     return found if found is not None else (inputs, None)
 
 

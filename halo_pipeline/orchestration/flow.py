@@ -162,12 +162,13 @@ def _run_steps(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, A
             results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="skipped", error=reason)
             write_state(calls[sid], "skipped", error=reason)
             continue
+        checked = None  # a train step stopped by decontamination: what it found, for the manifest and report
         try:
             futures[sid].state.result()
             err = futures[sid].state.message
         except Exception as exc:
-            err = str(exc)
-        results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="failed", error=err)
+            err, checked = str(exc), getattr(exc, "decontamination", None)
+        results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="failed", error=err, decontamination=checked)
         write_state(calls[sid], "failed", error=err)
     ended = time.time()
     objective = objective_value(plan, results)

@@ -71,6 +71,10 @@ def test_a_contaminated_recipe_stops_before_training(project: Path) -> None:
     assert "probe: source humaneval:test (2)" in error and "eval: lm-eval task halo_capitals (1)" in error
     assert "row 2 (id leak-a)" in error and "row 4 (id leak-b)" in error and "decontaminate: drop" in error
     assert "overlap" in res.stdout and "leak-a" in res.stdout, res.stdout  # the terminal says why
+    found = train["decontamination"]  # and the manifest and report what was found
+    assert found["mode"] == "stop" and found["sources"][0]["overlapping"] == 3 and len(found["sources"][0]["examples"]) == 2
+    report = (Path(m["run_dir"]) / "report.html").read_text()
+    assert "decontamination (stop, 13-grams)" in report and "leak-b" in report
 
 
 def test_drop_trains_without_the_overlapping_rows_and_records_the_counts(project: Path) -> None:
