@@ -407,7 +407,7 @@ class Units:
         self.checks = 0
         self.pending: int | None = None  # the first statement of an open unit that involved the solution
         self.deadline_hit = False
-        self._start: tuple[int, int, bool] = (0, 0, False)
+        self._start: tuple[int, int] = (0, 0)
         self._exc: BaseException | None = None
 
     def check(self) -> None:
@@ -416,7 +416,7 @@ class Units:
     def begin(self, k: int) -> None:
         if self.deadline_hit:
             raise DeadlinePassed("the tests ran past their deadline")
-        self._start, self._exc = (self.checks, self.link.asked, bool(self.link.gone)), None
+        self._start, self._exc = (self.checks, self.link.asked), None
 
     def raised(self, k: int, exc: BaseException) -> None:
         if isinstance(exc, DeadlinePassed) or self.deadline_hit:
@@ -424,10 +424,10 @@ class Units:
         self._exc = exc
 
     def end(self, k: int) -> None:
-        checks, asked, was_gone = self._start
+        checks, asked = self._start
         exc = self._exc
         involved = self.link.asked > asked
-        if exc is None and involved and self.link.gone and not was_gone:
+        if exc is None and involved and self.link.gone:
             exc = SolutionGone(self.link.gone)  # the test swallowed it; in one process it would have ended the tests
         first = self.pending if self.pending is not None else k
         if exc is not None:

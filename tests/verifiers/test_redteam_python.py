@@ -202,6 +202,9 @@ def test_dying_on_the_bad_input_is_not_raising() -> None:
         assert result.reward == 0.5 and not result.passed, (dying, test, result)
     # a bare `except:` catches SystemExit in one process too: the reference harness passes this, and so do we
     assert python_verify(raises_exit, BARE_EXCEPT_TESTS).reward == 1.0
+    # once dead, every later statement that reaches for the solution fails, swallowed or not
+    twice = BARE_EXCEPT_TESTS + "    try:\n        candidate(0, 0)\n    except:\n        pass\n"
+    assert python_verify(exits, twice).reward == pytest.approx(1 / 3)
 
 
 # ---------------------------------------------------------------- 3. names the tests read
