@@ -97,13 +97,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             until=args.until,
             progress=None if args.quiet else progress.show,
         )
-    from halo_pipeline.engine.plan import plan_recipe
+    from halo_pipeline.engine.plan import one_command, plan_recipe
     from halo_pipeline.orchestration.runs import check_selection
 
-    plan = plan_recipe(args.recipe, args.overrides)  # every problem at once, exit 2, before Prefect starts
-    check_selection(plan, only, args.from_, args.until)
-    _print_warnings(plan)
-    return run_and_report(args.recipe, args.overrides, args, only=only)
+    with one_command():  # validation, the cache check and the flow compose the recipe once
+        plan = plan_recipe(args.recipe, args.overrides)  # every problem at once, exit 2, before Prefect starts
+        check_selection(plan, only, args.from_, args.until)
+        _print_warnings(plan)
+        return run_and_report(args.recipe, args.overrides, args, only=only)
 
 
 def _exit_code(result: dict[str, Any]) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,22 @@ def _field_help(model: type[BaseModel], loc: tuple[str, ...]) -> str | None:
 
 
 _last: dict[tuple[Any, ...], Plan] = {}  # the latest plan, for the flow that runs it right after validation
+_one_command = 0  # > 0 while one command validates and runs: its plan is reused however often it is asked for
+
+
+@contextlib.contextmanager
+def one_command() -> Iterator[None]:
+    """One command's validation, cache check and flow share one composed plan. Outside such a block a plan is
+    reused once at most: a long-lived process (a deployment serving scheduled runs) composes each run afresh,
+    since a config group file may have changed since."""
+    global _one_command
+    _one_command += 1
+    try:
+        yield
+    finally:
+        _one_command -= 1
+        if not _one_command:
+            _last.clear()
 
 
 def _memo_key(recipe: str | Path, overrides: list[str]) -> tuple[Any, ...]:
@@ -102,7 +120,7 @@ def plan_recipe(recipe: str | Path, overrides: list[str]) -> Plan:
     its own parameters (as a run started from the UI does) and gets the same plan without composing twice."""
     key = _memo_key(recipe, overrides)
     if key in _last:
-        return _last.pop(key)
+        return _last[key] if _one_command else _last.pop(key)
     plan = _plan(recipe, overrides)
     _last.clear()
     _last[key] = plan
