@@ -301,6 +301,19 @@ def print_result(result: dict[str, Any], console: Any) -> None:
     for sid, s in m.get("steps", {}).items():
         if s.get("state") == "failed":
             console.print(f"[red]✘ {sid}[/]: {s.get('error')}  (log: {result['run_dir']}/logs/{sid}.log)")
+        found = s.get("decontamination") or {}
+        if s.get("state") in ("ran", "cached"):  # training data that holds held-out items, kept (warn) or dropped
+            for src in found.get("sources", []):
+                if src.get("overlapping"):
+                    what = f"{src['dropped']} dropped" if "dropped" in src else "trained on them (decontaminate: warn)"
+                    sets = ", ".join(f"{k} ({v})" for k, v in sorted(src.get("by_held_out", {}).items()))
+                    line = f"{src['overlapping']} of {src['rows']} rows of {src['source']} overlap {sets}; {what}"
+                    console.print(f"[yellow]⚠ {sid}[/]: {line}", soft_wrap=True)
+        for held in found.get("held_out", []):
+            if not held.get("checked"):
+                console.print(
+                    f"[yellow]⚠ {sid}[/]: held-out set {held['label']} not checked for contamination: {held.get('why')}", soft_wrap=True
+                )
         for name, out in (s.get("outputs") or {}).items():  # a step that made nothing says why, even when the run completed
             if s.get("state") in ("ran", "cached") and (why := (out.get("meta") or {}).get("empty_because")):
                 console.print(f"[yellow]⚠ {sid}.{name} has no rows[/]: {why}")

@@ -102,8 +102,9 @@ def test_drop_trains_without_the_overlapping_rows_and_records_the_counts(project
 
 def test_warn_trains_on_everything_and_records_it(project: Path) -> None:
     data = _data(project, contaminated=True)
-    res, m = _run(project, "+decontaminate=warn")
+    res, m = _run(project, "+decontaminate=warn", quiet=False)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "3 of 9 rows of file:" in res.stdout and "trained on them (decontaminate: warn)" in res.stdout, res.stdout
     train = m["steps"]["train"]
     assert train["state"] == "ran" and train["decontamination"]["sources"][0]["overlapping"] == 3
     assert "dropped" not in train["decontamination"]["sources"][0]
