@@ -28,8 +28,6 @@ NOT_IMPLEMENTED = {
     "min_p": "min_p is not supported (use top_p or top_k)",
     "repetition_penalty": "repetition_penalty is not supported (use presence_penalty or frequency_penalty)",
     "min_tokens": "min_tokens is not supported (ignore_eos generates exactly max_tokens)",
-    "guided_json": "structured output is not supported",
-    "grammar": "structured output is not supported",
 }
 
 
@@ -65,6 +63,13 @@ class _Sampling(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks)
+    # output constraints (constraints.py): vLLM's guided decoding, and llama.cpp server's json_schema / grammar
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    json_schema: dict[str, Any] | str | None = None
+    grammar: str | None = None
 
     @field_validator("logit_bias")
     @classmethod

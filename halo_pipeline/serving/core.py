@@ -37,6 +37,7 @@ class Sampling:
     frequency_penalty: float = 0.0  # subtracted per time a token was generated so far
     logit_bias: dict[int, float] = field(default_factory=dict)  # added to the logits before sampling
     logprobs: int | None = None  # None: none; k: each token's log-prob and the k most likely there
+    constraint: Any = None  # a compiled output constraint (constraints.Constraint); each generation walks its own copy
 
     @property
     def penalized(self) -> bool:
@@ -126,6 +127,12 @@ class Engine:
         if m := re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece):  # SentencePiece byte fallback
             return bytes([int(m.group(1), 16)])
         return self.decode([token], special=True).encode()
+
+    def guidance_tokenizer(self) -> Any:
+        """The vocabulary as llguidance reads it, for output constraints (`constraints.Grammars` builds it once)."""
+        from halo_pipeline.serving.constraints import from_hf
+
+        return from_hf(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
 
     def chat_template(self) -> str | None:
         return getattr(self.tokenizer, "chat_template", None) or None

@@ -198,6 +198,14 @@ class GGUFEngine(Engine):
             return super().token_bytes(token)
         return bytes(self.slots[0].llm._model.token_to_piece(token, True))
 
+    def guidance_tokenizer(self) -> Any:
+        if self.tokenizer is not None:
+            return super().guidance_tokenizer()
+        import llguidance.llamacpp  # llama.cpp's own vocabulary
+
+        vocab = self.slots[0].llm._model.vocab
+        return llguidance.llamacpp.lltokenizer_from_vocab(vocab, n_vocab=self.vocab_size, eos_token=sorted(self.eos_ids))
+
     def chat_template(self) -> str | None:
         if self.tokenizer is not None:
             return super().chat_template()
@@ -300,15 +308,21 @@ class GGUFEngine(Engine):
             llm.eval(prompt[reuse:])
             limit = min(s.max_tokens, self.context_length - len(prompt))
             count = 0
+            guide = s.constraint.start() if s.constraint is not None else None  # its own walk of the output's grammar
             while True:
                 if gen.cancelled.is_set():
                     gen.finish_reason = "cancelled"
                     break
+                raw = last_logits(llm) if s.logprobs is not None else None  # the model's own, before any mask
+                if guide is not None:  # only what the output's grammar allows next
+                    _mask_logits(llm, guide.allowed(self.vocab_size))
                 token = sample(llm, sampler)
-                step = step_of(token, last_logits(llm), s.logprobs) if s.logprobs is not None else Step(token)
+                step = step_of(token, raw, s.logprobs) if raw is not None else Step(token)
                 if token in self.eos_ids and not s.ignore_eos:
                     gen.finish_reason = "stop"
                     break
+                if guide is not None:
+                    guide.advance(token)
                 gen.emit(step)
                 count += 1
                 if count >= limit:
@@ -382,3 +396,11 @@ class GGUFEngine(Engine):
             self.scorer_lock.release()
         for _ in range(taken):
             self.available.release()  # a request still waiting for a context finds the engine closed
+
+
+def _mask_logits(llm: Any, allowed: np.ndarray) -> None:
+    """-inf, in the context's own logits buffer, for every token not allowed: llama.cpp's sampler chain reads them next."""
+    import llama_cpp
+
+    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    np.ctypeslib.as_array(ptr, shape=(allowed.shape[0],))[~allowed] = -np.inf

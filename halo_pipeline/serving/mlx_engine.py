@@ -198,7 +198,7 @@ class MLXEngine(Engine):
                 max_tokens=[max(1, min(s.max_tokens, self.context_length - len(prompt)))],
                 caches=[cache] if cache is not None else None,
                 all_tokens=[list(prompt[:cached])],
-                samplers=[_sampler(s, self.vocab_size)],
+                samplers=[_sampler(s, self.vocab_size, gen)],
                 stop_sequences=[stops],
             )
         except Exception as exc:
@@ -261,15 +261,17 @@ def _step(token: int, logprobs: Any, k: int) -> Step:
 _GREEDY: Any = None
 
 
-def _sampler(s: Sampling, vocab: int) -> Any:
-    """One sequence's sampler: logit_bias and OpenAI's penalties (over the tokens it sampled), top-k, top-p,
-    temperature, and a draw with its own key (seeded: the same tokens however the batch is made up). It takes
-    the model's log-probs, so the batch still reports those."""
+def _sampler(s: Sampling, vocab: int, gen: Generation | None = None) -> Any:
+    """One sequence's sampler: logit_bias and OpenAI's penalties (over the tokens it sampled), the output
+    constraint's mask, top-k, top-p, temperature, and a draw with its own key (seeded: the same tokens however the
+    batch is made up). It takes the model's log-probs, so the batch still reports those. A constrained sequence
+    tells its grammar the token it drew at its next call (reading it then waits only for that token)."""
     global _GREEDY
     import mlx.core as mx
     from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
-    if s.temperature == 0 and not s.logit_bias and not s.penalized:
+    guide = s.constraint.start() if s.constraint is not None else None
+    if s.temperature == 0 and not s.logit_bias and not s.penalized and guide is None:
         if _GREEDY is None:
             _GREEDY = lambda x: mx.argmax(x, axis=-1)  # noqa: E731  (one shared object: the batch samples it in one call)
         return _GREEDY
@@ -279,7 +281,21 @@ def _sampler(s: Sampling, vocab: int) -> Any:
     state: dict[str, Any] = {
         "key": mx.random.key(s.seed if s.seed is not None else random.randrange(2**31)),
         "counts": mx.zeros((vocab,)) if s.penalized else None,
+        "drawn": None,  # the token drawn last, not yet told to the guide
     }
+
+    def constrain(x: Any) -> Any:
+        if guide is None:
+            return x
+        try:
+            if state["drawn"] is not None:
+                guide.advance(int(state["drawn"].item()))
+            return mx.where(mx.array(guide.allowed(x.shape[-1])), x, -mx.inf)
+        except RuntimeError as exc:  # this sequence ends (cancelled, with the reason); the batch goes on
+            if gen is not None:
+                gen.error = f"{type(exc).__name__}: {exc}"
+                gen.cancel()
+            return x
 
     def sample(logprobs: Any) -> Any:
         x = logprobs
@@ -288,6 +304,7 @@ def _sampler(s: Sampling, vocab: int) -> Any:
         counts = state["counts"]
         if counts is not None:
             x = x - s.frequency_penalty * counts[: x.shape[-1]] - s.presence_penalty * (counts[: x.shape[-1]] > 0)
+        x = constrain(x)
         if s.temperature == 0:
             token = mx.argmax(x, axis=-1)
         else:
@@ -299,6 +316,8 @@ def _sampler(s: Sampling, vocab: int) -> Any:
             token = mx.random.categorical(x * (1 / s.temperature), key=sub)
         if counts is not None:
             state["counts"] = counts.at[token].add(1)
+        if guide is not None:
+            state["drawn"] = token
         return token
 
     return sample

@@ -27,8 +27,9 @@ import numpy as np
 from starlette.requests import Request  # at module level: FastAPI resolves the routes' annotations here
 
 from halo_pipeline.serving.api import ChatRequest, CompletionRequest, EmbeddingRequest, refused
+from halo_pipeline.serving.constraints import ConstraintError, Grammars, Spec, from_request, tool_call
 from halo_pipeline.serving.core import END, Engine, Generation, Sampling, Step
-from halo_pipeline.serving.tools import OPEN, ToolCallParser, ToolPlan, forced_opening, template_messages, tool_format
+from halo_pipeline.serving.tools import CLOSE, OPEN, ToolCallParser, ToolPlan, forced_opening, template_messages, tool_format
 
 log = logging.getLogger("halo_pipeline.serving")
 T = TypeVar("T")
@@ -150,6 +151,7 @@ class Server:
         # scoring and embeddings, one at a time (the engines serialize them anyway); a job whose client left
         # while it was queued is dropped with it
         self.scorer = ThreadPoolExecutor(1, thread_name_prefix="halo-score")
+        self.grammars = Grammars(engine)  # output constraints, compiled once per grammar
 
     # -- admission ---------------------------------------------------------------------------
     def admit(self, request: Request, n: int = 1, param: str = "n") -> Ticket:
@@ -260,6 +262,17 @@ class Server:
             logit_bias=bias,
             logprobs=logprobs,
         )
+
+    async def constrained(self, sampling: Sampling, spec: Spec | None) -> Sampling:
+        """The sampling settings with the request's output constraint compiled in (a thread: a big schema takes time)."""
+        if spec is None:
+            return sampling
+        from dataclasses import replace
+
+        try:
+            return replace(sampling, constraint=await asyncio.to_thread(self.grammars.compile, spec))
+        except ConstraintError as exc:
+            raise bad_request(exc.message, exc.param, "invalid_constraint") from None
 
     # -- work -----------------------------------------------------------------------------------
     async def score(self, ticket: Ticket, fn: Callable[..., T], *args: Any) -> T:
@@ -463,8 +476,7 @@ def create_app(engine: Engine, settings: Settings) -> Any:
     async def chat(req: ChatRequest, request: Request) -> Any:
         adapter = server.check_model(req.model)
         _refuse_unsupported(req)
-        if req.response_format is not None and req.response_format.type != "text":
-            raise bad_request(f"response_format {req.response_format.type} (structured output) is not supported", "response_format")
+        spec = _constraint(req)
         if req.modalities and set(req.modalities) != {"text"}:
             raise bad_request("only the text modality is supported", "modalities")
         if req.top_logprobs is not None and not req.logprobs:
@@ -473,11 +485,19 @@ def create_app(engine: Engine, settings: Settings) -> Any:
             if kind := m.non_text_part():
                 raise bad_request(f"messages[{i}] has a {kind} part; the served models take text only", "messages", "unsupported_content")
         plan = _tool_plan(engine, req)
+        if plan.forced or (plan.parse and any(t.function.strict for t in req.tools or [])):
+            if spec is not None and not plan.forced:
+                raise bad_request(
+                    f"{spec.param} with strict tools under tool_choice auto is not supported: drop strict, or force the call",
+                    spec.param,
+                    "invalid_constraint",
+                )
+            spec = _tool_constraint(plan, engine, req)  # a forced call's arguments follow the function's schema; strict ones too
         stops = _stops(req)
         messages = template_messages(req.messages)
         prompt = await asyncio.to_thread(_render, server, messages, plan)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        sampling = server.sampling(req, len(prompt), "messages", logprobs)
+        sampling = await server.constrained(server.sampling(req, len(prompt), "messages", logprobs), spec)
         ticket = server.admit(request, req.n)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": rid, "created": created, "model": adapter or settings.model_id}
@@ -502,6 +522,7 @@ def create_app(engine: Engine, settings: Settings) -> Any:
         _refuse_unsupported(req)
         if req.best_of not in (None, 1):
             raise bad_request("best_of > 1 is not supported (ask for n completions and rank them yourself)", "best_of")
+        spec = _constraint(req)
         stops = _stops(req)
         if req.max_tokens == 0 and not req.echo:
             raise bad_request("max_tokens 0 only makes sense with echo", "max_tokens")
@@ -522,7 +543,7 @@ def create_app(engine: Engine, settings: Settings) -> Any:
                     block = await asyncio.to_thread(_legacy_block, engine, ids, _scored_entries(ids, one), k, [], 0)
                 choices.append({"index": i, "text": text, "finish_reason": "length", "logprobs": block})
             return {**base, "object": "text_completion", "choices": choices, "usage": _usage(prompt_tokens, 0)}
-        samplings = [server.sampling(req, len(ids), "prompt", k) for ids, _ in prompts]
+        samplings = [await server.constrained(server.sampling(req, len(ids), "prompt", k), spec) for ids, _ in prompts]
         scoring = req.echo and k is not None
         ticket = server.admit(request, len(prompts) * req.n + (len(prompts) if scoring else 0), "prompt")
         jobs = [
@@ -607,6 +628,25 @@ def _refuse_unsupported(req: Any) -> None:
         raise bad_request(found[1], found[0], "unsupported_parameter")
 
 
+def _constraint(req: Any) -> Spec | None:
+    try:
+        return from_request(req)
+    except ConstraintError as exc:
+        raise bad_request(exc.message, exc.param, "invalid_constraint") from None
+
+
+def _tool_constraint(plan: ToolPlan, engine: Engine, req: ChatRequest) -> Spec:
+    markers = {}
+    for tag in (OPEN, CLOSE):  # a call tag the vocabulary has as one token
+        if len(ids := engine.encode(tag)) == 1:
+            markers[tag] = ids[0]
+    try:
+        tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+        return tool_call(tools, plan.named, forced=bool(plan.forced), parallel=plan.parallel, markers=markers)
+    except ConstraintError as exc:
+        raise bad_request(exc.message, exc.param, "invalid_constraint") from None
+
+
 def _stops(req: Any) -> list[str]:
     try:
         return list(req.stops())
@@ -641,11 +681,9 @@ def _tool_plan(engine: Engine, req: ChatRequest) -> ToolPlan:
     names = [t.function.name for t in req.tools]
     if len(set(names)) < len(names):
         raise bad_request("tools has two functions with the same name", "tools")
-    if any(t.function.strict for t in req.tools):
-        raise bad_request("strict function schemas need constrained decoding, which this server does not do", "tools")
     if choice == "none":  # no tools in the prompt, no calls parsed: a plain answer
         return ToolPlan()
-    tools = [t.model_dump(exclude_none=True) for t in req.tools]
+    tools = [t.model_dump(exclude_none=True, exclude={"function": {"strict"}}) for t in req.tools]  # strict is for us, not the model
     # a model whose tool-call markers are special tokens needs them kept in the decoded text, for the parser
     special = engine.decode(engine.encode(OPEN)) != OPEN
     plan = ToolPlan(tools, "", None, True, req.parallel_tool_calls, special)

@@ -138,7 +138,12 @@ class TorchEngine(Engine):
                 logits = out.logits[:, -1, :]
             keep = []
             for i, entry in enumerate(batch):
-                step = self._sample(logits[i], entry)
+                try:
+                    step = self._sample(logits[i], entry)
+                except Exception as exc:  # e.g. an output constraint that failed: this request ends, the batch goes on
+                    entry["gen"].error = f"{type(exc).__name__}: {exc}"
+                    entry["gen"].emit(END)
+                    continue
                 if self._deliver(entry, step):
                     entry["last"] = step.token
                     keep.append(i)
@@ -164,7 +169,9 @@ class TorchEngine(Engine):
             bias = torch.zeros(n_logits, device=self.device)
             bias[torch.tensor(list(s.logit_bias), device=self.device)] = torch.tensor(list(s.logit_bias.values()), device=self.device)
         counts = torch.zeros(n_logits, device=self.device) if s.penalized else None
-        return {"gen": gen, "count": 0, "rng": _rng(torch, s.seed), "length": len(gen.prompt), "bias": bias, "counts": counts}
+        guide = s.constraint.start() if s.constraint is not None else None  # its own walk of the output's grammar
+        entry = {"gen": gen, "count": 0, "rng": _rng(torch, s.seed), "length": len(gen.prompt), "bias": bias, "counts": counts}
+        return {**entry, "guide": guide}
 
     def _deliver(self, entry: dict[str, Any], step: Step) -> bool:
         """Hand a sampled token to its request; False when the request is finished."""
@@ -237,6 +244,10 @@ class TorchEngine(Engine):
         if entry["counts"] is not None:  # OpenAI's penalties, over the tokens generated so far
             counts = entry["counts"]
             scores = scores - s.frequency_penalty * counts - s.presence_penalty * (counts > 0).float()
+        guide = entry["guide"]
+        if guide is not None:  # only what the output's grammar allows next
+            allowed = torch.from_numpy(guide.allowed(scores.shape[-1])).to(scores.device)
+            scores = scores.masked_fill(~allowed, float("-inf"))
         if s.temperature == 0:
             token = int(scores.argmax())
         else:
@@ -251,6 +262,8 @@ class TorchEngine(Engine):
                 sorted_probs[outside] = 0
                 probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
             token = int(torch.multinomial((probs / probs.sum()).cpu(), 1, generator=entry["rng"]))
+        if guide is not None and token not in self.eos_ids:
+            guide.advance(token)
         if s.logprobs is None:
             return Step(token)
         lsm = torch.log_softmax(raw.double(), dim=-1)  # the model's own distribution, as the client checks it
