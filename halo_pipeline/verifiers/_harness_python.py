@@ -100,7 +100,44 @@ def encode(value: Any, handles: dict[int, int] | None = None, depth: int = 0) ->
         return {"c": [value.real, value.imag]}
     if handles is not None and id(value) in handles:
         return {"h": handles[id(value)]}
+    if LOOSE and (plain := _as_plain(value)) is not None:
+        return encode(plain[0], handles, depth + 1)
     raise NotPlain(f"a {kind.__name__} is not plain data")
+
+
+LOOSE = False  # the candidate's process only: its values' plain content (a Counter as a dict, a numpy int as an int)
+
+
+def _as_plain(value: Any) -> tuple[Any] | None:
+    """The plain value a subclass of a plain type (or a numpy scalar) holds, read through the base
+    type's own C methods, never the subclass's (a rigged `__eq__`, `__iter__` or `__index__` is not
+    consulted): a namedtuple is compared as its tuple, a Counter as its dict, `I(int)` as its int."""
+    for base, read in _PLAIN_BASES:
+        if isinstance(value, base):
+            return (read(value),)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic) and type(value).__module__ == "numpy":
+        try:
+            item = value.item()
+        except Exception:
+            return None
+        return (item,) if type(item) in (*PLAIN_SCALARS, int, complex, bytes) else None
+    return None
+
+
+_PLAIN_BASES: tuple[tuple[type, Any], ...] = (
+    (bool, bool),
+    (int, int.__index__),
+    (float, float.__float__),
+    (complex, complex.__complex__),
+    (str, str.__str__),
+    (bytes, bytes.__bytes__),
+    (list, lambda v: list(list.__iter__(v))),
+    (tuple, lambda v: tuple(tuple.__iter__(v))),
+    (dict, lambda v: dict(dict.items(v))),
+    (frozenset, lambda v: frozenset(frozenset.__iter__(v))),
+    (set, lambda v: set(set.__iter__(v))),
+)
 
 
 def decode(text: str | bytes, resolve: Any = None) -> Any:
@@ -197,6 +234,8 @@ def short(exc: BaseException) -> str:
 
 def candidate(args: dict[str, Any]) -> None:
     """Exec the solution, then serve the driver until it hangs up."""
+    global LOOSE
+    LOOSE = True
     requests, replies = 4, 5
     namespace: dict[str, Any] = {"__name__": args.get("module_name") or "__solution__", "__builtins__": builtins}
     try:

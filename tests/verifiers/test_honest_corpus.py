@@ -225,6 +225,24 @@ def test_tests_in_every_style_score_what_the_reference_gives(style: str) -> None
     assert failing.reward < 1.0 and not failing.passed and failing.details.get("total", 0) > 0, failing
 
 
+def test_values_of_plain_subclasses_and_numpy_scalars_compare_as_their_content() -> None:
+    """A Counter, a namedtuple, an OrderedDict or a numpy scalar an honest solution returns compares as in one process."""
+    pytest.importorskip("numpy")
+    test = (
+        "from collections import Counter\n\ndef check(candidate):\n    assert candidate('aab', 0) == {'a': 2, 'b': 1}\n"
+        "    assert candidate('ab', 1) == (1, 2)\n    assert candidate('ab', 2) == 3\n    assert candidate('ab', 3) == 1.5\n"
+        "    assert candidate('ab', 4) == [(1, 2)]\n"
+    )
+    body = (
+        "    import collections, numpy as np\n    P = collections.namedtuple('P', 'x y')\n"
+        "    return [collections.Counter(s), P(1, 2), np.int64(3), np.float64(1.5), [P(1, 2)]][k]\n"
+    )
+    verifier = build_verifier({"name": "python_tests", "allow_code_execution": True, "timeout_s": 10.0})
+    sample = {"prompt": "def f(s, k):\n", "completion": body, "test": test, "entry_point": "f"}
+    assert reference([humaneval_reference_program(sample, body)]) == [True]
+    assert verifier.verify(sample).reward == 1.0
+
+
 def test_pytest_scores_what_pytest_gives() -> None:
     """pytest's own unit, the test function: the fraction that pass, all of them exactly when pytest passes."""
     test = (

@@ -144,6 +144,13 @@ MACHINERY_ATTACKS = {
         "        __bool__ = lambda s: True\n        __hash__ = int.__hash__\n    return Any(0)\n"
     ),
     "a returned function (truthy), a returned class": "    return add\n",
+    "subclasses of plain types that rig __eq__, __iter__, __index__, __float__": (
+        "    class L(list):\n        __eq__ = lambda s, o: True\n        __iter__ = lambda s: iter([3])\n"
+        "    class I(int):\n        __eq__ = lambda s, o: True\n        __index__ = lambda s: 3\n        __int__ = lambda s: 3\n"
+        "        __hash__ = int.__hash__\n"
+        "    class F(float):\n        __eq__ = lambda s, o: True\n        __float__ = lambda s: 3.0\n        __hash__ = float.__hash__\n"
+        "    return [I(0), F(0.0), L([0])][a % 3]\n"
+    ),
     "raise SystemExit inside the call (a test's `except Exception` must not catch it)": "    raise SystemExit(0)\n",
     "raise KeyboardInterrupt inside the call": "    raise KeyboardInterrupt\n",
     "os._exit(0) inside the call": "    import os\n    os._exit(0)\n",
