@@ -169,3 +169,24 @@ def test_the_plan_collects_the_held_out_sets_and_gives_them_to_train_steps_only(
     calls = step_calls(plan, root / "outputs/unused")
     assert calls["train"].held_out == plan.held_out and calls["train"].decontaminate == {"mode": "warn", "n": 10}
     assert all(not c.held_out for sid, c in calls.items() if sid != "train")
+
+
+def test_a_probe_multiple_choice_file_is_held_out_prompts_and_choices(tmp_path: Path) -> None:
+    from halo_pipeline.tasks import probe
+
+    choice = "the mitochondria is the powerhouse of the cell and it makes most of the energy we use"
+    mc = _jsonl(
+        tmp_path / "mc.jsonl", [{"id": "q1", "prompt": "Which organelle makes energy?", "choices": [choice, "the nucleus"], "answer": 0}]
+    )
+    sets = [{**s, "label": f"probe: {s['label']}"} for s in probe.held_out(probe.ProbeParams(mc_file=str(mc)))]
+    rows = [
+        {"id": "a", "prompt": "which organelle makes ENERGY", "completion": "x"},
+        {"id": "b", "prompt": "Tell me a fact.", "completion": "Fact: " + choice.upper() + "!"},
+        {"id": "c", "prompt": "Which organelle stores DNA?", "completion": "the nucleus"},
+    ]
+    src = [dc.Source("dataset", "file:train.jsonl", _jsonl(tmp_path / "train.jsonl", rows), "sft_dataset", None)]
+    screened = dc.screen(src, sets, "warn", 13, tmp_path / "cache")
+    assert screened is not None
+    found = screened.record["sources"][0]
+    assert found["overlapping"] == 2 and found["by_held_out"] == {f"probe: mc_file {mc}": 2}
+    assert [(x["id"], x["how"]) for x in found["examples"]] == [("a", "exact prompt"), ("b", "13-gram")]
