@@ -4,7 +4,9 @@ For each engine (torch on the fp32 HF model, gguf on the PyPI Q4_1 GGUF, mlx on 
 generated tokens/s at 1, 4 and 8 concurrent streams and TTFT p50/p95; the GGUF engine side by side with
 `llama_cpp.server` on the same file at each of its thread settings; optionally the same engine from another
 source tree (`--baseline-src`, e.g. the previous release unpacked with `git archive`), to show what a change
-did; and a repeated ~1k-token prompt prefix with and without prefix reuse (TTFT).
+did; and a repeated ~1k-token prompt prefix with and without prefix reuse (TTFT). `--structured`: instead, per
+engine, the same server's throughput with and without an output constraint (a JSON schema, `guided_json`) at 1
+and 8 streams, and the set-up time of a schema (compiled the first time, then from the cache).
 
 The machine may be shared, so every side of a comparison is up at once and measured in interleaved rounds
 (`--repeats`, the order rotating each round); the tables give the median and the spread (min-max) of the rounds.
@@ -14,10 +16,11 @@ interrupts the one streaming), and throughput counts the tokens actually generat
 chunk per token where a server reports no usage).
 
 Targets: torch and mlx aggregate throughput at 8 streams >= 2.5x at 1; GGUF engine >= 1.0x llama_cpp.server
-at each side's best thread setting; prefix reuse cuts TTFT of a repeated 1k-token prefix >= 2x.
+at each side's best thread setting; prefix reuse cuts TTFT of a repeated 1k-token prefix >= 2x; constrained
+throughput >= 0.8x unconstrained on every engine; a repeated schema's set-up < 5 ms.
 
 Usage: python benchmarks/serve.py [--tokens 32] [--engines torch,gguf,mlx] [--repeats 3] [--llama-threads 1,2]
-                                  [--baseline-src DIR] [--json out.json]
+                                  [--baseline-src DIR] [--structured] [--json out.json]
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ from pathlib import Path
 import openai
 
 PROMPTS = [f"Write a short story about a robot named R{i}." for i in range(16)]
+SCHEMA = {  # a story in a JSON object: long enough that the constraint is live for every token measured
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "story": {"type": "string"}, "robots": {"type": "integer"}},
+    "required": ["title", "story", "robots"],
+    "additionalProperties": False,
+}
 LONG_PREFIX = " ".join(f"Rule {i}: a pipeline step must be typed, cached and replayable." for i in range(80))  # ~1k tokens
 
 
@@ -181,6 +190,7 @@ def main() -> None:
     ap.add_argument("--baseline-src", help="a source tree of this package to run side by side (e.g. the previous release)")
     ap.add_argument("--mlx-quant", default="q8")
     ap.add_argument("--skip-prefix", action="store_true")
+    ap.add_argument("--structured", action="store_true", help="constrained vs unconstrained throughput, schema set-up")
     ap.add_argument("--json")
     a = ap.parse_args()
     from halo_pipeline.export.converting import convert
@@ -195,6 +205,9 @@ def main() -> None:
         convert(hf, "mlx", a.mlx_quant, mlx)
         models["mlx"] = mlx
     results: dict = {"tokens_per_stream": a.tokens, "repeats": a.repeats, "engines": {}, "prefix_reuse": {}}
+    if a.structured:
+        structured(models, engines, a, results)
+        return
     for engine in engines:
         print(engine, flush=True)
         sides = {"ours": ours(models[engine], engine)}
@@ -227,6 +240,75 @@ def main() -> None:
     report(results)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+def structured(models: dict[str, Path], engines: list[str], a: argparse.Namespace, results: dict) -> None:
+    """Per engine, one server: free and constrained requests in interleaved rounds; then the schema set-up time."""
+    import copy
+
+    for engine in engines:
+        print(engine, flush=True)
+        free = ours(models[engine], engine)
+        constrained = copy.copy(free)
+        constrained.extra = {**free.extra, "guided_json": SCHEMA}
+        try:
+            repeats = a.mlx_repeats if engine == "mlx" else a.repeats
+            results["engines"][engine] = interleaved({"free": free, "json schema": constrained}, [1, 8], a.tokens, repeats)
+        finally:
+            free.stop()
+    results["setup_ms"] = schema_setup(models["gguf"] if "gguf" in models else models["torch"])
+    print(
+        "\n| engine | streams | free tokens/s (median, min-max) | constrained tokens/s | constrained / free | TTFT p50 free / constrained s |"
+    )
+    print("|---|---|---|---|---|---|")
+    for engine, sides in results["engines"].items():
+        for c in sides["free"]:
+            f, k = sides["free"][c], sides["json schema"][c]
+            spread = lambda r: f"{r['tokens_per_s']} ({r['tokens_per_s_min']}-{r['tokens_per_s_max']})"  # noqa: E731
+            ratio = k["tokens_per_s"] / f["tokens_per_s"]
+            print(f"| {engine} | {c} | {spread(f)} | {spread(k)} | {ratio:.2f}x | {f['ttft_p50_s']} / {k['ttft_p50_s']} |")
+    s = results["setup_ms"]
+    print(
+        f"\nschema set-up: vocabulary {s['vocabulary_ms']} ms once per engine; first compile {s['first_ms']} ms; repeated {s['repeated_ms']} ms (target < 5)"
+    )
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+def schema_setup(model: Path) -> dict:
+    """What a schema costs before its first token, in this process on SmolLM2's vocabulary: llguidance's view of the
+    vocabulary (once per engine), the first compile, and a repeated schema (the cache, plus a copy per generation)."""
+    from halo_pipeline.serving.constraints import Grammars, json_schema
+    from halo_pipeline.serving.core import Engine, load_tokenizer
+
+    engine = Engine(model)
+    base = model if model.is_dir() else model.parent
+    engine.tokenizer = load_tokenizer(base if (base / "tokenizer.json").is_file() else Path(str(resolve_hf())))
+    engine.vocab_size, engine.eos_ids = len(engine.tokenizer), {engine.tokenizer.eos_token_id}
+    grammars = Grammars(engine)
+    started = time.perf_counter()
+    grammars.tokenizer = engine.guidance_tokenizer()
+    vocabulary = time.perf_counter() - started
+    spec = json_schema(SCHEMA, "guided_json")
+    started = time.perf_counter()
+    grammars.compile(spec).start()
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(20):
+        started = time.perf_counter()
+        grammars.compile(json_schema(SCHEMA, "guided_json")).start()  # the request's work: its grammar text, the cache, a copy
+        times.append(time.perf_counter() - started)
+    return {
+        "vocabulary_ms": round(vocabulary * 1e3, 1),
+        "first_ms": round(first * 1e3, 2),
+        "repeated_ms": round(statistics.median(times) * 1e3, 3),
+    }
+
+
+def resolve_hf() -> Path:
+    from halo_pipeline.runtimes.catalog import resolve
+
+    return Path(resolve("smollm2-135m-instruct"))
 
 
 def report(results: dict) -> None:

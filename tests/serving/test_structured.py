@@ -219,3 +219,13 @@ def test_strict_tools_under_auto(tool_server: Running) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         c.chat.completions.create(model="tools", messages=QUESTION, tools=strict, response_format={"type": "json_object"})
     assert bad.value.body["param"] == "response_format"
+
+
+def test_a_lone_gguf_file_uses_llama_cpps_vocabulary(tool_models: dict[str, Path]) -> None:
+    """No HF tokenizer beside the file: llguidance reads llama.cpp's own vocabulary."""
+    with Running(tool_models["gguf-file"], name="tools") as srv:
+        assert srv.engine.tokenizer is None
+        r = chat(srv, response_format=FORMAT, temperature=1, seed=2)
+        jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+        r = chat(srv, temperature=1, seed=2, extra_body={"guided_choice": ["red", "green"]})
+        assert r.choices[0].message.content in ("red", "green")
