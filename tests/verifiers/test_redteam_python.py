@@ -440,3 +440,68 @@ def test_mbpp_prompts_in_words_and_several_entry_points() -> None:
     }
     with_helper = verifier.verify({**two, "completion": two["completion"] + "\ndef helper(x):\n    return x\n"})
     assert with_helper.reward == pytest.approx(2 / 3), with_helper  # `helper` is not declared: never the solution's
+
+
+# ---------------------------------------------------------------- 7. the candidate's whole address space
+
+MEMORY_PROBE = r"""
+def add(a, b):
+    # every readable page of this process, read with process_vm_readv on itself (a sandboxed process
+    # is not dumpable, so /proc/self/mem is closed to it; this is not), searched for the marker as
+    # text and inside every base64 run
+    import base64, binascii, ctypes, os, re
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class IOV(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    mark = re.compile(rb"HALO-MARK" + rb"ER-[0-9a-f]{32}")
+    step, overlap = 4 << 20, 64 << 10
+    buf = ctypes.create_string_buffer(step)
+    pages = 0
+    for line in open("/proc/self/maps").read().splitlines():
+        span, perms = line.split()[:2]
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        if "r" not in perms or hi - lo > (512 << 20) or lo >= 1 << 47:
+            continue
+        at = lo
+        while at < hi:
+            size = min(step, hi - at)
+            local, remote = IOV(ctypes.addressof(buf), size), IOV(at, size)
+            got = libc.process_vm_readv(os.getpid(), ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+            if got > 0:
+                pages += 1
+                chunk = buf.raw[:got]
+                if mark.search(chunk):
+                    return 1
+                for blob in re.findall(rb"[A-Za-z0-9+/]{40,}={0,2}", chunk):
+                    for cut in range(4):
+                        try:
+                            if mark.search(base64.b64decode(blob[cut:] + b"=" * (-len(blob[cut:]) % 4))):
+                                return 1
+                        except (binascii.Error, ValueError):
+                            pass
+            at += step - overlap if size == step else size
+    return 0 if pages > 10 else -1  # -1: the probe could not read memory (the test would prove nothing)
+"""
+
+
+@pytest.mark.parametrize("verifier_name", ["python_tests", "pytest"])
+def test_no_byte_of_the_tests_is_in_the_candidates_memory(verifier_name: str) -> None:
+    """A marker that exists only in the test code is searched for in every readable page of the
+    candidate, as text and inside every base64 run: never found (before issue 27 it always was)."""
+    import secrets
+
+    marker = "HALO-MARKER-" + secrets.token_hex(16)
+    verifier = build_verifier({"name": verifier_name, "allow_code_execution": True, "timeout_s": 20.0, "cpu_s": 20})
+    if verifier_name == "pytest":
+        test = (
+            f"from solution import add\n\n\ndef test_marker():\n    assert add(0, 0) == 1, {marker!r}\n\n\n"
+            "def test_the_probe_could_read():\n    assert add(0, 0) != -1\n"
+        )
+        result = verifier.verify({"completion": MEMORY_PROBE, "test": test})
+    else:
+        test = f"def check(candidate):\n    assert candidate(0, 0) == 1, {marker!r}\n    assert candidate(0, 0) != -1\n"
+        result = verifier.verify({"prompt": "", "completion": MEMORY_PROBE, "test": test, "entry_point": "add"})
+    # the marker was not found (0), and the probe did read the memory (not -1)
+    assert result.reward == 0.5 and result.details.get("total") == 2, result
