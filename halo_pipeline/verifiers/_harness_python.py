@@ -278,6 +278,12 @@ def candidate(args: dict[str, Any]) -> None:
                 send(replies, ["ok", describe(getattr(table[rest[0]], rest[1]))])
             except BaseException as exc:
                 send(replies, _raised(exc))
+        elif op in ("iter", "len"):  # a generator, map or dict view the tests iterate (`list(candidate(x))`) or measure
+            try:
+                obj = table[rest[0]]
+                send(replies, ["ok", ["v", len(obj)] if op == "len" else ["v", [describe(v) for v in obj]]])
+            except BaseException as exc:
+                send(replies, _raised(exc))
         elif op == "call":
             target, call_args, call_kwargs = table[rest[0]], rest[1], dict(rest[2])
             sent = [encode(a) if type(a) in (list, dict, set, bytearray) else None for a in call_args]
@@ -419,6 +425,19 @@ class Remote:
         if name.startswith("__"):
             raise AttributeError(name)
         return self._halo_link.outcome(self._halo_link.ask(["getattr", self._halo_handle, name]))
+
+    def __iter__(self) -> Any:
+        """Iterating an object of the solution's (a generator, a map, a dict view): its items, each as any value."""
+        items = self._halo_link.outcome(self._halo_link.ask(["iter", self._halo_handle]))
+        if type(items) is not list:
+            raise SolutionGone("the solution broke the protocol")
+        return iter([self._halo_link.value(d) for d in items])
+
+    def __len__(self) -> int:
+        size = self._halo_link.outcome(self._halo_link.ask(["len", self._halo_handle]))
+        if type(size) is not int or size < 0:
+            raise SolutionGone("the solution broke the protocol")
+        return size
 
     def __bool__(self) -> bool:
         if self._halo_callable and self._halo_type in ("function", "type", "builtin_function_or_method", "method"):

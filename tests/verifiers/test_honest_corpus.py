@@ -243,6 +243,18 @@ def test_values_of_plain_subclasses_and_numpy_scalars_compare_as_their_content()
     assert verifier.verify(sample).reward == 1.0
 
 
+def test_generators_maps_and_views_are_iterated_as_in_one_process() -> None:
+    test = (
+        "def check(candidate):\n    assert list(candidate(3, 0)) == [0, 1, 4]\n    assert sorted(candidate(2, 1)) == ['a', 'b']\n"
+        "    assert len(candidate(2, 1)) == 2\n    assert 4 in candidate(3, 2)\n    assert candidate(3, 0) != [0, 1, 4]\n"
+    )
+    body = "    if k == 0:\n        return (i * i for i in range(n))\n    if k == 1:\n        return {'b': 1, 'a': 2}.keys()\n    return map(lambda i: i * i, range(n))\n"
+    sample = {"prompt": "def f(n, k):\n", "completion": body, "test": test, "entry_point": "f"}
+    assert reference([humaneval_reference_program(sample, body)]) == [True]
+    verifier = build_verifier({"name": "python_tests", "allow_code_execution": True, "timeout_s": 5.0})
+    assert verifier.verify(sample).reward == 1.0
+
+
 def test_pytest_scores_what_pytest_gives() -> None:
     """pytest's own unit, the test function: the fraction that pass, all of them exactly when pytest passes."""
     test = (
