@@ -29,7 +29,7 @@ from halo_pipeline.data import refs, sources
 from halo_pipeline.data.rows import read_rows
 from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
 from halo_pipeline.engine.step import Artifact, Params, RunContext, TypeByParam, step
-from halo_pipeline.training import algorithms as alg
+from halo_pipeline.training import algorithms
 from halo_pipeline.training.checks import DataChecks
 from halo_pipeline.training.distributed import Distributed
 
@@ -37,7 +37,9 @@ from halo_pipeline.training.distributed import Distributed
 class TrainParams(Params):
     model: ModelRef = Field(default_factory=lambda: ModelRef.model_validate("tiny"), description="Base model (usually `${model}`).")
     backend: Backend = Field(default_factory=Backend, description="Device and precision (usually `${backend}`).")
-    algorithm: alg.Algorithm = Field(default_factory=lambda: alg.SFT(name="sft"), description="Algorithm node (usually `${algorithm}`).")
+    algorithm: algorithms.AnySettings = Field(
+        default_factory=lambda: algorithms.parse({"name": "sft"}), description="Algorithm node (usually `${algorithm}`)."
+    )
     verifier: VerifierSpec | None = Field(None, description="Reward for grpo/raft (usually `${verifier}`).")
     adapter: Literal["lora", "dora", "rslora", "pissa", "qlora", "none"] = Field(
         "lora", description="PEFT method, or none (full fine-tuning)."
@@ -81,7 +83,7 @@ class TrainParams(Params):
 
     @property
     def output_kind(self) -> str:
-        return "model" if self.adapter == "none" or self.algorithm.name == "rm" else "adapter"
+        return "model" if self.adapter == "none" or algorithms.get(self.algorithm.name).reward_model else "adapter"
 
     @field_validator("probe_source")
     @classmethod
@@ -90,20 +92,15 @@ class TrainParams(Params):
         return value
 
     @model_validator(mode="after")
-    def _grpo_batch(self) -> TrainParams:
-        algo = self.algorithm
-        ranks = self.distributed.num_processes  # TRL's generation batch: per-device batch x ranks x accumulation
-        if isinstance(algo, alg.GRPO) and (algo.batch_size * ranks * self.grad_accum) % algo.num_generations:
-            across = f" x {ranks} ranks" if ranks > 1 else ""
-            raise ValueError(
-                f"grpo: batch_size x grad_accum{across} ({algo.batch_size} x {self.grad_accum}{across and f' x {ranks}'}) must be a "
-                f"multiple of num_generations ({algo.num_generations}); e.g. algorithm.batch_size={algo.num_generations}"
-            )
+    def _algorithm_fits(self) -> TrainParams:
+        check = algorithms.get(self.algorithm.name).check  # e.g. grpo: the batch a multiple of num_generations
+        if check is not None and (problem := check(self.algorithm, self)):
+            raise ValueError(problem)
         return self
 
 
 def accepts(params: TrainParams, name: str) -> tuple[str, ...]:
-    return ("adapter",) if name == "init" else alg.INPUT_TYPES[params.algorithm.name]
+    return ("adapter",) if name == "init" else algorithms.input_types(params.algorithm.name)
 
 
 def check(params: TrainParams) -> list[Any]:
@@ -115,7 +112,8 @@ def check(params: TrainParams) -> list[Any]:
     if why := backend.unavailable():
         problems.append(("backend", why))
     name = params.algorithm.name
-    if name in ("grpo", "raft"):
+    algorithm = algorithms.get(name)
+    if algorithm.verifier:
         if params.verifier is None:
             problems.append(("verifier", f"{name} rewards with a verifier: set `verifier: ${{verifier}}` in the train step"))
         problems += check_spec(params.verifier)
@@ -124,8 +122,9 @@ def check(params: TrainParams) -> list[Any]:
             ("adapter", "adapter qlora quantizes the base to 4 bits with bitsandbytes, which needs CUDA: use backend=cuda, or adapter=lora")
         )
     if params.probe_every is not None:
-        if name in ("rm", "raft") or backend.engine == "mlx":
-            problems.append(("probe_every", f"probe_every runs with TRL's sft, dpo and grpo trainers, not {name} on {backend.name}"))
+        if not algorithm.probe or backend.engine == "mlx":
+            with_probe = ", ".join(n for n in algorithms.NAMES if algorithms.get(n).probe)
+            problems.append(("probe_every", f"probe_every runs with TRL's {with_probe} trainers, not {name} on {backend.name}"))
         if params.probe_verifier is None and params.verifier is None:
             problems.append(("probe_verifier", "probe_every scores the probe with a verifier: set probe_verifier (or verifier)"))
         problems += check_spec(params.probe_verifier, "probe_verifier")

@@ -157,20 +157,28 @@ def _fresh_report_dir(exported: Path, where: Path | None = None) -> Path:
 def _verify(source: Path, exported: Path, report_dir: Path, quant: str | None, thresholds: dict[str, float], console: Any) -> int:
     from rich.table import Table
 
-    from halo_pipeline.export.drift import verify
+    from halo_pipeline.export.drift import explain, verify
 
     try:
         with console.status("verifying the export against its source..."):
             report = verify(source, exported, report_dir, quant, thresholds)
     except ValueError as exc:
         raise RecipeError([Issue(str(exc))]) from None
-    table = Table("metric", "value", "threshold", "", box=None, pad_edge=False, title=f"{report['format']} {report['quant']} vs source")
+    title = f"{report['format']} {report['quant']} vs source: is the export broken?"
+    integrity = Table("check", "", "evidence", box=None, pad_edge=False, title=title)
+    for check in report["integrity"]["checks"]:
+        mark = "n/a" if check["ok"] is None else "ok" if check["ok"] else "[red]BROKEN[/red]"
+        integrity.add_row(check["check"], mark, check["evidence"])
+    console.print(integrity)
+    title = f"what does {report['quant']} cost this model ({report['family'] or 'unknown family'})?"
+    cost = Table("metric", "value", "budget", "from", "", box=None, pad_edge=False, title=title)
     for row in report["checks"]:
-        table.add_row(row["metric"], f"{row['value']:.4g}", row["rule"], "ok" if row["ok"] else "[red]FAIL[/red]")
-    console.print(table)
+        cost.add_row(row["metric"], f"{row['value']:.4g}", row["rule"], row.get("from", ""), "ok" if row["ok"] else "[red]FAIL[/red]")
+    console.print(cost)
     console.print(f"report: {report_dir / 'verify.json'}")
     if not report["passed"]:
-        console.print("[red]verify failed: the export drifted from its source[/red]")
+        console.print(f"[red]verify failed ({report['verdict']}):[/red]")
+        console.print(explain(report, lambda metric, bound: f"--threshold {metric}={bound:g}"), markup=False, highlight=False)
         return 1
     return 0
 
@@ -194,12 +202,12 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--format", choices=["gguf", "mlx", "hf"])
     c.add_argument("--quant", choices=["q4", "q8", "fp16", "bf16", "fp32"])
     c.add_argument("--output")
-    c.add_argument("--verify", action="store_true", help="verify the export against the source (exit 1 if it drifted)")
+    c.add_argument("--verify", action="store_true", help="verify the export against the source (exit 1 if broken or over budget)")
     c.add_argument("--list", action="store_true", help="the supported (format, quant) pairs")
 
-    v = sub.add_parser("verify", help="compare an export with its source (KL, top-1, perplexity, greedy, tokenizer, template)")
+    v = sub.add_parser("verify", help="is an export broken, and what does its quant cost? (tensors, reference, KL, top-1, perplexity)")
     v.add_argument("--source", required=True)
     v.add_argument("--exported", required=True)
-    v.add_argument("--quant", choices=["q4", "q8", "fp16", "bf16", "fp32"], help="thresholds to apply (default: the export's)")
-    v.add_argument("--threshold", action="append", metavar="METRIC=VALUE", help="override one threshold (repeatable)")
+    v.add_argument("--quant", choices=["q4", "q8", "fp16", "bf16", "fp32"], help="budget to apply (default: the export's)")
+    v.add_argument("--threshold", action="append", metavar="METRIC=VALUE", help="override one bound of the cost budget (repeatable)")
     v.add_argument("--report", help="report directory (default: ./verify-<export name>; the export itself is never written to)")

@@ -118,6 +118,9 @@ class Quant(BaseModel):
     description: str = ""
     formats: dict[Literal["gguf", "mlx", "hf"], QuantFormat] = Field(default_factory=dict)
     thresholds: dict[str, float] = Field(default_factory=dict, description="Drift thresholds: metric -> bound.")
+    families: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Budgets measured per model family (config.json's model_type): metric -> bound."
+    )
 
 
 def _conf_file(group: str, name: str) -> Path | None:

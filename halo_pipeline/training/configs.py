@@ -1,13 +1,12 @@
-"""Recipe params -> the TRL and peft config objects (a test checks every value gets through)."""
+"""Recipe params -> the arguments every TRL config takes, and the peft config (each algorithm module adds its
+own to build its TRL config: `algorithms.trainer_config`; a test checks every value gets through)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from halo_pipeline.training import algorithms as alg
 from halo_pipeline.training.distributed import strategy_args
-from halo_pipeline.training.gpu import vllm_args
 from halo_pipeline.training.tracking import training_args
 
 
@@ -63,40 +62,3 @@ def common_args(params: Any, algo: Any, out_dir: Path, tracking: dict[str, Any] 
         **strategy_args(params),  # the `distributed` block: FSDP / DeepSpeed settings, an explicit mixed precision
     }
     return args
-
-
-def trainer_config(params: Any, out_dir: Path, tracking: dict[str, Any] | None = None) -> Any:
-    """The TRL config object for the recipe's algorithm (RAFT uses SFT's for its training phases)."""
-    import trl
-
-    algo = params.algorithm
-    args = common_args(params, algo, out_dir, tracking)
-    if isinstance(algo, alg.SFT | alg.RAFT):
-        return trl.SFTConfig(
-            **args,
-            max_length=params.max_length,
-            completion_only_loss=algo.completion_only_loss if isinstance(algo, alg.SFT) else True,
-        )
-    if isinstance(algo, alg.DPO):
-        loss, weights = [algo.loss_type], None
-        if algo.loss_type == "rpo":  # RPO = DPO + an NLL term on the chosen completion
-            loss, weights = ["sigmoid", "sft"], [1.0, algo.rpo_alpha]
-        return trl.DPOConfig(
-            **args, max_length=params.max_length, beta=algo.beta, loss_type=loss, loss_weights=weights, label_smoothing=algo.label_smoothing
-        )
-    if isinstance(algo, alg.GRPO):
-        return trl.GRPOConfig(
-            **args,
-            num_generations=algo.num_generations,
-            beta=algo.beta,
-            epsilon=algo.epsilon,
-            temperature=algo.temperature,
-            max_completion_length=algo.max_completion_length,
-            scale_rewards=algo.scale_rewards,
-            reward_weights=[algo.reward_scale],
-            log_completions=False,
-            **vllm_args(algo),  # rollouts by vLLM when use_vllm (GPU)
-        )
-    if isinstance(algo, alg.RM):
-        return trl.RewardConfig(**args, max_length=params.max_length, center_rewards_coefficient=algo.center_rewards_coefficient)
-    raise ValueError(f"unknown algorithm {algo!r}")

@@ -60,3 +60,31 @@ def completion_text(completion: Any) -> str:
     if isinstance(completion, list):
         return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
     return str(completion)
+
+
+def desirable(row: dict[str, Any], min_reward: float) -> bool | None:
+    """Whether a verified sample is desirable: its `label`, else its `verified`, else `reward >= min_reward`
+    (None when the row has none of them)."""
+    for key in ("label", "verified"):
+        if isinstance(row.get(key), bool):
+            return bool(row[key])
+    reward = row.get("reward")
+    if isinstance(reward, int | float) and not isinstance(reward, bool):
+        return float(reward) >= min_reward
+    return None
+
+
+def labelled_rows(rows: list[dict[str, Any]], chat: bool, system: str | None, min_reward: float) -> list[dict[str, Any]]:
+    """Unpaired samples labelled desirable / undesirable (KTO's `prompt, completion, label` rows)."""
+    out: list[dict[str, Any]] = []
+    for i, r in enumerate(rows, start=1):
+        label = desirable(r, min_reward)
+        if label is None:
+            raise ValueError(
+                f"row {i} ({r.get('id', '?')}) has no `label`, `verified` or `reward` to tell whether its completion is desirable: "
+                "train on a verifier's samples (synthesize with keep_unverified: true), or map a column to `label` with `columns:`"
+            )
+        prompt: Any = _user(str(r["prompt"]), system) if chat else str(r["prompt"])
+        completion: Any = _assistant(str(r["completion"])) if chat else str(r["completion"])
+        out.append({"prompt": prompt, "completion": completion, "label": label})
+    return out

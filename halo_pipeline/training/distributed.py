@@ -350,11 +350,13 @@ def launch(params: Any, dataset: tuple[Path, str], init: Path | None, ctx: Any) 
     try:
         for line in proc.stdout:
             line = line.rstrip("\n")
-            if line.startswith(PROGRESS):
-                report = json.loads(line[len(PROGRESS) :])
+            if line.startswith(PROGRESS):  # a rank's stderr can land on the same line (one pipe): keep it as a log line
+                report, end = json.JSONDecoder().raw_decode(line, len(PROGRESS))
                 if ctx.on_progress:
                     ctx.on_progress(report["done"], report["total"], **report.get("figures", {}))
-                continue
+                line = line[end:]
+                if not line.strip():
+                    continue
             tail.append(line)
             if line.strip():
                 ctx.log.info("%s", line)

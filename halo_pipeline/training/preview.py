@@ -20,8 +20,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from halo_pipeline.training import algorithms as alg
-from halo_pipeline.training import data
+from halo_pipeline.training import algorithms, data
+from halo_pipeline.training.tokenization import load_tokenizer
 
 ROW = "halo_row"  # a bookkeeping column: the dataset row an example came from (TRL's maps carry it through)
 
@@ -62,18 +62,6 @@ class Preview:
         return asdict(self)
 
 
-def load_tokenizer(params: Any) -> Any:
-    """The tokenizer the train step uses (its pad token falls back to EOS, as the trainer's does)."""
-    from transformers import AutoTokenizer
-
-    from halo_pipeline.runtimes.catalog import resolve
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve(params.model))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def uses_chat(params: Any, tokenizer: Any) -> bool:
     return bool(params.use_chat_template and getattr(tokenizer, "chat_template", None))
 
@@ -94,19 +82,41 @@ def preview(params: Any, rows: list[dict[str, Any]], n: int = 3, tokenizer: Any 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(params)
     chat = uses_chat(params, tokenizer)
     algo = params.algorithm
-    from halo_pipeline.training.configs import trainer_config
-
-    with tempfile.TemporaryDirectory(prefix="halo-preview-") as tmp:
-        config = trainer_config(params, Path(tmp))
-    if isinstance(algo, alg.SFT):
+    kind = algorithms.get(algo.name).data
+    config: Any = None
+    if kind != "prompts":  # prompts need no TRL config (GRPO's checks its batch against one process's ranks)
+        with tempfile.TemporaryDirectory(prefix="halo-preview-") as tmp:
+            config = algorithms.trainer_config(params, Path(tmp))
+    if algo.name == "sft":
         examples, lengths, notes = _sft(params, rows, tokenizer, chat, config, n)
-    elif isinstance(algo, alg.DPO):
-        examples, lengths, notes = _dpo(params, rows, tokenizer, chat, config, n)
-    elif isinstance(algo, alg.RM):
+    elif algo.name == "rm":
         examples, lengths, notes = _rm(params, rows, tokenizer, chat, config, n)
+    elif kind == "preference":
+        if algo.name != "dpo":  # orpo, simpo: TRL's experimental trainers tokenize pairs the same way, and truncate rather than drop
+            import trl
+
+            config = trl.DPOConfig(
+                output_dir=str(config.output_dir), max_length=params.max_length, use_cpu=True, bf16=False, report_to="none"
+            )
+        examples, lengths, notes = _dpo(params, rows, tokenizer, chat, config, n)
+        if algo.name != "dpo":
+            notes.append(
+                f"{algo.name}'s trainer prepares pairs on its own; shown as DPOTrainer prepares them (it truncates instead of dropping)"
+            )
+    elif kind == "labelled":  # kto: each sample's completion given its prompt, as an SFT prompt/completion row is masked
+        import trl
+
+        sft = trl.SFTConfig(output_dir=str(config.output_dir), max_length=params.max_length, use_cpu=True, bf16=False, report_to="none")
+        examples, lengths, notes = _sft(params, rows, tokenizer, chat, sft, n)
+        labels = [data.desirable(r, getattr(algo, "min_reward", 0.5)) for r in rows]
+        notes.append(
+            f"{algo.name} trains on {labels.count(True)} desirable and {labels.count(False)} undesirable samples"
+            + (f" ({labels.count(None)} rows have no label, verified or reward)" if None in labels else "")
+            + "; shown as SFTTrainer prepares prompt/completion rows"
+        )
     else:  # grpo, raft: the prompts; completions are generated while training
         examples, lengths, notes = _prompts(params, rows, tokenizer, chat, n)
-    max_length = None if isinstance(algo, alg.GRPO | alg.RAFT) else params.max_length
+    max_length = None if kind == "prompts" else params.max_length
     stats = statistics(rows, lengths, max_length, algo.name, bad_rows)
     return Preview(algo.name, chat, max_length, examples, stats, notes)
 
@@ -315,12 +325,8 @@ def statistics(
     if max_length is not None:
         stats["truncated"] = sum(1 for v in longest if v > max_length)
         stats["dropped"] = sum(1 for item in lengths if not item["kept"])
-    fields = {
-        "dpo": ("prompt", "chosen", "rejected"),
-        "rm": ("prompt", "chosen", "rejected"),
-        "grpo": ("prompt",),
-        "raft": ("prompt",),
-    }.get(algorithm, ("prompt", "completion"))
+    kind = algorithms.get(algorithm).data if algorithm in algorithms.NAMES else "sft"
+    fields = {"preference": ("prompt", "chosen", "rejected"), "prompts": ("prompt",)}.get(kind, ("prompt", "completion"))
     empty: dict[str, int] = {}
     empty_rows = 0
     for row in rows:
@@ -340,7 +346,7 @@ def statistics(
         duplicates += key in seen
         seen.add(key)
     stats["duplicate_prompts"] = duplicates
-    if algorithm in ("dpo", "rm") and rows:
+    if kind == "preference" and rows:
         stats["pairs"] = _pairs(rows, lengths)
     return stats
 

@@ -74,3 +74,15 @@ def _hub_snapshot(repo_id: str) -> Path | None:
         return None
     snapshot = repo / "snapshots" / ref.read_text().strip()
     return snapshot if snapshot.is_dir() else None
+
+
+def load_tokenizer(params: Any) -> Any:
+    """The tokenizer the train step uses (its pad token falls back to EOS, as the trainer's does)."""
+    from transformers import AutoTokenizer
+
+    from halo_pipeline.runtimes.catalog import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(params.model))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -176,7 +176,7 @@ def _problems(**kw: Any) -> list[Any]:
 
 
 def test_generated_configs_for_each_strategy(tmp_path: Path) -> None:
-    from halo_pipeline.training.configs import trainer_config
+    from halo_pipeline.training.algorithms import trainer_config
     from halo_pipeline.training.distributed import deepspeed_config, strategy_args, write_configs
 
     fsdp = _params(distributed={"num_processes": 2, "strategy": "fsdp", "offload": True}, gradient_checkpointing=True)
@@ -249,7 +249,7 @@ def test_gpu_paths_are_validated_without_a_gpu() -> None:
     assert any("trains in fp32" in t for k, t in _problems(backend=cpu_flash) if k == "backend.attention")
     vllm = {"name": "grpo", "batch_size": 4, "use_vllm": True}
     assert any(k == "algorithm.use_vllm" and "CUDA" in t for k, t in _problems(algorithm=vllm, verifier=REWARD))
-    from halo_pipeline.training.configs import trainer_config
+    from halo_pipeline.training.algorithms import trainer_config
 
     server = _params(algorithm={**vllm, "vllm_mode": "server", "vllm_server_base_url": "http://gpu-box:8000"}, verifier=REWARD)
     assert {"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": "http://gpu-box:8000"}.items() <= _vllm_args(server).items()

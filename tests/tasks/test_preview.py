@@ -14,8 +14,8 @@ import pytest
 from conftest import write
 from halo_pipeline.engine.step import RunContext
 from halo_pipeline.tasks.train import TrainParams
-from halo_pipeline.training import trl_runner
-from halo_pipeline.training.configs import trainer_config
+from halo_pipeline.training import model_io, trl_runner
+from halo_pipeline.training.algorithms import trainer_config
 from halo_pipeline.training.preview import preview
 
 QA = [{"id": f"r{i}", "prompt": f"What is {i}+{i}?", "completion": f"It is {2 * i}."} for i in range(5)]
@@ -26,7 +26,7 @@ PAIRS = [{"id": f"p{i}", "prompt": f"What is {i}+{i}?", "chosen": f"It is {2 * i
 
 def trainer(params: TrainParams, rows: list[dict[str, Any]], tmp_path: Path) -> Any:
     """The trainer the train step builds (trl_runner's own code), not one assembled here."""
-    model, tokenizer = trl_runner._load(params)
+    model, tokenizer = model_io.load(params)
     chat = params.use_chat_template and bool(tokenizer.chat_template)
     ctx = RunContext(step_id="train", kind="train", out_dir=tmp_path, run_dir=tmp_path, seed=0, log=logging.getLogger("test.preview"))
     return trl_runner._trainer(params, model, tokenizer, chat, rows, trainer_config(params, tmp_path / "ckpt"), ctx)

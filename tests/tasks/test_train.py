@@ -147,7 +147,8 @@ def test_mlx_sft_trains_the_tiny_model(tmp_path: Path, datasets: dict[str, Artif
 
 def test_every_recipe_param_reaches_trl_and_peft(tmp_path: Path) -> None:
     from halo_pipeline.tasks import train as train_kind
-    from halo_pipeline.training.configs import peft_config, trainer_config
+    from halo_pipeline.training.algorithms import trainer_config
+    from halo_pipeline.training.configs import peft_config
 
     base = {"model": "tiny", "max_steps": 7, "grad_accum": 2, "seed": 11, "max_length": 123, "lr_scheduler": "cosine", "warmup_ratio": 0.1}
     base |= {"weight_decay": 0.01, "max_grad_norm": 0.5, "save_every": 3, "logging_steps": 2, "lora_r": 4, "lora_alpha": 8}

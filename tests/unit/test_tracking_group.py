@@ -60,7 +60,7 @@ def test_validate_imports_no_tracker() -> None:
 
 def test_the_train_step_hands_the_tracker_to_trl(tmp_path: Path) -> None:
     from halo_pipeline.tasks.train import TrainParams
-    from halo_pipeline.training.configs import trainer_config
+    from halo_pipeline.training.algorithms import trainer_config
 
     params = TrainParams.model_validate({"model": "tiny", "max_steps": 2})
     assert trainer_config(params, tmp_path).report_to == []  # tracking=none, and outside a pipeline run

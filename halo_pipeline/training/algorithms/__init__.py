@@ -1,0 +1,63 @@
+"""The `algorithm` config group: one module per algorithm, registered by its file name (`dpo.py` is
+`algorithm=dpo` is `name: dpo`, with `conf/algorithm/dpo.yaml` its defaults). A module holds its settings, the
+artifact types it trains on, and its TRL `<algo>_config` / `<algo>_trainer` pair; a new algorithm is one module
+here and one YAML file there."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Union
+
+from pydantic import Field, TypeAdapter
+
+from halo_pipeline.training.algorithms._base import Algorithm, Settings
+from halo_pipeline.training.configs import common_args
+
+
+def _discover() -> dict[str, Algorithm]:
+    found: dict[str, Algorithm] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        algorithm = importlib.import_module(f"{__name__}.{info.name}").ALGORITHM
+        if algorithm.name != info.name:
+            raise TypeError(
+                f"training/algorithms/{info.name}.py declares name {algorithm.name!r}: a module's settings are named as its file"
+            )
+        found[info.name] = algorithm
+    return found
+
+
+REGISTRY = _discover()
+NAMES = tuple(REGISTRY)
+
+if TYPE_CHECKING:
+    AnySettings = Settings
+else:  # the discriminated union of every module's settings: `name` picks the model, its fields are checked
+    AnySettings = Annotated[Union[tuple(a.settings for a in REGISTRY.values())], Field(discriminator="name")]  # noqa: UP007
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnySettings)
+
+
+def get(name: str) -> Algorithm:
+    return REGISTRY[name]
+
+
+def parse(node: dict[str, Any]) -> Settings:
+    settings: Settings = _ADAPTER.validate_python(node)
+    return settings
+
+
+def input_types(name: str) -> tuple[str, ...]:
+    """The artifact types algorithm `name` trains on (its `dataset` input)."""
+    return REGISTRY[name].inputs
+
+
+def trainer_config(params: Any, out_dir: Path, tracking: dict[str, Any] | None = None) -> Any:
+    """The TRL config object of the params' algorithm (RAFT: the one of its SFT phases)."""
+    algo = params.algorithm
+    return REGISTRY[algo.name].config(algo, params, common_args(params, algo, out_dir, tracking))
+
+
+__all__ = ["NAMES", "REGISTRY", "Algorithm", "AnySettings", "Settings", "get", "input_types", "parse", "trainer_config"]

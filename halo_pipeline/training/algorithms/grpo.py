@@ -1,0 +1,96 @@
+"""algorithm=grpo: group-relative policy optimization, rewarded by the recipe's verifier (TRL's GRPOConfig /
+GRPOTrainer)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from halo_pipeline.training import data
+from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings
+from halo_pipeline.training.gpu import vllm_args
+
+
+class GRPO(Settings):
+    name: Literal["grpo"]
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    num_generations: int = Field(4, ge=2, description="Completions per prompt (the group); batch_size must be a multiple.")
+    beta: float = Field(0.04, ge=0, description="KL coefficient (0: no reference model).")
+    epsilon: float = Field(0.2, gt=0, description="PPO-style clipping range.")
+    temperature: float = Field(0.9, gt=0, le=2, description="Sampling temperature of the rollouts.")
+    max_completion_length: int = Field(64, ge=1, description="Tokens per rollout.")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Normalize advantages by the group's (or batch's) std.")
+    reward_scale: float = Field(1.0, gt=0, description="Multiplies the verifier's reward.")
+    use_vllm: bool = Field(False, description="Generate rollouts with vLLM (TRL's use_vllm; CUDA only).")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="colocate: vLLM inside each training rank; server: a `trl vllm-serve` process (its own environment)."
+    )
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="colocate: the share of GPU memory vLLM may take.")
+    vllm_server_base_url: str | None = Field(None, description="server: the `trl vllm-serve` address (default TRL's http://0.0.0.0:8000).")
+
+
+def grpo_config(algo: GRPO, params: Any, args: dict[str, Any]) -> Any:
+    import trl
+
+    return trl.GRPOConfig(
+        **args,
+        num_generations=algo.num_generations,
+        beta=algo.beta,
+        epsilon=algo.epsilon,
+        temperature=algo.temperature,
+        max_completion_length=algo.max_completion_length,
+        scale_rewards=algo.scale_rewards,
+        reward_weights=[algo.reward_scale],
+        log_completions=False,
+        **vllm_args(algo),  # rollouts by vLLM when use_vllm (GPU)
+    )
+
+
+def grpo_trainer(algo: GRPO, params: Any, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
+    import trl
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(data.prompt_rows(rows, chat, params.system_prompt))
+    return trl.GRPOTrainer(**common, train_dataset=dataset, reward_funcs=[reward_fn(params.verifier)])
+
+
+def reward_fn(spec: Any) -> Any:
+    """The recipe's verifier as a TRL reward function (the task's own fields reach it as dataset columns)."""
+    from halo_pipeline.verifiers import build_verifier
+
+    verifier = build_verifier(spec)
+    skip = {"prompts", "prompt", "completion_ids", "trainer_state", "log_extra", "log_metric"}
+
+    def verifier_reward(completions: list[Any], **columns: Any) -> list[float]:
+        samples = []
+        for i, completion in enumerate(completions):
+            task = {k: v[i] for k, v in columns.items() if k not in skip and isinstance(v, list) and len(v) == len(completions)}
+            task["prompt"] = task.pop("task_prompt", "")
+            samples.append({**task, "completion": data.completion_text(completion)})
+        return [r.reward for r in verifier.verify_batch(samples)]
+
+    verifier_reward.__name__ = f"verifier_{verifier.name}"  # TRL logs rewards under the function's name
+    return verifier_reward
+
+
+def grpo_batch(algo: GRPO, params: Any) -> str | None:
+    ranks = params.distributed.num_processes  # TRL's generation batch: per-device batch x ranks x accumulation
+    if (algo.batch_size * ranks * params.grad_accum) % algo.num_generations == 0:
+        return None
+    across = f" x {ranks} ranks" if ranks > 1 else ""
+    return (
+        f"grpo: batch_size x grad_accum{across} ({algo.batch_size} x {params.grad_accum}{across and f' x {ranks}'}) must be a "
+        f"multiple of num_generations ({algo.num_generations}); e.g. algorithm.batch_size={algo.num_generations}"
+    )
+
+
+ALGORITHM = Algorithm(
+    settings=GRPO,
+    inputs=("prompts", "sft_dataset"),
+    data="prompts",
+    config=grpo_config,
+    trainer=grpo_trainer,
+    verifier=True,
+    check=grpo_batch,
+)

@@ -1,0 +1,31 @@
+"""algorithm=sft: supervised fine-tuning on prompt/completion pairs (TRL's SFTConfig / SFTTrainer)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from halo_pipeline.training import data
+from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings
+
+
+class SFT(Settings):
+    name: Literal["sft"]
+    completion_only_loss: bool = Field(True, description="Loss on completion tokens only (the chat template is always applied).")
+
+
+def sft_config(algo: SFT, params: Any, args: dict[str, Any]) -> Any:
+    import trl
+
+    return trl.SFTConfig(**args, max_length=params.max_length, completion_only_loss=algo.completion_only_loss)
+
+
+def sft_trainer(algo: SFT, params: Any, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
+    import trl
+    from datasets import Dataset
+
+    return trl.SFTTrainer(**common, train_dataset=Dataset.from_list(data.sft_rows(rows, chat, params.system_prompt)))
+
+
+ALGORITHM = Algorithm(settings=SFT, inputs=("sft_dataset",), data="sft", config=sft_config, trainer=sft_trainer)
