@@ -133,18 +133,26 @@ def _verdicts(step_dir: Path, kind: str) -> str:
         return f"<p>{verdict} (baseline: {e(str(probe.get('baseline_from', '')))})</p><table>{head}{rows}</table>"
     if kind == "verify" and (step_dir / "report/verify.json").is_file():
         report = json.loads((step_dir / "report/verify.json").read_text())
-        verdict = (
-            "<span class='ok'>the export computes what its source computes</span>"
-            if report.get("passed")
-            else "<span class='fail'>the export drifted</span>"
+        verdict = {
+            "ok": "<span class='ok'>the export is sound and within its quantization budget</span>",
+            "broken": "<span class='fail'>the export is broken (not quantization cost)</span>",
+            "cost": "<span class='fail'>the export is sound, but quantization costs more than the budget allows</span>",
+        }.get(report.get("verdict", ""), "<span class='ok'>passed</span>" if report.get("passed") else "<span class='fail'>failed</span>")
+        integrity = "".join(
+            f"<tr><td>{e(c['check'])}</td><td>{'—' if c['ok'] is None else '<span class=ok>ok</span>' if c['ok'] else '<span class=fail>BROKEN</span>'}</td>"
+            f"<td>{e(c['evidence'])}</td></tr>"
+            for c in report.get("integrity", {}).get("checks", [])
         )
+        if integrity:
+            integrity = f"<table><tr><th>is the export broken?</th><th></th><th>evidence</th></tr>{integrity}</table>"
         rows = "".join(
             f"<tr><td>{e(r['metric'])}</td><td class='num'>{e(fmt_value(r['metric'], r['value']))}</td><td>{e(r['rule'])}</td>"
             f"<td>{'<span class=ok>ok</span>' if r['ok'] else '<span class=fail>FAIL</span>'}</td></tr>"
             for r in report.get("checks", [])
         )
         what = f"{report.get('format', '')} {report.get('quant', '')}"
-        return f"<p>{verdict}: {e(what)} against thresholds for {e(str(report.get('quant', '')))}</p><table><tr><th>metric</th><th>value</th><th>threshold</th><th></th></tr>{rows}</table>"
+        head = f"<tr><th>what does {e(str(report.get('quant', '')))} cost this model?</th><th>value</th><th>budget</th><th></th></tr>"
+        return f"<p>{verdict}: {e(what)}</p>{integrity}<table>{head}{rows}</table>"
     return ""
 
 
