@@ -337,15 +337,16 @@ def _documented(path: Path, overrides: list[str], key: str, smap: SourceMap, dat
         resolved: dict[str, Any] = OmegaConf.to_container(body, resolve=True)  # type: ignore[assignment]
     except OmegaConfBaseException:
         resolved = raw
-    parts, node = key.split("."), raw
+    parts = key.split(".")
+    under: Any = raw
     for i, part in enumerate(parts[:-1]):  # under an interpolation (`algorithm: ${algorithm}`): set what it names
-        node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, str) and node.startswith("${") and node.endswith("}"):
-            target = ".".join([node[2:-1], *parts[i + 1 :]])
-            return False, f"{'.'.join(parts[: i + 1])} is `{node}` in the recipe; set {target}=VALUE instead"
+        under = under.get(part) if isinstance(under, dict) else None
+        if isinstance(under, str) and under.startswith("${") and under.endswith("}"):
+            target = ".".join([under[2:-1], *parts[i + 1 :]])
+            return False, f"{'.'.join(parts[: i + 1])} is `{under}` in the recipe; set {target}=VALUE instead"
     ok, why = settable(key, raw, resolved, {k: v for k, v in choices.items() if not k.startswith("hydra")}, project_conf_dirs(path.parent))
     node: Any = raw
-    for part in key.split("."):
+    for part in parts:
         node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
     return ok, (EXISTS if ok and node is not _ABSENT else why)
 

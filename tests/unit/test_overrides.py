@@ -34,7 +34,8 @@ def test_a_field_of_another_group_option_names_that_option(project: Path) -> Non
     with pytest.raises(RecipeError) as err:
         compose(recipe, ["algorithm.beta=0.2"])
     (issue,) = err.value.issues
-    assert "'beta' is not a field of algorithm=sft; algorithm=dpo, algorithm=grpo have it" in issue.message
+    assert "'beta' is not a field of algorithm=sft; algorithm=dpo, algorithm=grpo" in issue.message  # (and any later option)
+    assert issue.message.endswith(" have it")
 
 
 @pytest.fixture
