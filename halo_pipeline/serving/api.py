@@ -163,6 +163,7 @@ class CompletionRequest(_Sampling):
     logprobs: int | None = Field(None, ge=0, le=5)
     max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for completions; 0 with echo scores the prompt only
     best_of: int | None = Field(None, ge=1)
+    response_format: ResponseFormat | None = None  # vLLM takes it on completions too
 
 
 class EmbeddingRequest(BaseModel):

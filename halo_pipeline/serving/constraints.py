@@ -243,6 +243,7 @@ class Grammars:
         matcher = llguidance.LLMatcher(tokenizer, spec.grammar, log_level=0)
         if matcher.is_error():
             raise ConstraintError(spec.param, f"{spec.param}: {_reason(matcher.get_error())}")
+        Guide(matcher.deep_copy(), self.engine.vocab_size).allowed()  # warms the lexer its copies share (~15 ms, once)
         with self.lock:
             self.cache[spec.grammar] = matcher
             while len(self.cache) > self.size:

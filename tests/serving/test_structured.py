@@ -104,6 +104,8 @@ def test_guided_regex_choice_and_grammar(server: Running) -> None:
     # completions take them too (vLLM's extension), as does llama.cpp server's json_schema
     c = client(server).completions.create(model=server.model_id, prompt="x", max_tokens=80, extra_body={"guided_json": PERSON})
     jsonschema.validate(json.loads(c.choices[0].text), PERSON)
+    c = client(server).completions.create(model=server.model_id, prompt="x", max_tokens=80, extra_body={"response_format": FORMAT})
+    jsonschema.validate(json.loads(c.choices[0].text), PERSON)
     r = chat(server, extra_body={"json_schema": PERSON}, seed=5)
     jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
 
@@ -155,14 +157,25 @@ def test_bad_constraints_are_a_400_naming_the_parameter(server: Running, extra: 
     assert bad.value.body["param"] == param and words in bad.value.body["message"], bad.value.body
 
 
-def test_a_repeated_schema_compiles_once(server: Running) -> None:
+def test_a_repeated_schema_compiles_once_and_prefixes_are_reused(server: Running) -> None:
     grammars = server.app.state.server.grammars
-    before = grammars.hits
+    before, hits = grammars.hits, server.engine.prefix_hits
     schema = {"type": "object", "properties": {"k": {"enum": ["x", "y"]}}, "required": ["k"], "additionalProperties": False}
     for _ in range(2):
         r = chat(server, extra_body={"guided_json": schema}, max_tokens=20)
         assert json.loads(r.choices[0].message.content)["k"] in ("x", "y")
     assert grammars.hits >= before + 1
+    assert server.engine.prefix_hits > hits  # the same prompt twice: its KV reused, constrained or not
+
+
+def test_log_probs_stay_the_models_own(server: Running) -> None:
+    """Under a constraint the reported log-probs are the model's (the mask changes what is drawn, not them): the
+    top alternatives include tokens the grammar forbids, and the drawn token's log-prob is among them or below."""
+    r = chat(server, response_format=FORMAT, temperature=0, max_tokens=12, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert content and all(t.logprob <= 0 for t in content)
+    first = content[0]  # the grammar allows only "{" (or a space) first; the model's own top-3 are other tokens
+    assert first.token in ("{", " {", " ") and any(alt.token not in ("{", " {", " ") for alt in first.top_logprobs)
 
 
 # -- tool calls ------------------------------------------------------------------------------------------------------
