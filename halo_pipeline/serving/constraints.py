@@ -234,7 +234,10 @@ class Grammars:
 
         with self.lock:
             if self.tokenizer is None:
-                self.tokenizer = self.engine.guidance_tokenizer()
+                try:
+                    self.tokenizer = self.engine.guidance_tokenizer()
+                except Exception as exc:  # e.g. a slow (Python) tokenizer: llguidance reads fast ones
+                    raise ConstraintError(spec.param, f"{spec.param}: this model's tokenizer cannot be constrained ({exc})") from None
             if spec.grammar in self.cache:
                 self.cache.move_to_end(spec.grammar)
                 self.hits += 1
