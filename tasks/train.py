@@ -1,10 +1,11 @@
-"""train: fine-tune the recipe's model with TRL (sft, dpo, grpo, raft, rm) or MLX (sft on backend=mlx).
+"""train: fine-tune the recipe's model with TRL (sft, dpo, orpo, simpo, kto, grpo, raft, rm) or MLX (sft on backend=mlx).
 
 The `algorithm` group picks the method and its hyperparameters (`conf/algorithm/*.yaml`); the
 `backend` group the device and precision; `adapter` LoRA / DoRA / rsLoRA / PiSSA / QLoRA (CUDA) or
-full fine-tuning (`none`). Inputs: an `sft_dataset` for sft, a `preference_dataset` for dpo and rm,
-prompts (a `prompts` or `sft_dataset` artifact, task fields kept) for grpo and raft, which reward
-with the recipe's verifier. An optional `init` adapter is trained on instead of a new one (an SFT
+full fine-tuning (`none`). Inputs: an `sft_dataset` for sft, a `preference_dataset` for dpo, orpo, simpo
+and rm, a verifier's samples (an `sft_dataset` with `verified` / `reward` / `label`) for kto, prompts (a
+`prompts` or `sft_dataset` artifact, task fields kept) for grpo and raft, which reward with the recipe's
+verifier. An optional `init` adapter is trained on instead of a new one (an SFT
 warm-up before GRPO; docs/training.md). The output `model` is a PEFT `adapter` that records its base model, or
 a full `model` directory (full fine-tuning, and reward models, which are merged so the
 `reward_model` verifier loads them directly).

@@ -27,13 +27,27 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifact]:
     pref = write_jsonl(
         root / "pref.jsonl", [{"id": f"p{i}", "prompt": f"What is {i}+{i}?", "chosen": f"{2 * i}", "rejected": "no idea"} for i in range(8)]
     )
-    return {"sft": Artifact("sft_dataset", sft), "preference": Artifact("preference_dataset", pref)}
+    verified = write_jsonl(  # a verifier's samples, both kinds: KTO's desirable and undesirable
+        root / "verified.jsonl",
+        [
+            {"id": f"v{i}", "prompt": f"What is {i}+{i}?", "completion": f"{2 * i}" if i % 2 else "no idea", "verified": bool(i % 2)}
+            for i in range(8)
+        ],
+    )
+    return {
+        "sft": Artifact("sft_dataset", sft),
+        "preference": Artifact("preference_dataset", pref),
+        "verified": Artifact("sft_dataset", verified),
+    }
 
 
 ALGORITHMS = {
     "sft": ({"name": "sft", "batch_size": 2}, "sft"),
     "dpo": ({"name": "dpo", "batch_size": 2, "learning_rate": 1e-3}, "preference"),
     "rm": ({"name": "rm", "batch_size": 2, "learning_rate": 1e-3}, "preference"),
+    "orpo": ({"name": "orpo", "batch_size": 2, "learning_rate": 1e-3}, "preference"),
+    "simpo": ({"name": "simpo", "batch_size": 2, "learning_rate": 1e-3}, "preference"),
+    "kto": ({"name": "kto", "batch_size": 2, "learning_rate": 1e-3}, "verified"),
     "grpo": (
         {"name": "grpo", "batch_size": 4, "num_generations": 4, "max_completion_length": 8, "learning_rate": 1e-3, "temperature": 2.0},
         "sft",
@@ -217,6 +231,76 @@ def test_every_recipe_param_reaches_trl_and_peft(tmp_path: Path) -> None:
 
     cuda = Backend(name="cuda", device="cuda", dtype="bfloat16")
     assert device_args(cuda) == {"use_cpu": False, "bf16": True, "fp16": False}
+
+
+def test_preference_and_labelled_algorithms_get_their_trl_configs(tmp_path: Path) -> None:
+    """orpo -> ORPOConfig, simpo -> CPOConfig(loss_type="simpo", cpo_alpha 0 by default), kto -> KTOConfig: each field gets through."""
+    from halo_pipeline.tasks import train as train_kind
+    from halo_pipeline.training.algorithms import trainer_config
+
+    def config(node: dict) -> object:
+        return trainer_config(train_kind.TrainParams.model_validate({"model": "tiny", "max_length": 99, "algorithm": node}), tmp_path)
+
+    orpo = config({"name": "orpo", "beta": 0.25, "learning_rate": 1e-5})
+    assert (type(orpo).__name__, orpo.beta, orpo.learning_rate, orpo.max_length) == ("ORPOConfig", 0.25, 1e-5, 99)
+    simpo = config({"name": "simpo"})
+    assert (type(simpo).__name__, simpo.loss_type, simpo.cpo_alpha, simpo.beta, simpo.simpo_gamma) == ("CPOConfig", "simpo", 0.0, 2.0, 1.0)
+    cpo_simpo = config({"name": "simpo", "beta": 2.5, "simpo_gamma": 1.4, "cpo_alpha": 0.05, "label_smoothing": 0.1})
+    assert (cpo_simpo.beta, cpo_simpo.simpo_gamma, cpo_simpo.cpo_alpha, cpo_simpo.label_smoothing) == (2.5, 1.4, 0.05, 0.1)
+    kto = config({"name": "kto", "beta": 0.2, "desirable_weight": 1.5, "undesirable_weight": 0.5})
+    assert (type(kto).__name__, kto.beta, kto.desirable_weight, kto.undesirable_weight, kto.max_length) == ("KTOConfig", 0.2, 1.5, 0.5, 99)
+    assert all(c.use_cpu and not c.bf16 and not c.gradient_checkpointing for c in (orpo, simpo, kto))  # not their TRL defaults
+
+
+def test_one_name_everywhere_each_algorithm_module_has_its_yaml() -> None:
+    """training/algorithms/<name>.py is conf/algorithm/<name>.yaml is `name: <name>`; each YAML validates against its module."""
+    import yaml
+
+    from halo_pipeline.training import algorithms
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "algorithm"
+    assert sorted(algorithms.NAMES) == sorted(p.stem for p in conf.glob("*.yaml"))
+    for name in algorithms.NAMES:
+        settings = algorithms.parse(yaml.safe_load((conf / f"{name}.yaml").read_text()))
+        assert settings.name == name and type(settings) is algorithms.get(name).settings
+
+
+@pytest.mark.parametrize(
+    ("recipe", "algo", "given", "needed"),
+    [
+        ("quickstart.yaml", "orpo", "sft_dataset", "preference_dataset"),
+        ("quickstart.yaml", "simpo", "sft_dataset", "preference_dataset"),
+        ("dpo_preference.yaml", "kto", "preference_dataset", "sft_dataset"),
+    ],
+)
+def test_the_wrong_data_for_an_algorithm_is_a_validate_time_error(recipe: str, algo: str, given: str, needed: str) -> None:
+    from halo_pipeline.engine.errors import RecipeError
+    from halo_pipeline.engine.plan import plan_recipe
+
+    with pytest.raises(RecipeError) as err:
+        plan_recipe(str(Path(__file__).resolve().parents[2] / "recipes" / recipe), ["model=tiny", f"algorithm={algo}"])
+    (issue,) = err.value.issues
+    assert issue.key == "steps.train.inputs.dataset"
+    assert f"is a {given}, but 'train' input 'dataset' takes {needed}" in issue.message
+
+
+def test_kto_labels_come_from_label_verified_or_reward() -> None:
+    from halo_pipeline.training.data import labelled_rows
+
+    rows = [
+        {"prompt": "p", "completion": "a", "label": False, "verified": True},
+        {"prompt": "p", "completion": "b", "verified": True, "reward": 0.0},
+        {"prompt": "p", "completion": "c", "reward": 0.7},
+        {"prompt": "p", "completion": "d", "reward": 0.2},
+    ]
+    assert [r["label"] for r in labelled_rows(rows, False, None, 0.5)] == [False, True, True, False]
+    assert labelled_rows(rows[2:3], True, "sys", 0.5)[0]["completion"] == [{"role": "assistant", "content": "c"}]
+    with pytest.raises(ValueError, match=r"row 2 \(x\) has no `label`, `verified` or `reward`"):
+        labelled_rows([rows[0], {"id": "x", "prompt": "p", "completion": "e"}], False, None, 0.5)
+    with pytest.raises(ValueError, match="batch_size"):  # KTO's KL term needs a batch of at least 2
+        from halo_pipeline.tasks import train as train_kind
+
+        train_kind.TrainParams.model_validate({"algorithm": {"name": "kto", "batch_size": 1}})
 
 
 KILL_SCRIPT = """

@@ -5,10 +5,12 @@ here and one YAML file there."""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import operator
 import pkgutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
@@ -36,7 +38,7 @@ NAMES = tuple(REGISTRY)
 if TYPE_CHECKING:
     AnySettings = Settings
 else:  # the discriminated union of every module's settings: `name` picks the model, its fields are checked
-    AnySettings = Annotated[Union[tuple(a.settings for a in REGISTRY.values())], Field(discriminator="name")]  # noqa: UP007
+    AnySettings = Annotated[functools.reduce(operator.or_, (a.settings for a in REGISTRY.values())), Field(discriminator="name")]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(AnySettings)
 
 
