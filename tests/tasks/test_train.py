@@ -252,6 +252,37 @@ def test_preference_and_labelled_algorithms_get_their_trl_configs(tmp_path: Path
     assert all(c.use_cpu and not c.bf16 and not c.gradient_checkpointing for c in (orpo, simpo, kto))  # not their TRL defaults
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss_type": "grpo"},
+        {"loss_type": "bnpo"},
+        {"loss_type": "dr_grpo"},
+        {"loss_type": "dapo", "epsilon_high": 0.28, "mask_truncated_completions": True},  # DAPO
+        {"importance_sampling_level": "sequence"},  # GSPO
+        {"num_iterations": 3},
+    ],
+)
+def test_each_grpo_variant_reaches_trls_grpo_config(options: dict, tmp_path: Path) -> None:
+    from halo_pipeline.tasks import train as train_kind
+    from halo_pipeline.training.algorithms import trainer_config
+
+    params = train_kind.TrainParams.model_validate({"model": "tiny", "algorithm": {"name": "grpo", **options}, "verifier": REWARD})
+    config = trainer_config(params, tmp_path)
+    assert {key: getattr(config, key) for key in options} == options
+    default = trainer_config(train_kind.TrainParams.model_validate({"model": "tiny", "algorithm": {"name": "grpo"}}), tmp_path)
+    assert (default.loss_type, default.importance_sampling_level, default.num_iterations) == ("dapo", "token", 1)  # TRL's defaults
+
+
+def test_gspo_with_several_iterations_trains(tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    node = {**ALGORITHMS["grpo"][0], "importance_sampling_level": "sequence", "num_iterations": 2}
+    outputs, _ = run_kind(
+        "train", {"model": "tiny", "algorithm": node, "max_steps": 2, "verifier": REWARD}, {"dataset": datasets["sft"]}, tmp_path
+    )
+    summary = json.loads((tmp_path / "training_summary.json").read_text())
+    assert summary["weights_changed"] and summary["steps"] == 2 and (outputs["model"] / "adapter_config.json").is_file()
+
+
 def test_one_name_everywhere_each_algorithm_module_has_its_yaml() -> None:
     """training/algorithms/<name>.py is conf/algorithm/<name>.yaml is `name: <name>`; each YAML validates against its module."""
     import yaml

@@ -1,5 +1,7 @@
 """algorithm=grpo: group-relative policy optimization, rewarded by the recipe's verifier (TRL's GRPOConfig /
-GRPOTrainer)."""
+GRPOTrainer). Its variants are TRL's own options: `loss_type` grpo | bnpo | dr_grpo | dapo (TRL's default),
+`importance_sampling_level: sequence` (GSPO), `epsilon_high` (DAPO's clip-higher), `mask_truncated_completions`,
+`num_iterations` (updates per generated batch)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,17 @@ class GRPO(Settings):
     max_completion_length: int = Field(64, ge=1, description="Tokens per rollout.")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Normalize advantages by the group's (or batch's) std.")
     reward_scale: float = Field(1.0, gt=0, description="Multiplies the verifier's reward.")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        "dapo",
+        description="How token losses are aggregated: grpo (per sequence length), bnpo (active tokens of the local batch), "
+        "dr_grpo (a constant: Dr. GRPO), dapo (active tokens of the global batch: TRL's default).",
+    )
+    importance_sampling_level: Literal["token", "sequence"] = Field(
+        "token", description="Importance ratios per token, or one per sequence (sequence: GSPO)."
+    )
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clipping bound (DAPO's clip-higher; default: epsilon).")
+    mask_truncated_completions: bool = Field(False, description="Leave completions cut at max_completion_length out of the loss (DAPO).")
+    num_iterations: int = Field(1, ge=1, description="Optimizer passes over each generated batch (the paper's mu).")
     use_vllm: bool = Field(False, description="Generate rollouts with vLLM (TRL's use_vllm; CUDA only).")
     vllm_mode: Literal["colocate", "server"] = Field(
         "colocate", description="colocate: vLLM inside each training rank; server: a `trl vllm-serve` process (its own environment)."
@@ -42,6 +55,11 @@ def grpo_config(algo: GRPO, params: Any, args: dict[str, Any]) -> Any:
         max_completion_length=algo.max_completion_length,
         scale_rewards=algo.scale_rewards,
         reward_weights=[algo.reward_scale],
+        loss_type=algo.loss_type,
+        importance_sampling_level=algo.importance_sampling_level,
+        epsilon_high=algo.epsilon_high,
+        mask_truncated_completions=algo.mask_truncated_completions,
+        num_iterations=algo.num_iterations,
         log_completions=False,
         **vllm_args(algo),  # rollouts by vLLM when use_vllm (GPU)
     )
