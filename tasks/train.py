@@ -22,75 +22,25 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from halo_pipeline.data import refs, sources
+from halo_pipeline.data import sources
 from halo_pipeline.data.rows import read_rows
-from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
-from halo_pipeline.engine.step import Artifact, Params, RunContext, TypeByParam, step
+from halo_pipeline.engine.step import Artifact, RunContext, TypeByParam, step
 from halo_pipeline.training import algorithms
-from halo_pipeline.training.checks import DataChecks
-from halo_pipeline.training.distributed import Distributed
+from halo_pipeline.training.params import TrainingParams
 
 
-class TrainParams(Params):
-    model: ModelRef = Field(default_factory=lambda: ModelRef.model_validate("tiny"), description="Base model (usually `${model}`).")
-    backend: Backend = Field(default_factory=Backend, description="Device and precision (usually `${backend}`).")
+class TrainParams(TrainingParams):
     algorithm: algorithms.AnySettings = Field(
         default_factory=lambda: algorithms.parse({"name": "sft"}), description="Algorithm node (usually `${algorithm}`)."
-    )
-    verifier: VerifierSpec | None = Field(None, description="Reward for grpo/raft (usually `${verifier}`).")
-    adapter: Literal["lora", "dora", "rslora", "pissa", "qlora", "none"] = Field(
-        "lora", description="PEFT method, or none (full fine-tuning)."
-    )
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters (`all-linear` or names).")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (overrides the algorithm's epochs).")
-    max_length: int = Field(512, ge=16, description="Longest tokenized example (longer ones are truncated).")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field("linear", description="LR schedule.")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    seed: int = Field(0, description="Seed for init, data order and sampling.")
-    logging_steps: int = Field(1, ge=1, description="Log metrics every N steps.")
-    save_every: int = Field(50, ge=1, description="Checkpoint every N steps (a killed run resumes from the last one).")
-    use_chat_template: bool = Field(True, description="Train through the tokenizer's chat template (when it has one).")
-    probe_every: int | None = Field(
-        None, ge=1, description="Probe held-out tasks every N steps (and before the first), logged with the curves."
-    )
-    probe_source: str = Field(
-        "humaneval:test",
-        description="Tasks of the mid-training probe: humaneval:test (the held-out split), hf:<id>[:<config>][:<split>] or file:<path>.",
-    )
-    probe_limit: int = Field(8, ge=1, description="Tasks per mid-training probe.")
-    probe_max_new_tokens: int = Field(64, ge=1, description="Tokens per probe completion.")
-    probe_verifier: VerifierSpec | None = Field(None, description="Scores the probe (default: `verifier`).")
-    system_prompt: str | None = Field(None, description="System message before each prompt.")
-    columns: dict[str, str] = Field(default_factory=dict, description=sources.COLUMNS_HELP)
-    data_checks: DataChecks = Field(
-        default_factory=DataChecks,
-        description="Thresholds on the dataset as the trainer prepares it, checked before training (docs/training.md#dataset-checks).",
-    )
-    distributed: Distributed = Field(
-        default_factory=lambda: Distributed(name="single"),
-        description="Ranks, machines and strategy (ddp, fsdp, deepspeed) of multi-process training (docs/training.md).",
     )
 
     @property
     def output_kind(self) -> str:
         return "model" if self.adapter == "none" or algorithms.get(self.algorithm.name).reward_model else "adapter"
-
-    @field_validator("probe_source")
-    @classmethod
-    def _probe_source_parses(cls, value: str) -> str:
-        refs.parse(value, paths=False)  # a malformed reference or an unknown split: reported at its key, with a did-you-mean
-        return value
 
     @model_validator(mode="after")
     def _algorithm_fits(self) -> TrainParams:

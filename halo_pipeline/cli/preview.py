@@ -28,12 +28,14 @@ def add_parser(sub: Any) -> None:
 def cmd_preview(args: argparse.Namespace, console: Any = None) -> int:
     from halo_pipeline.data.rows import read_rows
     from halo_pipeline.engine.plan import plan_recipe
+    from halo_pipeline.training.params import TrainingParams
     from halo_pipeline.training.preview import preview
 
     plan = plan_recipe(args.recipe, args.overrides)
     sid = train_step(plan, args.step)
     path, artifact_type = dataset_input(plan, sid, args.recipe)
     params = plan.steps[sid].params
+    assert isinstance(params, TrainingParams)  # train_step() picked a train step
     bad: list[str] = []
     rows = list(read_rows(path, artifact_type, "skip", bad, getattr(params, "columns", None) or {}))
     if not rows:

@@ -6,40 +6,11 @@ sides are the same); a recipe tightens them, or sets `on_fail: warn` to record a
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from halo_pipeline.training.params import DataChecks, TrainingParams
 
 EXAMPLES = 3  # the first examples, as the trainer sees them, kept for the step's report
-
-
-class DataChecks(BaseModel):
-    """Thresholds on the training dataset, checked before training (docs/training.md#dataset-checks)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    on_fail: Literal["stop", "warn", "off"] = Field(
-        "stop", description="stop: the step fails before training, naming each check; warn: record and train; off: no checks."
-    )
-    max_truncated: float = Field(0.5, ge=0, le=1, description="Largest share of examples longer than max_length (they are cut).")
-    max_dropped: float = Field(
-        0.5, ge=0, le=1, description="Largest share of examples the trainer drops (nothing left to train on after truncation)."
-    )
-    max_empty: float = Field(0.5, ge=0, le=1, description="Largest share of rows with an empty prompt, completion, side or turn.")
-    max_duplicate_prompts: float | None = Field(
-        None, ge=0, le=1, description="Largest share of rows whose prompt repeats an earlier row's (several samples per prompt are normal)."
-    )
-    min_tokens: int | None = Field(None, ge=1, description="Smallest median example length, in tokens.")
-    max_tokens: int | None = Field(None, ge=1, description="Largest 99th-percentile example length, in tokens.")
-    max_identical_pairs: float = Field(0.5, ge=0, le=1, description="dpo/rm: largest share of pairs whose two sides are the same text.")
-    max_inverted_pairs: float | None = Field(
-        None, ge=0, le=1, description="dpo/rm: largest share of pairs whose recorded rewards rank the rejected side higher."
-    )
-    min_chosen_longer: float | None = Field(
-        None, ge=0, le=1, description="dpo/rm: smallest share of pairs whose chosen side is the longer."
-    )
-    max_chosen_longer: float | None = Field(
-        None, ge=0, le=1, description="dpo/rm: largest share of pairs whose chosen side is the longer (a reward for length alone)."
-    )
 
 
 def _share(part: int, whole: int) -> float:
@@ -100,7 +71,7 @@ def failure(step: str, results: list[dict[str, Any]]) -> str | None:
     return "the training dataset fails its checks: " + "; ".join(parts) + f" ({fix})"
 
 
-def before_training(params: Any, rows: list[dict[str, Any]], bad_rows: int, ctx: Any) -> None:
+def before_training(params: TrainingParams, rows: list[dict[str, Any]], bad_rows: int, ctx: Any) -> None:
     """Measure the dataset as the trainer will prepare it, keep the measures and the first examples
     (`data_checks.json`, shown on the report page), and stop (or warn) when a check fails."""
     checks: DataChecks = params.data_checks

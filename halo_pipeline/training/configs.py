@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from halo_pipeline.training.distributed import strategy_args
+from halo_pipeline.training.params import Settings, TrainingParams
 from halo_pipeline.training.tracking import training_args
 
 
@@ -17,7 +18,7 @@ def device_args(backend: Any) -> dict[str, Any]:
     return {"use_cpu": False, "bf16": backend.dtype == "bfloat16", "fp16": backend.dtype == "float16"}
 
 
-def peft_config(params: Any, task_type: str = "CAUSAL_LM") -> Any:
+def peft_config(params: TrainingParams, task_type: str = "CAUSAL_LM") -> Any:
     if params.adapter == "none":
         return None
     from peft import LoraConfig
@@ -35,7 +36,7 @@ def peft_config(params: Any, task_type: str = "CAUSAL_LM") -> Any:
     )
 
 
-def common_args(params: Any, algo: Any, out_dir: Path, tracking: dict[str, Any] | None = None) -> dict[str, Any]:
+def common_args(params: TrainingParams, algo: Settings, out_dir: Path, tracking: dict[str, Any] | None = None) -> dict[str, Any]:
     args: dict[str, Any] = {
         "output_dir": str(out_dir),
         "learning_rate": algo.learning_rate,

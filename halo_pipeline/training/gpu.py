@@ -9,6 +9,8 @@ import importlib.metadata
 import importlib.util
 from typing import Any
 
+from halo_pipeline.training.params import TrainingParams
+
 
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
@@ -22,7 +24,7 @@ def torch_build() -> str | None:
         return None
 
 
-def problems(params: Any) -> list[tuple[str, str]]:
+def problems(params: TrainingParams) -> list[tuple[str, str]]:
     from halo_pipeline.training.distributed import precision
 
     out: list[tuple[str, str]] = []
@@ -63,7 +65,7 @@ def problems(params: Any) -> list[tuple[str, str]]:
                     "(or distributed.mixed_precision=bf16), or backend.attention=sdpa",
                 )
             )
-    algo = params.algorithm
+    algo: Any = params.algorithm  # grpo's vLLM fields; other algorithms have none
     if getattr(algo, "use_vllm", False):
         if backend.name != "cuda":
             out.append(

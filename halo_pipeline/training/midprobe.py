@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from halo_pipeline.training.params import TrainingParams
 
-def callback(params: Any, tokenizer: Any, chat: bool, metrics_path: Path, log: Any) -> Any:
+
+def callback(params: TrainingParams, tokenizer: Any, chat: bool, metrics_path: Path, log: Any) -> Any:
     from transformers import TrainerCallback
 
     from halo_pipeline.data import load, refs

@@ -12,9 +12,10 @@ from typing import Any
 import yaml
 
 from halo_pipeline.training.metrics import Pace
+from halo_pipeline.training.params import TrainingParams
 
 
-def train_mlx(params: Any, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
+def train_mlx(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
     from halo_pipeline.runtimes.catalog import fingerprint, resolve
 
     algo = params.algorithm

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from halo_pipeline.training.distributed import world_size
+from halo_pipeline.training.params import TrainingParams
 from halo_pipeline.training.tokenization import load_tokenizer
 
 
-def load(params: Any, for_reward_model: bool = False) -> tuple[Any, Any]:
+def load(params: TrainingParams, for_reward_model: bool = False) -> tuple[Any, Any]:
     """The base model (a sequence classifier with one label for a reward model) and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -65,7 +66,9 @@ def quiet(trainer: Any) -> None:
     trainer.remove_callback(PrinterCallback)
 
 
-def save(params: Any, model: Any, tokenizer: Any, out: Path, state_dict: dict[str, Any] | None = None, merge: bool = False) -> None:
+def save(
+    params: TrainingParams, model: Any, tokenizer: Any, out: Path, state_dict: dict[str, Any] | None = None, merge: bool = False
+) -> None:
     """The trained adapter (or model) with its tokenizer and provenance; `merge`: the adapter merged into the base
     (reward models ship merged, so the reward_model verifier loads them as one directory)."""
     from halo_pipeline.runtimes.catalog import fingerprint, stable_adapter_config

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from halo_pipeline.training import algorithms, data
+from halo_pipeline.training.params import TrainingParams
 from halo_pipeline.training.tokenization import load_tokenizer
 
 ROW = "halo_row"  # a bookkeeping column: the dataset row an example came from (TRL's maps carry it through)
@@ -62,11 +63,11 @@ class Preview:
         return asdict(self)
 
 
-def uses_chat(params: Any, tokenizer: Any) -> bool:
+def uses_chat(params: TrainingParams, tokenizer: Any) -> bool:
     return bool(params.use_chat_template and getattr(tokenizer, "chat_template", None))
 
 
-def preview(params: Any, rows: list[dict[str, Any]], n: int = 3, tokenizer: Any = None, bad_rows: int = 0) -> Preview:
+def preview(params: TrainingParams, rows: list[dict[str, Any]], n: int = 3, tokenizer: Any = None, bad_rows: int = 0) -> Preview:
     """The first `n` examples as the trainer sees them, and statistics over every row.
 
     Args:
@@ -157,7 +158,7 @@ def _by_row(dataset: Any) -> dict[int, dict[str, Any]]:
 
 
 def _sft(
-    params: Any, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
+    params: TrainingParams, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
 ) -> tuple[list[Example], list[dict[str, int]], list[str]]:
     import trl
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -194,7 +195,7 @@ def _sft(
 
 
 def _dpo(
-    params: Any, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
+    params: TrainingParams, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
 ) -> tuple[list[Example], list[dict[str, int]], list[str]]:
     import trl
     from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -231,7 +232,7 @@ def _dpo(
 
 
 def _rm(
-    params: Any, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
+    params: TrainingParams, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
 ) -> tuple[list[Example], list[dict[str, int]], list[str]]:
     import trl
     from trl.trainer.reward_trainer import DataCollatorForPreference
@@ -260,7 +261,7 @@ def _rm(
 
 
 def _prompts(
-    params: Any, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, n: int
+    params: TrainingParams, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, n: int
 ) -> tuple[list[Example], list[dict[str, int]], list[str]]:
     records = data.prompt_rows(rows, chat, params.system_prompt)
     examples, lengths = [], []

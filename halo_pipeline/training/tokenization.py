@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from halo_pipeline.training.params import TrainingParams
+
 # what AutoTokenizer reads (the chat template lives in chat_template.jinja/.json or tokenizer_config.json)
 FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
@@ -76,7 +78,7 @@ def _hub_snapshot(repo_id: str) -> Path | None:
     return snapshot if snapshot.is_dir() else None
 
 
-def load_tokenizer(params: Any) -> Any:
+def load_tokenizer(params: TrainingParams) -> Any:
     """The tokenizer the train step uses (its pad token falls back to EOS, as the trainer's does)."""
     from transformers import AutoTokenizer
 

@@ -12,6 +12,7 @@ from halo_pipeline.training import algorithms
 from halo_pipeline.training.configs import peft_config
 from halo_pipeline.training.distributed import barrier, is_main, sharded
 from halo_pipeline.training.model_io import changed, continue_adapter, load, quiet, save, snapshot
+from halo_pipeline.training.params import TrainingParams
 from halo_pipeline.training.tracking import session
 
 COMPLETE = "halo_complete.json"  # written (atomically) once a checkpoint's every file is on disk
@@ -64,7 +65,7 @@ def _full_state(trainer: Any) -> dict[str, Any]:
     return dict(trainer.accelerator.get_state_dict(wrapped) or {})
 
 
-def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any, init: Path | None = None) -> dict[str, Any]:
+def train_torch(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, init: Path | None = None) -> dict[str, Any]:
     import warnings
 
     import datasets
@@ -73,7 +74,7 @@ def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any, init: Path | 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")  # TRL's use of renamed APIs
     algorithm = algorithms.get(params.algorithm.name)
     if algorithm.train is not None:  # its own loop (raft)
-        return algorithm.train(params, rows, ctx, init)
+        return algorithm.train(params.algorithm, params, rows, ctx, init)
     model, tokenizer = load(params, for_reward_model=algorithm.reward_model)
     if init is not None:
         model = continue_adapter(model, init)
@@ -101,7 +102,14 @@ def train_torch(params: Any, rows: list[dict[str, Any]], ctx: Any, init: Path | 
 
 
 def _trainer(
-    params: Any, model: Any, tokenizer: Any, chat: bool, rows: list[dict[str, Any]], config: Any, ctx: Any, new_adapter: bool = True
+    params: TrainingParams,
+    model: Any,
+    tokenizer: Any,
+    chat: bool,
+    rows: list[dict[str, Any]],
+    config: Any,
+    ctx: Any,
+    new_adapter: bool = True,
 ) -> Any:
     from halo_pipeline.training.metrics import callback
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
-from halo_pipeline.training.algorithms._base import Algorithm, Settings
+from halo_pipeline.training.algorithms._base import Algorithm, Settings, TrainingParams
 from halo_pipeline.training.configs import common_args
 
 
@@ -56,7 +56,7 @@ def input_types(name: str) -> tuple[str, ...]:
     return REGISTRY[name].inputs
 
 
-def trainer_config(params: Any, out_dir: Path, tracking: dict[str, Any] | None = None) -> Any:
+def trainer_config(params: TrainingParams, out_dir: Path, tracking: dict[str, Any] | None = None) -> Any:
     """The TRL config object of the params' algorithm (RAFT: the one of its SFT phases)."""
     algo = params.algorithm
     return REGISTRY[algo.name].config(algo, params, common_args(params, algo, out_dir, tracking))

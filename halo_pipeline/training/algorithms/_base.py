@@ -8,29 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class Settings(BaseModel):
-    """The fields every algorithm has; each module's settings add their own and fix `name` to the file name."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    epochs: float = Field(1, gt=0, description="Passes over the dataset (max_steps wins when set).")
-    batch_size: int = Field(4, ge=1, description="Per-device batch size.")
-
+from halo_pipeline.training.params import Settings, TrainingParams
 
 Rows = list[dict[str, Any]]
 Data = Literal["sft", "preference", "prompts", "labelled"]
-ConfigFn = Callable[[Any, Any, dict[str, Any]], Any]
+ConfigFn = Callable[[Any, TrainingParams, dict[str, Any]], Any]
 """(settings, the train step's params, the arguments every TRL config takes) -> TRL's `<Algo>Config`."""
-TrainerFn = Callable[[Any, Any, Rows, bool, dict[str, Any]], Any]
+TrainerFn = Callable[[Any, TrainingParams, Rows, bool, dict[str, Any]], Any]
 """(settings, params, dataset rows, whether the chat template applies, the trainer's common arguments:
 model, args, processing_class, callbacks, peft_config) -> TRL's `<Algo>Trainer`."""
-LoopFn = Callable[[Any, Rows, Any, "Path | None"], dict[str, Any]]
-"""(params, rows, the step's RunContext, an `init` adapter) -> the training summary: an algorithm that runs its own loop."""
-CheckFn = Callable[[Any, Any], str | None]
+LoopFn = Callable[[Any, TrainingParams, Rows, Any, "Path | None"], dict[str, Any]]
+"""(settings, params, rows, the step's RunContext, an `init` adapter) -> the training summary: an algorithm that runs its own loop."""
+CheckFn = Callable[[Any, TrainingParams], str | None]
 """(settings, params) -> what is wrong with the two together (raised when the train step's params are validated)."""
 
 
@@ -52,3 +41,6 @@ class Algorithm:
     @property
     def name(self) -> str:
         return str(self.settings.model_fields["name"].annotation.__args__[0])  # type: ignore[union-attr]
+
+
+__all__ = ["Algorithm", "Data", "Rows", "Settings", "TrainingParams"]

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from halo_pipeline.training import data
-from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings
+from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings, TrainingParams
 
 LOSSES = ("sigmoid", "ipo", "hinge", "robust", "rpo", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "apo_zero", "apo_down")
 
@@ -25,7 +25,7 @@ class DPO(Settings):
     rpo_alpha: float = Field(1.0, ge=0, description="rpo: weight of the NLL term on chosen completions.")
 
 
-def dpo_config(algo: DPO, params: Any, args: dict[str, Any]) -> Any:
+def dpo_config(algo: DPO, params: TrainingParams, args: dict[str, Any]) -> Any:
     import trl
 
     loss, weights = [algo.loss_type], None
@@ -36,7 +36,7 @@ def dpo_config(algo: DPO, params: Any, args: dict[str, Any]) -> Any:
     )
 
 
-def dpo_trainer(algo: DPO, params: Any, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
+def dpo_trainer(algo: DPO, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
     import trl
     from datasets import Dataset
 

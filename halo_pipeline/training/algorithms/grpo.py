@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from halo_pipeline.training import data
-from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings
+from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings, TrainingParams
 from halo_pipeline.training.gpu import vllm_args
 
 
@@ -43,7 +43,7 @@ class GRPO(Settings):
     vllm_server_base_url: str | None = Field(None, description="server: the `trl vllm-serve` address (default TRL's http://0.0.0.0:8000).")
 
 
-def grpo_config(algo: GRPO, params: Any, args: dict[str, Any]) -> Any:
+def grpo_config(algo: GRPO, params: TrainingParams, args: dict[str, Any]) -> Any:
     import trl
 
     return trl.GRPOConfig(
@@ -65,7 +65,7 @@ def grpo_config(algo: GRPO, params: Any, args: dict[str, Any]) -> Any:
     )
 
 
-def grpo_trainer(algo: GRPO, params: Any, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
+def grpo_trainer(algo: GRPO, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
     import trl
     from datasets import Dataset
 
@@ -92,7 +92,7 @@ def reward_fn(spec: Any) -> Any:
     return verifier_reward
 
 
-def grpo_batch(algo: GRPO, params: Any) -> str | None:
+def grpo_batch(algo: GRPO, params: TrainingParams) -> str | None:
     ranks = params.distributed.num_processes  # TRL's generation batch: per-device batch x ranks x accumulation
     if (algo.batch_size * ranks * params.grad_accum) % algo.num_generations == 0:
         return None

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from halo_pipeline.training import data
-from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings
+from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings, TrainingParams
 
 
 class KTO(Settings):
@@ -26,7 +26,7 @@ class KTO(Settings):
     )
 
 
-def kto_config(algo: KTO, params: Any, args: dict[str, Any]) -> Any:
+def kto_config(algo: KTO, params: TrainingParams, args: dict[str, Any]) -> Any:
     import trl
 
     return trl.KTOConfig(
@@ -38,7 +38,7 @@ def kto_config(algo: KTO, params: Any, args: dict[str, Any]) -> Any:
     )
 
 
-def kto_trainer(algo: KTO, params: Any, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
+def kto_trainer(algo: KTO, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
     import trl
     from datasets import Dataset
 

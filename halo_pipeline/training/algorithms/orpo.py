@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from halo_pipeline.training import data
-from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings
+from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings, TrainingParams
 from halo_pipeline.training.algorithms._experimental import experimental
 
 
@@ -19,12 +19,12 @@ class ORPO(Settings):
     beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term against the SFT loss (the paper's lambda).")
 
 
-def orpo_config(algo: ORPO, params: Any, args: dict[str, Any]) -> Any:
+def orpo_config(algo: ORPO, params: TrainingParams, args: dict[str, Any]) -> Any:
     (config,) = experimental("orpo", "ORPOConfig")
     return config(**args, max_length=params.max_length, beta=algo.beta)
 
 
-def orpo_trainer(algo: ORPO, params: Any, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
+def orpo_trainer(algo: ORPO, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
     from datasets import Dataset
 
     (trainer,) = experimental("orpo", "ORPOTrainer")

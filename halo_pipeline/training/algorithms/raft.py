@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from halo_pipeline.training import data
-from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings
+from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings, TrainingParams
 from halo_pipeline.training.configs import common_args, peft_config
 from halo_pipeline.training.distributed import barrier, gather, is_main, rank, world_size
 from halo_pipeline.training.model_io import changed, continue_adapter, load, quiet, save, snapshot
@@ -27,14 +27,14 @@ class RAFT(Settings):
     max_completion_length: int = Field(64, ge=1, description="Tokens per sample.")
 
 
-def raft_config(algo: RAFT, params: Any, args: dict[str, Any]) -> Any:
+def raft_config(algo: RAFT, params: TrainingParams, args: dict[str, Any]) -> Any:
     """Each cycle's SFT phase: loss on the kept completions."""
     import trl
 
     return trl.SFTConfig(**args, max_length=params.max_length, completion_only_loss=True)
 
 
-def raft_train(params: Any, rows: Rows, ctx: Any, init: Path | None = None) -> dict[str, Any]:
+def raft_train(algo: RAFT, params: TrainingParams, rows: Rows, ctx: Any, init: Path | None = None) -> dict[str, Any]:
     """Cycles of: sample N completions per prompt, verify, keep each prompt's best (reward >= threshold,
     never 0), SFT one pass on those. Prompts are balanced: at most one kept sample per prompt."""
     import time
@@ -46,7 +46,6 @@ def raft_train(params: Any, rows: Rows, ctx: Any, init: Path | None = None) -> d
     from halo_pipeline.training.metrics import callback
     from halo_pipeline.verifiers import build_verifier
 
-    algo: RAFT = params.algorithm
     model, tokenizer = load(params)
     chat = params.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
     lora = peft_config(params)
@@ -193,7 +192,7 @@ def _raft_resume(model: Any, root: Path) -> dict[str, Any] | None:
 
 
 def _sample_and_verify(
-    model: Any, tokenizer: Any, prompts: Rows, algo: RAFT, params: Any, chat: bool, verifier: Any, cycle: int
+    model: Any, tokenizer: Any, prompts: Rows, algo: RAFT, params: TrainingParams, chat: bool, verifier: Any, cycle: int
 ) -> tuple[list[list[str]], list[float]]:
     """Each prompt's samples and their rewards (flat, in prompt order). Distributed, each rank samples and verifies
     every world_size-th prompt and all ranks gather the same lists, so they keep (and train on) the same rows."""
@@ -214,7 +213,7 @@ def _sample_and_verify(
     return samples, [x for rs in by_prompt for x in rs]
 
 
-def _sample(model: Any, tokenizer: Any, prompts: Rows, algo: RAFT, params: Any, chat: bool, seed: int) -> list[list[str]]:
+def _sample(model: Any, tokenizer: Any, prompts: Rows, algo: RAFT, params: TrainingParams, chat: bool, seed: int) -> list[list[str]]:
     return generate(
         model, tokenizer, [p["task_prompt"] for p in prompts], chat, params.system_prompt, algo.samples_per_prompt,
         algo.temperature, algo.max_completion_length, algo.batch_size, seed,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from halo_pipeline.training import data
-from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings
+from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings, TrainingParams
 
 
 class RM(Settings):
@@ -17,13 +17,13 @@ class RM(Settings):
     center_rewards_coefficient: float | None = Field(None, ge=0, description="Pushes rewards toward zero mean (TRL's centering).")
 
 
-def rm_config(algo: RM, params: Any, args: dict[str, Any]) -> Any:
+def rm_config(algo: RM, params: TrainingParams, args: dict[str, Any]) -> Any:
     import trl
 
     return trl.RewardConfig(**args, max_length=params.max_length, center_rewards_coefficient=algo.center_rewards_coefficient)
 
 
-def rm_trainer(algo: RM, params: Any, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
+def rm_trainer(algo: RM, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
     import trl
     from datasets import Dataset
 

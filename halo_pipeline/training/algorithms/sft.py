@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from halo_pipeline.training import data
-from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings
+from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings, TrainingParams
 
 
 class SFT(Settings):
@@ -15,13 +15,13 @@ class SFT(Settings):
     completion_only_loss: bool = Field(True, description="Loss on completion tokens only (the chat template is always applied).")
 
 
-def sft_config(algo: SFT, params: Any, args: dict[str, Any]) -> Any:
+def sft_config(algo: SFT, params: TrainingParams, args: dict[str, Any]) -> Any:
     import trl
 
     return trl.SFTConfig(**args, max_length=params.max_length, completion_only_loss=algo.completion_only_loss)
 
 
-def sft_trainer(algo: SFT, params: Any, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
+def sft_trainer(algo: SFT, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
     import trl
     from datasets import Dataset
 

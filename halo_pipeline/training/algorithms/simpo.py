@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from halo_pipeline.training import data
-from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings
+from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings, TrainingParams
 from halo_pipeline.training.algorithms._experimental import experimental
 
 
@@ -22,7 +22,7 @@ class SimPO(Settings):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Probability that a preference label is flipped.")
 
 
-def simpo_config(algo: SimPO, params: Any, args: dict[str, Any]) -> Any:
+def simpo_config(algo: SimPO, params: TrainingParams, args: dict[str, Any]) -> Any:
     (config,) = experimental("cpo", "CPOConfig")
     return config(
         **args,
@@ -35,7 +35,7 @@ def simpo_config(algo: SimPO, params: Any, args: dict[str, Any]) -> Any:
     )
 
 
-def simpo_trainer(algo: SimPO, params: Any, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
+def simpo_trainer(algo: SimPO, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
     from datasets import Dataset
 
     (trainer,) = experimental("cpo", "CPOTrainer")
