@@ -436,3 +436,22 @@ def test_a_killed_raft_run_resumes_after_its_last_complete_cycle(tmp_path: Path,
     cycles = [r["cycle"] for r in read_jsonl(out / "metrics.jsonl") if "cycle" in r]
     assert cycles == [0, 1, 2, 3], cycles  # the cycles before the kill are not run (or logged) twice
     assert done >= 2
+
+
+def test_the_quickstart_with_kto_trains_on_its_own_passed_and_failed_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run recipes/quickstart.yaml algorithm=kto model=tiny`: the failed samples reach KTO past score (docs/training.md)."""
+    from halo_pipeline.engine.execute import execute, step_calls
+    from halo_pipeline.engine.plan import plan_recipe
+
+    monkeypatch.setenv("HALO_PIPELINE_CACHE", str(tmp_path / "cache"))
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+    plan = plan_recipe(str(recipe), ["model=tiny", "algorithm=kto", "steps.train.with.max_steps=2"])
+    calls, done = step_calls(plan, tmp_path / "run"), {}
+    for sid in ("synthesize", "dedup", "score", "train"):
+        done[sid] = execute(calls[sid], done)
+    assert done["train"].state == "ran" and done["train"].metrics["weights_changed"] is True
+    (checks,) = {p.resolve() for p in tmp_path.rglob("data_checks.json")}
+    (note,) = [n for n in json.loads(checks.read_text())["notes"] if "desirable" in n]
+    desirable, undesirable = (int(w) for w in note.split() if w.isdigit())
+    rows = json.loads(checks.read_text())["stats"]["rows"]
+    assert undesirable >= 1 and desirable + undesirable == rows, note  # the tiny model's code fails python_syntax: few pass, if any
