@@ -252,6 +252,8 @@ def structured(models: dict[str, Path], engines: list[str], a: argparse.Namespac
         constrained = copy.copy(free)
         constrained.extra = {**free.extra, "guided_json": SCHEMA}
         try:
+            for side in (free, constrained):  # steady state: the first constrained request builds the vocabulary view (~1 s)
+                stream_once(side, PROMPTS[0], 4)
             repeats = a.mlx_repeats if engine == "mlx" else a.repeats
             results["engines"][engine] = interleaved({"free": free, "json schema": constrained}, [1, 8], a.tokens, repeats)
         finally:

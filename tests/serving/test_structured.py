@@ -210,6 +210,16 @@ def test_forced_tool_calls_follow_the_parameter_schema(tool_server: Running) -> 
             (call,) = r.choices[0].message.tool_calls
             assert r.choices[0].finish_reason == "tool_calls"
             jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+    # streamed: the constrained call arrives as tool_calls deltas
+    args, reasons = "", []
+    for chunk in c.chat.completions.create(
+        model="tools", messages=ODD, tools=STRICT_TOOLS, tool_choice="required", temperature=1, seed=5, max_tokens=80, stream=True
+    ):
+        for ch in chunk.choices:
+            for delta in ch.delta.tool_calls or []:
+                args += delta.function.arguments or ""
+            reasons.append(ch.finish_reason)
+    assert "tool_calls" in reasons and isinstance(json.loads(args), dict)
     # the model's own well-formed call is still what it writes when the schema allows it
     r = c.chat.completions.create(model="tools", messages=QUESTION, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=80)
     assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {"city": "Paris"}
