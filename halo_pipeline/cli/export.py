@@ -178,7 +178,8 @@ def _verify(source: Path, exported: Path, report_dir: Path, quant: str | None, t
     console.print(f"report: {report_dir / 'verify.json'}")
     if not report["passed"]:
         console.print(f"[red]verify failed ({report['verdict']}):[/red]")
-        console.print(explain(report, lambda metric, bound: f"--threshold {metric}={bound:g}"), markup=False, highlight=False)
+        message = explain(report, lambda metric, bound: f"--threshold {metric}={bound:g}", "convert --quant {}".format, tables=False)
+        console.print(message, markup=False, highlight=False)
         return 1
     return 0
 

@@ -203,24 +203,27 @@ def integrity_table(checks: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def explain(report: dict[str, Any], setting: Callable[[str, float], str]) -> str:
-    """What a failed verify means and what to do, in words: `setting(metric, bound)` spells a budget override."""
+def explain(
+    report: dict[str, Any], setting: Callable[[str, float], str], switch: Callable[[str], str] = "quant={}".format, tables: bool = True
+) -> str:
+    """What a failed verify means and what to do, in words: `setting(metric, bound)` spells a budget override,
+    `switch(quant)` an export at another quant; `tables=False` where the tables were shown already."""
     if report["verdict"] == "broken":
         return (
             "the export is broken (not quantization cost): it does not hold what its source holds, so its drift "
-            "numbers say nothing about the quant; fix the conversion or its input:\n" + integrity_table(report["integrity"]["checks"])
+            "numbers say nothing about the quant; fix the conversion or its input"
+            + (":\n" + integrity_table(report["integrity"]["checks"]) if tables else "")
         )
     cost = report["cost"]
     lines = [
         f"quantization costs this model ({cost['family'] or 'unknown family'}) more than the {cost['quant']} budget allows; "
-        "the export itself is sound (tensors, tokenizer, chat template and an unquantized export all check out):",
-        table(cost["checks"]),
+        "the export itself is sound (tensors, tokenizer, chat template and an unquantized export all check out)" + (":" if tables else ""),
+        *([table(cost["checks"])] if tables else []),
         "to accept this cost: " + " ".join(setting(m, b) for m, b in cost["accept"].items()),
     ]
     if cost.get("cheapest_within_budget"):
-        lines.append(
-            f"or export at {cost['cheapest_within_budget']}, the cheapest larger quant within its budget here (quant={cost['cheapest_within_budget']})"
-        )
+        cheapest = cost["cheapest_within_budget"]
+        lines.append(f"or export at {cheapest}, the cheapest larger quant within its budget here ({switch(cheapest)})")
     elif cost.get("larger"):
         lines.append("no larger quant measured within its budget: " + ", ".join(c["quant"] for c in cost["larger"]))
     return "\n".join(lines)
@@ -274,8 +277,10 @@ def verify(
         exp_name = exp_rt.name
         del exp_rt
         lineage = info.get("verify_quant") or info.get("quant") or "fp32"
-        reference = _reference(source, exported, fmt, lineage, found, src_rt, work)
-        integrity = _integrity(source, exported, fmt, lineage, found, budget, reference)
+        reference = _reference(source, fmt, lineage, found, src_rt, work)
+        # tensors are held to their own storage type's bound, and to an earlier lossy step's (a Q8_0 GGUF turned into HF)
+        earlier = lineage if lineage != info.get("quant") else "fp32"
+        integrity = _integrity(source, exported, fmt, earlier, found, budget, reference)
         cost_rows = judge(found["metrics"], {m: r for m, r in budget.items() if r[2] != "integrity"})
         cost: dict[str, Any] = {
             "ok": all(r["ok"] for r in cost_rows),
@@ -309,7 +314,7 @@ def verify(
     return report
 
 
-def _reference(source: Path, exported: Path, fmt: str, lineage: str, found: dict[str, Any], src_rt: Runtime, work: Path) -> dict[str, Any]:
+def _reference(source: Path, fmt: str, lineage: str, found: dict[str, Any], src_rt: Runtime, work: Path) -> dict[str, Any]:
     """The source exported unquantized in the same format, measured against the source (the export itself when it is one)."""
     from halo_pipeline import runtimes
     from halo_pipeline.export.converting import convert
