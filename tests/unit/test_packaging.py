@@ -43,3 +43,12 @@ def test_wheel_ships_tasks_and_conf_and_works_installed(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 steps (synthesize, score)" in run.stdout
+
+
+def test_every_python_package_in_the_tree_is_listed_for_the_wheel() -> None:
+    """packages are listed by hand (tasks/ and conf/ install under halo_pipeline): a new subpackage must be too."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "halo_pipeline").rglob("__init__.py")}
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
