@@ -352,7 +352,7 @@ def _integrity(
         what = (
             bad["how"]
             if bad["error"] is None
-            else f"relative error {bad['error']:.3g} > {bad['bound']:.3g} ({bad['type']} bound; {bad['how']})"
+            else f"relative error {_short(bad['error'])} > {_short(bad['bound'])} ({bad['type']} bound; {bad['how']})"
         )
         more = f" and {len(tensors['failed']) - 1} more" if len(tensors["failed"]) > 1 else ""
         checks.append({"check": "tensors", "ok": False, "evidence": f"{bad['tensor']}: {what}{more}"})
@@ -362,7 +362,7 @@ def _integrity(
             {
                 "check": "tensors",
                 "ok": True,
-                "evidence": f"{tensors['compared']} tensors within their types' bounds; closest: {w['tensor']} {w['error']:.3g} of {w['bound']:.3g} ({w['type']})",
+                "evidence": f"{tensors['compared']} tensors within their types' bounds; closest: {w['tensor']} {_short(w['error'])} of {_short(w['bound'])} ({w['type']})",
             }
         )
     m = found["metrics"]
@@ -442,3 +442,8 @@ def _larger(
         if tried[-1]["ok"]:
             break
     return tried
+
+
+def _short(x: float) -> str:
+    """Two significant digits, never a long run of decimals (0.0057, 5.7e-04): evidence is read, not parsed."""
+    return f"{x:.2g}" if x == 0 or abs(x) >= 1e-3 else f"{x:.1e}"
