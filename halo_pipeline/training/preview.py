@@ -201,10 +201,7 @@ def _dpo(
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     records = data.preference_rows(rows, chat, params.system_prompt)
-    dataset = _dataset(records)
-    owner: Any = SimpleNamespace(_tokenizer=tokenizer)  # what _prepare_dataset reads of its trainer
-    prepared = _by_row(trl.DPOTrainer._prepare_dataset(owner, dataset, tokenizer, config, "train"))
-    full = _by_row(trl.DPOTrainer._prepare_dataset(owner, dataset, tokenizer, _untruncated(config), "train"))
+    prepared, full = _pairs_prepared(trl.DPOTrainer, records, tokenizer, config)
     collator = DataCollatorForPreference(
         pad_token_id=tokenizer.pad_token_id,
         max_length=config.max_length,
@@ -231,6 +228,14 @@ def _dpo(
     return examples, lengths, []
 
 
+def _pairs_prepared(trainer: Any, records: list[dict[str, Any]], tokenizer: Any, config: Any) -> tuple[dict[int, Any], dict[int, Any]]:
+    """A preference trainer's own preparation of the pairs, as configured and untruncated (what was cut or dropped)."""
+    dataset = _dataset(records)
+    owner: Any = SimpleNamespace(_tokenizer=tokenizer)  # what _prepare_dataset reads of its trainer
+    prepared = _by_row(trainer._prepare_dataset(owner, dataset, tokenizer, config, "train"))
+    return prepared, _by_row(trainer._prepare_dataset(owner, dataset, tokenizer, _untruncated(config), "train"))
+
+
 def _rm(
     params: TrainingParams, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
 ) -> tuple[list[Example], list[dict[str, int]], list[str]]:
@@ -238,10 +243,7 @@ def _rm(
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
     records = data.preference_rows(rows, chat, params.system_prompt)
-    dataset = _dataset(records)
-    owner: Any = SimpleNamespace(_tokenizer=tokenizer)  # what _prepare_dataset reads of its trainer
-    prepared = _by_row(trl.RewardTrainer._prepare_dataset(owner, dataset, tokenizer, config, "train"))
-    full = _by_row(trl.RewardTrainer._prepare_dataset(owner, dataset, tokenizer, _untruncated(config), "train"))
+    prepared, full = _pairs_prepared(trl.RewardTrainer, records, tokenizer, config)
     collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=config.pad_to_multiple_of)
     examples = []
     for i in range(min(n, len(records))):
