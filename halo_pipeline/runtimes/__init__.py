@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from halo_pipeline.runtimes.formats import gguf_file, is_adapter, model_format
+
+if TYPE_CHECKING:
+    from halo_pipeline.runtimes.constraints import ResponseFormat
 
 Messages = list[dict[str, str]]
 
@@ -47,7 +50,9 @@ class Runtime(Protocol):
     def greedy(self, ids: list[int], n: int) -> list[int]: ...  # n argmax tokens; end-of-sequence is just a token
     def chat_template(self) -> str | None: ...
     def render_chat(self, messages: Messages) -> str | None: ...
-    def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]: ...
+    def generate(
+        self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0, response_format: ResponseFormat | None = None
+    ) -> tuple[list[list[str]], int]: ...
     def close(self) -> None: ...
 
 

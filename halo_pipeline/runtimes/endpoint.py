@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from halo_pipeline.runtimes import Messages, Sampling
+from halo_pipeline.runtimes.constraints import ResponseFormat
 from halo_pipeline.runtimes.gguf import sample_seed
 
 
@@ -23,8 +25,16 @@ class Endpoint:
         self.client = OpenAI(base_url=base_url, api_key=key or "none", timeout=timeout, max_retries=2)
         self.model, self.concurrency = model, concurrency
 
-    def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]:
+    def generate(
+        self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0, response_format: ResponseFormat | None = None
+    ) -> tuple[list[list[str]], int]:
+        """`sampling.n` completions per conversation; a `response_format` is sent as the request's own constraint
+        (OpenAI's response_format for JSON; vLLM's guided_regex/choice/grammar, which `serve` reads too)."""
         jobs = [(i, j) for i in range(len(batch)) for j in range(sampling.n)]
+        constrained: dict[str, Any] = response_format.openai() if response_format is not None else {}
+        extra = {"response_format": constrained.pop("response_format")} if "response_format" in constrained else {}
+        if constrained:
+            extra["extra_body"] = constrained
 
         def one(job: tuple[int, int]) -> tuple[str, int]:
             i, j = job
@@ -35,6 +45,7 @@ class Endpoint:
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_new_tokens,
                 seed=sample_seed(sampling.seed, batch_index, i, j),
+                **extra,
             )
             usage = resp.usage.completion_tokens if resp.usage else 0
             return resp.choices[0].message.content or "", usage

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from halo_pipeline.runtimes import Messages, Sampling, log_softmax
+from halo_pipeline.runtimes.constraints import Grammars, ResponseFormat
 from halo_pipeline.runtimes.formats import gguf_context_length
 
 
@@ -197,6 +198,7 @@ class GGUFRuntime:
         self.n_ctx = n_ctx
         self.use_chat_template = use_chat_template
         self.parallel = max(1, parallel or PARALLEL)  # sequences decoded together
+        self.grammars = Grammars(self)
         self._scorer: Any = None
         self._batched: list[Any] = []  # the batched generation contexts
 
@@ -242,20 +244,37 @@ class GGUFRuntime:
             llm.eval([token])
         return out
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.scorer._model.n_vocab())
+
+    def guidance_tokenizer(self) -> Any:
+        """llama.cpp's own vocabulary as llguidance reads it (built once, by `Grammars`)."""
+        import llguidance.llamacpp
+
+        return llguidance.llamacpp.lltokenizer_from_vocab(self.scorer._model.vocab, n_vocab=self.vocab_size, eos_token=[self.eos_id])
+
     def chat_template(self) -> str | None:
         return self.scorer.metadata.get("tokenizer.chat_template")
 
     def render_chat(self, messages: Messages) -> str | None:
         return render_chat(self.scorer, messages)
 
-    def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]:
-        """`sampling.n` completions per conversation, up to `parallel` decoded together in each context."""
+    def generate(
+        self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0, response_format: ResponseFormat | None = None
+    ) -> tuple[list[list[str]], int]:
+        """`sampling.n` completions per conversation, up to `parallel` decoded together in each context; with a
+        `response_format`, every completion follows it."""
         from halo_pipeline.runtimes.gguf_batch import CoreShare, Job
 
+        constraint = self.grammars.compile(response_format.spec()) if response_format is not None else None
         jobs = []
         for i, messages in enumerate(batch):
             ids, stops = self._prompt(messages)
-            jobs += [Job(ids, sample_seed(sampling.seed, batch_index, i, j), stops) for j in range(sampling.n)]
+            jobs += [
+                Job(ids, sample_seed(sampling.seed, batch_index, i, j), stops, constraint.start() if constraint else None)
+                for j in range(sampling.n)
+            ]
         if not jobs:
             return [[] for _ in batch], 0
         # the prompts dealt out to one context per core (as many as have a full width of samples to decode);

@@ -22,11 +22,13 @@ from halo_pipeline.runtimes import common_prefix
 
 @dataclass
 class Job:
-    """One sample to generate: its prompt tokens, its sampler's seed, the strings that end it."""
+    """One sample to generate: its prompt tokens, its sampler's seed, the strings that end it, and the walk of an
+    output constraint it follows (`constraints.Guide`; None: unconstrained)."""
 
     prompt: list[int]
     seed: int
     stops: list[str] = field(default_factory=list)
+    guide: Any = None
 
 
 @dataclass
@@ -104,6 +106,7 @@ class BatchedContext:
         text cut before it) or after `max_new_tokens`. `threads()`, asked before each step, may change the
         context's threads (the texts do not depend on them)."""
         import llama_cpp
+        import numpy as np
 
         for job in jobs:
             if len(job.prompt) + max_new_tokens > self.seq_ctx:
@@ -112,6 +115,7 @@ class BatchedContext:
         if max_new_tokens <= 0:
             return [("", 0)] * len(jobs)
         vocab = self.llm._model.vocab
+        n_vocab = int(self.llm._model.n_vocab())
         slots: list[_Slot | None] = [None] * self.width
         held: list[list[int]] = [[] for _ in range(self.width)]  # the tokens each sequence has cells for
         waiting = list(range(len(jobs)))[::-1]  # popped from the end: job order
@@ -156,8 +160,15 @@ class BatchedContext:
             for s, slot in enumerate(slots):
                 if slot is None:
                     continue
+                guide = jobs[slot.job].guide
+                if guide is not None:  # -inf in the context's logits for what the grammar forbids: the sampler reads them next
+                    allowed = guide.allowed(n_vocab)
+                    ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, slot.index)
+                    np.ctypeslib.as_array(ptr, shape=(n_vocab,))[~allowed] = -np.inf
                 token = int(slot.sampler.sample(self.ctx, slot.index))
                 done = bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+                if guide is not None and not done:
+                    guide.advance(token)
                 if not done:
                     slot.tokens.append(token)
                     slot.text += _piece(vocab, token)

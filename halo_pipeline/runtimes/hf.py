@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from halo_pipeline.runtimes import Messages, Sampling, log_softmax
+from halo_pipeline.runtimes.constraints import Constraint, Grammars, ResponseFormat
 
 
 def load_causal_lm(path: Path, device: str = "cpu", dtype: str = "float32", adapter: Path | None = None) -> tuple[Any, Any]:
@@ -56,6 +57,7 @@ class HFRuntime:
         self.model, self.tokenizer = load_causal_lm(path, device, dtype, adapter)
         self.device = device
         self.use_chat_template = use_chat_template and bool(getattr(self.tokenizer, "chat_template", None))
+        self.grammars = Grammars(self)
 
     # -- the questions every runtime answers
     def tokenize(self, text: str) -> list[int]:
@@ -98,23 +100,42 @@ class HFRuntime:
             return None
         return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
-    def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]:
-        """`sampling.n` completions per conversation (batched, seeded per batch) and the tokens generated."""
+    def generate(
+        self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0, response_format: ResponseFormat | None = None
+    ) -> tuple[list[list[str]], int]:
+        """`sampling.n` completions per conversation (batched, seeded per batch) and the tokens generated; with a
+        `response_format`, every completion follows it."""
         texts = [self.render_chat(m) if self.use_chat_template else "\n\n".join(x["content"] for x in m) for m in batch]
+        constraint = self.grammars.compile(response_format.spec()) if response_format is not None else None
         return sample(
-            self.model, self.tokenizer, texts, sampling, chat=self.use_chat_template, seed=sampling.seed * 1_000_003 + batch_index
-        )
+            self.model, self.tokenizer, texts, sampling, chat=self.use_chat_template, seed=sampling.seed * 1_000_003 + batch_index,
+            constraint=constraint,
+        )  # fmt: skip
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def guidance_tokenizer(self) -> Any:
+        """The vocabulary as llguidance reads it (built once, by `Grammars`)."""
+        from halo_pipeline.runtimes.constraints import from_hf
+
+        return from_hf(self.tokenizer, self.vocab_size, [self.eos_id])
 
     def close(self) -> None:
         self.model = None
 
 
 def sample(
-    model: Any, tokenizer: Any, texts: Sequence[str | None], sampling: Sampling, chat: bool, seed: int
+    model: Any, tokenizer: Any, texts: Sequence[str | None], sampling: Sampling, chat: bool, seed: int, constraint: Constraint | None = None
 ) -> tuple[list[list[str]], int]:
     """n completions per rendered prompt from a loaded model (also the model being trained: RAFT, the
-    mid-training probe); left padding, then back to train mode. Returns them and the tokens generated."""
+    mid-training probe); left padding, then back to train mode. Returns them and the tokens generated. A
+    `constraint` masks every row's tokens to what its own walk of the grammar allows."""
     import torch
+    from transformers import LogitsProcessorList
+
+    from halo_pipeline.runtimes.constraints import GuidedLogits
 
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
@@ -124,6 +145,7 @@ def sample(
     per = sampling.n if do_sample else 1  # greedy samples are identical: decode once, repeat
     try:
         enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=not chat).to(model.device)
+        guided = GuidedLogits(constraint, len(texts) * per, enc["input_ids"].shape[1]) if constraint is not None else None
         with torch.inference_mode():
             out = model.generate(
                 **enc,
@@ -134,6 +156,7 @@ def sample(
                 top_k=None,
                 num_return_sequences=per,
                 pad_token_id=tokenizer.pad_token_id,
+                logits_processor=LogitsProcessorList([guided]) if guided is not None else None,
             )
     finally:
         tokenizer.padding_side = side

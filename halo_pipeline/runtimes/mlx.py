@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from halo_pipeline.runtimes import Messages, Sampling, log_softmax
+from halo_pipeline.runtimes.constraints import Grammars, Guide, ResponseFormat
 
 BLAS_ENV = "HALO_PIPELINE_MLX_BLAS"  # a BLAS library to load for MLX on Linux; "reference": keep MLX's own
 
@@ -63,6 +64,7 @@ class MLXRuntime:
         loaded: Any = load(str(path), adapter_path=str(adapter) if adapter else None)
         self.model, self.tokenizer = loaded[0], loaded[1]
         self.use_chat_template = use_chat_template and bool(getattr(self.tokenizer, "chat_template", None))
+        self.grammars = Grammars(self)
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -107,9 +109,13 @@ class MLXRuntime:
             return None
         return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
-    def generate(self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0) -> tuple[list[list[str]], int]:
+    def generate(
+        self, batch: Sequence[Messages], sampling: Sampling, batch_index: int = 0, response_format: ResponseFormat | None = None
+    ) -> tuple[list[list[str]], int]:
+        """`sampling.n` completions per conversation (mlx-lm's batched generation, seeded per batch) and the tokens
+        generated; with a `response_format`, every completion follows it."""
         import mlx.core as mx
-        from mlx_lm import batch_generate
+        from mlx_lm.generate import BatchGenerator
         from mlx_lm.sample_utils import make_sampler
 
         if self.use_chat_template:
@@ -119,10 +125,30 @@ class MLXRuntime:
         mx.random.seed(sampling.seed * 1_000_003 + batch_index)
         sampler = make_sampler(temp=sampling.temperature, top_p=sampling.top_p if sampling.temperature > 0 else 0.0)
         repeated = [p for p in prompts for _ in range(sampling.n)]
-        response = batch_generate(self.model, self.tokenizer, repeated, max_tokens=sampling.max_new_tokens, sampler=sampler)
-        texts = list(response.texts)
-        tokens = sum(len(self.tokenizer.encode(t)) for t in texts)
-        return [texts[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch))], tokens
+        constraint = self.grammars.compile(response_format.spec()) if response_format is not None else None
+        processors: list[list[Any]] | None = [[_GuidedMLX(constraint.start())] for _ in repeated] if constraint else None
+        # mlx-lm's batch_generate, with a logits processor per sequence (its own walk of the constraint)
+        gen = BatchGenerator(self.model, stop_tokens=[[t] for t in self.tokenizer.eos_token_ids], sampler=sampler)
+        uids = gen.insert(repeated, [sampling.max_new_tokens] * len(repeated), logits_processors=processors)
+        tokens: dict[int, list[int]] = {uid: [] for uid in uids}
+        while responses := gen.next_generated():
+            for r in responses:
+                if r.finish_reason != "stop":
+                    tokens[r.uid].append(r.token)
+        gen.close()
+        texts = [self.tokenizer.decode(tokens[uid]) for uid in uids]
+        return [texts[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch))], sum(len(t) for t in tokens.values())
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.args.vocab_size)
+
+    def guidance_tokenizer(self) -> Any:
+        """The vocabulary as llguidance reads it (built once, by `Grammars`)."""
+        from halo_pipeline.runtimes.constraints import from_hf
+
+        hf = getattr(self.tokenizer, "_tokenizer", self.tokenizer)
+        return from_hf(hf, self.vocab_size, sorted(self.tokenizer.eos_token_ids))
 
     def close(self) -> None:
         self.model = None
@@ -153,3 +179,22 @@ def mlx_rope_compat(config_path: Path) -> bool:
         config["rope_scaling"] = rope
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return True
+
+
+class _GuidedMLX:
+    """An mlx-lm logits processor: one sequence's walk of an output constraint. Called before each token with the
+    sequence's tokens so far (the prompt at the first call); the token sampled last is fed to the guide, then every
+    token it does not allow next gets -inf."""
+
+    def __init__(self, guide: Guide) -> None:
+        self.guide, self.seen = guide, -1
+
+    def __call__(self, context: Any, logits: Any) -> Any:
+        import mlx.core as mx
+
+        n = int(context.size)
+        if self.seen >= 0 and n > self.seen and not self.guide.done:
+            self.guide.advance(int(context.reshape(-1)[-1].item()))
+        self.seen = n
+        allowed = mx.array(self.guide.allowed(logits.shape[-1]))
+        return mx.where(allowed, logits, -mx.inf)

@@ -15,84 +15,23 @@ parameter): OpenAI's `response_format` (`json_object`, `json_schema`), vLLM's `g
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from halo_pipeline.runtimes.constraints import (
+    JSON_OPTIONS,
+    ConstraintError,
+    Grammars,
+    Spec,
+    as_schema,
+    choice,
+    from_hf,
+    grammar,
+    json_schema,
+    lark_string,
+    regex,
+)
 
-# Whitespace a JSON constraint allows between tokens: at most one space (JSON on one line, as OpenAI's structured
-# outputs write it), so a model cannot fill its budget with whitespace. A schema's own "x-guidance" overrides it.
-JSON_OPTIONS: dict[str, Any] = {"whitespace_pattern": "[ ]?"}
-CACHE_SIZE = 256  # compiled grammars kept per engine
-
-
-class ConstraintError(ValueError):
-    """A constraint the request cannot have: which parameter, and why (the server answers 400 with both)."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param, self.message = param, message
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A constraint as llguidance reads it (its serialized grammar), and the request parameter it came from."""
-
-    grammar: str
-    param: str
-
-
-# -- from a request --------------------------------------------------------------------------------------------
-
-
-def _schema(value: Any, param: str) -> dict[str, Any]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise ConstraintError(param, f"{param}: the schema is not valid JSON ({exc})") from None
-    if isinstance(value, bool):
-        value = {} if value else {"not": {}}
-    if not isinstance(value, dict):
-        raise ConstraintError(param, f"{param}: a JSON schema is an object; got {type(value).__name__}")
-    return value
-
-
-def json_schema(schema: Any, param: str) -> Spec:
-    """Output that is one JSON value valid under `schema` (a dict or its JSON text)."""
-    import llguidance
-
-    return Spec(llguidance.LLMatcher.grammar_from_json_schema(_schema(schema, param), defaults=JSON_OPTIONS), param)  # type: ignore[arg-type]
-
-
-def regex(pattern: Any, param: str) -> Spec:
-    import llguidance
-
-    if not isinstance(pattern, str) or not pattern:
-        raise ConstraintError(param, f"{param}: a regular expression is a non-empty string")
-    return Spec(llguidance.LLMatcher.grammar_from_regex(pattern), param)
-
-
-def choice(options: Any, param: str) -> Spec:
-    import llguidance
-
-    if not isinstance(options, list) or not options or not all(isinstance(o, str) and o for o in options):
-        raise ConstraintError(param, f"{param}: a list of one or more non-empty strings")
-    return Spec(llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(_lark_string(o) for o in options)), param)
-
-
-def grammar(text: Any, param: str) -> Spec:
-    """A Lark grammar (llguidance's dialect) or a GBNF one (llama.cpp's), told apart by llguidance."""
-    import llguidance
-
-    if not isinstance(text, str) or not text.strip():
-        raise ConstraintError(param, f"{param}: a grammar is a non-empty string (Lark or GBNF)")
-    try:
-        return Spec(llguidance.grammar_from("grammar", text), param)
-    except ValueError as exc:
-        raise ConstraintError(param, f"{param}: {exc}") from None
+__all__ = ["ConstraintError", "Grammars", "Spec", "from_hf", "from_request", "tool_call"]
 
 
 def from_request(req: Any) -> Spec | None:
@@ -148,13 +87,13 @@ def tool_call(
     def args(tool: dict[str, Any]) -> str:
         function = tool["function"]
         loose = not forced and not function.get("strict")
-        schema = dict(_schema({"type": "object"} if loose else (function.get("parameters") or {"type": "object"}), "tools"))
+        schema = dict(as_schema({"type": "object"} if loose else (function.get("parameters") or {"type": "object"}), "tools"))
         schema["x-guidance"] = {**JSON_OPTIONS, **schema.get("x-guidance", {})}
         return "%json " + json.dumps(schema)
 
     def body(i: int, tool: dict[str, Any]) -> str:
         head = "{" + json.dumps("name") + ": " + json.dumps(tool["function"]["name"]) + ", " + json.dumps("arguments") + ": "
-        return f'call_{i}: {_lark_string(head)} {args(tool)} "}}"'
+        return f'call_{i}: {lark_string(head)} {args(tool)} "}}"'
 
     rules = [body(i, t) for i, t in enumerate(tools)]
     one = "call: " + " | ".join(f"call_{i}" for i in range(len(tools)))
@@ -167,100 +106,9 @@ def tool_call(
 
         def tag(text: str) -> str:
             token = (markers or {}).get(text)
-            return f"({_lark_string(text)} | <[{token}]>)" if token is not None else _lark_string(text)
+            return f"({lark_string(text)} | <[{token}]>)" if token is not None else lark_string(text)
 
         tagged = f"tagged: {tag('<tool_call>')} /\\n?/ call /\\n?/ {tag('</tool_call>')}"
         calls = "calls: tagged (/\\n?/ tagged)*" if parallel else "calls: tagged"
         lark = "\n".join(["start: TEXT | calls", "TEXT: /([^<](?s:.*))?/", calls, tagged, one, *rules])
     return Spec(llguidance.LLMatcher.grammar_from_lark(lark), "tools")
-
-
-def _lark_string(text: str) -> str:
-    return json.dumps(text)  # a JSON string literal is a Lark string literal
-
-
-# -- compiled, per engine ---------------------------------------------------------------------------------------
-
-
-class Constraint:
-    """A compiled grammar, shared by every generation that asks for it: `start()` gives each its own walk."""
-
-    def __init__(self, matcher: Any, vocab: int) -> None:
-        self.matcher, self.vocab = matcher, vocab
-
-    def start(self) -> Guide:
-        return Guide(self.matcher.deep_copy(), self.vocab)
-
-
-class Guide:
-    """One generation's place in its grammar: which tokens may come next, and the tokens that came."""
-
-    def __init__(self, matcher: Any, vocab: int) -> None:
-        self.matcher, self.vocab = matcher, vocab
-        self.words = np.zeros((vocab + 31) // 32, dtype=np.int32)
-
-    def allowed(self, size: int | None = None) -> np.ndarray:
-        """A bool per token id in [0, size): True where the grammar allows it next (only end-of-sequence once done)."""
-        self.matcher.unsafe_compute_mask_ptr(self.words.ctypes.data, self.words.nbytes)
-        if self.matcher.is_error():
-            raise RuntimeError(f"the output constraint failed: {self.matcher.get_error()}")
-        bits = np.unpackbits(self.words.view(np.uint8), bitorder="little").astype(bool)
-        size = self.vocab if size is None else size
-        return bits[:size] if size <= bits.size else np.concatenate([bits, np.zeros(size - bits.size, dtype=bool)])
-
-    def advance(self, token: int) -> None:
-        if not self.matcher.consume_token(token):
-            raise RuntimeError(f"the output constraint rejected token {token}: {self.matcher.get_error()}")
-
-    @property
-    def done(self) -> bool:
-        return bool(self.matcher.is_stopped())
-
-
-class Grammars:
-    """An engine's compiled grammars, LRU-cached by grammar text (a repeated schema compiles once), built against
-    the engine's vocabulary as llguidance reads it (`Engine.guidance_tokenizer`, built on first use)."""
-
-    def __init__(self, engine: Any, size: int = CACHE_SIZE) -> None:
-        self.engine, self.size = engine, size
-        self.tokenizer: Any = None
-        self.cache: OrderedDict[str, Any] = OrderedDict()
-        self.lock = threading.Lock()
-        self.hits = 0
-
-    def compile(self, spec: Spec) -> Constraint:
-        """The compiled constraint; ConstraintError (the parameter and llguidance's reason) when it cannot be."""
-        import llguidance
-
-        with self.lock:
-            if self.tokenizer is None:
-                try:
-                    self.tokenizer = self.engine.guidance_tokenizer()
-                except Exception as exc:  # e.g. a slow (Python) tokenizer: llguidance reads fast ones
-                    raise ConstraintError(spec.param, f"{spec.param}: this model's tokenizer cannot be constrained ({exc})") from None
-            if spec.grammar in self.cache:
-                self.cache.move_to_end(spec.grammar)
-                self.hits += 1
-                return Constraint(self.cache[spec.grammar], self.engine.vocab_size)
-            tokenizer = self.tokenizer
-        matcher = llguidance.LLMatcher(tokenizer, spec.grammar, log_level=0)
-        if matcher.is_error():
-            raise ConstraintError(spec.param, f"{spec.param}: {_reason(matcher.get_error())}")
-        Guide(matcher.deep_copy(), self.engine.vocab_size).allowed()  # warms the lexer its copies share (~15 ms, once)
-        with self.lock:
-            self.cache[spec.grammar] = matcher
-            while len(self.cache) > self.size:
-                self.cache.popitem(last=False)
-        return Constraint(matcher, self.engine.vocab_size)
-
-
-def _reason(error: str) -> str:
-    """llguidance's message, less its internal prefixes."""
-    return error.strip().removeprefix("Error: ").strip()
-
-
-def from_hf(tokenizer: Any, vocab: int, eos: list[int]) -> Any:
-    """llguidance's tokenizer from a fast HF tokenizer (~1 s for a 50K vocabulary; built once per engine)."""
-    import llguidance.hf
-
-    return llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab, eos_token=eos)
