@@ -193,7 +193,7 @@ def build_plan(composed: Composed) -> Plan:
             continue
         kinds[sid] = kind
         try:
-            params[sid] = kind.params.model_validate(spec.with_)
+            params[sid] = kind.params.model_validate(spec.with_, context={"base_dir": composed.base_dir})  # files: beside the recipe
         except ValidationError as exc:
             issues += pydantic_issues(exc, ("steps", sid, "with"), smap, kind.params)
             continue
