@@ -91,7 +91,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from halo_pipeline.verifiers import sandbox
+    import halo_pipeline.sandbox as sandbox
 
     probs = problems()
     workers = os.cpu_count() or 1

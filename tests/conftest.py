@@ -29,7 +29,7 @@ def _sandbox_fallback() -> None:
     use the explicit `rlimits` opt-in instead of failing; tests/verifiers skips what only bubblewrap can pass."""
     if os.environ.get("HALO_PIPELINE_REQUIRE_BWRAP") or "HALO_PIPELINE_SANDBOX" in os.environ:
         return
-    from halo_pipeline.verifiers import sandbox
+    import halo_pipeline.sandbox as sandbox
 
     probe = sandbox.isolation("bubblewrap")
     if not probe.available:

@@ -82,7 +82,7 @@ def run_verifier(
     mean = sum(r.reward for r in results) / n if n else 0.0
     console.print(f"{verifier.name}: {n} samples, mean reward {mean:.3f}, passed {passed}/{n}, errors {errors}")
     if verifier.executes_code:
-        from halo_pipeline.verifiers import sandbox as sandboxing
+        import halo_pipeline.sandbox as sandboxing
 
         facts = sandboxing.describe(getattr(verifier.settings, "sandbox", None))
         console.print(f"isolation: {facts['isolation']}" + (f" [yellow]warning: {facts['warning']}[/yellow]" if facts["warning"] else ""))

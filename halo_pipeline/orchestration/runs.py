@@ -88,7 +88,7 @@ def code_execution(plan: Plan) -> dict[str, Any]:
                 modes.setdefault(sid, set()).update(found)
     if not modes:
         return {"enabled": False}
-    from halo_pipeline.verifiers import sandbox
+    import halo_pipeline.sandbox as sandbox
 
     weakest = "rlimits" if any("rlimits" in m for m in modes.values()) else None
     return {"enabled": True, "steps": sorted(modes), **sandbox.describe(weakest)}

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-import halo_pipeline.verifiers.sandbox as sbx
+import halo_pipeline.sandbox as sbx
 from halo_pipeline.verifiers import VerifierSettings, VerifyResult, native, register_verifier
 
 HARNESS_PYTHON = Path(__file__).with_name("_harness_python.py")

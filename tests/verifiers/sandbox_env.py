@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from halo_pipeline.verifiers import sandbox
+import halo_pipeline.sandbox as sandbox
 
 REQUIRE_BWRAP = bool(os.environ.get("HALO_PIPELINE_REQUIRE_BWRAP"))
 BWRAP_PROBE = sandbox.isolation("bubblewrap")

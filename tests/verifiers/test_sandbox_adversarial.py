@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from sandbox_env import BWRAP, REQUIRE_BWRAP, bubblewrap_only
 
-from halo_pipeline.verifiers import build_verifier, sandbox
+import halo_pipeline.sandbox as sandbox
+from halo_pipeline.verifiers import build_verifier
 
 TIMEOUT = 3.0
 ADD_TEST = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n"

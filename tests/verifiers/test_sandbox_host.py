@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from sandbox_env import bubblewrap_only, needs
 
+import halo_pipeline.sandbox as sandbox
 from conftest import cli, write
-from halo_pipeline.verifiers import build_verifier, check_spec, sandbox
+from halo_pipeline.verifiers import build_verifier, check_spec
 from halo_pipeline.verifiers.code import HARNESSES
 
 MODES = [pytest.param("bubblewrap", marks=bubblewrap_only("this mode")), "rlimits"]
@@ -134,10 +135,10 @@ def no_bubblewrap(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """This process cannot find bwrap (as on a fresh machine) and has not opted down."""
     monkeypatch.delenv("HALO_PIPELINE_SANDBOX", raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
-    sandbox._probe_bubblewrap.cache_clear()
+    sandbox.bubblewrap._probe_bubblewrap.cache_clear()
     yield
     monkeypatch.undo()
-    sandbox._probe_bubblewrap.cache_clear()
+    sandbox.bubblewrap._probe_bubblewrap.cache_clear()
 
 
 SAMPLE = {"prompt": "def f():\n", "completion": "    return 1\n", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}
@@ -154,7 +155,7 @@ def test_without_bubblewrap_code_execution_is_refused_with_the_install_line(no_b
 
 
 def test_opting_down_to_rlimits_runs_and_warns(no_bubblewrap: None, capfd: pytest.CaptureFixture[str]) -> None:
-    sandbox._warned.clear()
+    sandbox.bubblewrap._warned.clear()
     spec = {"name": "python_tests", "allow_code_execution": True, "sandbox": "rlimits"}
     assert check_spec(spec) == []
     result = build_verifier(spec).verify(SAMPLE)

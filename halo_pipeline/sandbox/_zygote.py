@@ -1,6 +1,6 @@
 """The sandbox's zygote: runs inside the sandbox (never imported by the pipeline), forks one run per request.
 
-Started once per pipeline process and kind of run (`sandbox.Zygote`), under bubblewrap or, when the
+Started once per pipeline process and kind of run (`launcher.Zygote`), under bubblewrap or, when the
 user opted down to `rlimits`, as a plain process. It loads Python and the harness modules once, so a
 run costs a fork instead of an interpreter start.
 
