@@ -278,8 +278,9 @@ class Running:
     ) -> None:
         import uvicorn
 
+        from halo_pipeline.serving.app import create_app
         from halo_pipeline.serving.engines import load_engine
-        from halo_pipeline.serving.server import Settings, create_app
+        from halo_pipeline.serving.server import Settings
 
         self.port = port or free_port()
         self.model_id = name or model_id(model)

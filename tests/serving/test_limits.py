@@ -166,8 +166,8 @@ def test_echo_tokens_and_offsets_match_decoding_the_prefixes(models: dict[str, P
 
 
 def test_streamed_text_equals_the_full_decode_at_a_constant_cost_per_token(models: dict[str, Path], smollm2_gguf: Path) -> None:
+    from halo_pipeline.serving.detokenize import TextStream
     from halo_pipeline.serving.engines import GGUFEngine, MLXEngine
-    from halo_pipeline.serving.server import TextStream
 
     text = "naïve 🦙 café — 東京 — def f(x):\n    return x * 2\n" * 80
     for engine in (MLXEngine(models["mlx"]), GGUFEngine(smollm2_gguf, parallel=1)):  # an HF tokenizer; llama.cpp's own

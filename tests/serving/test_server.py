@@ -15,8 +15,8 @@ import pytest
 import serving_fixtures
 
 from halo_pipeline.runtimes.catalog import build_tiny
+from halo_pipeline.serving.detokenize import TextStream
 from halo_pipeline.serving.launch import Running, ServeRefused, preflight
-from halo_pipeline.serving.server import TextStream
 
 models, smollm2_gguf = serving_fixtures.models, serving_fixtures.smollm2_gguf  # the fixtures the serving tests share
 
