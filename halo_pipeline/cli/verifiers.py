@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from halo_pipeline.cli import common
 from halo_pipeline.engine.errors import Issue, RecipeError
-from halo_pipeline.verifiers import UnknownVerifier, build_verifier, lookup, problems, registry
 
 
 def list_verifiers(console: Any) -> int:
     from rich.table import Table
 
+    from halo_pipeline.verifiers import registry
     from halo_pipeline.views.reference import _type_name
 
     table = Table(box=None, pad_edge=False)
@@ -36,6 +38,8 @@ def list_verifiers(console: Any) -> int:
 def run_verifier(
     name: str, input_path: Path, output: Path | None, sets: list[str], console: Any, allow_code: bool = False, sandbox: str | None = None
 ) -> int:
+    from halo_pipeline.verifiers import UnknownVerifier, build_verifier, lookup, problems
+
     spec: dict[str, Any] = {"name": name}
     for item in sets:
         key, sep, value = item.partition("=")
@@ -90,3 +94,35 @@ def run_verifier(
         if r.error:
             console.print(f"  {sample.get('id', sample.get('task_id', '?'))}: {r.error}")
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    vf = sub.add_parser("verifiers", help="list verifiers, or score a JSONL of samples with one (verifiers run NAME --input F)")
+    vf.add_argument("action", nargs="?", choices=["ls", "run"], default="ls")
+    vf.add_argument("name", nargs="?")
+    vf.add_argument("--input", help="JSONL of samples: prompt, completion and the task's fields")
+    vf.add_argument("--output", help="write each sample with its reward, passed, details and error")
+    vf.add_argument("--set", action="append", metavar="KEY=VALUE", help="a verifier setting (repeatable)")
+    vf.add_argument("--allow-code-execution", action="store_true", help="let code verifiers run the completions (sandboxed)")
+    vf.add_argument(
+        "--sandbox",
+        choices=["bubblewrap", "rlimits"],
+        help="isolation for code verifiers: bubblewrap (default, required) or rlimits (explicitly weaker: no file-system or network isolation)",
+    )
+    vf.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "run":
+        if not args.name or not args.input:
+            raise RecipeError(
+                [
+                    Issue(
+                        "verifiers run needs NAME and --input samples.jsonl",
+                        hint="halo-pipeline verifiers run python_syntax --input s.jsonl",
+                    )
+                ]
+            )
+        output = Path(args.output) if args.output else None
+        return run_verifier(args.name, Path(args.input), output, args.set or [], common.console(), args.allow_code_execution, args.sandbox)
+    return list_verifiers(common.console())
