@@ -149,35 +149,73 @@ def _plan(recipe: str | Path, overrides: list[str]) -> Plan:
     raise RecipeError(issues)
 
 
-def build_plan(composed: Composed) -> Plan:
-    """Validate everything before anything runs; raise RecipeError listing all problems."""
-    smap = composed.source
-    cfg = composed.config
-    issues: list[Issue] = []
-    warnings: list[Issue] = []
-    raw_steps = cfg.get("steps")
-    try:
-        recipe = RecipeModel.model_validate({**cfg, "steps": {}} if isinstance(raw_steps, dict) else cfg)
-    except ValidationError as exc:
-        issues += pydantic_issues(exc, (), smap, RecipeModel)
-        recipe = None  # type: ignore[assignment]
-    if not isinstance(raw_steps, dict) or not raw_steps:
-        if not any(i.key == "steps" for i in issues):
-            issues.append(smap.issue("steps", "a recipe needs a `steps:` mapping keyed by step id", "see docs/recipes.md"))
-        raise RecipeError(issues)
+@dataclass
+class _Draft:
+    """What the passes of `build_plan` fill in, in order; `issues` collects every problem they find."""
 
-    specs: dict[str, StepSpec] = {}
-    kinds: dict[str, StepKind] = {}
-    params: dict[str, Params] = {}
-    registry.importable(composed.base_dir, Path.cwd())  # `uses: my_pkg.steps.upper:run` beside the recipe or here
-    for sid, raw in raw_steps.items():
+    composed: Composed
+    raw_steps: dict[Any, Any]
+    recipe: RecipeModel | None = None
+    issues: list[Issue] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+    specs: dict[str, StepSpec] = field(default_factory=dict)
+    kinds: dict[str, StepKind] = field(default_factory=dict)
+    params: dict[str, Params] = field(default_factory=dict)
+    deps: dict[str, list[str]] = field(default_factory=dict)
+    inputs: dict[str, dict[str, Ref | Path]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    in_types: dict[str, dict[str, str]] = field(default_factory=dict)
+    out_types: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def smap(self) -> SourceMap:
+        return self.composed.source
+
+
+def build_plan(composed: Composed) -> Plan:
+    """Validate everything before anything runs; raise RecipeError listing all problems.
+
+    Six passes, in order, each adding to one draft: the recipe's own fields, each step's kind and params,
+    the wiring (references, needs), the order, the artifact types along the edges, the recipe-wide keys
+    that name steps."""
+    draft = _recipe_fields(composed)
+    _kinds_and_params(draft)
+    _wiring(draft)
+    _order(draft)
+    _artifact_types(draft)
+    _recipe_references(draft)
+    return _finish(draft)
+
+
+def _recipe_fields(composed: Composed) -> _Draft:
+    """The recipe's top-level keys against `RecipeModel`; no `steps:` mapping is the one problem that stops here."""
+    cfg = composed.config
+    raw_steps = cfg.get("steps")
+    draft = _Draft(composed, raw_steps if isinstance(raw_steps, dict) else {})
+    try:
+        draft.recipe = RecipeModel.model_validate({**cfg, "steps": {}} if isinstance(raw_steps, dict) else cfg)
+    except ValidationError as exc:
+        draft.issues += pydantic_issues(exc, (), draft.smap, RecipeModel)
+    if not draft.raw_steps:
+        if not any(i.key == "steps" for i in draft.issues):
+            draft.issues.append(draft.smap.issue("steps", "a recipe needs a `steps:` mapping keyed by step id", "see docs/recipes.md"))
+        raise RecipeError(draft.issues)
+    return draft
+
+
+def _kinds_and_params(d: _Draft) -> None:
+    """Each step's spec, its kind from the registry (or a "did you mean"), its `with:` as the kind's `Params`,
+    and the kind's own checks of those params (problems and warnings)."""
+    smap, base_dir = d.smap, d.composed.base_dir
+    registry.importable(base_dir, Path.cwd())  # `uses: my_pkg.steps.upper:run` beside the recipe or here
+    for sid, raw in d.raw_steps.items():
         sid = str(sid)
         try:
             spec = StepSpec.model_validate(raw or {})
         except ValidationError as exc:
-            issues += pydantic_issues(exc, ("steps", sid), smap, StepSpec)
+            d.issues += pydantic_issues(exc, ("steps", sid), smap, StepSpec)
             continue
-        specs[sid] = spec
+        d.specs[sid] = spec
         uses = spec.uses or sid
         try:
             kind = registry.get(uses)
@@ -189,94 +227,101 @@ def build_plan(composed: Composed) -> Plan:
                 hint = registry.search_path_hint()
             else:
                 hint = "`uses: package.module:function` names a function decorated with @halo_pipeline.engine.step.step"
-            issues.append(smap.issue(where, str(exc), hint))
+            d.issues.append(smap.issue(where, str(exc), hint))
             continue
-        kinds[sid] = kind
+        d.kinds[sid] = kind
         try:
-            params[sid] = kind.params.model_validate(spec.with_, context={"base_dir": composed.base_dir})  # files: beside the recipe
+            d.params[sid] = kind.params.model_validate(spec.with_, context={"base_dir": base_dir})  # files: beside the recipe
         except ValidationError as exc:
-            issues += pydantic_issues(exc, ("steps", sid, "with"), smap, kind.params)
+            d.issues += pydantic_issues(exc, ("steps", sid, "with"), smap, kind.params)
             continue
         if kind.check:  # a problem is text, or (key under `with`, text) to report it at that key
-            for problem in kind.check(params[sid]):
+            for problem in kind.check(d.params[sid]):
                 if isinstance(problem, Warn):
                     warn_at = ("steps", sid, "with", *[p for p in problem.key.split(".") if p])
-                    warnings.append(smap.issue(warn_at, problem.message, problem.hint))
+                    d.warnings.append(smap.issue(warn_at, problem.message, problem.hint))
                     continue
                 key, text = problem if isinstance(problem, tuple) else ("", problem)
-                issues.append(smap.issue(("steps", sid, "with", *[p for p in key.split(".") if p]), text))
+                d.issues.append(smap.issue(("steps", sid, "with", *[p for p in key.split(".") if p]), text))
 
-    deps: dict[str, list[str]] = {}
-    inputs: dict[str, dict[str, Ref | Path]] = {}
-    for sid, spec in specs.items():
-        deps[sid] = []
-        inputs[sid] = {}
-        step_kind = kinds.get(sid)
+
+def _wiring(d: _Draft) -> None:
+    """Each step's inputs parsed once (a `Ref` to a step's output, or a file), checked against the kinds'
+    inputs and outputs, plus `needs:`: the edges of the DAG."""
+    smap, raw_steps = d.smap, d.raw_steps
+    for sid, spec in d.specs.items():
+        d.deps[sid] = []
+        d.inputs[sid] = {}
+        step_kind = d.kinds.get(sid)
         for name, value in spec.inputs.items():
             at: tuple[str, ...] = ("steps", sid, "inputs", name)
             if step_kind and name not in step_kind.inputs:
                 hint = did_you_mean(name, step_kind.inputs) or f"inputs of '{step_kind.name}': {', '.join(step_kind.inputs) or 'none'}"
-                issues.append(smap.issue(at, f"'{step_kind.name}' has no input '{name}'", hint))
+                d.issues.append(smap.issue(at, f"'{step_kind.name}' has no input '{name}'", hint))
                 continue
-            ref = _parse_input(str(value), composed.base_dir)
+            ref = _parse_input(str(value), d.composed.base_dir)
             if isinstance(ref, Issue):
-                issues.append(smap.issue(at, ref.message, ref.hint))
+                d.issues.append(smap.issue(at, ref.message, ref.hint))
                 continue
             if isinstance(ref, Path):
                 if not ref.exists():
-                    issues.append(smap.issue(at, f"file not found: {ref}", "paths after `file:` are relative to the recipe's folder"))
-                inputs[sid][name] = ref
+                    d.issues.append(smap.issue(at, f"file not found: {ref}", "paths after `file:` are relative to the recipe's folder"))
+                d.inputs[sid][name] = ref
                 continue
             if ref.step not in raw_steps:
                 hint = did_you_mean(ref.step, raw_steps) or f"steps: {', '.join(map(str, raw_steps))}"
-                issues.append(smap.issue(at, f"reference to missing step '{ref.step}'", hint))
+                d.issues.append(smap.issue(at, f"reference to missing step '{ref.step}'", hint))
                 continue
-            up = kinds.get(ref.step)
+            up = d.kinds.get(ref.step)
             if up and ref.output not in up.outputs:
                 hint = did_you_mean(ref.output, up.outputs) or f"outputs of '{ref.step}': {', '.join(up.outputs)}"
-                issues.append(smap.issue(at, f"step '{ref.step}' has no output '{ref.output}'", hint))
+                d.issues.append(smap.issue(at, f"step '{ref.step}' has no output '{ref.output}'", hint))
                 continue
-            inputs[sid][name] = ref
-            if ref.step not in deps[sid]:
-                deps[sid].append(ref.step)
+            d.inputs[sid][name] = ref
+            if ref.step not in d.deps[sid]:
+                d.deps[sid].append(ref.step)
         if step_kind:
             missing = [n for n in step_kind.inputs if n not in spec.inputs and n not in step_kind.optional_inputs]
             for name in missing:
                 types = " or ".join(step_kind.inputs[name])
-                issues.append(
+                d.issues.append(
                     smap.issue(("steps", sid, "inputs"), f"missing input '{name}' ({types})", f"add `inputs: {{{name}: <step>.<output>}}`")
                 )
         for i, need in enumerate(spec.needs):
             if need not in raw_steps:
-                issues.append(smap.issue(("steps", sid, "needs", str(i)), f"needs unknown step '{need}'", did_you_mean(need, raw_steps)))
-            elif need not in deps[sid]:
-                deps[sid].append(need)
+                d.issues.append(smap.issue(("steps", sid, "needs", str(i)), f"needs unknown step '{need}'", did_you_mean(need, raw_steps)))
+            elif need not in d.deps[sid]:
+                d.deps[sid].append(need)
 
-    order: list[str] = []
+
+def _order(d: _Draft) -> None:
+    """The topological order of the steps, or the cycle reported at its first step."""
     try:
-        order = topo_order(deps)
+        d.order = topo_order(d.deps)
     except CycleError as exc:
-        issues.append(smap.issue(("steps", exc.cycle[0]), f"the steps form a {exc}", "remove one of these references or needs"))
+        d.issues.append(d.smap.issue(("steps", exc.cycle[0]), f"the steps form a {exc}", "remove one of these references or needs"))
 
-    out_types: dict[str, dict[str, str]] = {}
-    in_types: dict[str, dict[str, str]] = {}
-    for sid in order:
-        if sid not in kinds:
+
+def _artifact_types(d: _Draft) -> None:
+    """Artifact types along the edges, in order: what each input receives against what its kind accepts with
+    these params, the kind's checks of its input files, and the types of its outputs for the steps after it."""
+    for sid in d.order:
+        if sid not in d.kinds:
             continue
-        kind = kinds[sid]
-        in_types[sid] = {}
-        for name, ref in inputs[sid].items():
-            accepted = kind.accepted(name, params.get(sid))
+        kind = d.kinds[sid]
+        d.in_types[sid] = {}
+        for name, ref in d.inputs[sid].items():
+            accepted = kind.accepted(name, d.params.get(sid))
             if isinstance(ref, Path):
-                in_types[sid][name] = accepted[0]
+                d.in_types[sid][name] = accepted[0]
                 continue
-            got = out_types.get(ref.step, {}).get(ref.output)
+            got = d.out_types.get(ref.step, {}).get(ref.output)
             if got is None:
                 continue
-            in_types[sid][name] = got
+            d.in_types[sid][name] = got
             if got not in accepted and "file" not in accepted:
-                issues.append(
-                    smap.issue(
+                d.issues.append(
+                    d.smap.issue(
                         ("steps", sid, "inputs", name),
                         f"'{ref}' is a {got}, but '{kind.name}' input '{name}' takes {' or '.join(accepted)}"
                         + (" with these params" if kind.accepts else ""),
@@ -285,42 +330,51 @@ def build_plan(composed: Composed) -> Plan:
                         else "wire an output of the right type, or choose a step kind that takes this one",
                     )
                 )
-        files = {n: (r, in_types[sid][n]) for n, r in inputs[sid].items() if isinstance(r, Path) and r.exists()}
-        if kind.check_inputs and files and sid in params:  # e.g. a data file's columns against the params' `columns:`
-            for key, text in kind.check_inputs(params[sid], files):
-                issues.append(smap.issue(("steps", sid, *[p for p in key.split(".") if p]), text))
+        files = {n: (r, d.in_types[sid][n]) for n, r in d.inputs[sid].items() if isinstance(r, Path) and r.exists()}
+        if kind.check_inputs and files and sid in d.params:  # e.g. a data file's columns against the params' `columns:`
+            for key, text in kind.check_inputs(d.params[sid], files):
+                d.issues.append(d.smap.issue(("steps", sid, *[p for p in key.split(".") if p]), text))
         try:
-            out_types[sid] = {o: kind.output_type(o, in_types[sid], params.get(sid)) for o in kind.outputs}
+            d.out_types[sid] = {o: kind.output_type(o, d.in_types[sid], d.params.get(sid)) for o in kind.outputs}
         except (AttributeError, KeyError):
             continue  # its params are invalid (reported above), so its output types are unknown
 
-    if recipe is not None and (why := recipe.tracking.unavailable()):
-        issues.append(smap.issue("tracking", why))
-    if recipe is not None and recipe.objective:
+
+def _recipe_references(d: _Draft) -> None:
+    """Recipe-wide keys checked against the steps and the machine: the tracker is usable, the objective is a step's metric."""
+    recipe = d.recipe
+    if recipe is None:
+        return
+    if why := recipe.tracking.unavailable():
+        d.issues.append(d.smap.issue("tracking", why))
+    if recipe.objective:
         step_id = recipe.objective.split(".", 1)[0]
-        if step_id not in raw_steps or "." not in recipe.objective:
-            issues.append(
-                smap.issue(
-                    "objective", f"objective '{recipe.objective}' is not `<step>.<metric>` of a step", did_you_mean(step_id, raw_steps)
+        if step_id not in d.raw_steps or "." not in recipe.objective:
+            d.issues.append(
+                d.smap.issue(
+                    "objective", f"objective '{recipe.objective}' is not `<step>.<metric>` of a step", did_you_mean(step_id, d.raw_steps)
                 )
             )
 
-    if issues or recipe is None:
-        raise RecipeError(_blame_overrides(issues, composed.overrides))
+
+def _finish(d: _Draft) -> Plan:
+    """The plan, or every problem the passes found (with the overrides that caused them blamed)."""
+    if d.issues or d.recipe is None:
+        raise RecipeError(_blame_overrides(d.issues, d.composed.overrides))
     steps = {
         sid: PlannedStep(
             id=sid,
-            kind=kinds[sid],
-            params=params[sid],
-            inputs=inputs[sid],
-            input_types=in_types[sid],
-            output_types=out_types[sid],
-            deps=deps[sid],
-            spec=specs[sid],
+            kind=d.kinds[sid],
+            params=d.params[sid],
+            inputs=d.inputs[sid],
+            input_types=d.in_types[sid],
+            output_types=d.out_types[sid],
+            deps=d.deps[sid],
+            spec=d.specs[sid],
         )
-        for sid in order
+        for sid in d.order
     }
-    return Plan(composed=composed, recipe=recipe, steps=steps, warnings=warnings)
+    return Plan(composed=d.composed, recipe=d.recipe, steps=steps, warnings=d.warnings)
 
 
 def _blame_overrides(issues: list[Issue], overrides: list[str]) -> list[Issue]:
