@@ -108,7 +108,10 @@ def preview(params: TrainingParams, rows: list[dict[str, Any]], n: int = 3, toke
         import trl
 
         sft = trl.SFTConfig(output_dir=str(config.output_dir), max_length=params.max_length, use_cpu=True, bf16=False, report_to="none")
-        examples, lengths, notes = _sft(params, rows, tokenizer, chat, sft, n)
+        # KTOTrainer tokenizes the joined prompt and completion as SFTTrainer does text rows (the completion starts
+        # where the prompt's tokens and the joined text's diverge): shown from the same text rows
+        text = [data.text_row(r, chat, params.system_prompt) for r in rows]
+        examples, lengths, notes = _sft(params, rows, tokenizer, chat, sft, n, records=text)
         labels = [data.desirable(r, getattr(algo, "min_reward", 0.5)) for r in rows]
         notes.append(
             f"{algo.name} trains on {labels.count(True)} desirable and {labels.count(False)} undesirable samples"
@@ -158,21 +161,27 @@ def _by_row(dataset: Any) -> dict[int, dict[str, Any]]:
 
 
 def _sft(
-    params: TrainingParams, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
+    params: TrainingParams,
+    rows: list[dict[str, Any]],
+    tokenizer: Any,
+    chat: bool,
+    config: Any,
+    n: int,
+    records: list[dict[str, Any]] | None = None,
 ) -> tuple[list[Example], list[dict[str, int]], list[str]]:
     import trl
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    records = data.sft_rows(rows, chat, params.system_prompt)
+    if records is None:  # tokenized as the train step tokenizes them (SFTTrainer takes them as they are)
+        records = data.sft_examples(rows, tokenizer, chat, params.system_prompt)
     dataset = _dataset(records)
-    sample = records[0] if records else {}
-    # what SFTTrainer.__init__ decides before it prepares the dataset (no assistant_only_loss: no training template)
+    sample = rows[0] if rows else {}
+    # what SFTTrainer.__init__ decides before it prepares the dataset (no assistant_only_loss: no training template;
+    # completion_only_loss is set by every config the train step builds, else prompt/completion rows mask the prompt)
     owner: Any = SimpleNamespace(
         _tokenizer=tokenizer,
         chat_template=None,
-        completion_only_loss=("prompt" in sample and "completion" in sample)
-        if config.completion_only_loss is None
-        else config.completion_only_loss,
+        completion_only_loss=("messages" not in sample) if config.completion_only_loss is None else config.completion_only_loss,
     )
     prepared = _by_row(trl.SFTTrainer._prepare_dataset(owner, dataset, tokenizer, config, config.packing, None, "train"))
     full = _by_row(trl.SFTTrainer._prepare_dataset(owner, dataset, tokenizer, _untruncated(config), False, None, "train"))

@@ -24,7 +24,10 @@ def generate(
     from halo_pipeline.runtimes.hf import sample
 
     texts = [
-        tokenizer.apply_chat_template(data._user(p, system), tokenize=False, add_generation_prompt=True) if chat else p for p in prompts
+        tokenizer.apply_chat_template(data._user(p, system), tokenize=False, add_generation_prompt=True)
+        if chat
+        else data.prompt_text(p, system)
+        for p in prompts
     ]
     sampling = Sampling(n=n, temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
     out: list[list[str]] = []

@@ -95,7 +95,7 @@ def raft_train(algo: RAFT, params: TrainingParams, rows: Rows, ctx: Any, init: P
             model=model,
             args=config,
             processing_class=tokenizer,
-            train_dataset=Dataset.from_list(data.sft_rows(kept, chat, params.system_prompt)),
+            train_dataset=Dataset.from_list(data.sft_examples(kept, tokenizer, chat, params.system_prompt)),
             callbacks=[callback(metrics_path, None)],
         )
         quiet(trainer)

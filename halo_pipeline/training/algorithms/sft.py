@@ -25,7 +25,8 @@ def sft_trainer(algo: SFT, params: TrainingParams, rows: Rows, chat: bool, commo
     import trl
     from datasets import Dataset
 
-    return trl.SFTTrainer(**common, train_dataset=Dataset.from_list(data.sft_rows(rows, chat, params.system_prompt)))
+    examples = data.sft_examples(rows, common["processing_class"], chat, params.system_prompt)  # the prompt as inference tokenizes it
+    return trl.SFTTrainer(**common, train_dataset=Dataset.from_list(examples))
 
 
 ALGORITHM = Algorithm(settings=SFT, inputs=("sft_dataset",), data="sft", config=sft_config, trainer=sft_trainer)
