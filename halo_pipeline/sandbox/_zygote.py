@@ -49,12 +49,18 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 36, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 RESULT_CAP = 1 << 20
 FILE_CAP = 256 << 20
 SAMPLE_PREFIX = "halo-sbx-"
 
 _libc = ctypes.CDLL(None, use_errno=True)
+SECCOMP_FILTER = b""  # the pipeline's compiled filter (seccomp.py), installed in every run by _confine
+CGROUP_FILES = {  # per cgroup version: (memory limit, no swap beyond it, processes)
+    2: ("memory.max", "memory.swap.max", "pids.max"),
+    1: ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "pids.max"),
+}
 
 
 def _check(result: int, what: str) -> None:
@@ -82,6 +88,14 @@ class Zygote:
         self.root = os.geteuid() == 0
         self.tmp = "/tmp" if self.namespaces else (hello.get("tmp") or tempfile.gettempdir())
         self.binds_under_tmp: list[list[str]] = hello.get("binds_under_tmp", [])
+        # the pipeline's per-process cgroup dirs (one per hierarchy: v2, or v1's memory and pids), as
+        # descriptors: each run gets a child of each, removed once its supervisor is gone
+        cgroup = hello.get("cgroup") or {}
+        self.cgroup_version: int = int(cgroup.get("version", 0))
+        self.cgroup_fds: list[int] = [int(fd) for fd in cgroup.get("fds", [])]
+        self.stale_cgroups: list[str] = []
+        self.cgroup_names: dict[int, str] = {}  # supervisor pid -> its run's cgroup name
+        self.count = 0
         # supervisor pid -> (its runs' uids, our copy of its status pipe: the pipeline sees EOF only
         # once we have cleaned up after it, so a finished run has left nothing behind)
         self.runs: dict[int, tuple[list[int], int]] = {}
@@ -115,6 +129,8 @@ class Zygote:
 
     def start(self, spec: dict[str, Any], fds: list[int]) -> None:
         uids = [random.randrange(1 << 20, 1 << 30) for _ in range(2)] if self.root else []
+        self.count += 1
+        spec["cgroup_name"] = f"run-{self.count}"
         pid = os.fork()
         if pid == 0:
             code = 70
@@ -129,6 +145,7 @@ class Zygote:
         for fd in fds[1:]:
             os.close(fd)
         self.runs[pid] = (uids, fds[0])
+        self.cgroup_names[pid] = spec["cgroup_name"]
 
     def reap(self) -> None:
         """Collect finished supervisors and clean up after them (their runs' uids, dirs, orphans)."""
@@ -159,6 +176,9 @@ class Zygote:
                 _kill_uid(uid)
         for entry in _stale_dirs(self.tmp, only=pid):
             shutil.rmtree(entry, ignore_errors=True)
+        if pid in self.cgroup_names:
+            self.stale_cgroups.append(self.cgroup_names.pop(pid))
+        self.stale_cgroups = [name for name in self.stale_cgroups if not _remove_cgroup(self.cgroup_fds, name)]
         os.close(status_fd)
 
 
@@ -181,6 +201,9 @@ class Supervisor:
         self.host_work: str | None = None
         self.work = "/tmp/w"
         self.limits: dict[str, Any] = spec["limits"]
+        self.budget: dict[str, Any] = spec.get("budget") or {}
+        self.cgroup_version, self.cgroup_fds = zygote.cgroup_version, zygote.cgroup_fds
+        self.cgroup_procs: list[int] = []  # the run's cgroup.procs, which its sample joins first thing
         self.nproc_base = 0
 
     def run(self) -> int:
@@ -200,6 +223,7 @@ class Supervisor:
         else:
             self.host_dir()
         self.nproc_base = 0 if self.uid is not None else _count_own_processes()
+        self.join_budget()
         self._write_files()
         stdin = self._stdin()
         pipes = {name: os.pipe() for name in ("out", "err", *(["res"] if self.spec.get("result") else []))}
@@ -220,7 +244,7 @@ class Supervisor:
             finally:
                 os._exit(71)
         os.close(stdin)
-        for fd in [*(w for _, w in pipes.values()), *inputs.values()]:
+        for fd in [*(w for _, w in pipes.values()), *inputs.values(), *self.cgroup_procs]:
             os.close(fd)
         status = self._watch(pid, {name: r for name, (r, _) in pipes.items()}, started)
         files = self._collect()
@@ -238,6 +262,7 @@ class Supervisor:
         replies_r, replies_w = os.pipe()
         errors = os.memfd_create("stderr")
         self.nproc_base = 0 if self.uid is not None else _count_own_processes()
+        self.join_budget()
         own_pid_ns = -1
         if self.namespaces:
             own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
@@ -282,7 +307,7 @@ class Supervisor:
         _move_fds({0: null, 1: null, 2: null, 3: record, 4: replies_r, 5: requests_w})
         _close_all_but({0, 1, 2, 3, 4, 5, status_fd, errors})
         os.chdir(driver_dir)
-        _confine(self.limits, self.driver_uid, self.nproc_base, self.namespaces)
+        _confine(self.limits, self.driver_uid, self.nproc_base, self.namespaces, driver=True)
         _prctl(PR_SET_DUMPABLE, 0)  # again (a uid change resets it): no same-uid process may ptrace the driver or read its memory
         _fresh_stdio()
         timed_out = False
@@ -306,6 +331,36 @@ class Supervisor:
         os.chdir("/")
         shutil.rmtree(driver_dir, ignore_errors=True)
         return 0  # our exit takes the candidate (and all it started) with it
+
+    def join_budget(self) -> None:
+        """With cgroups: the run's own cgroup (memory and pids for all its processes together), named
+        after us; the sample moves itself in before it runs anything. Without: per-process rlimits."""
+        if not self.budget.get("cgroup") or not self.cgroup_fds:
+            return
+        name = str(self.spec["cgroup_name"])
+        memory_file, swap_file, pids_file = CGROUP_FILES[self.cgroup_version]
+        for parent in self.cgroup_fds:
+            os.mkdir(name, 0o755, dir_fd=parent)
+            run_dir = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=parent)
+            try:
+                for file, value in (
+                    (memory_file, self.budget["memory"]),
+                    (swap_file, self.budget["memory"]),
+                    (pids_file, self.budget["pids"]),
+                ):
+                    if self.cgroup_version == 2 and file == swap_file:
+                        value = 0  # v2 counts swap apart: none beyond memory.max
+                    try:
+                        fd = os.open(file, os.O_WRONLY, dir_fd=run_dir)
+                    except FileNotFoundError:  # this hierarchy has no such file (v1: memory and pids apart; no swap accounting)
+                        continue
+                    try:
+                        os.write(fd, str(value).encode())
+                    finally:
+                        os.close(fd)
+                self.cgroup_procs.append(os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=run_dir))
+            finally:
+                os.close(run_dir)
 
     def private_tmp(self) -> None:
         """This mount namespace gets its own tmpfs as /tmp, holding the work dir (nothing lands on the host)."""
@@ -448,8 +503,9 @@ class Supervisor:
                 continue
             try:
                 info = os.fstat(fd)
-                if stat.S_ISREG(info.st_mode) and info.st_size <= FILE_CAP:
-                    found.append((name, _read_fd(fd, FILE_CAP)))
+                cap = min(FILE_CAP, int(self.limits["file_size_mb"]) << 20)  # (bigger cannot be written: RLIMIT_FSIZE)
+                if stat.S_ISREG(info.st_mode) and info.st_size <= cap:
+                    found.append((name, _read_fd(fd, cap)))
             finally:
                 os.close(fd)
         return found
@@ -465,6 +521,9 @@ class Sample:
 
     def start(self) -> None:
         sup = self.sup
+        for procs in sup.cgroup_procs:  # into the run's budget before anything else happens here
+            os.write(procs, b"0")
+            os.close(procs)
         os.setsid()
         if self.own_namespaces:  # a pair's candidate: the supervisor stays outside these (it is the driver)
             _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWUTS), "unshare")
@@ -478,7 +537,7 @@ class Sample:
                 socket.sethostname("sandbox")
         os.chdir(sup.work)
         self._fds()
-        _confine(sup.limits, sup.uid, sup.nproc_base, sup.namespaces)
+        _confine(sup.limits, sup.uid, sup.nproc_base, sup.namespaces, sup.budget)
         env = {"PATH": SAFE_PATH, "HOME": sup.work, "TMPDIR": sup.work, "LANG": "C.UTF-8"}
         if self.argv:
             for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT):
@@ -538,16 +597,23 @@ class Sample:
 # ---------------------------------------------------------------- helpers
 
 
-def _confine(limits: dict[str, Any], uid: int | None, nproc_base: int, namespaces: bool) -> None:
+def _confine(
+    limits: dict[str, Any], uid: int | None, nproc_base: int, namespaces: bool, budget: dict[str, Any] | None = None, driver: bool = False
+) -> None:
     """rlimits, then no privileges: a fresh uid when root (every capability goes with root), else the
-    namespace's capabilities dropped explicitly; no-new-privs; and the parent-death signal, set after
-    the credentials changed (a uid change clears it)."""
+    namespace's capabilities dropped explicitly; no-new-privs; the seccomp filter; and the
+    parent-death signal, set after the credentials changed (a uid change clears it). A sample's
+    address space and process count come from its budget (split so that their sum stays within
+    memory_mb where no cgroup holds the total); a pair's driver keeps the plain per-process limits."""
+    budget = budget or {}
+    address_mb = int(limits["memory_mb"]) if driver else int(budget.get("address_mb", limits["memory_mb"]))
+    processes = int(limits["processes"]) if driver else int(budget.get("nproc", limits["processes"]))
     for which, value in (
         (resource.RLIMIT_CPU, int(limits["cpu_s"])),
-        (resource.RLIMIT_AS, int(limits["memory_mb"]) << 20),
+        (resource.RLIMIT_AS, address_mb << 20),
         (resource.RLIMIT_FSIZE, int(limits["file_size_mb"]) << 20),
         (resource.RLIMIT_NOFILE, int(limits["open_files"])),
-        (resource.RLIMIT_NPROC, nproc_base + int(limits["processes"])),
+        (resource.RLIMIT_NPROC, nproc_base + processes),
         (resource.RLIMIT_CORE, 0),
     ):
         resource.setrlimit(which, (value, value))
@@ -567,9 +633,39 @@ def _confine(limits: dict[str, Any], uid: int | None, nproc_base: int, namespace
         with contextlib.suppress(AttributeError):
             _check(_libc.capset(header, zeros), "capset")
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _install_seccomp(SECCOMP_FILTER)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(137)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _install_seccomp(program: bytes) -> None:
+    """Install the classic-BPF filter (8-byte `struct sock_filter`s) on this process and all it starts."""
+    if not program:
+        return
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _check(
+        _libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+        "seccomp",
+    )
+
+
+def _remove_cgroup(parents: list[int], name: str) -> bool:
+    """Remove a finished run's cgroups (True once none is left; False while a process still holds one)."""
+    done = True
+    for parent in parents:
+        try:
+            os.rmdir(name, dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            done = False
+    return done
 
 
 PATH_FDS: set[int] = set()
@@ -747,6 +843,8 @@ def main(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     data, _fds, _flags, _addr = socket.recv_fds(sock, 1 << 22, 0)
     hello = json.loads(data)
+    global SECCOMP_FILTER
+    SECCOMP_FILTER = bytes.fromhex(hello.get("seccomp", ""))
     sys.path.extend(p for p in hello.get("site_paths", []) if p not in sys.path)
     for name, source in hello.get("modules", {}).items():
         module = types.ModuleType(name)

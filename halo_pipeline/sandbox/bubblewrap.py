@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from halo_pipeline.sandbox import seccomp
+from halo_pipeline.sandbox.limits import budget
 
 SYSTEM_RO_BINDS = ("/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
 USR_MERGED_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -85,6 +89,10 @@ def describe(mode: str | None = None) -> dict[str, object]:
     facts: dict[str, object] = {"isolation": iso.name, "reason": iso.reason or None, "warning": iso.warning}
     if not iso.available:
         facts["error"] = iso.refusal()
+        return facts
+    denied = seccomp.denied_calls()
+    facts["budget"] = budget().describe()
+    facts["seccomp"] = f"denies {', '.join(denied)}" if denied else f"none: no filter for {platform.machine()}"
     return facts
 
 
@@ -128,8 +136,10 @@ def _binds_under_tmp(binds: tuple[str, ...]) -> list[list[str]]:
     return [[p, f"/.halo-binds/{i}"] for i, p in enumerate(paths)]
 
 
-def bwrap_argv(binds: tuple[str, ...]) -> list[str]:
-    args = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+def bwrap_argv(binds: tuple[str, ...], cgroup_namespace: bool = True) -> list[str]:
+    args = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+    if cgroup_namespace:
+        args.append("--unshare-cgroup-try")
     if os.geteuid() != 0:
         args += ["--unshare-user", "--cap-add", "ALL"]  # capabilities inside the user namespace only; every run drops them
     else:  # root: no user namespace, so each run can move to its own host uid

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from halo_pipeline.sandbox import limits as budgets
+from halo_pipeline.sandbox import seccomp
 from halo_pipeline.sandbox.bubblewrap import SAFE_PATH, Mode, SandboxUnavailable, _binds_under_tmp, bwrap_argv, require, world_reachable
 from halo_pipeline.sandbox.limits import Limits
 
@@ -123,14 +125,16 @@ def start(
     iso = require(mode)
     if argv is not None and any("{result_fd}" in a for a in argv):
         argv, result = [a.replace("{result_fd}", "3") for a in argv], True
+    spec_collect = list(collect)
     zygote = _zygote(iso.name, tuple(sorted(set(ro_binds))), tuple(str(m) for m in modules), tuple(preimport))
     spec = {
         "exec": argv,
         "role": role,
         "pair": list(pair) if pair else None,
         "limits": limits.model_dump(),
+        "budget": budgets.budget().for_run(limits),
         "result": result,
-        "collect": list(collect),
+        "collect": spec_collect,
         "proc": proc,
     }
     all_args = dict(args or {})
@@ -139,7 +143,9 @@ def start(
         payloads.append(_payload({}, set(), None, {}, dict(all_args.get("driver") or {})))
     else:
         payloads = [_payload(files or {}, set(executable), stdin, secrets_on_fds or {}, all_args)]
-    return zygote.launch(spec, payloads, limits.timeout_s, nonce)
+    # what may come back: the header and result pipe, two capped streams, each collected file at most file_size_mb
+    cap = (2 << 20) + 2 * (limits.output_kb << 10) + len(spec_collect) * (limits.file_size_mb << 20)
+    return zygote.launch(spec, payloads, limits.timeout_s, nonce, cap)
 
 
 def _payload(
@@ -176,8 +182,8 @@ def _payload(
 class Launched:
     """A run in progress: `wait()` for its result, `kill()` to end it early."""
 
-    def __init__(self, status_fd: int, control_fd: int, timeout_s: float, nonce: str | None):
-        self.status_fd, self.control_fd, self.nonce = status_fd, control_fd, nonce
+    def __init__(self, status_fd: int, control_fd: int, timeout_s: float, nonce: str | None, cap: int = 1 << 30):
+        self.status_fd, self.control_fd, self.nonce, self.cap = status_fd, control_fd, nonce, cap
         self.deadline = time.monotonic() + timeout_s + 10.0  # the supervisor enforces timeout_s; this only guards against its loss
         self._result: RunResult | None = None
 
@@ -196,7 +202,7 @@ class Launched:
         return self._result
 
     def _read(self) -> RunResult:
-        chunks: list[bytes] = []
+        raw = bytearray()  # one buffer, never more than the cap: the report's blobs are copied out of it once
         with selectors.DefaultSelector() as sel:
             sel.register(self.status_fd, selectors.EVENT_READ)
             while True:
@@ -209,16 +215,20 @@ class Launched:
                 chunk = os.read(self.status_fd, 1 << 20)
                 if not chunk:
                     break
-                chunks.append(chunk)
-        raw = b"".join(chunks)
+                if len(raw) + len(chunk) > self.cap:
+                    self.kill()
+                    return RunResult(None, "", "", [], 0.0, error=f"the run's report exceeded {self.cap >> 20} MB")
+                raw += chunk
         if len(raw) < 4:
             return RunResult(None, "", "", [], 0.0, error="the sandbox ended without a report (its zygote died?)")
         (size,) = struct.unpack(">I", raw[:4])
-        header = json.loads(raw[4 : 4 + size])
-        offset, blobs = 4 + size, {}
+        header = json.loads(bytes(raw[4 : 4 + size]))
+        offset, blobs, view = 4 + size, {}, memoryview(raw)
         for name, n in [*header.get("outputs", []), *header.get("files", [])]:
-            blobs[name] = raw[offset : offset + n]
+            blobs[name] = bytes(view[offset : offset + n])
             offset += n
+        view.release()
+        del raw
         res = blobs.pop("res", b"")
         out, err = blobs.pop("out", b""), blobs.pop("err", b"")
         records, extra = [], 0
@@ -259,7 +269,7 @@ class Zygote:
         self.sock: socket.socket | None = None
         self.log: Any = None
 
-    def launch(self, spec: dict[str, Any], payload_fds: list[int], timeout_s: float, nonce: str | None) -> Launched:
+    def launch(self, spec: dict[str, Any], payload_fds: list[int], timeout_s: float, nonce: str | None, cap: int) -> Launched:
         status_r, status_w = os.pipe()
         control_r, control_w = os.pipe()
         message = json.dumps(spec).encode()
@@ -282,7 +292,7 @@ class Zygote:
         finally:
             for fd in (status_w, control_r, *payload_fds):
                 os.close(fd)
-        return Launched(status_r, control_w, timeout_s, nonce)
+        return Launched(status_r, control_w, timeout_s, nonce, cap)
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -293,9 +303,11 @@ class Zygote:
             "s.detach();m.main(int(sys.argv[1]))"
         )
         command = [sys.executable, "-I", "-S", "-c", boot, str(theirs.fileno())]
-        if self.mode == "bubblewrap":
-            command = bwrap_argv(self.binds) + command
+        budget = budgets.budget()
+        if self.mode == "bubblewrap":  # (runs move into cgroups outside the zygote's: no cgroup namespace then)
+            command = bwrap_argv(self.binds, cgroup_namespace=not budget.cgroup) + command
         env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}
+        cgroup_fds = [os.open(path, os.O_RDONLY | os.O_DIRECTORY) for path in budget.dirs]
         try:
             self.proc = _spawn(
                 lambda: subprocess.Popen(
@@ -303,13 +315,15 @@ class Zygote:
                     stdin=subprocess.DEVNULL,
                     stdout=self.log,
                     stderr=self.log,
-                    pass_fds=(theirs.fileno(),),
+                    pass_fds=(theirs.fileno(), *cgroup_fds),
                     env=env,
                     start_new_session=True,  # no terminal signals: Ctrl-C is the pipeline's to handle
                 )
             )
         finally:
             theirs.close()
+            for fd in cgroup_fds:
+                os.close(fd)
         self.sock = ours
         hello = {
             "namespaces": self.mode == "bubblewrap",
@@ -318,6 +332,8 @@ class Zygote:
             "modules": {Path(m).stem.lstrip("_"): Path(m).read_text() for m in self.modules},
             "preimport": [*COMMON_MODULES, *self.preimport],
             "binds_under_tmp": _binds_under_tmp(self.binds),
+            "seccomp": seccomp.program().hex(),
+            "cgroup": {"version": budget.cgroup, "fds": cgroup_fds},
         }
         try:
             ours.sendall(ZYGOTE_SOURCE.read_bytes())
@@ -369,6 +385,7 @@ def shutdown() -> None:
     for z in zygotes:
         with z.lock:
             z._stop()
+    budgets.release()  # every run's cgroup went with its zygote: now this process's own
 
 
 def _forget_after_fork() -> None:
