@@ -1,4 +1,4 @@
-"""train: fine-tune the recipe's model with TRL (sft, dpo, orpo, simpo, kto, grpo, raft, rm) or MLX (sft on backend=mlx).
+"""train: fine-tune the recipe's model with TRL (sft, dpo, orpo, simpo, kto, grpo, raft, rm) or MLX (sft, dpo, orpo, grpo on backend=mlx).
 
 The `algorithm` group picks the method and its hyperparameters (`conf/algorithm/*.yaml`); the
 `backend` group the device and precision; `adapter` LoRA / DoRA / rsLoRA / PiSSA / QLoRA (CUDA) or
@@ -79,16 +79,10 @@ def check(params: TrainParams) -> list[Any]:
         if params.probe_verifier is None and params.verifier is None:
             problems.append(("probe_verifier", "probe_every scores the probe with a verifier: set probe_verifier (or verifier)"))
         problems += check_spec(params.probe_verifier, "probe_verifier")
-    if backend.engine == "mlx":
-        if name != "sft":
-            problems.append(
-                (
-                    "algorithm",
-                    f"backend=mlx trains sft only (mlx-lm's LoRA trainer); algorithm={name} needs a torch backend (cpu/cuda/rocm/mps)",
-                )
-            )
-        if params.adapter not in ("lora", "dora"):
-            problems.append(("adapter", f"backend=mlx supports adapter lora or dora, not {params.adapter}"))
+    if backend.engine == "mlx":  # sft, dpo, orpo, grpo (mlx-lm, mlx-lm-lora), and what of their settings MLX runs
+        from halo_pipeline.training.mlx import problems as mlx_problems
+
+        problems += mlx_problems(params)
     from halo_pipeline.training.distributed import problems as distributed_problems
     from halo_pipeline.training.gpu import problems as gpu_problems
 
@@ -146,7 +140,7 @@ def decontaminate(
     optional_inputs={"init"},
     outputs={"model": TypeByParam("output_kind", {"adapter": "adapter", "model": "model"})},
     version="1",
-    libraries=("torch", "transformers", "trl", "peft", "accelerate", "mlx-lm"),
+    libraries=("torch", "transformers", "trl", "peft", "accelerate", "mlx-lm", "mlx-lm-lora"),
     deterministic=lambda p: p.backend.is_cpu,  # seeded; GPU kernels are not bit-reproducible
     check=check,
     check_inputs=sources.check_inputs,

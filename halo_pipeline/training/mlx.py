@@ -1,5 +1,7 @@
-"""SFT with MLX: mlx-lm's own LoRA trainer, run in a subprocess (`_mlx_worker`) so MLX's runtime
-stays out of the pipeline process; each logged step lands in metrics.jsonl."""
+"""Training with MLX, in a subprocess so MLX's runtime stays out of the pipeline process: sft with mlx-lm's
+own LoRA trainer (`_mlx_worker`), dpo, orpo and grpo with mlx-lm-lora's trainers (`_mlx_lora_worker`, GRPO
+rewarded by the recipe's verifier). Both write the same adapter (mlx-lm's `adapters.safetensors` and
+`adapter_config.json`); each logged step lands in metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -14,63 +16,64 @@ import yaml
 from halo_pipeline.training.metrics import Pace
 from halo_pipeline.training.params import TrainingParams
 
+ALGORITHMS = ("sft", "dpo", "orpo", "grpo")  # what backend=mlx trains: mlx-lm (sft), mlx-lm-lora (the others)
+DPO_LOSSES = ("sigmoid", "hinge", "ipo")  # mlx-lm-lora's DPO losses that are TRL's too
+GRPO_LOSSES = {"grpo": "grpo", "bnpo": "bnpo", "dr_grpo": "dr_grpo", "dapo": "bnpo"}  # dapo: bnpo in one process, one micro-batch
+
+
+def problems(params: TrainingParams) -> list[tuple[str, str]]:
+    """What backend=mlx cannot train of these params (validate time: nothing heavy imported)."""
+    algo: Any = params.algorithm
+    out: list[tuple[str, str]] = []
+    if algo.name not in ALGORITHMS:
+        out.append(
+            (
+                "algorithm",
+                f"backend=mlx trains {', '.join(ALGORITHMS)} (mlx-lm, mlx-lm-lora); algorithm={algo.name} needs a torch backend "
+                "(cpu/cuda/rocm/mps)",
+            )
+        )
+    if params.adapter not in ("lora", "dora"):
+        out.append(("adapter", f"backend=mlx supports adapter lora or dora, not {params.adapter}"))
+    if algo.name == "dpo" and algo.loss_type not in DPO_LOSSES:
+        out.append(("algorithm.loss_type", f"backend=mlx (mlx-lm-lora) has DPO losses {', '.join(DPO_LOSSES)}, not {algo.loss_type}"))
+    if algo.name == "grpo":
+        unsupported = {
+            "scale_rewards": (algo.scale_rewards != "group", "group"),
+            "mask_truncated_completions": (algo.mask_truncated_completions, "false"),
+            "num_iterations": (algo.num_iterations != 1, "1"),
+            "use_vllm": (algo.use_vllm, "false"),
+        }
+        for key, (bad, supported) in unsupported.items():
+            if bad:
+                out.append((f"algorithm.{key}", f"backend=mlx (mlx-lm-lora's GRPO) supports algorithm.{key}={supported} only"))
+        if algo.loss_type == "dapo" and params.grad_accum > 1:
+            out.append(
+                (
+                    "algorithm.loss_type",
+                    "backend=mlx runs loss_type dapo as bnpo, the same within one micro-batch: with grad_accum > 1 "
+                    "use loss_type bnpo, grpo or dr_grpo, or grad_accum=1",
+                )
+            )
+    return out
+
 
 def train_mlx(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
-    from halo_pipeline.runtimes.catalog import fingerprint, resolve
+    from halo_pipeline.runtimes.catalog import fingerprint
 
     algo = params.algorithm
-    data_dir = ctx.path("mlx_data")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"prompt": str(r["prompt"]), "completion": str(r["completion"])}) for r in rows]
-    (data_dir / "train.jsonl").write_text("\n".join(lines) + "\n")
-    (data_dir / "valid.jsonl").write_text("\n".join(lines[: max(1, min(8, len(lines)))]) + "\n")
-    iters = params.max_steps or max(1, int(algo.epochs * len(rows) / algo.batch_size))
     adapter_dir = ctx.path("model")
     resume = adapter_dir / "adapters.safetensors"
-    config = {
-        "model": str(resolve(params.model)),
-        "train": True,
-        "data": str(data_dir),
-        "fine_tune_type": params.adapter,
-        "batch_size": min(algo.batch_size, len(rows)),
-        "iters": iters,
-        "learning_rate": algo.learning_rate,
-        "num_layers": -1,
-        "grad_accumulation_steps": params.grad_accum,
-        "steps_per_report": params.logging_steps,
-        "steps_per_eval": max(iters, 1) + 1,
-        "val_batches": 1,
-        "save_every": params.save_every,
-        "adapter_path": str(adapter_dir),
-        "max_seq_length": params.max_length,
-        "mask_prompt": getattr(algo, "completion_only_loss", True),
-        "seed": params.seed,
-        "lora_parameters": {"rank": params.lora_r, "scale": params.lora_alpha / params.lora_r, "dropout": params.lora_dropout},
-    }
-    if resume.is_file():
-        config["resume_adapter_file"] = str(resume)  # weights only: mlx-lm does not checkpoint its optimizer
-    config_path = ctx.path("mlx_lora.yaml")
-    config_path.write_text(yaml.safe_dump(config))
+    lora = {"rank": params.lora_r, "scale": params.lora_alpha / params.lora_r, "dropout": params.lora_dropout}
+    if algo.name == "sft":
+        iters = params.max_steps or max(1, int(algo.epochs * len(rows) / algo.batch_size))
+        worker, spec_path = "_mlx_worker", _sft_config(params, rows, ctx, iters, lora)
+    else:
+        iters, spec_path = _lora_spec(params, rows, ctx, lora)
+        worker = "_mlx_lora_worker"
     metrics_path = ctx.path("metrics.jsonl")
     started = time.time()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "halo_pipeline.training._mlx_worker", str(config_path), str(metrics_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    tail: list[str] = []
-    pace = Pace(ctx.log, ctx.on_progress)
-    pace.begin(0)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        tail = (tail + [line.rstrip()])[-20:]
-        if line.startswith('{"progress"'):
-            report = json.loads(line)
-            pace.logged(report["progress"], iters, report.get("row", {}))
-            pace.step(report["progress"], iters)
-    if proc.wait() != 0:
-        raise RuntimeError("mlx-lm LoRA training failed:\n" + "\n".join(tail))
+    _run(worker, spec_path, metrics_path, iters, ctx)
     from halo_pipeline.training.metrics import read
 
     logged = read(metrics_path)
@@ -91,14 +94,128 @@ def train_mlx(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any) -> d
         )
         + "\n"
     )
-    weights = adapter_dir / "adapters.safetensors"
-    return {
+    summary = {
         "steps": iters,
         "final_loss": losses[-1] if losses else None,
-        "weights_changed": _mlx_changed(weights),
+        "weights_changed": _mlx_changed(resume),
         "tokens": tokens,
         "train_s": round(time.time() - started, 3),
     }
+    rewards = [r["reward"] for r in logged if "reward" in r]
+    if rewards:
+        summary["mean_reward"] = round(sum(rewards) / len(rewards), 4)
+    return summary
+
+
+def _sft_config(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, iters: int, lora: dict[str, Any]) -> Any:
+    """mlx-lm's `lora -c` config (and its data directory) for SFT."""
+    from halo_pipeline.runtimes.catalog import resolve
+
+    algo = params.algorithm
+    data_dir = ctx.path("mlx_data")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"prompt": str(r["prompt"]), "completion": str(r["completion"])}) for r in rows]
+    (data_dir / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (data_dir / "valid.jsonl").write_text("\n".join(lines[: max(1, min(8, len(lines)))]) + "\n")
+    adapter_dir = ctx.path("model")
+    resume = adapter_dir / "adapters.safetensors"
+    config = {
+        "model": str(resolve(params.model)),
+        "train": True,
+        "data": str(data_dir),
+        "fine_tune_type": params.adapter,
+        "batch_size": min(algo.batch_size, len(rows)),
+        "iters": iters,
+        "learning_rate": algo.learning_rate,
+        "num_layers": -1,
+        "grad_accumulation_steps": params.grad_accum,
+        "steps_per_report": params.logging_steps,
+        "steps_per_eval": max(iters, 1) + 1,
+        "val_batches": 1,
+        "save_every": params.save_every,
+        "adapter_path": str(adapter_dir),
+        "max_seq_length": params.max_length,
+        "mask_prompt": getattr(algo, "completion_only_loss", True),
+        "seed": params.seed,
+        "lora_parameters": lora,
+    }
+    if resume.is_file():
+        config["resume_adapter_file"] = str(resume)  # weights only: mlx-lm does not checkpoint its optimizer
+    config_path = ctx.path("mlx_lora.yaml")
+    config_path.write_text(yaml.safe_dump(config))
+    return config_path
+
+
+def _lora_spec(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, lora: dict[str, Any]) -> tuple[int, Any]:
+    """The spec `_mlx_lora_worker` trains from: the rows, the adapter (as mlx-lm records one), mlx-lm-lora's
+    arguments. GRPO's batch is of completions, as TRL's is: batch_size / num_generations prompts a step."""
+    from halo_pipeline.runtimes.catalog import resolve
+    from halo_pipeline.training import data
+
+    algo: Any = params.algorithm
+    settings = algo.model_dump()
+    if algo.name == "grpo":
+        rows = data.prompt_rows(rows, False, None)
+        batch = max(1, algo.batch_size // algo.num_generations)
+        settings["loss_type"] = GRPO_LOSSES[algo.loss_type]
+    else:
+        rows = [{"prompt": str(r["prompt"]), "chosen": str(r["chosen"]), "rejected": str(r["rejected"])} for r in rows]
+        batch = algo.batch_size
+    batch = min(batch, len(rows))
+    iters = params.max_steps or max(1, int(algo.epochs * len(rows) / batch))
+    adapter_dir = ctx.path("model")
+    resume = adapter_dir / "adapters.safetensors"
+    model = str(resolve(params.model))
+    spec = {
+        "algorithm": algo.name,
+        "model": model,
+        "adapter": {
+            "model": model,
+            "fine_tune_type": params.adapter,
+            "num_layers": -1,
+            "lora_parameters": lora,
+            "adapter_path": str(adapter_dir),
+            "train_mode": algo.name,
+        },
+        "resume_adapter_file": str(resume) if resume.is_file() else None,  # weights only, as on the sft path
+        "seed": params.seed,
+        "learning_rate": algo.learning_rate,
+        "iters": iters,
+        "batch_size": batch,
+        "grad_accum": params.grad_accum,
+        "steps_per_report": params.logging_steps,
+        "save_every": params.save_every,
+        "max_seq_length": params.max_length,
+        "system": params.system_prompt,
+        "settings": settings,
+        "verifier": params.verifier.model_dump() if params.verifier is not None else None,
+        "rows": rows,
+    }
+    spec_path = ctx.path("mlx_lora_spec.json")
+    spec_path.write_text(json.dumps(spec, ensure_ascii=False))
+    return iters, spec_path
+
+
+def _run(worker: str, spec_path: Any, metrics_path: Any, iters: int, ctx: Any) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"halo_pipeline.training.{worker}", str(spec_path), str(metrics_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    tail: list[str] = []
+    pace = Pace(ctx.log, ctx.on_progress)
+    pace.begin(0)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        tail = (tail + [line.rstrip()])[-20:]
+        if line.startswith('{"progress"'):
+            report = json.loads(line)
+            pace.logged(report["progress"], iters, report.get("row", {}))
+            pace.step(report["progress"], iters)
+    if proc.wait() != 0:
+        library = "mlx-lm LoRA" if worker == "_mlx_worker" else "mlx-lm-lora"
+        raise RuntimeError(f"{library} training failed:\n" + "\n".join(tail))
 
 
 def _mlx_changed(weights: Any) -> bool:

@@ -159,6 +159,53 @@ def test_mlx_sft_trains_the_tiny_model(tmp_path: Path, datasets: dict[str, Artif
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
 
 
+MLX = {"name": "mlx", "engine": "mlx", "device": "default", "dtype": "float16"}
+
+
+@pytest.mark.parametrize("algo", ["dpo", "grpo", "orpo"])
+def test_mlx_preference_and_rl_algorithms_train_the_tiny_model(algo: str, tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    """mlx-lm-lora's trainers on backend=mlx: the adapter's weights move, it is mlx-lm's own adapter (it loads
+    with mlx-lm and fuses), and GRPO's rewards are the recipe's verifier's."""
+    summary, model_dir = train(tmp_path, datasets, algo, backend=MLX, max_steps=2)
+    assert summary["weights_changed"] is True and summary["steps"] == 2 and summary["final_loss"] is not None, summary
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert json.loads((model_dir / "halo_provenance.json").read_text())["format"] == "mlx"
+    if algo == "grpo":  # chrF against the reference: the verifier's reward, logged under its name
+        assert all(0 <= r["rewards/verifier_chrf/mean"] <= 1 and "reward" in r for r in rows), rows
+        assert 0 <= summary["mean_reward"] <= 1
+    else:
+        assert all("rewards/accuracies" in r for r in rows), rows
+    code = (
+        "import sys; from mlx_lm import load, generate; "
+        "m, t = load(sys.argv[1], adapter_path=sys.argv[2]); print(repr(generate(m, t, 'What is 2+2?', max_tokens=4)))"
+    )
+    from halo_pipeline.runtimes.catalog import resolve
+
+    loaded = subprocess.run([sys.executable, "-c", code, str(resolve("tiny")), str(model_dir)], capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+
+
+def test_what_mlx_cannot_train_is_a_validate_time_error() -> None:
+    from halo_pipeline.tasks import train as train_kind
+
+    def problems(algorithm: dict[str, object], **params: object) -> dict[str, str]:
+        node = {"model": "tiny", "backend": MLX, "algorithm": algorithm, "verifier": REWARD, **params}
+        return dict(train_kind.check(train_kind.TrainParams.model_validate(node)))
+
+    for algo in ("kto", "simpo", "rm", "raft"):
+        message = problems({"name": algo})["algorithm"]
+        assert "backend=mlx trains sft, dpo, orpo, grpo" in message and f"algorithm={algo} needs a torch backend" in message
+    for algo in ("sft", "dpo", "orpo", "grpo"):
+        assert problems({"name": algo}) == {}
+    assert "sigmoid, hinge, ipo" in problems({"name": "dpo", "loss_type": "robust"})["algorithm.loss_type"]
+    grpo = problems({"name": "grpo", "scale_rewards": "batch", "mask_truncated_completions": True, "num_iterations": 2}, grad_accum=2)
+    assert {"algorithm.scale_rewards", "algorithm.mask_truncated_completions", "algorithm.num_iterations", "algorithm.loss_type"} <= set(
+        grpo
+    )
+    assert "adapter lora or dora" in problems({"name": "dpo"}, adapter="rslora")["adapter"]
+
+
 def test_every_recipe_param_reaches_trl_and_peft(tmp_path: Path) -> None:
     from halo_pipeline.tasks import train as train_kind
     from halo_pipeline.training.algorithms import trainer_config
