@@ -1,13 +1,16 @@
 """Run untrusted (model-written) programs: each run in a fresh, isolated, resource-limited process.
 
 The sandbox is its own layer: it knows nothing of verifiers (they call it). By concern:
-`bubblewrap` (which isolation, bubblewrap's command line), `limits` (the limits a run gets),
-`launcher` (the zygote that forks every run, and the results) and `_zygote` (what runs inside).
+`bubblewrap` (which isolation, bubblewrap's command line), `seccomp` (the filter every run gets),
+`limits` (the limits a run gets and the budget that holds its processes together), `launcher` (the
+zygote that forks every run, and the results) and `_zygote` (what runs inside).
 
-Every run: an empty environment, no capabilities, no-new-privs, rlimits (CPU, address space, file
-size, open files, processes), a wall-clock deadline, capped stdout/stderr, stdin from /dev/null or a
-sealed memfd (never a file the parent reopens), an optional result pipe (fd 3), and files written
-into and read back from its work dir without following links or blocking on FIFOs.
+Every run: an empty environment, no capabilities, no-new-privs, the seccomp filter, rlimits (CPU,
+address space, file size, open files, processes), one memory and pids budget for all its processes
+(its own cgroup, or rlimits split so that their sum stays within memory_mb), a wall-clock deadline,
+capped stdout/stderr, stdin from /dev/null or a sealed memfd (never a file the parent reopens), an
+optional result pipe (fd 3), and files written into and read back from its work dir without
+following links or blocking on FIFOs; what comes back to the pipeline is read with a bound.
 """
 
 from __future__ import annotations
