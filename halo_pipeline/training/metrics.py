@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-CURVES = ("loss", "reward", "kl", "learning_rate", "rewards/accuracies", "accuracy", "probe/pass@1", "probe/mean_reward")
+CURVES = (
+    "loss",
+    "reward",
+    "signal_groups",
+    "kl",
+    "learning_rate",
+    "rewards/accuracies",
+    "accuracy",
+    "probe/pass@1",
+    "probe/mean_reward",
+)
+PER_REWARD = re.compile(r"rewards/(.+)/mean")  # GRPO: each reward function's mean (TRL names it after the function)
 
 
 class Pace:
     """Live progress of a training loop: a line in the step's log per logged step (step, loss/reward, pace,
     ETA) and the same figures beside the terminal's progress bar (`on_progress(done, total, **figures)`)."""
 
-    LOGGED = ("loss", "reward", "rewards/accuracies", "accuracy", "kl", "learning_rate")  # in the log line, when logged
+    LOGGED = ("loss", "reward", "signal_groups", "rewards/accuracies", "accuracy", "kl", "learning_rate")  # in the log line, when logged
     SHOWN = {"loss": "loss", "reward": "reward", "rewards/accuracies": "accuracy", "accuracy": "accuracy"}  # beside the bar
 
     def __init__(self, log: Any = None, on_progress: Callable[..., None] | None = None):
@@ -93,19 +105,30 @@ def read(metrics_path: Path) -> list[dict[str, Any]]:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
-    """Loss (and reward / KL / learning rate when logged) against the step; False when nothing was logged."""
-    series = {k: [(r["step"], r[k]) for r in rows if k in r] for k in CURVES}
-    series = {k: v for k, v in series.items() if v}
-    if not series:
+    """Loss (and reward / groups with signal / KL / learning rate when logged) against the step, and GRPO's reward
+    functions side by side when it has several; False when nothing was logged."""
+    panels: dict[str, dict[str, list[tuple[Any, Any]]]] = {k: {k: [(r["step"], r[k]) for r in rows if k in r]} for k in CURVES}
+    per_reward = sorted({m.group(1) for r in rows for k in r if (m := PER_REWARD.fullmatch(k))})
+    if len(per_reward) > 1:  # one alone is `reward`
+        panels["reward per verifier"] = {
+            n: [(r["step"], r[f"rewards/{n}/mean"]) for r in rows if f"rewards/{n}/mean" in r] for n in per_reward
+        }
+    panels = {k: lines for k, lines in panels.items() if any(lines.values())}
+    if not panels:
         return False
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # without pyplot: no global state, a faster import
 
-    fig = Figure(figsize=(3.2 * len(series), 2.8))
+    fig = Figure(figsize=(3.2 * len(panels), 2.8))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(series), squeeze=False)
-    for ax, (name, points) in zip(axes[0], series.items(), strict=True):
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None, color="#4c72b0")
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, (name, lines) in zip(axes[0], panels.items(), strict=True):
+        for label, points in lines.items():
+            marker = "." if len(points) < 30 else None
+            color = "#4c72b0" if len(lines) == 1 else None
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=color, label=label)
+        if len(lines) > 1:
+            ax.legend(fontsize="x-small")
         ax.set_title(name)
         ax.set_xlabel("step")
     fig.suptitle(title)

@@ -57,6 +57,14 @@ class DataChecks(BaseModel):
     )
 
 
+class Reward(BaseModel):
+    """One of GRPO's reward functions: a verifier and its weight in the sum."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    verifier: VerifierSpec = Field(..., description="A verifier node: a name (`math`) or `{name: ..., settings}`, like `verifier`.")
+    weight: float = Field(1.0, description="Its weight in the reward (TRL's reward_weights; negative: a penalty).")
+
+
 class TrainingParams(Params):
     """The train step's params, as the training library reads them (the step's `TrainParams` narrows `algorithm`
     to the union of every algorithm module's settings)."""
@@ -65,6 +73,11 @@ class TrainingParams(Params):
     backend: Backend = Field(default_factory=Backend, description="Device and precision (usually `${backend}`).")
     algorithm: Settings = Field(default_factory=lambda: Settings(name="sft"), description="Algorithm node (usually `${algorithm}`).")
     verifier: VerifierSpec | None = Field(None, description="Reward for grpo/raft (usually `${verifier}`).")
+    rewards: list[Reward] = Field(
+        default_factory=list,
+        description="grpo: several verifiers, each a reward function of its own with its weight, its mean logged and "
+        "plotted (TRL's reward_funcs + reward_weights); replaces `verifier` as the reward.",
+    )
     adapter: Literal["lora", "dora", "rslora", "pissa", "qlora", "none"] = Field(
         "lora", description="PEFT method, or none (full fine-tuning)."
     )

@@ -1,10 +1,14 @@
 """algorithm=grpo: group-relative policy optimization, rewarded by the recipe's verifier (TRL's GRPOConfig /
 GRPOTrainer). Its variants are TRL's own options: `loss_type` grpo | bnpo | dr_grpo | dapo (TRL's default),
 `importance_sampling_level: sequence` (GSPO), `epsilon_high` (DAPO's clip-higher), `mask_truncated_completions`,
-`num_iterations` (updates per generated batch)."""
+`num_iterations` (updates per generated batch). The reward is the recipe's verifier, or several (`rewards:` in the
+train step), each a TRL reward function of its own with its weight; `zero_variance_groups: drop` leaves groups
+whose rewards are all equal out of the loss (DAPO's dynamic sampling, by filtering), and the number of groups that
+carried signal is logged every step (`signal_groups`)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 from pydantic import Field
@@ -35,6 +39,11 @@ class GRPO(Settings):
     epsilon_high: float | None = Field(None, gt=0, description="Upper clipping bound (DAPO's clip-higher; default: epsilon).")
     mask_truncated_completions: bool = Field(False, description="Leave completions cut at max_completion_length out of the loss (DAPO).")
     num_iterations: int = Field(1, ge=1, description="Optimizer passes over each generated batch (the paper's mu).")
+    zero_variance_groups: Literal["keep", "drop"] = Field(
+        "keep",
+        description="Groups whose rewards are all equal carry no signal: keep them (TRL's way: their tokens still count "
+        "in the loss's normalizer and KL term), or drop them from the loss (DAPO's dynamic sampling, filtering).",
+    )
     use_vllm: bool = Field(False, description="Generate rollouts with vLLM (TRL's use_vllm; CUDA only).")
     vllm_mode: Literal["colocate", "server"] = Field(
         "colocate", description="colocate: vLLM inside each training rank; server: a `trl vllm-serve` process (its own environment)."
@@ -54,7 +63,7 @@ def grpo_config(algo: GRPO, params: TrainingParams, args: dict[str, Any]) -> Any
         temperature=algo.temperature,
         max_completion_length=algo.max_completion_length,
         scale_rewards=algo.scale_rewards,
-        reward_weights=[algo.reward_scale],
+        reward_weights=[weight * algo.reward_scale for _, weight in rewards(params)],
         loss_type=algo.loss_type,
         importance_sampling_level=algo.importance_sampling_level,
         epsilon_high=algo.epsilon_high,
@@ -66,15 +75,29 @@ def grpo_config(algo: GRPO, params: TrainingParams, args: dict[str, Any]) -> Any
 
 
 def grpo_trainer(algo: GRPO, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
-    import trl
     from datasets import Dataset
 
     dataset = Dataset.from_list(data.prompt_rows(rows, chat, params.system_prompt))
-    return trl.GRPOTrainer(**common, train_dataset=dataset, reward_funcs=[reward_fn(params.verifier)])
+    funcs: list[Any] = []
+    seen: set[str] = set()
+    for spec, _ in rewards(params):
+        fn = reward_fn(spec)
+        if fn.__name__ in seen:  # TRL logs each function's mean under its name: two of one verifier are told apart
+            fn.__name__ = f"{fn.__name__}_{len(funcs) + 1}"
+        seen.add(fn.__name__)
+        funcs.append(fn)
+    return trainer_class()(**common, train_dataset=dataset, reward_funcs=funcs, zero_variance_groups=algo.zero_variance_groups)
+
+
+def rewards(params: TrainingParams) -> list[tuple[Any, float]]:
+    """(verifier spec, weight) of each reward function: the train step's `rewards`, else its `verifier` alone."""
+    if params.rewards:
+        return [(r.verifier, r.weight) for r in params.rewards]
+    return [(params.verifier, 1.0)]
 
 
 def reward_fn(spec: Any) -> Any:
-    """The recipe's verifier as a TRL reward function (the task's own fields reach it as dataset columns)."""
+    """A verifier as a TRL reward function (the task's own fields reach it as dataset columns)."""
     from halo_pipeline.verifiers import build_verifier
 
     verifier = build_verifier(spec)
@@ -90,6 +113,43 @@ def reward_fn(spec: Any) -> Any:
 
     verifier_reward.__name__ = f"verifier_{verifier.name}"  # TRL logs rewards under the function's name
     return verifier_reward
+
+
+@functools.cache
+def trainer_class() -> Any:
+    """TRL's GRPOTrainer, counting the groups that carry signal (`signal_groups`, every step) and, with
+    `zero_variance_groups: drop`, leaving the others out of the loss."""
+    import torch
+    import trl
+    from trl.trainer.utils import nanstd
+
+    class GRPOTrainer(trl.GRPOTrainer):  # type: ignore[misc]
+        def __init__(self, *args: Any, zero_variance_groups: str = "keep", **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.zero_variance_groups = zero_variance_groups
+            self.last_rewards: Any = None
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[no-untyped-def]
+            self.last_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            return self.last_rewards  # every rank's, gathered: (completions, reward functions)
+
+        def _generate_and_score_completions(self, inputs):  # type: ignore[no-untyped-def]
+            output = super()._generate_and_score_completions(inputs)
+            mode = "train" if self.model.training else "eval"
+            size = self.num_generations if mode == "train" else self.num_generations_eval
+            weighted = (self.last_rewards * self.reward_weights.to(self.last_rewards.device).unsqueeze(0)).nansum(dim=1)
+            std = nanstd(weighted.view(-1, size), dim=1) if size > 1 else torch.zeros(len(weighted))
+            signal = torch.nan_to_num(std, nan=0.0) > 1e-8  # TRL's own test of a zero std (isclose to 0)
+            self._metrics[mode]["signal_groups"].append(float(signal.sum().item()))
+            if self.zero_variance_groups == "drop" and mode == "train":
+                here = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
+                keep = signal.repeat_interleave(size)[here].to(output["completion_mask"].device)
+                output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1).to(output["completion_mask"].dtype)
+                mask = output["completion_mask"] * output["tool_mask"] if "tool_mask" in output else output["completion_mask"]
+                output["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()  # the normalizer of dapo's loss
+            return output
+
+    return GRPOTrainer
 
 
 def grpo_batch(algo: GRPO, params: TrainingParams) -> str | None:
