@@ -65,9 +65,22 @@ def check(params: TrainParams) -> list[Any]:
     name = params.algorithm.name
     algorithm = algorithms.get(name)
     if algorithm.verifier:
-        if params.verifier is None:
+        if params.verifier is None and not params.rewards:
             problems.append(("verifier", f"{name} rewards with a verifier: set `verifier: ${{verifier}}` in the train step"))
         problems += check_spec(params.verifier)
+    if params.rewards:
+        if name != "grpo" or backend.engine == "mlx":
+            problems.append(
+                (
+                    "rewards",
+                    f"rewards (several weighted verifiers) are GRPO's reward functions on a torch backend, not {name} on "
+                    f"{backend.name}: use `verifier:` (one verifier, or `{{name: weighted, verifiers: [...], weights: [...]}}`)",
+                )
+            )
+        for i, reward in enumerate(params.rewards):
+            problems += check_spec(reward.verifier, f"rewards.{i}.verifier")
+    if backend.engine == "mlx" and getattr(params.algorithm, "zero_variance_groups", "keep") != "keep":
+        problems.append(("algorithm.zero_variance_groups", "drop runs in TRL's GRPO trainer (torch backends): keep it `keep` on mlx"))
     if params.adapter == "qlora" and backend.name != "cuda":
         problems.append(
             ("adapter", "adapter qlora quantizes the base to 4 bits with bitsandbytes, which needs CUDA: use backend=cuda, or adapter=lora")
