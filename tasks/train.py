@@ -1,11 +1,12 @@
-"""train: fine-tune the recipe's model with TRL (sft, dpo, orpo, simpo, kto, grpo, raft, rm) or MLX (sft, dpo, orpo, grpo on backend=mlx).
+"""train: fine-tune the recipe's model with TRL (sft, dpo, orpo, simpo, kto, grpo, raft, rm, gkd) or MLX (sft, dpo, orpo, grpo on backend=mlx).
 
 The `algorithm` group picks the method and its hyperparameters (`conf/algorithm/*.yaml`); the
 `backend` group the device and precision; `adapter` LoRA / DoRA / rsLoRA / PiSSA / QLoRA (CUDA) or
 full fine-tuning (`none`). Inputs: an `sft_dataset` for sft, a `preference_dataset` for dpo, orpo, simpo
 and rm, a verifier's samples (an `sft_dataset` with `verified` / `reward` / `label`) for kto, prompts (a
 `prompts` or `sft_dataset` artifact, task fields kept) for grpo and raft, which reward with the recipe's
-verifier. An optional `init` adapter is trained on instead of a new one (an SFT
+verifier (grpo: or several, `rewards:`), an `sft_dataset` for gkd, which distils from
+`algorithm.teacher`. An optional `init` adapter is trained on instead of a new one (an SFT
 warm-up before GRPO; docs/training.md). The output `model` is a PEFT `adapter` that records its base model, or
 a full `model` directory (full fine-tuning, and reward models, which are merged so the
 `reward_model` verifier loads them directly).
@@ -59,6 +60,8 @@ def check(params: TrainParams) -> list[Any]:
     from halo_pipeline.verifiers import check_spec
 
     problems: list[Any] = [("model", p) for p in check_reference(params.model)]
+    if (teacher := getattr(params.algorithm, "teacher", None)) is not None:  # gkd: the model it distils from
+        problems += [("algorithm.teacher", p) for p in check_reference(teacher)]
     backend = params.backend
     if why := backend.unavailable():
         problems.append(("backend", why))
@@ -121,11 +124,15 @@ def check_init(params: TrainParams, init: Artifact) -> None:
 
 
 def fingerprint(params: TrainParams) -> dict[str, Any]:
-    """The base model's content, and its tokenizer's and chat template's: they decide what the examples are."""
+    """The base model's content, and its tokenizer's and chat template's: they decide what the examples are (and
+    gkd's teacher's content)."""
     from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
     from halo_pipeline.training.tokenization import fingerprint as tokenizer_fingerprint
 
-    return {"base": model_fingerprint(params.model), "tokenizer": tokenizer_fingerprint(params.model)}
+    found = {"base": model_fingerprint(params.model), "tokenizer": tokenizer_fingerprint(params.model)}
+    if (teacher := getattr(params.algorithm, "teacher", None)) is not None:  # gkd learns the teacher's distributions
+        found["teacher"] = model_fingerprint(teacher)
+    return found
 
 
 def held_out(params: TrainParams) -> list[dict[str, Any]]:
