@@ -173,7 +173,13 @@ def run(params: DedupParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     stats = {"rows_in": 0, "exact_removed": 0, "fuzzy_removed": 0}
     lines = array("I")  # line number of each valid row, for the second (writing) pass
     numbered = read_numbered_rows(src.path, src.type, params.on_bad_rows, bad, params.columns)
-    rows = (lines.append(n) or row for n, row in numbered)
+
+    def counted() -> Iterator[dict[str, Any]]:
+        for n, row in numbered:
+            lines.append(n)
+            yield row
+
+    rows = counted()
 
     work_args = (params.normalize.model_dump(), params.exact, params.fuzzy, (params.num_perm, params.seed, params.ngram, params.unit))
     pool: ProcessPoolExecutor | None = None

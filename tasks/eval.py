@@ -122,7 +122,7 @@ def run(params: EvalParams, inputs: dict[str, Artifact], ctx: RunContext) -> dic
         if params.model is None:
             raise ValueError("nothing to evaluate: connect a `model` input or set `model:`")
         model_path = resolve(params.model)
-    engine = params.engine
+    engine: str = params.engine
     if engine == "auto":  # the model's own runtime; a PEFT adapter on an HF base goes through lm-eval's hf
         mlx_adapter = adapter is not None and (adapter / "adapters.safetensors").is_file()
         engine = "mlx" if mlx_adapter else {"gguf": "gguf", "mlx": "mlx"}.get(model_format(model_path), "hf")  # type: ignore[arg-type]
@@ -152,8 +152,9 @@ def run(params: EvalParams, inputs: dict[str, Artifact], ctx: RunContext) -> dic
             ctx.metrics[f"{task}/{metric}"] = m["value"]
             if m["stderr"] is not None:  # lm-eval's standard error, kept beside the value (runs show, runs diff, report)
                 ctx.metrics[f"{task}/{metric}_stderr"] = m["stderr"]
-            stderr = "" if m["stderr"] is None else f"{m['stderr']:.4g}"
-            interval = "" if m["stderr"] is None else f"[{m['value'] - 1.96 * m['stderr']:.4g}, {m['value'] + 1.96 * m['stderr']:.4g}]"
+            value, se = m["value"], m["stderr"]
+            stderr = "" if se is None else f"{se:.4g}"
+            interval = "" if se is None or value is None else f"[{value - 1.96 * se:.4g}, {value + 1.96 * se:.4g}]"
             lines.append(f"| {task} | {metric} | {m['value']:.4g} | {stderr} | {interval} |")
     ctx.summary(f"lm-eval on {engine} ({model_path or params.base_url}):\n\n" + "\n".join(lines))
     if harness.plot(normalized, report_dir / "eval.png", f"eval ({engine})"):
