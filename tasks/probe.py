@@ -217,7 +217,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def held_out(params: ProbeParams) -> list[dict[str, Any]]:
     """The probe's tasks — all of each source, not only the `limit` probed — are held out from training."""
-    found = [{"label": f"source {params.source}", "ref": params.source}] if params.source else []
+    found: list[dict[str, Any]] = [{"label": f"source {params.source}", "ref": params.source}] if params.source else []
     if params.tasks_file:
         found.append({"label": f"tasks_file {params.tasks_file}", "ref": params.tasks_file, "columns": dict(params.columns)})
     if params.mc_file:

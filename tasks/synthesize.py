@@ -156,8 +156,8 @@ def load_prompts(params: SynthesizeParams, inputs: dict[str, Artifact]) -> list[
                 params, f"{path}:", [n for n, _ in lines],
             )  # fmt: skip
         else:
-            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            rows = [{"id": f"p{i}", "prompt": text} for i, text in enumerate(lines, 1)]
+            texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows = [{"id": f"p{i}", "prompt": text} for i, text in enumerate(texts, 1)]
     elif (ref := params.source_ref) and ref.kind == "hf":
         rows = _with_prompt(sources.load_rows(ref, params.columns, params.limit), params, f"{params.source}: row ")
     elif ref:
@@ -244,6 +244,7 @@ def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) 
                 tokens += n_tokens
                 for prompt, samples in zip(batch, completions, strict=True):
                     results = verifier.verify_batch([{**prompt, "completion": c} for c in samples]) if verifier else None
+                    scored: list[Any] = list(results) if results else [None] * len(samples)
                     recs = [
                         {
                             "completion": c,
@@ -251,7 +252,7 @@ def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) 
                             "verified": r.passed if r else None,
                             "error": r.error if r else None,
                         }
-                        for c, r in zip(samples, results or [None] * len(samples), strict=True)
+                        for c, r in zip(samples, scored, strict=True)
                     ]
                     out.write(json.dumps({"source_id": prompt["id"], "samples": recs}) + "\n")
                     done[prompt["id"]] = recs
