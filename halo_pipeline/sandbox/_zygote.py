@@ -95,6 +95,7 @@ class Zygote:
         self.cgroup_fds: list[int] = [int(fd) for fd in cgroup.get("fds", [])]
         self.stale_cgroups: list[str] = []
         self.cgroup_names: dict[int, str] = {}  # supervisor pid -> its run's cgroup name
+        self.cgroup_prefix = f"run-{os.urandom(6).hex()}-"  # the pipeline's other zygotes share the parent cgroup
         self.count = 0
         # supervisor pid -> (its runs' uids, our copy of its status pipe: the pipeline sees EOF only
         # once we have cleaned up after it, so a finished run has left nothing behind)
@@ -130,7 +131,7 @@ class Zygote:
     def start(self, spec: dict[str, Any], fds: list[int]) -> None:
         uids = [random.randrange(1 << 20, 1 << 30) for _ in range(2)] if self.root else []
         self.count += 1
-        spec["cgroup_name"] = f"run-{self.count}"
+        spec["cgroup_name"] = f"{self.cgroup_prefix}{self.count}"
         pid = os.fork()
         if pid == 0:
             code = 70

@@ -446,18 +446,17 @@ def test_mbpp_prompts_in_words_and_several_entry_points() -> None:
 
 MEMORY_PROBE = r"""
 def add(a, b):
-    # every readable page of this process, read with process_vm_readv on itself (a sandboxed process
-    # is not dumpable, so /proc/self/mem is closed to it; this is not), searched for the marker as
+    # every readable page of this process, read through /proc/self/mem (a sandboxed process is not
+    # dumpable, which closes that file to it, so it makes itself dumpable first; process_vm_readv,
+    # which read it before, is denied by the sandbox's seccomp filter), searched for the marker as
     # text and inside every base64 run
     import base64, binascii, ctypes, os, re
     libc = ctypes.CDLL(None, use_errno=True)
-
-    class IOV(ctypes.Structure):
-        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+    libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+    mem = os.open("/proc/self/mem", os.O_RDONLY)
 
     mark = re.compile(rb"HALO-MARK" + rb"ER-[0-9a-f]{32}")
     step, overlap = 4 << 20, 64 << 10
-    buf = ctypes.create_string_buffer(step)
     pages = 0
     for line in open("/proc/self/maps").read().splitlines():
         span, perms = line.split()[:2]
@@ -467,11 +466,12 @@ def add(a, b):
         at = lo
         while at < hi:
             size = min(step, hi - at)
-            local, remote = IOV(ctypes.addressof(buf), size), IOV(at, size)
-            got = libc.process_vm_readv(os.getpid(), ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-            if got > 0:
+            try:
+                chunk = os.pread(mem, size, at)
+            except OSError:
+                chunk = b""
+            if chunk:
                 pages += 1
-                chunk = buf.raw[:got]
                 if mark.search(chunk):
                     return 1
                 for blob in re.findall(rb"[A-Za-z0-9+/]{40,}={0,2}", chunk):
