@@ -1,6 +1,6 @@
 """Dataset rows (our artifact JSONL) -> the dataset formats TRL's trainers take.
 
-SFT examples are tokenized here, not by the trainer: the prompt as inference tokenizes it (the chat template's
+SFT examples and DPO pairs are tokenized here, not by the trainer: the prompt as inference tokenizes it (the chat template's
 rendering with its generation prompt, or the plain prompt with the tokenizer's special tokens), then the
 completion tokenized on its own. Tokenizing the joined text instead lets the prompt's last token merge with the
 completion's first (a newline with the indentation after it, a colon with a bracket), so the model would train
@@ -87,6 +87,19 @@ def sft_examples(rows: list[dict[str, Any]], tokenizer: Any, chat: bool, system:
             len(rows),
             differs[0][-40:],
         )
+    return out
+
+
+def preference_examples(rows: list[dict[str, Any]], tokenizer: Any, chat: bool, system: str | None) -> list[dict[str, Any]]:
+    """Tokenized preference pairs (`prompt_ids`, `chosen_ids`, `rejected_ids`, as DPOTrainer prepares them): the
+    prompt as inference tokenizes it, each side tokenized on its own after it (see `sft_examples`)."""
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        prompt = str(r["prompt"])
+        example: dict[str, Any] = {"prompt_ids": prompt_ids(tokenizer, prompt, chat, system)}
+        for side in ("chosen", "rejected"):
+            example[f"{side}_ids"] = _encode(tokenizer, _completion_text(tokenizer, prompt, str(r[side]), chat, system)[0], False)
+        out.append(example)
     return out
 
 

@@ -209,8 +209,14 @@ def _dpo(
     import trl
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    records = data.preference_rows(rows, chat, params.system_prompt)
-    prepared, full = _pairs_prepared(trl.DPOTrainer, records, tokenizer, config)
+    if params.algorithm.name == "dpo":  # tokenized as the train step tokenizes them (DPOTrainer keeps them)
+        from halo_pipeline.training.algorithms.dpo import trainer_class
+
+        records = data.preference_examples(rows, tokenizer, chat, params.system_prompt)
+        prepared, full = _pairs_prepared(trainer_class(), records, tokenizer, config)
+    else:  # orpo, simpo: text pairs, as their trainers take them
+        records = data.preference_rows(rows, chat, params.system_prompt)
+        prepared, full = _pairs_prepared(trl.DPOTrainer, records, tokenizer, config)
     collator = DataCollatorForPreference(
         pad_token_id=tokenizer.pad_token_id,
         max_length=config.max_length,

@@ -3,7 +3,8 @@ tokenizes the prompt before it generates, then the completion's own tokens; not 
 where the prompt's last token merges with the completion's first. Held for a chat template whose generation
 prompt ends in a space ("Answer: " + "it is…" tokenizes to " it"), the tiny model's ChatML template (its
 newline merges with the indentation of code), and a model trained without a template (a plain prompt ending in
-a newline). The trainer's dataset, the preview, and TRL's own warning about such prompts are checked."""
+a newline). The trainer's dataset, the preview, and TRL's own warning about such prompts are checked, for SFT
+and for DPO's pairs."""
 
 from __future__ import annotations
 
@@ -120,3 +121,30 @@ def test_a_template_that_renders_the_prompt_differently_alone_still_trains_after
     tail = tokenizer("it is 2.<|im_end|>\n", add_special_tokens=False)["input_ids"]
     assert example["input_ids"] == head + tail and example["completion_mask"] == [0] * len(head) + [1] * len(tail)
     assert "renders 1 of 1 prompts differently alone" in caplog.text
+
+
+@pytest.mark.parametrize("case", ["answer-template", "no-template"])
+def test_dpo_pairs_are_the_prompt_as_inference_tokenizes_it_then_each_side(
+    case: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from accelerate.logging import MultiProcessAdapter
+
+    template, use_chat, prompt, completion, end = CASES[case]
+    folder = model_dir(tmp_path, template)
+    params = TrainParams.model_validate({"model": str(folder), "algorithm": {"name": "dpo"}, "use_chat_template": use_chat})
+    rows = [{"id": "p1", "prompt": prompt, "chosen": completion, "rejected": "    pass" if case == "no-template" else "it is 3."}]
+    runtime = HFRuntime(folder, use_chat_template=use_chat)
+    head = inference_prompt_ids(runtime, prompt)
+    sides = {
+        s: [int(i) for i in runtime.tokenizer(rows[0][s] + end, add_special_tokens=False)["input_ids"]] for s in ("chosen", "rejected")
+    }
+    MultiProcessAdapter.warning_once.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        real = built_trainer(params, rows, tmp_path)
+    assert not [r for r in caplog.records if WARNING in r.getMessage()]
+    prepared = real.train_dataset[0]
+    assert list(prepared["prompt_ids"]) == head
+    assert {s: list(prepared[f"{s}_ids"]) for s in sides} == sides
+    shown = preview(params, rows, n=1).examples[0].sequences
+    assert [(seq.side, seq.ids) for seq in shown] == [(s, head + ids) for s, ids in sides.items()]
+    assert all(seq.trained == [False] * len(head) + [True] * (len(seq.ids) - len(head)) for seq in shown)

@@ -36,11 +36,29 @@ def dpo_config(algo: DPO, params: TrainingParams, args: dict[str, Any]) -> Any:
     )
 
 
-def dpo_trainer(algo: DPO, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
+def trainer_class() -> Any:
+    """TRL's DPOTrainer taking pairs already tokenized (`data.preference_examples`: the prompt as inference
+    tokenizes it, each side on its own). DPOTrainer tokenizes the joined text and cuts the prompt where it
+    diverges from the prompt's own tokens; given `prompt_ids` it keeps only its filter of pairs whose prompt
+    alone fills `max_length` (the collator would truncate every completion token away)."""
     import trl
+
+    class PretokenizedDPOTrainer(trl.DPOTrainer):  # type: ignore[misc]
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+            if "prompt_ids" not in dataset.column_names:
+                return trl.DPOTrainer._prepare_dataset(self, dataset, processing_class, args, dataset_name)
+            if args.max_length is not None and args.truncation_mode == "keep_start":
+                dataset = dataset.filter(lambda example: len(example["prompt_ids"]) < args.max_length)
+            return dataset
+
+    return PretokenizedDPOTrainer
+
+
+def dpo_trainer(algo: DPO, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
     from datasets import Dataset
 
-    return trl.DPOTrainer(**common, train_dataset=Dataset.from_list(data.preference_rows(rows, chat, params.system_prompt)))
+    pairs = data.preference_examples(rows, common["processing_class"], chat, params.system_prompt)  # the prompt as inference tokenizes it
+    return trainer_class()(**common, train_dataset=Dataset.from_list(pairs))
 
 
 ALGORITHM = Algorithm(settings=DPO, inputs=("preference_dataset",), data="preference", config=dpo_config, trainer=dpo_trainer)
