@@ -1,4 +1,4 @@
-"""Format and reference verifiers: json_schema, json_structure, numeric, bleu, rouge, chrf.
+"""Format and reference verifiers: json_schema, json_structure, json_fields, numeric, bleu, rouge, chrf.
 
 None of them run model-written code. Reference metrics use maintained libraries (sacrebleu,
 rouge-score) rather than hand-written scores.
@@ -117,6 +117,77 @@ def _has_path(value: Any, path: list[str]) -> bool:
             return False
         value = value[part]
     return True
+
+
+class JsonFieldsSettings(VerifierSettings):
+    answer_field: str = Field("reference", description="Sample field holding the reference record (JSON text or an object).")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="A JSON Schema the record must also satisfy (default: none; the reference's fields are the check)."
+    )
+
+
+def _check_fields_schema(settings: JsonFieldsSettings) -> list[str]:
+    return _check_schema(JsonSchemaSettings(name="json_schema", json_schema=settings.json_schema))
+
+
+@register_verifier("json_fields", JsonFieldsSettings, check=_check_fields_schema)
+def json_fields(settings: JsonFieldsSettings, sample: Mapping[str, Any]) -> VerifyResult:
+    """Field-level accuracy of a JSON record against the reference record, graduated: the share of the reference's
+    fields (leaves, nested objects walked: `ship_to.city`) the completion has with an equal value, less credit for
+    each field the reference does not have (correct / (reference fields + extra fields)). Passed only for the exact
+    record — every field right, none missing or extra — valid against `json_schema` when one is set. Strings compare
+    after trimming; numbers by value (2 == 2.0), never as strings ("2" != 2). Details: the fields wrong, missing and
+    extra, and per-sample `metrics` (valid_json, field_accuracy) that probe averages beside pass@1 (the exact records)."""
+    reference = sample.get(settings.answer_field)
+    if isinstance(reference, str):
+        try:
+            reference = json.loads(reference)
+        except json.JSONDecodeError:
+            return VerifyResult(0.0, False, {}, f"the sample's `{settings.answer_field}` is not JSON")
+    if not isinstance(reference, Mapping):
+        return VerifyResult(0.0, False, {}, f"no reference record: give samples a `{settings.answer_field}` object")
+    want = dict(_leaves(reference))
+    value, error = _json_value(str(sample.get("completion", "")))
+    if error or not isinstance(value, Mapping):
+        reason = error or f"the JSON is a {type(value).__name__}, not an object"
+        return VerifyResult(0.0, False, {"reason": reason, "metrics": {"valid_json": 0.0, "field_accuracy": 0.0}})
+    got = dict(_leaves(value))
+    right = [k for k in want if k in got and _same(got[k], want[k])]
+    wrong = sorted(k for k in want if k in got and k not in right)
+    missing = sorted(k for k in want if k not in got)
+    extra = sorted(k for k in got if k not in want)
+    accuracy = len(right) / max(1, len(want) + len(extra))
+    schema_errors: list[str] = []
+    if settings.json_schema is not None:
+        import jsonschema
+
+        validator = jsonschema.validators.validator_for(settings.json_schema)(settings.json_schema)
+        schema_errors = [e.message for e in validator.iter_errors(value)][:3]
+    exact = not (wrong or missing or extra or schema_errors)
+    details = {
+        "wrong": wrong, "missing": missing, "extra": extra, **({"schema_errors": schema_errors} if schema_errors else {}),
+        "metrics": {"valid_json": 1.0, "field_accuracy": round(accuracy, 6)},
+    }  # fmt: skip
+    return VerifyResult(1.0 if exact else min(accuracy, 0.99), exact, details)
+
+
+def _leaves(value: Mapping[str, Any], prefix: str = "") -> Any:
+    for key, item in value.items():
+        path = f"{prefix}{key}"
+        if isinstance(item, Mapping) and item:
+            yield from _leaves(item, path + ".")
+        else:
+            yield path, item
+
+
+def _same(got: Any, want: Any) -> bool:
+    if isinstance(want, bool) or isinstance(got, bool):
+        return got is want
+    if isinstance(want, int | float) and isinstance(got, int | float):
+        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(want, str) and isinstance(got, str):
+        return got.strip() == want.strip()
+    return bool(got == want)
 
 
 class NumericSettings(VerifierSettings):
