@@ -2,8 +2,8 @@
 
 `mode: smoke` (default) starts the server on a free loopback port, runs the real `openai` client
 against it — model list, chat, streamed chat with usage, completions with echo log-probs, a few
-concurrent streams — records latency and throughput, stops it, and writes the exact command that
-serves the artifact. `mode: foreground` serves on `host:port` until interrupted (the API key comes
+concurrent streams, and with `response_format` a structured request whose reply must follow it — records
+latency and throughput, stops it, and writes the exact command that serves the artifact. `mode: foreground` serves on `host:port` until interrupted (the API key comes
 from `$HALO_PIPELINE_API_KEY` or `api_key_file`, never the recipe).
 """
 
@@ -20,6 +20,7 @@ from pydantic import Field
 
 from halo_pipeline.engine.groups import Backend
 from halo_pipeline.engine.step import Artifact, Params, RunContext, step
+from halo_pipeline.runtimes.constraints import ResponseFormat, response_format_problems
 
 
 class ServeParams(Params):
@@ -36,6 +37,15 @@ class ServeParams(Params):
     parallel: int = Field(4, ge=1, le=64, description="Concurrent sequences.")
     max_tokens: int = Field(32, ge=1, description="smoke: tokens per probe request.")
     concurrent: int = Field(4, ge=1, le=32, description="smoke: simultaneous streams in the load probe.")
+    response_format: ResponseFormat | None = Field(
+        None, description="smoke: also send `structured_prompt` with this output constraint; the reply must follow it."
+    )
+    structured_prompt: str = Field("Describe an order as JSON.", description="smoke: the prompt of the structured request.")
+    structured_max_tokens: int = Field(384, ge=1, description="smoke: tokens for the structured reply (room to finish the JSON).")
+
+
+def check(params: ServeParams) -> list[Any]:
+    return list(response_format_problems(params.response_format))
 
 
 @step(
@@ -44,6 +54,7 @@ class ServeParams(Params):
     version="1",
     deterministic=False,
     libraries=("llama-cpp-python", "transformers", "mlx-lm"),
+    check=check,
 )
 def run(params: ServeParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
     from halo_pipeline.serving.engines import pick_engine
@@ -63,6 +74,10 @@ def run(params: ServeParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
         raise ServeStopped(f"serving {model} on {params.host}:{params.port} was stopped")  # nothing to cache: it never finishes
     with Running(model, engine, backend=params.backend, parallel=params.parallel) as server:
         found = smoke(server.url, server.model_id, params.max_tokens, params.concurrent)
+        if params.response_format is not None:
+            found.update(
+                structured(server.url, server.model_id, params.response_format, params.structured_prompt, params.structured_max_tokens)
+            )
     found.update({"mode": "smoke", "engine": engine, "command": shlex.join(command)})
     ctx.metrics.update({k: found[k] for k in ("ttft_p50_s", "chat_latency_s", "tokens_per_s_1", f"tokens_per_s_{params.concurrent}")})
     ctx.summary(
@@ -136,3 +151,34 @@ def smoke(url: str, model: str, max_tokens: int = 32, concurrent: int = 4) -> di
         f"tokens_per_s_{concurrent}": round(sum(r["tokens"] for r in runs) / max(wall, 1e-9), 1),
         "echo_prompt_tokens": len(scores),
     }
+
+
+def structured(url: str, model: str, response_format: ResponseFormat, prompt: str, max_tokens: int) -> dict[str, Any]:
+    """One chat request with the output constraint, through the openai client as a user sends it; raises unless the
+    reply follows it (JSON valid against the schema, or the regex/choice matched whole)."""
+    import re
+
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="smoke", max_retries=0, timeout=120)
+    request = response_format.openai()
+    extra = {"response_format": request.pop("response_format")} if "response_format" in request else {}
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
+        extra_body=request or None, **extra,
+    )  # fmt: skip
+    text = reply.choices[0].message.content or ""
+    if reply.choices[0].finish_reason == "length":
+        raise RuntimeError(f"the structured reply did not finish in {max_tokens} tokens (raise structured_max_tokens): {text!r}")
+    if (schema := response_format.schema_dict) is not None:
+        import jsonschema
+
+        try:
+            jsonschema.validate(json.loads(text), schema)
+        except (ValueError, jsonschema.ValidationError) as exc:
+            raise RuntimeError(f"the server's structured reply does not follow response_format: {exc}: {text!r}") from None
+    elif response_format.type in ("regex", "choice"):
+        allowed = response_format.pattern if response_format.type == "regex" else "|".join(map(re.escape, response_format.choices or []))
+        if not re.fullmatch(allowed or "", text):
+            raise RuntimeError(f"the server's structured reply does not match response_format: {text!r}")
+    return {"structured_reply": text, "structured_valid": True}

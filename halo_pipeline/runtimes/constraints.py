@@ -200,7 +200,7 @@ class ResponseFormat(BaseModel):
     json_schema_: dict[str, Any] | str | None = Field(
         None, alias="schema", description="json_schema: the JSON schema, inline or a .json file (relative to the recipe)."
     )
-    schema_file: str | None = Field(None, description="Where the schema was read from (set when `schema` names a file).")
+    schema_file: str | None = Field(None, description="The file the schema was read from, as the recipe names it (set for you).")
     json_schema: dict[str, Any] | None = Field(None, description="OpenAI's form: {name, schema, strict}.")
     pattern: str | None = Field(None, description="regex: the regular expression the whole output matches.")
     choices: list[str] | None = Field(None, description="choice: the output is exactly one of these.")
@@ -220,7 +220,7 @@ class ResponseFormat(BaseModel):
             raise ValueError(f"schema file {path}: {exc.strerror or exc}; give a path relative to the recipe's folder") from None
         except ValueError as exc:
             raise ValueError(f"schema file {path} is not JSON: {exc}") from None
-        return {**data, "schema": schema, "schema_file": str(path)}
+        return {**data, "schema": schema, "schema_file": data["schema"]}  # as written: the key holds the schema, not where it lay
 
     @model_validator(mode="after")
     def _fields_of_type(self) -> ResponseFormat:
@@ -265,6 +265,20 @@ class ResponseFormat(BaseModel):
             spec = {"name": "output", "schema": self.schema_dict, "strict": True, **(self.json_schema or {})}
             return {"response_format": {"type": "json_schema", "json_schema": spec}}
         return {f"guided_{self.type}": {"regex": self.pattern, "choice": self.choices, "grammar": self.grammar}[self.type]}
+
+
+def response_format_problems(response_format: ResponseFormat | None) -> list[tuple[str, str]]:
+    """Validation: (key, why) when the library cannot compile the format (an unsupported schema keyword, a bad regex)."""
+    if response_format is None:
+        return []
+    import llguidance
+
+    try:
+        spec = response_format.spec()
+    except ConstraintError as exc:
+        return [("response_format", exc.message)]
+    error = llguidance.LLMatcher.validate_grammar(spec.grammar, None)  # what compiling it for any vocabulary would say
+    return [("response_format", f"llguidance cannot compile it: {_reason(error)}")] if error else []
 
 
 class GuidedLogits:
