@@ -164,8 +164,8 @@ MLX = {"name": "mlx", "engine": "mlx", "device": "default", "dtype": "float16"}
 
 @pytest.mark.parametrize("algo", ["dpo", "grpo", "orpo"])
 def test_mlx_preference_and_rl_algorithms_train_the_tiny_model(algo: str, tmp_path: Path, datasets: dict[str, Artifact]) -> None:
-    """mlx-lm-lora's trainers on backend=mlx: the adapter's weights move, it is mlx-lm's own adapter (it loads
-    with mlx-lm and fuses), and GRPO's rewards are the recipe's verifier's."""
+    """mlx-lm-lora's trainers on backend=mlx: the adapter's weights move, it is mlx-lm's own adapter (merge
+    fuses it), and GRPO's rewards are the recipe's verifier's."""
     summary, model_dir = train(tmp_path, datasets, algo, backend=MLX, max_steps=2)
     assert summary["weights_changed"] is True and summary["steps"] == 2 and summary["final_loss"] is not None, summary
     rows = read_jsonl(tmp_path / "metrics.jsonl")
@@ -176,14 +176,12 @@ def test_mlx_preference_and_rl_algorithms_train_the_tiny_model(algo: str, tmp_pa
         assert 0 <= summary["mean_reward"] <= 1
     else:
         assert all("rewards/accuracies" in r for r in rows), rows
-    code = (
-        "import sys; from mlx_lm import load, generate; "
-        "m, t = load(sys.argv[1], adapter_path=sys.argv[2]); print(repr(generate(m, t, 'What is 2+2?', max_tokens=4)))"
-    )
-    from halo_pipeline.runtimes.catalog import resolve
+    # merge fuses it with mlx-lm (as it does the sft path's adapter), and the fused model loads in transformers
+    from transformers import AutoModelForCausalLM
 
-    loaded = subprocess.run([sys.executable, "-c", code, str(resolve("tiny")), str(model_dir)], capture_output=True, text=True, timeout=300)
-    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    outputs, _ = run_kind("merge", {"model": "tiny"}, {"adapter": Artifact("adapter", model_dir)}, tmp_path / "merge")
+    assert json.loads((outputs["model"] / "halo_merge.json").read_text())["method"] == "mlx_lm fuse"
+    assert AutoModelForCausalLM.from_pretrained(outputs["model"]).num_parameters() > 90_000
 
 
 def test_what_mlx_cannot_train_is_a_validate_time_error() -> None:
