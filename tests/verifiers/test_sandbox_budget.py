@@ -16,6 +16,7 @@ from sandbox_env import bubblewrap_only, needs
 import halo_pipeline.sandbox as sandbox
 from halo_pipeline.sandbox import limits as budgets
 from halo_pipeline.sandbox import seccomp
+from halo_pipeline.sandbox.launcher import Launched
 from halo_pipeline.verifiers.code import HARNESSES
 
 MODES = [pytest.param("bubblewrap", marks=bubblewrap_only("this mode")), "rlimits"]
@@ -244,3 +245,35 @@ def test_a_compile_that_reads_dev_zero_is_stopped_by_the_memory_budget(mode: str
     assert run.returncode != 0 and "main.o" not in run.files, run
     assert not run.timed_out, "the memory budget, not the deadline, should end it"
     assert len(run.stderr) <= 256 << 10
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_run_has_a_cgroup_of_its_own_where_one_can_be_made(mode: str) -> None:
+    budget = budgets.budget()
+    if not budget.cgroup:
+        pytest.skip("no writable cgroup here: the split rlimits are in force (tested above)")
+    read = "print([line for line in open('/proc/self/cgroup').read().splitlines() if 'halo-sandbox-' in line])"
+    first, second = python(read, mode), python(read, mode)
+    assert first.stdout.strip() not in ("", "[]") and first.stdout != second.stdout, (first, second)
+    assert f"halo-sandbox-{os.getpid()}/run-" in first.stdout
+
+
+def test_a_report_larger_than_its_bound_is_refused_unread() -> None:
+    """The pipeline reads a run's report into one buffer bounded by what the run may send back."""
+    status_r, status_w = os.pipe()
+    control_r, control_w = os.pipe()
+    launched = Launched(status_r, control_w, 10.0, None, cap=1 << 20)
+    writer = os.fork()
+    if writer == 0:
+        try:
+            os.close(status_r)
+            chunk = b"x" * (1 << 16)
+            for _ in range(64):  # 4 MB: a supervisor gone wrong
+                os.write(status_w, chunk)
+        finally:
+            os._exit(0)
+    os.close(status_w)
+    result = launched.wait()
+    os.waitpid(writer, 0)
+    os.close(control_r)
+    assert result.error and "exceeded 1 MB" in result.error, result
