@@ -179,7 +179,7 @@ def evaluate(
 
     # lm-eval shells out to `git describe` in the working directory: git's "fatal: not a git repository"
     # lands on the terminal outside a checkout, and the user's commit has nothing to do with the model's scores.
-    lm_eval.evaluator.get_git_commit_hash = lambda: None  # type: ignore[attr-defined]
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
 
     dirs = [shipped_tasks_dir(), *(include or [])]
     local = local_task_names(dirs)

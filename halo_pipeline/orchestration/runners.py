@@ -51,7 +51,7 @@ def _dask(cfg: dict[str, Any], resources: dict[str, Any]) -> Any:
     import dask
     from prefect_dask import DaskTaskRunner
 
-    class DaskRunner(DaskTaskRunner):  # type: ignore[misc]
+    class DaskRunner(DaskTaskRunner):
         """prefect-dask's runner; a step's resources become its Dask task's resource restrictions."""
 
         def submit(self, task: Any, parameters: Any, wait_for: Any = None, dependencies: Any = None) -> Any:
@@ -83,7 +83,7 @@ def _ray(cfg: dict[str, Any], resources: dict[str, Any]) -> Any:
     except ImportError:
         raise RecipeError([Issue("runner=ray needs prefect-ray and ray", key="runner", hint="pip install 'halo-pipeline[ray]'")]) from None
 
-    class RayRunner(RayTaskRunner):  # type: ignore[misc]
+    class RayRunner(RayTaskRunner):
         """prefect-ray's runner; a step's resources become its Ray task's remote options (num_gpus, resources)."""
 
         def submit(self, task: Any, parameters: Any, wait_for: Any = None, dependencies: Any = None) -> Any:

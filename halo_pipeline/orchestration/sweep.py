@@ -41,7 +41,7 @@ JOB_RECORD = "job.json"  # in each job's directory: what the job did, for the sw
 _SWEEP_DIRS: list[Path] = []  # set by SweepDir in the launching process
 
 
-class SweepDir(Callback):  # type: ignore[misc]
+class SweepDir(Callback):
     """A Hydra callback that tells the launching process where the sweep's job directories are."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
@@ -118,7 +118,7 @@ class Job:
             return None
         if plan.recipe.objective and result["objective"] is None and self.sweeper == "optuna":
             raise RecipeError([Issue(f"objective '{plan.recipe.objective}' produced no value", key="objective")])
-        return result["objective"]  # type: ignore[no-any-return]
+        return result["objective"]
 
     def _invalid(self, hc: Any, problems: list[str]) -> None:
         """An invalid job runs nothing: its record says why, and the sweep goes on with the others."""

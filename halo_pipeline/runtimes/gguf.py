@@ -319,7 +319,7 @@ class GGUFRuntime:
         known = {"chatml": formats.format_chatml, "llama-2": formats.format_llama2, "llama-3": formats.format_llama3}
         known["mistral-instruct"] = formats.format_mistral_instruct
         if llm.chat_format in known:
-            result = known[llm.chat_format](messages=messages)  # type: ignore[operator]
+            result = known[llm.chat_format](messages=messages)
         else:
             eos = llm.detokenize([llm.token_eos()]).decode(errors="replace")
             bos = llm.detokenize([llm.token_bos()]).decode(errors="replace") if llm.token_bos() >= 0 else ""

@@ -222,7 +222,7 @@ class GGUFEngine(Engine):
         bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace") if llm.token_bos() >= 0 else ""
         rendered: Any = render_jinja_template(
             [messages],
-            tools=list(tools) if tools else None,  # type: ignore[arg-type]
+            tools=list(tools) if tools else None,
             chat_template=template,
             add_generation_prompt=True,
             bos_token=bos,

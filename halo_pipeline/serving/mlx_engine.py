@@ -242,7 +242,7 @@ class MLXEngine(Engine):
         from halo_pipeline.runtimes.mlx import last_hidden
 
         model = self.models[adapter or "base"]
-        return self._call(lambda: [mean_pool(last_hidden(model, ids)) for ids in prompts])  # type: ignore[no-any-return]
+        return self._call(lambda: [mean_pool(last_hidden(model, ids)) for ids in prompts])
 
 
 def _step(token: int, logprobs: Any, k: int) -> Step:
