@@ -30,6 +30,22 @@ class Limits(BaseModel):
     output_kb: int = Field(256, ge=1, description="stdout/stderr kept per stream; more output kills the run.")
     tmp_mb: int = Field(64, ge=1, description="Size of the run's private /tmp, which holds its work dir (bubblewrap only).")
 
+    def for_compile(self, timeout_s: float) -> Limits:
+        """A compile of a sample under the sample's own memory budget and output cap: the compile's time,
+        room for a compiler's processes and threads (64) and for its objects and binary (64 MB files,
+        a 256 MB /tmp). C, C++ (`<bits/stdc++.h>`) and Rust programs compile within the default 1024 MB
+        where a cgroup holds the budget; under the split rlimits a compile needs 2048 MB (C, C++: up
+        to four processes at once) or 8192 MB (Rust: 16 threads)."""
+        return self.model_copy(
+            update={
+                "timeout_s": timeout_s,
+                "cpu_s": max(1, int(timeout_s)),
+                "processes": max(self.processes, 64),
+                "file_size_mb": max(self.file_size_mb, 64),
+                "tmp_mb": max(self.tmp_mb, 256),
+            }
+        )
+
 
 # ---------------------------------------------------------------- one budget per sample
 

@@ -277,3 +277,26 @@ def test_a_report_larger_than_its_bound_is_refused_unread() -> None:
     os.waitpid(writer, 0)
     os.close(control_r)
     assert result.error and "exceeded 1 MB" in result.error, result
+
+
+@needs("gcc", "g++")
+@pytest.mark.parametrize("mode", MODES)
+def test_compiles_fit_the_samples_own_budget_and_dev_zero_does_not(mode: str) -> None:
+    """`Limits.for_compile`: the verifier's memory_mb and output cap, the compile's time."""
+    limits = sandbox.Limits().for_compile(60.0)
+    assert (limits.memory_mb, limits.output_kb, limits.timeout_s) == (1024, 256, 60.0)
+    if not budgets.budget().cgroup:
+        limits = limits.model_copy(update={"memory_mb": 2048})  # the split rlimits: room for gcc's four processes
+    program = (
+        '#include <bits/stdc++.h>\nint main(){std::map<int, std::vector<std::string>> m; m[1].push_back("a"); std::cout << m.size();}\n'
+    )
+    built = sandbox.run(
+        ["/usr/bin/g++", "-O1", "-std=c++17", "main.cc", "-o", "prog"],
+        files={"main.cc": program},
+        limits=limits,
+        mode=mode,
+        collect=["prog"],
+    )
+    assert built.returncode == 0 and built.files.get("prog"), built.stderr
+    zero = sandbox.run(["/usr/bin/gcc", "-c", "main.c"], files={"main.c": '#include "/dev/zero"\n'}, limits=limits, mode=mode)
+    assert zero.returncode != 0 and not zero.timed_out and "out of memory" in zero.stderr, zero
