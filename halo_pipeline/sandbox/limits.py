@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,20 +93,31 @@ def split(limits: Limits) -> tuple[int, int]:
 
 
 _budgets: dict[int, Budget] = {}
+_budgets_lock = threading.Lock()  # verifier batches start runs from many threads: one budget is made once
+
+
+def _fresh_lock_after_fork() -> None:
+    global _budgets_lock
+    _budgets_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_fresh_lock_after_fork)
 
 
 def budget() -> Budget:
     """This pipeline process's budget: cgroup v2 where the memory and pids controllers can be given to
     a child cgroup, else v1's memory (and pids) hierarchy where writable (as root), else the split rlimits."""
     pid = os.getpid()
-    if pid not in _budgets:
-        _budgets[pid] = _cgroup_budget(pid) or Budget()
-    return _budgets[pid]
+    with _budgets_lock:
+        if pid not in _budgets:
+            _budgets[pid] = _cgroup_budget(pid) or Budget()
+        return _budgets[pid]
 
 
 def release() -> None:
     """Remove this process's cgroup dirs (their runs are over: every zygote has exited)."""
-    found = _budgets.pop(os.getpid(), None)
+    with _budgets_lock:
+        found = _budgets.pop(os.getpid(), None)
     if found:
         for path in found.dirs:
             _remove_tree(path)
