@@ -202,7 +202,7 @@ def _make(base: str, name: str, version: int) -> str | None:
         os.makedirs(path, exist_ok=True)
         if version == 2:
             Path(path, "cgroup.subtree_control").write_text("+memory +pids")
-        # one throwaway run cgroup proves that limits can be written here
+        # one throwaway run cgroup proves that limits can be written here and a process can join it
         probe = os.path.join(path, "probe")
         os.mkdir(probe)
         try:
@@ -210,12 +210,27 @@ def _make(base: str, name: str, version: int) -> str | None:
                 "memory.max" if version == 2 else ("memory.limit_in_bytes" if Path(probe, "memory.limit_in_bytes").exists() else "pids.max")
             )
             Path(probe, limit).write_text(str(1 << 30) if limit.startswith("memory") else "8")
+            if not _can_join(os.path.join(probe, "tasks" if version == 1 else "cgroup.procs")):
+                raise OSError(f"a process cannot join {probe}")
         finally:
             os.rmdir(probe)
     except OSError:
         _remove_tree(path)
         return None
     return path
+
+
+def _can_join(members: str) -> bool:
+    """Whether a process can move itself into a cgroup, as every run's sample does (a child that exits at once)."""
+    child = os.fork()
+    if child == 0:  # only system calls here: another thread may hold any lock at the fork
+        try:
+            fd = os.open(members, os.O_WRONLY)
+            os.write(fd, b"0")
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    return os.waitpid(child, 0)[1] == 0
 
 
 def _remove_tree(path: str) -> None:
