@@ -75,7 +75,7 @@ def register_verifier(
 
 
 def registry() -> dict[str, Registered]:
-    from halo_pipeline.verifiers import builtin, code, compose, judge, maths, text  # noqa: F401  (registers the built-ins)
+    from halo_pipeline.verifiers import builtin, code_native, code_python, compose, judge, maths, text  # noqa: F401  (registers the built-ins)
 
     _load_plugins()
     return dict(_REGISTRY)

@@ -37,7 +37,7 @@ def needs(*tools: str) -> pytest.MarkDecorator:
 
 
 def needs_rust() -> pytest.MarkDecorator:
-    from halo_pipeline.verifiers.code import _need_toolchain
+    from halo_pipeline.verifiers.code_native import _need_toolchain
 
     problems = _need_toolchain("rust", None)
     return pytest.mark.skipif(bool(problems), reason="; ".join(problems))

@@ -72,7 +72,7 @@ def test_c_cpp_and_rust_compile_then_test() -> None:
 
 
 def test_rust_checks_survive_panics() -> None:
-    from halo_pipeline.verifiers.code import _need_toolchain
+    from halo_pipeline.verifiers.code_native import _need_toolchain
 
     if problems := _need_toolchain("rust", None):
         pytest.skip("; ".join(problems))
