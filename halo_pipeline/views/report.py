@@ -257,6 +257,28 @@ def _run_order(steps: dict[str, Any]) -> dict[str, Any]:
     return {sid: steps[sid] for sid in order}
 
 
+def _results(run_dir: Path, manifest: dict[str, Any]) -> str:
+    """The results first: each probe's base-vs-tuned table (the rows `halo-pipeline runs results` prints)."""
+    from halo_pipeline.views.results import NAMES, metric_rows, probe_reports
+
+    e = html.escape
+    parts = []
+    for sid, probe in probe_reports(run_dir, manifest).items():
+        level = f"{probe.get('confidence', 0.95):.0%}"
+        rows = "".join(
+            f"<tr><td>{e(NAMES.get(r['metric'], r['metric']))}</td><td class='num'>{e(fmt_value(r['metric'], r['baseline']))}</td>"
+            f"<td class='num'>{e(fmt_value(r['metric'], r['candidate']))}</td><td class='num'>{e(fmt_value('delta', r['delta']))}</td>"
+            f"<td>{_interval(r)}</td><td>{e(_verdict(r))}</td></tr>"
+            for r in metric_rows(probe)
+        )
+        head = f"<tr><th>metric</th><th>base</th><th>tuned</th><th>Δ</th><th>{level} interval of Δ</th><th>verdict</th></tr>"
+        tasks = (probe.get("candidate") or {}).get("tasks")
+        parts.append(
+            f"<h2>Results: {e(sid)}</h2><p class='meta'>{e(str(tasks))} held-out tasks, base vs tuned</p><table>{head}{rows}</table>"
+        )
+    return "".join(parts)
+
+
 def render(run_dir: Path, manifest: dict[str, Any]) -> str:
     e = html.escape
     state = str(manifest.get("state", ""))
@@ -282,6 +304,7 @@ def render(run_dir: Path, manifest: dict[str, Any]) -> str:
         + (f" · objective <b>{e(fmt_value('objective', manifest['objective']))}</b>" if manifest.get("objective") is not None else "")
         + "</p>",
         "<p class='links'>" + " ".join(links) + "</p>",
+        _results(run_dir, manifest),
         "<table><tr><th>step</th><th>kind</th><th>state</th><th>time</th><th>result</th></tr>",
         *(_step_row(sid, step) for sid, step in steps.items()),
         "</table>",
