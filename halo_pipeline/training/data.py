@@ -1,6 +1,6 @@
 """Dataset rows (our artifact JSONL) -> the dataset formats TRL's trainers take.
 
-SFT examples and DPO pairs are tokenized here, not by the trainer: the prompt as inference tokenizes it (the chat template's
+SFT examples, DPO pairs and KTO samples are tokenized here, not by the trainer: the prompt as inference tokenizes it (the chat template's
 rendering with its generation prompt, or the plain prompt with the tokenizer's special tokens), then the
 completion tokenized on its own. Tokenizing the joined text instead lets the prompt's last token merge with the
 completion's first (a newline with the indentation after it, a colon with a bracket), so the model would train
@@ -169,4 +169,24 @@ def labelled_rows(rows: list[dict[str, Any]], chat: bool, system: str | None, mi
                 "train on a verifier's samples (synthesize with keep_unverified: true), or map a column to `label` with `columns:`"
             )
         out.append({**text_row(r, chat, system), "label": label})
+    return out
+
+
+def labelled_examples(
+    rows: list[dict[str, Any]], tokenizer: Any, chat: bool, system: str | None, min_reward: float
+) -> list[dict[str, Any]]:
+    """KTO's samples tokenized (`prompt_ids`, `completion_ids`, `label`): the prompt as inference tokenizes it,
+    the completion on its own after it (see `sft_examples`); labelled as `labelled_rows` labels them."""
+    labelled = labelled_rows(rows, False, None, min_reward)  # the labels (and the error for a row without one)
+    out: list[dict[str, Any]] = []
+    for r, row in zip(rows, labelled, strict=True):
+        prompt = str(r["prompt"])
+        completion = _completion_text(tokenizer, prompt, str(r["completion"]), chat, system)[0]
+        out.append(
+            {
+                "prompt_ids": prompt_ids(tokenizer, prompt, chat, system),
+                "completion_ids": _encode(tokenizer, completion, False),
+                "label": row["label"],
+            }
+        )
     return out

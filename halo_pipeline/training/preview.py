@@ -108,10 +108,8 @@ def preview(params: TrainingParams, rows: list[dict[str, Any]], n: int = 3, toke
         import trl
 
         sft = trl.SFTConfig(output_dir=str(config.output_dir), max_length=params.max_length, use_cpu=True, bf16=False, report_to="none")
-        # KTOTrainer tokenizes the joined prompt and completion as SFTTrainer does text rows (the completion starts
-        # where the prompt's tokens and the joined text's diverge): shown from the same text rows
-        text = [data.text_row(r, chat, params.system_prompt) for r in rows]
-        examples, lengths, notes = _sft(params, rows, tokenizer, chat, sft, n, records=text)
+        # KTO's samples are tokenized as SFT's prompt/completion examples are (data.labelled_examples): shown that way
+        examples, lengths, notes = _sft(params, rows, tokenizer, chat, sft, n)
         labels = [data.desirable(r, getattr(algo, "min_reward", 0.5)) for r in rows]
         notes.append(
             f"{algo.name} trains on {labels.count(True)} desirable and {labels.count(False)} undesirable samples"
@@ -167,13 +165,11 @@ def _sft(
     chat: bool,
     config: Any,
     n: int,
-    records: list[dict[str, Any]] | None = None,
 ) -> tuple[list[Example], list[dict[str, int]], list[str]]:
     import trl
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    if records is None:  # tokenized as the train step tokenizes them (SFTTrainer takes them as they are)
-        records = data.sft_examples(rows, tokenizer, chat, params.system_prompt)
+    records = data.sft_examples(rows, tokenizer, chat, params.system_prompt)  # tokenized as the train step tokenizes them
     dataset = _dataset(records)
     sample = rows[0] if rows else {}
     # what SFTTrainer.__init__ decides before it prepares the dataset (no assistant_only_loss: no training template;

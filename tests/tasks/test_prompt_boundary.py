@@ -3,8 +3,8 @@ tokenizes the prompt before it generates, then the completion's own tokens; not 
 where the prompt's last token merges with the completion's first. Held for a chat template whose generation
 prompt ends in a space ("Answer: " + "it is…" tokenizes to " it"), the tiny model's ChatML template (its
 newline merges with the indentation of code), and a model trained without a template (a plain prompt ending in
-a newline). The trainer's dataset, the preview, and TRL's own warning about such prompts are checked, for SFT
-and for DPO's pairs."""
+a newline). The trainer's dataset, the preview, and TRL's own warning about such prompts are checked, for SFT,
+DPO's pairs and KTO's samples."""
 
 from __future__ import annotations
 
@@ -148,3 +148,29 @@ def test_dpo_pairs_are_the_prompt_as_inference_tokenizes_it_then_each_side(
     shown = preview(params, rows, n=1).examples[0].sequences
     assert [(seq.side, seq.ids) for seq in shown] == [(s, head + ids) for s, ids in sides.items()]
     assert all(seq.trained == [False] * len(head) + [True] * (len(seq.ids) - len(head)) for seq in shown)
+
+
+def test_kto_samples_are_the_prompt_as_inference_tokenizes_it_then_the_completion(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from accelerate.logging import MultiProcessAdapter
+
+    template, use_chat, prompt, completion, end = CASES["answer-template"]
+    folder = model_dir(tmp_path, template)
+    params = TrainParams.model_validate({"model": str(folder), "algorithm": {"name": "kto"}})
+    rows = [
+        {"id": "k1", "prompt": prompt, "completion": completion, "verified": True},
+        {"id": "k2", "prompt": prompt, "completion": "it is 3.", "verified": False},
+    ]
+    runtime = HFRuntime(folder, use_chat_template=use_chat)
+    head = inference_prompt_ids(runtime, prompt)
+    tails = [[int(i) for i in runtime.tokenizer(str(r["completion"]) + end, add_special_tokens=False)["input_ids"]] for r in rows]
+    MultiProcessAdapter.warning_once.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        real = built_trainer(params, rows, tmp_path)
+    assert not [r for r in caplog.records if WARNING in r.getMessage()]
+    prepared = sorted(real.train_dataset, key=lambda ex: not ex["label"])  # shuffled with the seed: the desirable one first
+    assert [(list(ex["prompt_ids"]), list(ex["completion_ids"]), ex["label"]) for ex in prepared] == [
+        (head, tails[0], True),
+        (head, tails[1], False),
+    ]
+    (seq,) = preview(params, rows, n=1).examples[0].sequences
+    assert seq.ids == head + tails[0] and seq.trained == [False] * len(head) + [True] * len(tails[0])

@@ -38,14 +38,38 @@ def kto_config(algo: KTO, params: TrainingParams, args: dict[str, Any]) -> Any:
     )
 
 
-def kto_trainer(algo: KTO, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
+def trainer_class() -> Any:
+    """TRL's KTOTrainer taking samples already tokenized (`data.labelled_examples`: the prompt as inference
+    tokenizes it, the completion on its own). KTOTrainer tokenizes the joined text and cuts the prompt where it
+    diverges from the prompt's own tokens; given `prompt_ids` it keeps what follows its tokenization: the filter
+    of prompts that fill `max_length`, and each batch's KL completions (the completions rotated by one)."""
     import trl
+
+    class PretokenizedKTOTrainer(trl.KTOTrainer):  # type: ignore[misc]
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+            if "prompt_ids" not in dataset.column_names:
+                return trl.KTOTrainer._prepare_dataset(self, dataset, processing_class, args, dataset_name)
+            if args.max_length is not None:
+                dataset = dataset.filter(lambda example: len(example["prompt_ids"]) < args.max_length)
+            if self.calculate_KL:
+
+                def add_kl_completion_ids(examples: dict[str, Any]) -> dict[str, Any]:
+                    examples["KL_completion_ids"] = [examples["completion_ids"][-1]] + examples["completion_ids"][:-1]
+                    return examples
+
+                dataset = dataset.map(add_kl_completion_ids, batched=True, batch_size=args.per_device_train_batch_size)
+            return dataset
+
+    return PretokenizedKTOTrainer
+
+
+def kto_trainer(algo: KTO, params: TrainingParams, rows: Rows, chat: bool, common: dict[str, Any]) -> Any:
     from datasets import Dataset
 
     # KTOTrainer reads its data in order (its KL term pairs each sample with its batch neighbours): shuffled once,
     # with the step's seed, so a batch mixes desirable and undesirable samples however the dataset is sorted
-    dataset = Dataset.from_list(data.labelled_rows(rows, chat, params.system_prompt, algo.min_reward)).shuffle(seed=params.seed)
-    return trl.KTOTrainer(**common, train_dataset=dataset)
+    samples = data.labelled_examples(rows, common["processing_class"], chat, params.system_prompt, algo.min_reward)
+    return trainer_class()(**common, train_dataset=Dataset.from_list(samples).shuffle(seed=params.seed))
 
 
 ALGORITHM = Algorithm(settings=KTO, inputs=("sft_dataset",), data="labelled", config=kto_config, trainer=kto_trainer)
