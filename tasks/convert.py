@@ -23,7 +23,9 @@ from halo_pipeline.engine.step import Artifact, Params, RunContext, step
 
 class ConvertParams(Params):
     format: Literal["gguf", "mlx", "hf"] = Field("gguf", description="Target format.")
-    quant: Literal["q4", "q8", "fp16", "bf16", "fp32"] = Field("q8", description="Target quant; usually `${quant.name}`.")
+    quant: str = Field(
+        "q8", description="Target quant: a `conf/quant/<name>.yaml` (q4, q8, fp16, bf16, fp32 ship); usually `${quant.name}`."
+    )
 
     @model_validator(mode="after")
     def _supported(self) -> ConvertParams:

@@ -185,6 +185,9 @@ def _verify(source: Path, exported: Path, report_dir: Path, quant: str | None, t
 
 
 def add_parsers(sub: Any) -> None:
+    from halo_pipeline.engine.groups import quant_names
+
+    quants = quant_names()  # conf/quant/*.yaml, the project's and the packaged ones
     m = sub.add_parser("merge", help="bake an adapter into its base, or combine adapters (peft weighted merge)")
     m.add_argument("--mode", choices=["bake", "combine"], default="bake")
     m.add_argument("--base", required=True, help="base model: directory, .gguf or catalog name")
@@ -198,10 +201,10 @@ def add_parsers(sub: Any) -> None:
     m.add_argument("--seed", type=int, default=0, help="combine with dare_*: seed of the random drop masks")
     m.add_argument("--output", required=True)
 
-    c = sub.add_parser("convert", help="convert a model to gguf / mlx / hf at q4 / q8 / fp16 / bf16 / fp32")
+    c = sub.add_parser("convert", help=f"convert a model to gguf / mlx / hf at {' / '.join(quants)}")
     c.add_argument("--source", help="model directory, .gguf or catalog name")
     c.add_argument("--format", choices=["gguf", "mlx", "hf"])
-    c.add_argument("--quant", choices=["q4", "q8", "fp16", "bf16", "fp32"])
+    c.add_argument("--quant", choices=quants)
     c.add_argument("--output")
     c.add_argument("--verify", action="store_true", help="verify the export against the source (exit 1 if broken or over budget)")
     c.add_argument("--list", action="store_true", help="the supported (format, quant) pairs")
@@ -209,6 +212,6 @@ def add_parsers(sub: Any) -> None:
     v = sub.add_parser("verify", help="is an export broken, and what does its quant cost? (tensors, reference, KL, top-1, perplexity)")
     v.add_argument("--source", required=True)
     v.add_argument("--exported", required=True)
-    v.add_argument("--quant", choices=["q4", "q8", "fp16", "bf16", "fp32"], help="budget to apply (default: the export's)")
+    v.add_argument("--quant", choices=quants, help="budget to apply (default: the export's)")
     v.add_argument("--threshold", action="append", metavar="METRIC=VALUE", help="override one bound of the cost budget (repeatable)")
     v.add_argument("--report", help="report directory (default: ./verify-<export name>; the export itself is never written to)")

@@ -9,7 +9,9 @@ mlx or a verifier: availability is checked with `importlib.util.find_spec` and d
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import math
 import os
 import platform
 import shutil
@@ -20,14 +22,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Backend(BaseModel):
-    """Where and in which precision a model runs (`conf/backend/<name>.yaml`); `mlx` routes to MLX."""
+    """Where and in which precision a model runs (`conf/backend/<name>.yaml`); `engine: mlx` routes to MLX.
+
+    The files are the list of backends: what a backend does follows from its `engine` and `device`, so a
+    new one (`conf/backend/cpu_bf16.yaml`: torch on the CPU in bfloat16) is a file, not code."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: Literal["cpu", "cuda", "rocm", "mps", "mlx"] = Field("cpu", description="The device group.")
+    name: str = Field("cpu", description="The device group: its file's name (cpu, cuda, rocm, mps, mlx ship).")
     engine: Literal["torch", "mlx"] = Field("torch", description="torch (transformers, TRL) or mlx (mlx-lm).")
     device: str = Field("cpu", description="torch device (cpu, cuda, mps); `default` for MLX.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and compute precision.")
@@ -35,24 +40,28 @@ class Backend(BaseModel):
 
     @property
     def is_cpu(self) -> bool:
-        return self.name == "cpu"
+        """torch on the CPU (deterministic kernels; llama.cpp may run GGUF models in its place)."""
+        return self.engine == "torch" and self.device == "cpu"
 
     def unavailable(self) -> str | None:
         """None when the backend can run here, else why not (with the fix)."""
-        if self.name == "cpu":
+        if self.engine == "mlx":
+            if importlib.util.find_spec("mlx") is None:
+                return f"backend '{self.name}' needs the mlx package (pip install 'mlx[cpu]' mlx-lm on Linux)"
             return None
-        if self.name == "cuda":
+        device = self.device.split(":")[0]
+        if device == "cpu":
+            return None
+        if device == "cuda" and self.name == "rocm":  # ROCm builds of torch expose the AMD GPU as "cuda"
+            return None if os.path.exists("/dev/kfd") else "backend 'rocm' needs an AMD GPU (/dev/kfd), and none was found; use backend=cpu"
+        if device == "cuda":
             if os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi"):
                 return None
-            return "backend 'cuda' needs an NVIDIA GPU and driver, and none was found; use backend=cpu"
-        if self.name == "rocm":
-            return None if os.path.exists("/dev/kfd") else "backend 'rocm' needs an AMD GPU (/dev/kfd), and none was found; use backend=cpu"
-        if self.name == "mps":
+            return f"backend '{self.name}' needs an NVIDIA GPU and driver, and none was found; use backend=cpu"
+        if device == "mps":
             ok = platform.system() == "Darwin" and platform.machine() == "arm64"
-            return None if ok else "backend 'mps' needs Apple silicon (macOS arm64); use backend=cpu"
-        if importlib.util.find_spec("mlx") is None:
-            return "backend 'mlx' needs the mlx package (pip install 'mlx[cpu]' mlx-lm on Linux)"
-        return None
+            return None if ok else f"backend '{self.name}' needs Apple silicon (macOS arm64); use backend=cpu"
+        return f"backend '{self.name}': device '{self.device}' is not one torch runs on here (cpu, cuda, mps)"
 
 
 class ModelRef(BaseModel):
@@ -109,12 +118,43 @@ class QuantFormat(BaseModel):
     thresholds: dict[str, float] = Field(default_factory=dict, description="Drift thresholds that differ in this format.")
 
 
+# The relative error each storage type allows per tensor: verify's integrity bound (export/integrity.py), and
+# what orders the quants. Worst case from each type's block arithmetic (B weights per block,
+# error per weight at most half a step, a step being the block's range over its levels; ||block|| is at
+# least its largest magnitude): symmetric types sqrt(B) * step / max = sqrt(B) / levels (a full step
+# where the top level clamps), affine types sqrt(B) / (2^bits - 1). x1.25 for the rounding of the scales
+# themselves, x2 for K-quants, whose 6-bit scales and mins are quantized again per super-block.
+GGUF_BOUNDS = {
+    "F32": 1e-6,
+    "F16": 2.0**-11,
+    "BF16": 2.0**-8,
+    "Q8_0": 1.25 * math.sqrt(32) / 254,
+    "Q5_0": 1.25 * math.sqrt(32) / 16,
+    "Q5_1": 1.25 * math.sqrt(32) / 31,
+    "Q4_0": 1.25 * math.sqrt(32) / 8,
+    "Q4_1": 1.25 * math.sqrt(32) / 15,
+    "Q6_K": 2 * math.sqrt(16) / 32,
+    "Q5_K": 2 * math.sqrt(32) / 31,
+    "Q4_K": 2 * math.sqrt(32) / 15,
+}
+DTYPE_BOUNDS = {"float32": 1e-6, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+UNKNOWN_TYPE_BOUND = 0.9  # a type not in the table: only a lost or foreign tensor (relative error ~1 or more) fails
+
+
+def storage_bound(gguf_type: str) -> float:
+    """A GGUF tensor type's bound (`Q4_K_M` is stored as `Q4_K`)."""
+    upper = gguf_type.upper()
+    base = upper.removesuffix("_S").removesuffix("_M").removesuffix("_L")
+    return GGUF_BOUNDS.get(upper, GGUF_BOUNDS.get(base, UNKNOWN_TYPE_BOUND))
+
+
 class Quant(BaseModel):
     """A quant (`conf/quant/<name>.yaml`): what it means in each export format, and how much an export at
-    this quant may drift from its source before verify fails it."""
+    this quant may drift from its source before verify fails it. The files are the list of quants: adding
+    one is adding a file (convert, verify, `convert --list` and the docs read them)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: Literal["q4", "q8", "fp16", "bf16", "fp32"]
+    name: str = Field(..., description="The quant's name: its file's name.")
     description: str = ""
     formats: dict[Literal["gguf", "mlx", "hf"], QuantFormat] = Field(default_factory=dict)
     thresholds: dict[str, float] = Field(default_factory=dict, description="Drift thresholds: metric -> bound.")
@@ -122,17 +162,51 @@ class Quant(BaseModel):
         default_factory=dict, description="Budgets measured per model family (config.json's model_type): metric -> bound."
     )
 
+    @property
+    def bits(self) -> float:
+        """Bits per weight at most, over its formats."""
+        return max((f.bits for f in self.formats.values()), default=32.0)
+
+    @property
+    def bound(self) -> float:
+        """The relative error per weight it allows: its GGUF type's, else its dtype's, else its MLX affine grid's
+        (an export made from it, in any format, carries that error)."""
+        gguf = self.formats.get("gguf")
+        if gguf is not None and gguf.gguf_type:
+            return storage_bound(gguf.gguf_type)
+        for fmt in self.formats.values():
+            if fmt.dtype:
+                return DTYPE_BOUNDS.get(fmt.dtype, UNKNOWN_TYPE_BOUND)
+            if fmt.q_bits and fmt.q_group_size:
+                return 1.25 * math.sqrt(fmt.q_group_size) / (2**fmt.q_bits - 1)
+        return UNKNOWN_TYPE_BOUND
+
+    @property
+    def torch_dtype(self) -> str | None:
+        """The dtype of its HF form (float16, bfloat16, float32), None when it has none."""
+        hf = self.formats.get("hf")
+        return hf.dtype if hf is not None else None
+
+
+def _conf_dirs(group: str) -> list[Path]:
+    """Where `conf/<group>/` options are: the user's project (cwd) first, then the packaged groups."""
+    dirs = [Path.cwd() / "conf" / group]
+    with contextlib.suppress(ModuleNotFoundError):
+        dirs.append(Path(str(files("halo_pipeline.conf") / group)))
+    return [d for d in dirs if d.is_dir()]
+
 
 def _conf_file(group: str, name: str) -> Path | None:
     """`conf/<group>/<name>.yaml` from the user's project (cwd) or the packaged groups."""
-    local = Path.cwd() / "conf" / group / f"{name}.yaml"
-    if local.is_file():
-        return local
-    try:
-        packaged = files("halo_pipeline.conf") / group / f"{name}.yaml"
-    except ModuleNotFoundError:
-        return None
-    return Path(str(packaged)) if packaged.is_file() else None
+    for folder in _conf_dirs(group):
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    return None
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its `conf/<group>/*.yaml` files' names, the project's and the packaged ones."""
+    return sorted({p.stem for folder in _conf_dirs(group) for p in folder.glob("*.yaml")})
 
 
 def catalog_entry(name: str) -> dict[str, Any] | None:
@@ -143,16 +217,33 @@ def catalog_entry(name: str) -> dict[str, Any] | None:
     return dict(yaml.safe_load(path.read_text())) if path is not None else None
 
 
-@cache
 def quant(name: str) -> Quant:
     path = _conf_file("quant", name)
     if path is None:
         raise KeyError(f"unknown quant '{name}'; quants: {', '.join(quant_names())}")
-    return Quant.model_validate(yaml.safe_load(path.read_text()))
+    return _read_quant(path, path.stat().st_mtime_ns)
+
+
+@cache
+def _read_quant(path: Path, mtime_ns: int) -> Quant:
+    found = Quant.model_validate(yaml.safe_load(path.read_text()))
+    if found.name != path.stem:
+        raise ValueError(f"{path}: name '{found.name}' is not the file's name; a quant's name is its file's name ({path.stem})")
+    return found
 
 
 def quant_names() -> list[str]:
-    return ["q4", "q8", "fp16", "bf16", "fp32"]
+    """Every quant in `conf/quant/`, fewest bits first (at equal bits, the more exact first): q4, q8, fp16, bf16, fp32."""
+    return sorted(group_options("quant"), key=lambda n: (quant(n).bits, quant(n).bound, n))
+
+
+def ladder() -> list[str]:
+    """The quants cheapest first, one per size (the most exact of those with the same bits): what verify tries next
+    when a quant costs a model too much."""
+    best: dict[float, str] = {}
+    for name in quant_names():
+        best.setdefault(quant(name).bits, name)
+    return [best[bits] for bits in sorted(best)]
 
 
 RUNNER_KEYS = {  # the settings each runner reads (conf/runner/<name>.yaml); any other is a setting it cannot honour
@@ -225,7 +316,7 @@ class Tracking(BaseModel):
     Not part of any cache key: switching trackers never reruns a step."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: Literal["none", "tensorboard", "mlflow", "wandb", "trackio"] = Field("none", description="The tracker.")
+    name: str = Field("none", description="The tracker: one of TRACKER_KEYS (none, tensorboard, mlflow, wandb, trackio).")
     uri: str | None = Field(None, description="mlflow: tracking URI (sqlite:///outputs/mlflow.db, http://host:5000, file:./mlruns).")
     experiment: str | None = Field(None, description="mlflow: experiment; wandb, trackio: project (default: the recipe's name).")
     dir: str | None = Field(None, description="tensorboard: event file root; wandb: where offline runs go.")
@@ -234,6 +325,13 @@ class Tracking(BaseModel):
     )
     entity: str | None = Field(None, description="wandb: team or user.")
     log_artifacts: bool = Field(True, description="Upload the run's replay.json, config.yaml and report.html to the tracker.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in TRACKER_KEYS:  # TRACKER_KEYS is the list: each tracker is code (orchestration/tracking.py)
+            raise ValueError(f"unknown tracker '{name}'; trackers: {', '.join(TRACKER_KEYS)}")
+        return name
 
     @model_validator(mode="after")
     def _keys_of_this_tracker(self) -> Tracking:

@@ -13,7 +13,7 @@ import runpy
 import sys
 
 CONVERTER_TYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
-QUANTIZER_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+# every other type by llama.cpp's quantizer, as its LLAMA_FTYPE_MOSTLY_<type> (a quant file names it: conf/quant/)
 
 
 def _accept_unknown_byte_level_bpe(converter: str) -> list[str]:
@@ -26,7 +26,7 @@ def _accept_unknown_byte_level_bpe(converter: str) -> list[str]:
     notes: list[str] = []
     recognise = base.TextModel.get_vocab_base_pre
 
-    def get_vocab_base_pre(self, tokenizer):  # type: ignore[no-untyped-def]
+    def get_vocab_base_pre(self: object, tokenizer: object) -> str:
         try:
             return recognise(self, tokenizer)
         except NotImplementedError:
@@ -48,11 +48,15 @@ def main() -> None:
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             raise
-    if gguf_type in QUANTIZER_TYPES:
+    if gguf_type not in CONVERTER_TYPES:
         import llama_cpp
 
         params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = getattr(llama_cpp, QUANTIZER_TYPES[gguf_type])
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{gguf_type}", None)
+        if params.ftype is None:
+            os.remove(intermediate)
+            known = sorted(n.removeprefix("LLAMA_FTYPE_MOSTLY_") for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_"))
+            sys.exit(f"gguf_type {gguf_type}: llama.cpp's quantizer has no such type; it writes {', '.join(known)}")
         sys.stdout.flush()
         rc = llama_cpp.llama_model_quantize(intermediate.encode(), out_file.encode(), ctypes.byref(params))
         os.remove(intermediate)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from halo_pipeline.export.formats import TORCH_DTYPES, lossiest, pair_problem, spec
+from halo_pipeline.export.formats import lossiest, pair_problem, spec, torch_dtypes
 from halo_pipeline.runtimes.formats import EXPORT_FILE, export_info, gguf_file
 from halo_pipeline.runtimes.hf import gguf_to_hf
 from halo_pipeline.runtimes.mlx import mlx_rope_compat
@@ -124,7 +124,7 @@ def _to_hf(source: Path, out: Path, quant: str) -> dict[str, Any]:
         "AutoTokenizer.from_pretrained(src).save_pretrained(out); "
         "from halo_pipeline.export.memory import own_peak_rss_mb; print('HALO_RESULT ' + json.dumps({'peak_rss_mb': own_peak_rss_mb()}))"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(source), str(out), TORCH_DTYPES[quant]], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code, str(source), str(out), torch_dtypes()[quant]], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"saving {source} as HF {quant} failed:\n{done.stderr.strip()[-1500:]}")
     facts = next(json.loads(ln[12:]) for ln in done.stdout.splitlines() if ln.startswith("HALO_RESULT "))

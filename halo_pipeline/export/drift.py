@@ -63,7 +63,6 @@ GREEDY_TOKENS = 16
 # read the same table.
 OPS = {"kl_mean": "<=", "top1_agreement": ">=", "ppl_ratio": "within", "first_token_match": ">=", "greedy_exact_match": ">="}
 ALWAYS = {"tokenizer_parity": (">=", 1.0), "chat_template_preserved": (">=", 1.0)}  # integrity, not cost
-LADDER = ("q4", "q8", "fp16", "fp32")  # cheapest first: what to measure next when a quant costs too much
 REFERENCE = "fp32"  # the unquantized export that proves the conversion path
 
 
@@ -104,7 +103,7 @@ def budget_for(
     q = quant_group(quant)
     rules: dict[str, tuple[str, float, str]] = {m: (OPS[m], b, f"conf/quant/{quant}.yaml") for m, b in q.thresholds.items()}
     if fmt in q.formats:
-        rules |= {m: (OPS[m], b, f"{quant} {fmt}") for m, b in q.formats[fmt].thresholds.items()}  # type: ignore[index]
+        rules |= {m: (OPS[m], b, f"{quant} {fmt}") for m, b in q.formats[fmt].thresholds.items()}
     for m, b in q.families.get(family or "", {}).items():
         if m not in rules or _looser(OPS[m], rules[m][1], b) == b:
             rules[m] = (OPS[m], b, f"{quant} {family}")
@@ -419,12 +418,14 @@ def _larger(
     """Measure the next larger quants in the same format, cheapest first, until one stays within its budget
     (its own defaults for this format and family, and whatever bounds the recipe set)."""
     from halo_pipeline import runtimes
+    from halo_pipeline.engine.groups import ladder
+    from halo_pipeline.engine.groups import quant as quant_group
     from halo_pipeline.export.converting import convert
     from halo_pipeline.export.formats import pairs
 
-    start = LADDER.index(quant if quant != "bf16" else "fp16") + 1
+    bits = quant_group(quant).bits
     tried: list[dict[str, Any]] = []
-    for candidate in [q for q in LADDER[start:] if (fmt, q) in pairs()]:
+    for candidate in [q for q in ladder() if quant_group(q).bits > bits and (fmt, q) in pairs()]:
         if candidate == REFERENCE and reference["metrics"] is not None:
             metrics = reference["metrics"]
         else:

@@ -10,8 +10,6 @@ from __future__ import annotations
 from halo_pipeline.engine.groups import QuantFormat, quant, quant_names
 
 FORMATS = ("gguf", "mlx", "hf")
-LOSSINESS = ("fp32", "fp16", "bf16", "q8", "q4")  # an export is as lossy as the lossiest step in its lineage
-TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 def spec(fmt: str, quant_name: str) -> QuantFormat:
@@ -54,4 +52,11 @@ def table_rows() -> list[tuple[str, str, str]]:
 
 
 def lossiest(*quants: str | None) -> str:
-    return max((q for q in quants if q in LOSSINESS), key=LOSSINESS.index, default="fp32")
+    """An export is as lossy as the lossiest step in its lineage (the quant whose bound is widest)."""
+    known = set(quant_names())
+    return max((q for q in quants if q in known), key=lambda q: quant(q).bound, default="fp32")
+
+
+def torch_dtypes() -> dict[str, str]:
+    """quant -> torch dtype name, for the quants with an HF form (fp16: float16, bf16: bfloat16, fp32: float32)."""
+    return {q: dtype for q in quant_names() if (dtype := quant(q).torch_dtype)}

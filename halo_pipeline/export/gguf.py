@@ -81,7 +81,7 @@ def ensure_converter() -> Path:
 
 
 def convert_to_gguf(source: Path, out_file: Path, gguf_type: str, log_file: Path) -> dict[str, object]:
-    """HF directory -> GGUF of `gguf_type` (F32/F16/BF16 by the converter; Q8_0/Q4_K_M by llama.cpp's quantizer)."""
+    """HF directory -> GGUF of `gguf_type` (F32/F16/BF16 by the converter; any other type, Q8_0, Q4_K_M, Q5_0..., by llama.cpp's quantizer)."""
     converter = ensure_converter()
     cmd = [sys.executable, "-m", "halo_pipeline.export._gguf_worker", str(converter), str(source), str(out_file), gguf_type]
     with open(log_file, "w") as log:

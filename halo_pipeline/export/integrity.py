@@ -19,28 +19,9 @@ from typing import Any
 
 import numpy as np
 
-# Worst-case relative error of one tensor, from each storage type's block arithmetic (B weights per block,
-# error per weight at most half a step, a step being the block's range over its levels; ||block|| is at
-# least its largest magnitude): symmetric types sqrt(B) * step / max = sqrt(B) / levels (a full step
-# where the top level clamps), affine types sqrt(B) / (2^bits - 1). x1.25 for the rounding of the scales
-# themselves, x2 for K-quants, whose 6-bit scales and mins are quantized again per super-block.
-GGUF_BOUNDS = {
-    "F32": 1e-6,
-    "F16": 2.0**-11,
-    "BF16": 2.0**-8,
-    "Q8_0": 1.25 * math.sqrt(32) / 254,
-    "Q5_0": 1.25 * math.sqrt(32) / 16,
-    "Q5_1": 1.25 * math.sqrt(32) / 31,
-    "Q4_0": 1.25 * math.sqrt(32) / 8,
-    "Q4_1": 1.25 * math.sqrt(32) / 15,
-    "Q6_K": 2 * math.sqrt(16) / 32,
-    "Q5_K": 2 * math.sqrt(32) / 31,
-    "Q4_K": 2 * math.sqrt(32) / 15,
-}
-DTYPE_BOUNDS = {"float32": 1e-6, "float16": 2.0**-11, "bfloat16": 2.0**-8}
-# An HF export made from a lossy lineage (GGUF -> HF) carries that lineage's error.
-QUANT_BOUNDS = {"fp32": 1e-6, "fp16": 2.0**-11, "bf16": 2.0**-8, "q8": GGUF_BOUNDS["Q8_0"], "q4": GGUF_BOUNDS["Q4_K"]}
-UNKNOWN_TYPE_BOUND = 0.9  # a type not in the table: only a lost or foreign tensor (relative error ~1 or more) fails
+from halo_pipeline.engine.groups import DTYPE_BOUNDS, GGUF_BOUNDS, UNKNOWN_TYPE_BOUND, quant
+
+# Each storage type's worst-case relative error, and each quant's, come with the quants (engine/groups.py).
 FLOOR = 1e-5  # float arithmetic of the comparison itself
 Lookup = Callable[[str], "tuple[np.ndarray, str, str] | None"]  # source name -> (dequantized, storage type, export name)
 
@@ -146,7 +127,15 @@ def _bound_of(kind: str, lineage: str) -> float:
         bits, group = int(kind.split()[1].split("-")[0]), int(kind.split()[-1])
         return 1.25 * math.sqrt(group) / (2**bits - 1)
     own = GGUF_BOUNDS.get(kind, DTYPE_BOUNDS.get(kind, UNKNOWN_TYPE_BOUND))
-    return max(own, QUANT_BOUNDS.get(lineage, 0.0))
+    return max(own, _lineage_bound(lineage))
+
+
+def _lineage_bound(lineage: str) -> float:
+    """An HF export made from a lossy lineage (GGUF -> HF) carries that lineage's error: its quant's bound."""
+    try:
+        return quant(lineage).bound
+    except KeyError:
+        return 0.0
 
 
 def check_tensors(source: Path, exported: Path, fmt: str, lineage: str) -> dict[str, Any]:

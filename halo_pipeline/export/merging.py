@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from halo_pipeline.export.formats import TORCH_DTYPES
+from halo_pipeline.export.formats import torch_dtypes
 
 COMBINE_METHODS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 PROVENANCE = "halo_merge.json"
@@ -25,8 +25,8 @@ def _load_base(base: Path, dtype: str) -> tuple[Any, Any, str]:
 
     if dtype == "auto":  # the base's own dtype: merging a bf16 model must not silently write fp32
         saved = str(getattr(AutoConfig.from_pretrained(base), "dtype", None) or "float32").replace("torch.", "")
-        dtype = {v: k for k, v in TORCH_DTYPES.items()}.get(saved, "fp32")
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, TORCH_DTYPES[dtype]))
+        dtype = {v: k for k, v in torch_dtypes().items()}.get(saved, "fp32")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, torch_dtypes()[dtype]))
     return model, AutoTokenizer.from_pretrained(base), dtype
 
 

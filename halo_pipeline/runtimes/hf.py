@@ -174,7 +174,12 @@ def gguf_to_hf(gguf: Path, out: Path, quant: str = "fp32") -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[quant]
+    from halo_pipeline.engine.groups import quant as quant_group
+
+    name = quant_group(quant).torch_dtype
+    if name is None:
+        raise ValueError(f"quant '{quant}' has no HF form (formats.hf in conf/quant/{quant}.yaml): choose fp32, fp16 or bf16")
+    dtype = getattr(torch, name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model.hf_quantizer = None  # type: ignore[assignment]  # saving refuses a model still marked as GGUF-quantized
