@@ -39,7 +39,10 @@ def recipe_schema() -> dict[str, Any]:
     custom["required"] = ["uses"]
     variants.append(custom)
     top = RecipeModel.model_json_schema()
+    defs.update(top.pop("$defs", {}))  # the recipe's own models (decontaminate, tracking, runner), beside the steps'
     top_props = {k: {"anyOf": [v, INTERPOLATION]} for k, v in top["properties"].items() if k != "steps"}
+    if "Decontaminate" in defs:  # `decontaminate: drop` is short for {mode: drop}; a bare `off` reads as false
+        top_props["decontaminate"]["anyOf"] += [{"enum": defs["Decontaminate"]["properties"]["mode"]["enum"]}, {"type": "boolean"}]
     steps_props = {name: {"anyOf": [{"$ref": f"#/$defs/step_{name}"}, custom]} for name in kinds}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
