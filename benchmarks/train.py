@@ -14,7 +14,12 @@ Python API called directly (`from_pretrained` with the same LoRA, its dataset cl
 mlx-lm and mlx-lm-lora itself, so on these rows the direct side's clock starts before those imports too:
 each side pays them once, inside its timing.
 
-Usage: python benchmarks/train.py [--algorithms sft,dpo,grpo,rm] [--steps 6] [--repeat 1] [--json out.json]
+GKD (`gkd`): GKDTrainer (trl.experimental.gkd) with the model as its own teacher, half the batches on-policy.
+Several rewards (`grpo-rewards`): GRPO with two verifiers as weighted reward functions (our `rewards:`)
+against GRPOTrainer with two reward functions and `reward_weights`. `--model tiny` runs every torch row on
+the tiny model instead of SmolLM2-135M-Instruct (run more `--steps` there: its steps take milliseconds).
+
+Usage: python benchmarks/train.py [--algorithms sft,dpo,grpo,rm,gkd,grpo-rewards] [--model tiny] [--steps 6] [--repeat 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -29,14 +34,17 @@ import tempfile
 import time
 from pathlib import Path
 
-MODEL = "smollm2-135m-instruct"
-SEQ = {"sft": 6, "dpo": 4, "grpo": 3, "rm": 6}  # steps per algorithm (scaled by --steps / 6)
+MODEL = os.environ.get("HALO_BENCH_MODEL", "smollm2-135m-instruct")  # --model
+SEQ = {"sft": 6, "dpo": 4, "grpo": 3, "rm": 6, "gkd": 4, "grpo-rewards": 3}  # steps per algorithm (scaled by --steps / 6)
 HYPER = {
     "sft": {"name": "sft", "batch_size": 4, "learning_rate": 2e-4},
     "dpo": {"name": "dpo", "batch_size": 4, "learning_rate": 5e-6, "beta": 0.1},
     "grpo": {"name": "grpo", "batch_size": 4, "num_generations": 4, "learning_rate": 1e-5, "max_completion_length": 16, "beta": 0.04},
     "rm": {"name": "rm", "batch_size": 4, "learning_rate": 1e-5},
+    "gkd": {"name": "gkd", "teacher": MODEL, "batch_size": 4, "learning_rate": 5e-5, "lmbda": 0.5, "beta": 0.5, "max_new_tokens": 16},
 }
+HYPER["grpo-rewards"] = HYPER["grpo"]
+REWARDS = [({"name": "regex_format", "pattern": "return"}, 1.0), ({"name": "regex_format", "pattern": "def "}, 0.5)]
 
 
 MLX_MODEL = "tiny"
@@ -66,6 +74,11 @@ def reward_contains_return(completions: list, **_: object) -> list[float]:
     return [1.0 if "return" in t else 0.0 for t in text]
 
 
+def reward_contains_def(completions: list, **_: object) -> list[float]:
+    text = [c[0]["content"] if isinstance(c, list) else str(c) for c in completions]
+    return [1.0 if "def " in t else 0.0 for t in text]
+
+
 def child_ours(algo: str, steps: int, out: Path) -> dict:
     from halo_pipeline.data.rows import write_rows
     from halo_pipeline.engine.registry import get
@@ -78,6 +91,8 @@ def child_ours(algo: str, steps: int, out: Path) -> dict:
     params = {"model": MODEL, "algorithm": HYPER[algo], "max_steps": steps, "save_every": 1000, "max_length": 256}
     if algo == "grpo":
         params["verifier"] = {"name": "regex_format", "pattern": "return"}
+    if algo == "grpo-rewards":
+        params["rewards"] = [{"verifier": spec, "weight": weight} for spec, weight in REWARDS]
     step = get("train")
     import logging
 
@@ -147,15 +162,28 @@ def child_direct(algo: str, steps: int, out: Path) -> dict:
             lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="SEQ_CLS")
             trainer = trl.RewardTrainer(model=model, args=trl.RewardConfig(**common, max_length=256), train_dataset=data,
                                         processing_class=tokenizer, peft_config=lora)  # fmt: skip
+    elif algo == "gkd":
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+        data = Dataset.from_list([{"messages": user(r["prompt"]) + bot(r["completion"])} for r in rows("sft")])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        teacher = AutoModelForCausalLM.from_pretrained(resolve(h["teacher"]), dtype=torch.float32)
+        config = GKDConfig(**common, max_length=256, lmbda=h["lmbda"], beta=h["beta"], max_new_tokens=h["max_new_tokens"])
+        lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = GKDTrainer(model=model, teacher_model=teacher, args=config, train_dataset=data, processing_class=tokenizer,
+                             peft_config=lora)  # fmt: skip
     else:
+        several = algo == "grpo-rewards"  # two reward functions with their weights
         data = Dataset.from_list([{"prompt": user(r["prompt"])} for r in rows("sft")])
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         config = trl.GRPOConfig(
-            **common, num_generations=h["num_generations"], max_completion_length=h["max_completion_length"], beta=h["beta"]
-        )
+            **common, num_generations=h["num_generations"], max_completion_length=h["max_completion_length"], beta=h["beta"],
+            reward_weights=[w for _, w in REWARDS] if several else None,
+        )  # fmt: skip
         lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+        funcs = [reward_contains_return, reward_contains_def] if several else [reward_contains_return]
         trainer = trl.GRPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                                  reward_funcs=[reward_contains_return], peft_config=lora)  # fmt: skip
+                                  reward_funcs=funcs, peft_config=lora)  # fmt: skip
     output = trainer.train()
     trainer.model.save_pretrained(out / "direct" / "model")
     wall = time.perf_counter() - started
@@ -284,6 +312,12 @@ def child(side: str, algo: str, steps: int) -> None:
     import transformers  # noqa: F401
     import trl  # noqa: F401
 
+    if algo == "gkd":  # the trainer's module too (it imports TRL's trainer base, and wandb when installed)
+        from halo_pipeline.training.algorithms._experimental import experimental
+
+        experimental("gkd", "GKDTrainer")
+    elif algo.startswith("grpo"):
+        trl.GRPOTrainer  # noqa: B018
     with tempfile.TemporaryDirectory() as tmp:
         result = (child_ours if side == "ours" else child_direct)(algo, steps, Path(tmp))
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -308,16 +342,17 @@ def main() -> int:
     ap.add_argument("--algorithms", default="sft,dpo,grpo,rm", help="also mlx-dpo, mlx-orpo, mlx-grpo (backend=mlx, the tiny model)")
     ap.add_argument("--steps", type=int, default=6, help="steps for sft/rm; dpo and grpo run 2/3 and 1/2 of it")
     ap.add_argument("--repeat", type=int, default=1, help="interleaved runs of each side per algorithm (medians reported)")
+    ap.add_argument("--model", default=MODEL, help="the torch rows' model: smollm2-135m-instruct (default) or tiny")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", nargs=3, metavar=("SIDE", "ALGO", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
         return 0
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HALO_BENCH_MODEL": args.model}
     from halo_pipeline.runtimes.catalog import resolve
 
-    resolve(MODEL)  # convert the GGUF once, outside any timing
+    resolve(args.model)  # convert the GGUF once, outside any timing
     report = {}
     for algo in args.algorithms.split(","):
         steps = max(1, round(SEQ[algo] * args.steps / 6))
