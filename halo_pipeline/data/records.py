@@ -2,8 +2,8 @@
 
 Each row asks for one order as JSON (`prompt`) and carries the answer (`reference`, compact JSON text) and the
 schema every answer follows (`SCHEMA`, also shipped as `recipes/schemas/order.json`). The notes vary in what
-matters to an extractor: six phrasings, customer names, items in the plural, quantities, dates in three formats
-(the record always says YYYY-MM-DD), a payment method (an enum), a nested shipping city, and an optional note
+matters to an extractor: six phrasings, customer names, items (the record copies the item as the note writes it,
+plural included), quantities, dates in three formats (the record always says YYYY-MM-DD), a payment method (an enum), a nested shipping city, and an optional note
 that the record holds only when the text has one.
 
 The splits are disjoint by construction: `test` draws its customers' first names, last names and cities from
@@ -115,7 +115,7 @@ def make(split: str) -> list[dict[str, Any]]:
             text += f" Note: {note}."
         record: dict[str, Any] = {
             "customer": f"{first} {last}",
-            "item": item,
+            "item": item if quantity == 1 else f"{item}s",  # as the note writes it: extraction copies, it does not rewrite
             "quantity": quantity,
             "date": f"{year:04d}-{month:02d}-{day:02d}",
             "payment": payment,

@@ -296,9 +296,10 @@ class GuidedLogits:
         import torch
 
         fed = input_ids.shape[1] > self.prompt_length
+        last = input_ids[:, -1].tolist() if fed else []
+        allowed = np.empty(tuple(scores.shape), dtype=bool)
         for row, guide in enumerate(self.guides):
             if fed and not guide.done:
-                guide.advance(int(input_ids[row, -1]))
-            allowed = torch.from_numpy(guide.allowed(scores.shape[-1])).to(scores.device)
-            scores[row] = scores[row].masked_fill(~allowed, float("-inf"))
-        return scores
+                guide.advance(int(last[row]))
+            allowed[row] = guide.allowed(scores.shape[-1])
+        return scores.masked_fill(~torch.from_numpy(allowed).to(scores.device), float("-inf"))  # one mask for the batch

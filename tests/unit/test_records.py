@@ -30,7 +30,7 @@ def test_every_reference_follows_the_schema_and_the_text_holds_its_values() -> N
         record = json.loads(row["reference"])
         validator.validate(record)
         text = row["prompt"].split("\n\n", 1)[1]
-        assert record["customer"] in text and record["ship_to"]["city"] in text and record["item"] in text
+        assert record["customer"] in text and record["ship_to"]["city"] in text and record["item"] in text  # copied as written
         assert ("note" in record) == row["note_given"] == ("Note:" in text)
 
 
