@@ -234,7 +234,17 @@ def _read_quant(path: Path, mtime_ns: int) -> Quant:
 
 def quant_names() -> list[str]:
     """Every quant in `conf/quant/`, fewest bits first (at equal bits, the more exact first): q4, q8, fp16, bf16, fp32."""
-    return sorted(group_options("quant"), key=lambda n: (quant(n).bits, quant(n).bound, n))
+    found: dict[str, Path] = {}
+    for folder in reversed(_conf_dirs("quant")):  # the packaged ones, then the project's in their place
+        found.update((p.stem, p) for p in folder.glob("*.yaml"))
+    return list(_ordered(tuple(sorted((name, path, path.stat().st_mtime_ns) for name, path in found.items()))))
+
+
+@cache
+def _ordered(files: tuple[tuple[str, Path, int], ...]) -> tuple[str, ...]:
+    """The quant names in order, once per set of files (validation asks often)."""
+    quants = {name: _read_quant(path, mtime_ns) for name, path, mtime_ns in files}
+    return tuple(sorted(quants, key=lambda n: (quants[n].bits, quants[n].bound, n)))
 
 
 def ladder() -> list[str]:
