@@ -99,7 +99,8 @@ def make(split: str) -> list[dict[str, Any]]:
     if split not in SPLITS:
         raise ValueError(f"records has no split {split!r}; its splits: {', '.join(SPLITS)}")
     rng = random.Random(f"records:{split}:1")
-    rows, seen = [], set()
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
     while len(rows) < SPLITS[split]:
         first, last = rng.choice(_FIRST[split]), rng.choice(_LAST[split])
         city, item = rng.choice(_CITIES[split]), rng.choice(_ITEMS)
