@@ -23,21 +23,23 @@ SPLITS = {"train": 600, "test": 200}
 INSTRUCTION = "Extract the order below as one JSON object with the keys {keys}. Write the date as YYYY-MM-DD."
 KEYS = "customer, item, quantity, date, payment, ship_to (an object with city) and, only if the text has one, note"
 
+# Patterns say what each string is (a name, a word or two, a city), so a constrained model cannot answer a field with
+# a sentence; every reference record follows it (tests/unit/test_records.py).
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "customer": {"type": "string", "minLength": 1, "maxLength": 40},
-        "item": {"type": "string", "minLength": 1, "maxLength": 40},
+        "customer": {"type": "string", "pattern": "^[A-Z][a-z]+ [A-Z][a-z]+$"},
+        "item": {"type": "string", "pattern": "^[a-z]+( [a-z]+)?$"},
         "quantity": {"type": "integer", "minimum": 1, "maximum": 99},
         "date": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
         "payment": {"enum": ["card", "cash", "invoice"]},
         "ship_to": {
             "type": "object",
-            "properties": {"city": {"type": "string", "minLength": 1, "maxLength": 30}},
+            "properties": {"city": {"type": "string", "pattern": "^[A-Z][a-z]+$"}},
             "required": ["city"],
             "additionalProperties": False,
         },
-        "note": {"type": "string", "minLength": 1, "maxLength": 60},
+        "note": {"type": "string", "pattern": "^[a-z0-9][a-z0-9 ,]{2,40}$"},
     },
     "required": ["customer", "item", "quantity", "date", "payment", "ship_to"],
     "additionalProperties": False,

@@ -51,3 +51,9 @@ def test_the_test_split_is_clean_against_training_rows_that_copy_the_train_refer
     leaked = records("test")[7]
     found = index.check([dc.row_texts({"prompt": "Extract: " + leaked["prompt"][-80:], "completion": leaked["reference"]})])
     assert [o.item for o in found] == [7]  # a held-out record that reaches training is caught
+
+
+def test_the_recipe_schema_file_is_the_datasets_schema() -> None:
+    from conftest import REPO
+
+    assert json.loads((REPO / "recipes/schemas/order.json").read_text()) == SCHEMA
