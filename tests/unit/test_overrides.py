@@ -34,7 +34,7 @@ def test_a_field_of_another_group_option_names_that_option(project: Path) -> Non
     with pytest.raises(RecipeError) as err:
         compose(recipe, ["algorithm.beta=0.2"])
     (issue,) = err.value.issues
-    assert "'beta' is not a field of algorithm=sft; algorithm=dpo, algorithm=grpo" in issue.message  # (and any later option)
+    assert "'beta' is not a field of algorithm=sft; algorithm=dpo, algorithm=gkd, algorithm=grpo" in issue.message  # (and any later option)
     assert issue.message.endswith(" have it")
 
 
