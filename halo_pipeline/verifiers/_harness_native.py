@@ -41,13 +41,15 @@ BINARY_CAP = 512 << 10  # a tests' program small enough to come back for the pip
 PR_SET_DUMPABLE = 4
 
 
-def _write_files(files: dict[str, str]) -> None:
-    for name, text in files.items():
+def _write_files(files: dict[str, str], binary_files: dict[str, str] | None = None, mode: int = 0o644) -> None:
+    """Source files (text) and built ones (base64: an object, a program) into the work dir, never through a link."""
+    contents = {**{k: v.encode() for k, v in files.items()}, **{k: base64.b64decode(v) for k, v in (binary_files or {}).items()}}
+    for name, data in contents.items():
         if "/" in name or name in (".", ".."):
             raise ValueError(f"file name '{name}' must be plain")
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -145,12 +147,12 @@ def _receive(fd: int, deadline: float | None, cap: int = 1 << 20) -> bytes | Non
     return None if n > cap else _read_exactly(fd, n, deadline)
 
 
-def _lower_cpu(seconds: int) -> None:
-    """The build had the compile's CPU budget; the program gets the sample's."""
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    seconds = max(1, int(seconds))
-    if hard == resource.RLIM_INFINITY or seconds < hard:
-        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
+def _program_limits(args: dict[str, Any]) -> None:
+    """The build had the compile's CPU time and file size; the programs get the sample's."""
+    for which, value in ((resource.RLIMIT_CPU, max(1, int(args["cpu_s"]))), (resource.RLIMIT_FSIZE, int(args["file_size_mb"]) << 20)):
+        _, hard = resource.getrlimit(which)
+        if hard == resource.RLIM_INFINITY or value < hard:
+            resource.setrlimit(which, (value, value))
 
 
 def _not_dumpable() -> None:
@@ -163,13 +165,13 @@ def _not_dumpable() -> None:
 
 
 def candidate(args: dict[str, Any]) -> None:
-    _write_files(args["files"])
+    _write_files(args["files"], args.get("binary_files"))
     build = Build(args["build"], time.monotonic() + float(args["compile_timeout_s"]), "build.log")
     built = build.wait()
     _send(5, json.dumps({"compiled": built, "errors": "" if built else build.errors}).encode())
     if not built or _receive(4, None) != b"go":  # the tests' program runs: only now the solution's may
         return
-    _lower_cpu(int(args["cpu_s"]))
+    _program_limits(args)
     os.execve(f"./{args['binary']}", [f"./{args['binary']}"], dict(os.environ))
 
 
@@ -181,10 +183,8 @@ def driver(args: dict[str, Any]) -> None:
 def _drive(args: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + float(args["compile_timeout_s"])
     prebuilt = args.get("prebuilt")
-    if prebuilt:  # the pipeline built this task's tests' program for an earlier sample (the same text, byte for byte)
-        fd = os.open(args["binary"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
-        with os.fdopen(fd, "wb") as f:
-            f.write(base64.b64decode(prebuilt))
+    if prebuilt:  # built once for this task (by the hash of its sources) in a build run of its own
+        _write_files({}, {args["binary"]: prebuilt}, 0o755)
         build = None
     else:
         _write_files(args["files"])
@@ -204,14 +204,11 @@ def _drive(args: dict[str, Any]) -> dict[str, Any]:
         assert build is not None
         return {"compiled": True, "tests_error": build.errors.splitlines()[:20]}
     record: dict[str, Any] = {"compiled": True}
-    if build is not None and args.get("return_binary") and os.path.getsize(args["binary"]) <= BINARY_CAP:
-        with open(args["binary"], "rb") as f:
-            record["tests_binary"] = base64.b64encode(f.read()).decode()
     for name in os.listdir("."):  # the sources and the build's output go; the program unlinks itself once it runs
         if name != args["binary"]:
             os.unlink(name)
     events_r, events_w = os.pipe()
-    _lower_cpu(int(args["cpu_s"]))
+    _program_limits(args)
     with open("tests.stderr", "wb") as stderr:
         proc = subprocess.Popen(
             [f"./{args['binary']}", "5", "4", str(events_w)],
@@ -263,10 +260,15 @@ def _drive(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(args: dict[str, Any]) -> None:
+    """Compile only; with `return_binary`, the program comes back too (ours: a tests' program, the wire's object)."""
     _write_files(args["files"])
     b = Build(args["build"], time.monotonic() + float(args["compile_timeout_s"]), "build.log")
     ok = b.wait()
-    os.write(3, (json.dumps({"compiled": ok, "compiler_errors": [] if ok else b.errors.splitlines()[:20]}) + "\n").encode())
+    record: dict[str, Any] = {"compiled": ok, "compiler_errors": [] if ok else b.errors.splitlines()[:20]}
+    if ok and args.get("return_binary") and os.path.getsize(args["binary"]) <= BINARY_CAP:
+        with open(args["binary"], "rb") as f:
+            record["binary"] = base64.b64encode(f.read()).decode()
+    os.write(3, (json.dumps(record) + "\n").encode())
 
 
 def cases(args: dict[str, Any]) -> None:
@@ -277,7 +279,7 @@ def cases(args: dict[str, Any]) -> None:
         return
     os.write(3, (json.dumps({"compiled": True}) + "\n").encode())
     _not_dumpable()
-    _lower_cpu(int(args["cpu_s"]))
+    _program_limits(args)
     binary, cap, timeout = args["binary"], int(args["output_cap"]), float(args["timeout_s"])
     os.chmod(binary, 0o500)
     for i, stdin in enumerate(args["inputs"]):

@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import shutil
 import subprocess
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
 
 import halo_pipeline.sandbox as sbx
-from halo_pipeline.verifiers import VerifyResult, native, native_sources, register_verifier
+from halo_pipeline.verifiers import VerifyResult, native, native_sources, native_wire, register_verifier
 from halo_pipeline.verifiers.code import (
     HARNESSES,
     CompareSettings,
@@ -53,13 +54,13 @@ RESULT_BUDGET = 768 << 10  # what all of a sample's I/O cases may send back toge
 COMPILER_MEMORY_MB = 2048  # compiled languages' default memory_mb: the compilers run inside the sample's budget
 
 
-def _compile_limits(settings: Any) -> sbx.Limits:
-    """The limits of a compiled sample's run: the sample's own (memory, processes, files, output and
-    /tmp hold the compiles too), with time for the compile before the program's `timeout_s`; each
-    program the run starts gets the sample's `cpu_s` again."""
+def _compile_limits(settings: Any, runs_s: float = 0.0) -> sbx.Limits:
+    """The limits of a compiled sample's run: the sample's own memory budget and output cap hold its
+    compiles too (`Limits.for_compile`: the compile's time, room for a compiler's processes and files),
+    with time for the compile and then `runs_s` of programs; each program the run starts gets the
+    sample's `cpu_s` and `file_size_mb` back (`_harness_native`)."""
     limits: sbx.Limits = settings.limits()
-    compile_s = float(settings.compile_timeout_s)
-    return limits.model_copy(update={"timeout_s": compile_s + limits.timeout_s + 2.0, "cpu_s": max(limits.cpu_s, math.ceil(compile_s))})
+    return limits.for_compile(float(settings.compile_timeout_s) + (runs_s or limits.timeout_s) + 2.0)
 
 
 def _verify_program(settings: Any, language: str, compiler: str, sample: Mapping[str, Any], credit: float) -> VerifyResult:
@@ -89,13 +90,18 @@ def _verify_program(settings: Any, language: str, compiler: str, sample: Mapping
         return VerifyResult(0.0, False, details, str(exc))
 
 
-def _run(settings: Any, language: str, **how: Any) -> sbx.RunResult:
+def _run(settings: Any, language: str, runs_s: float = 0.0, **how: Any) -> sbx.RunResult:
     binds = (native.rust_sysroot(),) if language == "rust" else ()
-    return sbx.run(limits=_compile_limits(settings), mode=settings.sandbox, modules=HARNESSES, ro_binds=binds, **how)
+    return sbx.run(limits=_compile_limits(settings, runs_s), mode=settings.sandbox, modules=HARNESSES, ro_binds=binds, **how)
 
 
 def _common(settings: Any) -> dict[str, Any]:
-    return {"compile_timeout_s": float(settings.compile_timeout_s), "timeout_s": float(settings.timeout_s), "cpu_s": int(settings.cpu_s)}
+    return {
+        "compile_timeout_s": float(settings.compile_timeout_s),
+        "timeout_s": float(settings.timeout_s),
+        "cpu_s": int(settings.cpu_s),
+        "file_size_mb": int(settings.file_size_mb),
+    }
 
 
 def _records(run: sbx.RunResult) -> list[dict[str, Any]]:
@@ -116,32 +122,91 @@ def _not_built(record: dict[str, Any], details: dict[str, Any]) -> VerifyResult:
     return VerifyResult(0.0, False, details, f"compilation failed{': ' + killed if killed else ''}")
 
 
-class _TestsPrograms:
-    """The tests' programs built for earlier samples, by the hash of everything they are built from (compiler,
-    flags, sources): GRPO verifies many samples of each task, and the tests' program is the task's and ours,
-    never the solution's. Least recently used first out, within a byte budget."""
+@dataclass(frozen=True)
+class Built:
+    """A program of ours built in the sandbox: its bytes (base64), or the compiler's errors, or neither
+    (it could not come back: too large, or the build was stopped; the pair then builds it itself)."""
+
+    binary: str | None = None
+    errors: list[str] | None = None
+
+
+class Builds:
+    """Programs of ours built once and reused: a task's tests' program (GRPO verifies many samples of
+    each task, at once) and the wire's object per compiler and flags. Keyed by the hash of everything
+    a build is made from; one build of a key at a time (the samples that need it meanwhile wait for
+    it); least recently used out first, within a byte budget. Never the solution's text: these are
+    the task's and ours."""
 
     def __init__(self, budget: int = 64 << 20):
-        self.budget, self.items, self.lock = budget, OrderedDict[str, str](), threading.Lock()
+        self.budget, self.lock = budget, threading.Lock()
+        self.items: OrderedDict[str, Built] = OrderedDict()
+        self.pending: dict[str, Future[Built]] = {}
 
-    @staticmethod
-    def key(driver: dict[str, Any]) -> str:
-        return hashlib.sha256(json.dumps([driver["build"], driver["files"]], sort_keys=True).encode()).hexdigest()
-
-    def get(self, key: str) -> str | None:
+    def get(self, key: str, build: Callable[[], tuple[Built, bool]]) -> Built:
+        """The built program for `key`; `build()` gives (built, keep) and runs once per key at a time."""
         with self.lock:
             if key in self.items:
                 self.items.move_to_end(key)
-            return self.items.get(key)
-
-    def put(self, key: str, binary: str) -> None:
+                return self.items[key]
+            pending = self.pending.get(key)
+            if pending is None:
+                self.pending[key] = mine = Future[Built]()
+        if pending is not None:
+            return pending.result()
+        try:
+            built, keep = build()
+        except BaseException as exc:
+            with self.lock:
+                del self.pending[key]
+            mine.set_exception(exc)
+            raise
         with self.lock:
-            self.items[key] = binary
-            while sum(len(b) for b in self.items.values()) > self.budget:
-                self.items.popitem(last=False)
+            del self.pending[key]
+            if keep:
+                self.items[key] = built
+                while sum(len(b.binary or "") for b in self.items.values()) > self.budget:
+                    self.items.popitem(last=False)
+        mine.set_result(built)
+        return built
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
 
 
-TESTS_PROGRAMS = _TestsPrograms()
+TESTS_PROGRAMS = Builds()  # a task's tests' program
+WIRE_OBJECTS = Builds(8 << 20)  # the wire's object, per compiler and flags
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _built(settings: Any, language: str, files: dict[str, str], build: list[list[str]], binary: str) -> Callable[[], tuple[Built, bool]]:
+    """A build run of one of our programs: (what came back, whether to keep it)."""
+
+    def run() -> tuple[Built, bool]:
+        args = {"files": files, "build": build, "binary": binary, "return_binary": True, **_common(settings)}
+        records = _records(_run(settings, language, role="harness_native:build", args=args, result=True))
+        if not records:
+            return Built(), False
+        record = records[0]
+        if record.get("compiled"):
+            return Built(binary=record.get("binary")), True
+        errors = [str(x) for x in record.get("compiler_errors", [])][:20]
+        stopped = any(line.startswith(("killed by", "the build ran past")) for line in errors)
+        return (Built(), False) if stopped else (Built(errors=errors), True)
+
+    return run
+
+
+def _wire_object(settings: Any, language: str, compiler: str) -> str | None:
+    """The wire's object for this compiler and flags (C, C++), built once: the solution's program links it."""
+    ext = "cc" if language == "cpp" else "c"
+    files = {"halo_wire.h": native_wire.WIRE_H, f"halo_wire.{ext}": native_wire.WIRE_C}
+    build = [[compiler, *settings.flags, "-c", f"halo_wire.{ext}", "-o", "halo_wire.o"]]
+    return WIRE_OBJECTS.get(_key(files, build), _built(settings, language, files, build, "halo_wire.o")).binary
 
 
 def _verify_tests(
@@ -150,14 +215,22 @@ def _verify_tests(
     """`test` statements: the solution's program and the tests' program, a pair joined by plain data."""
     prompt = str(sample.get("prompt") or "")
     plan = native_sources.plan(language, compiler, list(settings.flags), code, prompt, str(sample["test"]), sample.get("entry_point"))
-    key = TESTS_PROGRAMS.key(plan.driver)
-    built = TESTS_PROGRAMS.get(key)
-    driver = {**plan.driver, **_common(settings), **({"prebuilt": built, "files": {}} if built else {"return_binary": True})}
+    files, build = plan.driver["files"], plan.driver["build"]
+    tests = TESTS_PROGRAMS.get(_key(files, build), _built(settings, language, files, build, plan.driver["binary"]))
+    if tests.errors is not None:
+        details["compiler_errors"] = tests.errors
+        return VerifyResult(0.0, False, details, "the tests do not compile against the entry points' declarations")
+    driver = {**plan.driver, **_common(settings)}
+    if tests.binary is not None:
+        driver.update(prebuilt=tests.binary, files={}, build=[])
+    candidate = {**plan.candidate, **_common(settings)}
+    if language != "rust" and (wire := _wire_object(settings, language, compiler)) is not None:
+        ext = "cc" if language == "cpp" else "c"
+        candidate["binary_files"] = {"halo_wire.o": wire}
+        candidate["files"] = {k: v for k, v in candidate["files"].items() if k != f"halo_wire.{ext}"}
+        candidate["build"] = [["halo_wire.o" if a == f"halo_wire.{ext}" else a for a in argv] for argv in candidate["build"]]
     run = _run(
-        settings,
-        language,
-        pair=("harness_native:driver", "harness_native:candidate"),
-        args={"driver": driver, "candidate": {**plan.candidate, **_common(settings)}},
+        settings, language, pair=("harness_native:driver", "harness_native:candidate"), args={"driver": driver, "candidate": candidate}
     )
     details["wall_s"] = round(run.wall_s, 3)
     records = _records(run)
@@ -165,8 +238,6 @@ def _verify_tests(
         why = "the tests ran past their deadline" if run.timed_out else "the tests did not report: " + _why_no_record(run)
         return VerifyResult(0.0, False, details, why)
     record = records[-1]
-    if isinstance(record.get("tests_binary"), str):
-        TESTS_PROGRAMS.put(key, record.pop("tests_binary"))
     if record.get("error"):
         return VerifyResult(0.0, False, details, str(record["error"]))
     if not record.get("compiled"):
@@ -207,12 +278,7 @@ def _verify_cases(
         **_common(settings),
     }
     if cases:
-        limits = _compile_limits(settings)
-        limits = limits.model_copy(update={"timeout_s": limits.timeout_s + len(cases) * float(settings.timeout_s)})
-        binds = (native.rust_sysroot(),) if language == "rust" else ()
-        run = sbx.run(
-            role="harness_native:cases", args=args, result=True, limits=limits, mode=settings.sandbox, modules=HARNESSES, ro_binds=binds
-        )
+        run = _run(settings, language, role="harness_native:cases", args=args, result=True, runs_s=len(cases) * float(settings.timeout_s))
     else:
         run = _run(settings, language, role="harness_native:build", args=args, result=True)
     details["wall_s"] = round(run.wall_s, 3)

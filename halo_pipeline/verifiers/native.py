@@ -19,6 +19,7 @@ Nothing here executes or compiles sample text; a parse is a pure function of the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import shutil
@@ -318,14 +319,13 @@ def _clip(text: str) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def called_names(language: Language, test: str) -> list[str]:
-    """Free functions the tests call (`f(` not after `.`, `->` or `::`), in order of first call."""
+def named(language: Language, test: str) -> list[str]:
+    """The free names the tests use (not after `.`, `->` or `::`; not a macro), in order: a function they
+    call, or take as a value (`int (*f)(int) = add;`)."""
     toks = rust_tokens(test) if language == "rust" else c_tokens(test, pp_lines=False)
     found: dict[str, None] = {}
     for i, t in enumerate(toks):
-        if t.kind == "id" and _next_is(toks, i, "(") and not _prev_is(toks, i, ".", "->", "::"):
-            if language == "rust" and _prev_is(toks, i, "!"):
-                continue
+        if t.kind == "id" and not _prev_is(toks, i, ".", "->", "::") and not _next_is(toks, i, "!"):
             found.setdefault(t.text, None)
     return list(found)
 
@@ -399,18 +399,18 @@ def _c_declarator(p: Param, name: str) -> str:
     return f"{p.decl}{name}" if p.decl.endswith(("*", "&")) else f"{p.decl} {name}"
 
 
-_C_INTS = {
-    ("char",): ("char", "int", "CHAR_MIN", "CHAR_MAX"),
-    ("signed", "char"): ("signed char", "int", "SCHAR_MIN", "SCHAR_MAX"),
-    ("unsigned", "char"): ("unsigned char", "uint", "0", "UCHAR_MAX"),
-    ("short",): ("short", "int", "SHRT_MIN", "SHRT_MAX"),
-    ("unsigned", "short"): ("unsigned short", "uint", "0", "USHRT_MAX"),
-    ("int",): ("int", "int", "INT_MIN", "INT_MAX"),
-    ("unsigned",): ("unsigned int", "uint", "0", "UINT_MAX"),
-    ("long",): ("long", "int", "LONG_MIN", "LONG_MAX"),
-    ("unsigned", "long"): ("unsigned long", "uint", "0", "ULONG_MAX"),
-    ("long", "long"): ("long long", "int", "LLONG_MIN", "LLONG_MAX"),
-    ("unsigned", "long", "long"): ("unsigned long long", "uint", "0", "ULLONG_MAX"),
+_C_INT_RANGES = {
+    "char": ("int", "CHAR_MIN", "CHAR_MAX"),
+    "signed char": ("int", "SCHAR_MIN", "SCHAR_MAX"),
+    "unsigned char": ("uint", "0", "UCHAR_MAX"),
+    "short": ("int", "SHRT_MIN", "SHRT_MAX"),
+    "unsigned short": ("uint", "0", "USHRT_MAX"),
+    "int": ("int", "INT_MIN", "INT_MAX"),
+    "unsigned int": ("uint", "0", "UINT_MAX"),
+    "long": ("int", "LONG_MIN", "LONG_MAX"),
+    "unsigned long": ("uint", "0", "ULONG_MAX"),
+    "long long": ("int", "LLONG_MIN", "LLONG_MAX"),
+    "unsigned long long": ("uint", "0", "ULLONG_MAX"),
 }
 _C_TYPEDEFS = {
     "size_t": ("size_t", "uint", "0", "SIZE_MAX"),
@@ -421,7 +421,7 @@ _C_TYPEDEFS = {
 _C_TYPE_WORDS = {"signed", "unsigned", "short", "long", "int", "char", "float", "double", "bool", "_Bool", "void"}
 _CPP_SEQUENCES = {"vector": 1, "deque": 1, "list": 1, "set": 1, "multiset": 1, "unordered_set": 1, "optional": 1}
 _CPP_TEMPLATES = {**_CPP_SEQUENCES, "map": 2, "unordered_map": 2, "pair": 2, "tuple": -1, "array": 2}
-CPP_HEADERS = {
+CPP_HEADERS = {  # the std types of the grammar (the wire's HALO_NEED_<name>) and their headers
     "string": "string",
     "string_view": "string_view",
     "vector": "vector",
@@ -440,7 +440,7 @@ CPP_HEADERS = {
 
 
 def _c_scalar(words: list[str], cpp: bool) -> Scalar | None:
-    words = [w for w in words if w != "const"]
+    words = [w for w in words if w not in ("const", "volatile")]
     if len(words) == 1 and words[0] in ("bool", "_Bool"):
         return Scalar("bool", "bool")
     if len(words) == 1 and words[0] in ("float", "double"):
@@ -448,15 +448,29 @@ def _c_scalar(words: list[str], cpp: bool) -> Scalar | None:
     if len(words) == 1 and (words[0] in _C_TYPEDEFS or (cpp and words[0].startswith("std::") and words[0][5:] in _C_TYPEDEFS)):
         spelling, kind, lo, hi = _C_TYPEDEFS[words[0].removeprefix("std::")]
         return Scalar(spelling, kind, lo, hi)
-    key = [w for w in words if w != "signed" or words == ["signed", "char"]]
-    if key and key[-1] == "int" and len(key) > 1:
-        key = key[:-1]  # `long int`, `unsigned int`
-    if not key and "signed" in words:
-        key = ["int"]
-    if words == ["signed"]:
-        key = ["int"]
-    found = _C_INTS.get(tuple(key))
-    return Scalar(found[0], found[1], found[2], found[3]) if found else None
+    # integers: the specifiers in any order (`long unsigned int` is `unsigned long`)
+    if (
+        not words
+        or set(words) - {"signed", "unsigned", "short", "long", "int", "char"}
+        or len(words) != len(set(words)) + max(0, words.count("long") - 1)
+    ):
+        return None
+    unsigned, longs = "unsigned" in words, words.count("long")
+    if (
+        "signed" in words
+        and unsigned
+        or longs > 2
+        or ("short" in words or "char" in words)
+        and (longs or ("short" in words and "char" in words))
+    ):
+        return None
+    if "char" in words:
+        base = "char" if words == ["char"] else ("unsigned char" if unsigned else "signed char")
+    else:
+        base = "short" if "short" in words else ("long long" if longs == 2 else "long" if longs else "int")
+        base = f"unsigned {base}" if unsigned else base
+    kind, lo, hi = _C_INT_RANGES[base]
+    return Scalar(base, kind, lo, hi)
 
 
 class _TypeError(ValueError):
@@ -1090,7 +1104,7 @@ def entry_points(
     if declared is None:
         mine = own_functions(language, test) | helpers
         names = []
-        for name in called_names(language, test):
+        for name in named(language, test):
             if name in mine or (name not in own.functions and name not in task.functions):
                 continue
             if name in library:
@@ -1107,20 +1121,24 @@ def entry_points(
     else:
         names = list(declared)
     signatures: list[Signature] = []
+    from_prompt: list[str] = []
     for name in names:
-        source = task if name in task.functions else own
-        aliases = {**own.aliases, **task.aliases} if source is task else own.aliases
-        scan = Scan(functions=source.functions, aliases=aliases)
-        if language == "rust":
-            signatures.append(rust_signature(name, scan))
-        else:
-            signatures.extend(c_signature(name, language, scan))
+        found = None
+        if name in task.functions:  # the task's declaration; one that is not code (words that look like one) is not used
+            with contextlib.suppress(Refused):
+                found = _signatures(language, name, Scan(functions=task.functions, aliases={**own.aliases, **task.aliases}))
+                from_prompt.append(name)
+        signatures.extend(found if found is not None else _signatures(language, name, Scan(functions=own.functions, aliases=own.aliases)))
     hidden = tuple(sorted({s.name for s in signatures if s.name in library}))
-    starts = [fn.start for name in names for fn in task.functions.get(name, [])]
+    starts = [fn.start for name in from_prompt for fn in task.functions[name]]
     if not starts:  # a prompt in words, or one that declares no entry point: not the tests' code
         return Entries(tuple(signatures), hidden, "", ())
     head = prompt[: min(starts)]
     return Entries(tuple(signatures), hidden, head, tuple(scanner(head).includes))
+
+
+def _signatures(language: Language, name: str, scan: Scan) -> list[Signature]:
+    return [rust_signature(name, scan)] if language == "rust" else c_signature(name, language, scan)
 
 
 # ---------------------------------------------------------------- toolchains

@@ -133,7 +133,13 @@ def _c_family(language: str, compiler: str, flags: list[str], program: str, test
         + check
         + f'void halo_tests(void) {{\n#line 1 "test"\n{body}\n}}\n'
     )
-    stubs = f'#include "halo_wire.{ext}"\n' + native_wire.WIRE_CALL_C + head + _c_stubs(entries.signatures, names, cpp, n_sites)
+    tests_head = "".join(f"#define HALO_NEED_{n}\n" for n in sorted(needs | {"string"})) + '#define HALO_TESTS_SIDE\n#include "halo_wire.hpp"\n'
+    stubs = (
+        f'#include "halo_wire.{ext}"\n'
+        + native_wire.WIRE_CALL_C
+        + (tests_head if cpp else head)
+        + _c_stubs(entries.signatures, names, cpp, n_sites)
+    )
     strict = [] if cpp else ["-Werror=implicit-function-declaration"]
     driver = {
         "files": {f"tests.{ext}": tests, f"stubs.{ext}": stubs, **wire},
@@ -145,6 +151,7 @@ def _c_family(language: str, compiler: str, flags: list[str], program: str, test
 
 
 def _cpp_needs(signatures: tuple[Signature, ...]) -> set[str]:
+    """The std headers the entry points' types need: all the solution's unit gets beyond its own."""
     spelled = " ".join(p.spelling for s in signatures for p in (*s.params, *([s.ret] if s.ret else [])))
     return {name for name in native.CPP_HEADERS if re.search(rf"\bstd::{name}\b", spelled)}
 

@@ -265,6 +265,26 @@ int halo_done(halo_in *in) {
     return ok;
 }
 
+#ifdef __cplusplus
+#include <new>
+#include <stdexcept>
+namespace halo_wire {
+int code_of(const std::exception &e) {
+    if (dynamic_cast<const std::invalid_argument *>(&e)) return 1;
+    if (dynamic_cast<const std::domain_error *>(&e)) return 2;
+    if (dynamic_cast<const std::length_error *>(&e)) return 3;
+    if (dynamic_cast<const std::out_of_range *>(&e)) return 4;
+    if (dynamic_cast<const std::logic_error *>(&e)) return 5;
+    if (dynamic_cast<const std::range_error *>(&e)) return 6;
+    if (dynamic_cast<const std::overflow_error *>(&e)) return 7;
+    if (dynamic_cast<const std::underflow_error *>(&e)) return 8;
+    if (dynamic_cast<const std::runtime_error *>(&e)) return 9;
+    if (dynamic_cast<const std::bad_alloc *>(&e)) return 10;
+    return 11;
+}
+}  // namespace halo_wire
+#endif
+
 """
 
 WIRE_CALL_C = r"""/* halo wire, the tests' side only: calling the solution. */
@@ -298,18 +318,26 @@ int halo_finish(halo_in *r) {
 unsigned long halo_len(long long n) { return n < 0 ? 0ul : n > 0x7FFFFFFFll ? 0x7FFFFFFFul : (unsigned long)n; }
 """
 
-WIRE_HPP = r"""/* halo wire for C++: the std types, by template (header-only; before the solution's text). */
+WIRE_HPP = r"""/* halo wire for C++: the std types, by template (header-only).
+   The solution's unit includes it before the solution's text with only the headers its entry points'
+   types need (HALO_NEED_<name>); the tests' side defines them all and HALO_TESTS_SIDE. */
 #ifndef HALO_WIRE_HPP
 #define HALO_WIRE_HPP
 #include "halo_wire.h"
 #include <cstddef>
+#include <cstdlib>
 #include <exception>
 #include <limits>
-#include <new>
-#include <stdexcept>
-#include <string>
 #include <type_traits>
+#if defined(HALO_NEED_string)
+#include <string>
+#endif
+#if defined(HALO_NEED_string_view)
+#include <string_view>
+#endif
+#if defined(HALO_NEED_pair) || defined(HALO_NEED_map) || defined(HALO_NEED_unordered_map) || defined(HALO_NEED_tuple)
 #include <utility>
+#endif
 #if defined(HALO_NEED_vector)
 #include <vector>
 #endif
@@ -339,9 +367,6 @@ WIRE_HPP = r"""/* halo wire for C++: the std types, by template (header-only; be
 #endif
 #if defined(HALO_NEED_optional)
 #include <optional>
-#endif
-#if defined(HALO_NEED_string_view)
-#include <string_view>
 #endif
 
 namespace halo_wire {
@@ -379,6 +404,7 @@ template <class T> struct W<T, typename std::enable_if<std::is_floating_point<T>
     static bool get(halo_in *i, T &v) { double x = 0; bool ok = halo_get_f64(i, &x) != 0; v = (T)x; return ok; }
 };
 
+#if defined(HALO_NEED_string)
 template <> struct W<std::string> {
     static void put(halo_out *o, const std::string &s) { halo_put_bytes(o, s.data(), (unsigned long)s.size()); }
     static bool get(halo_in *i, std::string &s) {
@@ -390,6 +416,7 @@ template <> struct W<std::string> {
         return true;
     }
 };
+#endif
 
 #if defined(HALO_NEED_string_view)
 template <> struct W<std::string_view> {
@@ -409,7 +436,7 @@ template <class C> struct Seq {  /* sequences and sets: a count, then the items 
         for (unsigned long k = 0; k < n; k++) {
             typename C::value_type x{};
             if (!W<typename C::value_type>::get(i, x)) return false;
-            add(c, std::move(x));
+            add(c, static_cast<typename C::value_type &&>(x));
         }
         return true;
     }
@@ -422,44 +449,46 @@ template <class T, class A> struct W<std::vector<T, A>> {
         for (std::size_t k = 0; k < v.size(); k++) W<T>::put(o, v[k]);
     }
     static bool get(halo_in *i, std::vector<T, A> &v) {
-        return Seq<std::vector<T, A>>::get(i, v, [](std::vector<T, A> &c, T &&x) { c.push_back(std::move(x)); });
+        return Seq<std::vector<T, A>>::get(i, v, [](std::vector<T, A> &c, T &&x) { c.push_back(static_cast<T &&>(x)); });
     }
 };
 #endif
 #if defined(HALO_NEED_deque)
 template <class T, class A> struct W<std::deque<T, A>> {
     static void put(halo_out *o, const std::deque<T, A> &v) { Seq<std::deque<T, A>>::put(o, v); }
-    static bool get(halo_in *i, std::deque<T, A> &v) { return Seq<std::deque<T, A>>::get(i, v, [](std::deque<T, A> &c, T &&x) { c.push_back(std::move(x)); }); }
+    static bool get(halo_in *i, std::deque<T, A> &v) { return Seq<std::deque<T, A>>::get(i, v, [](std::deque<T, A> &c, T &&x) { c.push_back(static_cast<T &&>(x)); }); }
 };
 #endif
 #if defined(HALO_NEED_list)
 template <class T, class A> struct W<std::list<T, A>> {
     static void put(halo_out *o, const std::list<T, A> &v) { Seq<std::list<T, A>>::put(o, v); }
-    static bool get(halo_in *i, std::list<T, A> &v) { return Seq<std::list<T, A>>::get(i, v, [](std::list<T, A> &c, T &&x) { c.push_back(std::move(x)); }); }
+    static bool get(halo_in *i, std::list<T, A> &v) { return Seq<std::list<T, A>>::get(i, v, [](std::list<T, A> &c, T &&x) { c.push_back(static_cast<T &&>(x)); }); }
 };
 #endif
 #if defined(HALO_NEED_set) || defined(HALO_NEED_multiset)
 template <class T, class L, class A> struct W<std::set<T, L, A>> {
     static void put(halo_out *o, const std::set<T, L, A> &v) { Seq<std::set<T, L, A>>::put(o, v); }
-    static bool get(halo_in *i, std::set<T, L, A> &v) { return Seq<std::set<T, L, A>>::get(i, v, [](std::set<T, L, A> &c, T &&x) { c.insert(std::move(x)); }); }
+    static bool get(halo_in *i, std::set<T, L, A> &v) { return Seq<std::set<T, L, A>>::get(i, v, [](std::set<T, L, A> &c, T &&x) { c.insert(static_cast<T &&>(x)); }); }
 };
 template <class T, class L, class A> struct W<std::multiset<T, L, A>> {
     static void put(halo_out *o, const std::multiset<T, L, A> &v) { Seq<std::multiset<T, L, A>>::put(o, v); }
-    static bool get(halo_in *i, std::multiset<T, L, A> &v) { return Seq<std::multiset<T, L, A>>::get(i, v, [](std::multiset<T, L, A> &c, T &&x) { c.insert(std::move(x)); }); }
+    static bool get(halo_in *i, std::multiset<T, L, A> &v) { return Seq<std::multiset<T, L, A>>::get(i, v, [](std::multiset<T, L, A> &c, T &&x) { c.insert(static_cast<T &&>(x)); }); }
 };
 #endif
 #if defined(HALO_NEED_unordered_set)
 template <class T, class H, class E, class A> struct W<std::unordered_set<T, H, E, A>> {
     typedef std::unordered_set<T, H, E, A> C;
     static void put(halo_out *o, const C &v) { Seq<C>::put(o, v); }
-    static bool get(halo_in *i, C &v) { return Seq<C>::get(i, v, [](C &c, T &&x) { c.insert(std::move(x)); }); }
+    static bool get(halo_in *i, C &v) { return Seq<C>::get(i, v, [](C &c, T &&x) { c.insert(static_cast<T &&>(x)); }); }
 };
 #endif
 
+#if defined(HALO_NEED_pair) || defined(HALO_NEED_map) || defined(HALO_NEED_unordered_map)
 template <class A, class B> struct W<std::pair<A, B>> {
     static void put(halo_out *o, const std::pair<A, B> &p) { W<A>::put(o, p.first); W<B>::put(o, p.second); }
     static bool get(halo_in *i, std::pair<A, B> &p) { return W<A>::get(i, p.first) && W<B>::get(i, p.second); }
 };
+#endif
 
 template <class M> struct Map {
     static void put(halo_out *o, const M &m) {
@@ -474,7 +503,7 @@ template <class M> struct Map {
             typename M::key_type key{};
             typename M::mapped_type value{};
             if (!W<typename M::key_type>::get(i, key) || !W<typename M::mapped_type>::get(i, value)) return false;
-            m[std::move(key)] = std::move(value);
+            m[static_cast<typename M::key_type &&>(key)] = static_cast<typename M::mapped_type &&>(value);
         }
         return true;
     }
@@ -522,7 +551,7 @@ template <class T> struct W<std::optional<T>> {
         if (!has) { v.reset(); return true; }
         T x{};
         if (!W<T>::get(i, x)) return false;
-        v = std::move(x);
+        v = static_cast<T &&>(x);
         return true;
     }
 };
@@ -531,20 +560,7 @@ template <class T> struct W<std::optional<T>> {
 template <class T> void put(halo_out *o, const T &v) { W<typename std::decay<T>::type>::put(o, v); }
 template <class T> void take(halo_in *i, T &v) { if (!i->bad && !W<T>::get(i, v)) i->bad = 1; }
 
-/* exceptions: the solution's std exceptions reach the tests as themselves */
-inline int code_of(const std::exception &e) {
-    if (dynamic_cast<const std::invalid_argument *>(&e)) return 1;
-    if (dynamic_cast<const std::domain_error *>(&e)) return 2;
-    if (dynamic_cast<const std::length_error *>(&e)) return 3;
-    if (dynamic_cast<const std::out_of_range *>(&e)) return 4;
-    if (dynamic_cast<const std::logic_error *>(&e)) return 5;
-    if (dynamic_cast<const std::range_error *>(&e)) return 6;
-    if (dynamic_cast<const std::overflow_error *>(&e)) return 7;
-    if (dynamic_cast<const std::underflow_error *>(&e)) return 8;
-    if (dynamic_cast<const std::runtime_error *>(&e)) return 9;
-    if (dynamic_cast<const std::bad_alloc *>(&e)) return 10;
-    return 11;
-}
+int code_of(const std::exception &e);  /* in the wire's object: which std exception it is */
 
 inline void raise_reply(halo_out *o, int code, const char *what) {
     std::free(o->p);
@@ -553,7 +569,14 @@ inline void raise_reply(halo_out *o, int code, const char *what) {
     halo_put_u8(o, (unsigned)code);
     halo_put_str(o, what ? what : "");
 }
+}  // namespace halo_wire
 
+#if defined(HALO_TESTS_SIDE)
+#include <new>
+#include <stdexcept>
+#include <string>
+namespace halo_wire {
+/* the solution's std exceptions reach the tests as themselves */
 inline void rethrow(halo_in *r) {
     unsigned code = 0;
     std::string what;
@@ -576,6 +599,7 @@ inline void rethrow(halo_in *r) {
     }
 }
 }  // namespace halo_wire
+#endif
 #endif
 """
 
