@@ -57,7 +57,7 @@ def markdown(run_dir: Path, manifest: dict[str, Any]) -> str:
             )
         lines.append("")
     steps = manifest.get("steps") or {}
-    timed = [(sid, s) for sid, s in steps.items() if s.get("state") in ("ran", "cached")]
+    timed = sorted(((sid, s) for sid, s in steps.items() if s.get("state") in ("ran", "cached")), key=lambda x: x[1].get("started") or 0)
     lines += ["| step | " + " | ".join(sid for sid, _ in timed) + " | total |", "|---" * (len(timed) + 2) + "|"]
     lines.append("| time | " + " | ".join(_seconds(s) for _, s in timed) + f" | {_clock(manifest.get('seconds'))} |")
     return "\n".join(lines) + "\n"
