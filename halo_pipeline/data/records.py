@@ -9,7 +9,7 @@ that the record holds only when the text has one.
 The splits are disjoint by construction: `test` draws its customers' first names, last names and cities from
 pools `train` never uses, and every test prompt differs from every train prompt (the decontamination check, run
 by any recipe that probes on `records:test`, confirms it). Rows are generated from a fixed seed per split: the
-same on every machine and Python version (only `random.Random` with integer seeds and sorted pools are used).
+same on every machine and Python version (`random.Random` seeded with a string, which it hashes with SHA-512, not `hash()`).
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ SPLITS = {"train": 600, "test": 200}
 INSTRUCTION = "Extract the order below as one JSON object with the keys {keys}. Write the date as YYYY-MM-DD."
 KEYS = "customer, item, quantity, date, payment, ship_to (an object with city) and, only if the text has one, note"
 
-# Patterns say what each string is (a name, a word or two, a city), so a constrained model cannot answer a field with
-# a sentence; every reference record follows it (tests/unit/test_records.py).
+# Patterns say what each string is (a name, a word or two, a city) and bound its length, so a constrained model cannot
+# answer a field with a sentence; every reference record follows it (tests/unit/test_records.py).
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "customer": {"type": "string", "pattern": "^[A-Z][a-z]+ [A-Z][a-z]+$"},
-        "item": {"type": "string", "pattern": "^[a-z]+( [a-z]+)?$"},
+        "customer": {"type": "string", "pattern": "^[A-Z][a-z]{1,23} [A-Z][a-z]{1,23}$"},
+        "item": {"type": "string", "pattern": "^[a-z]{2,24}( [a-z]{2,24})?$"},
         "quantity": {"type": "integer", "minimum": 1, "maximum": 99},
         "date": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
         "payment": {"enum": ["card", "cash", "invoice"]},
         "ship_to": {
             "type": "object",
-            "properties": {"city": {"type": "string", "pattern": "^[A-Z][a-z]+$"}},
+            "properties": {"city": {"type": "string", "pattern": "^[A-Z][a-z]{1,23}$"}},
             "required": ["city"],
             "additionalProperties": False,
         },
