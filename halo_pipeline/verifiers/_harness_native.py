@@ -261,7 +261,7 @@ def _drive(args: dict[str, Any]) -> dict[str, Any]:
 
 def build(args: dict[str, Any]) -> None:
     """Compile only; with `return_binary`, the program comes back too (ours: a tests' program, the wire's object)."""
-    _write_files(args["files"])
+    _write_files(args["files"], args.get("binary_files"))
     b = Build(args["build"], time.monotonic() + float(args["compile_timeout_s"]), "build.log")
     ok = b.wait()
     record: dict[str, Any] = {"compiled": ok, "compiler_errors": [] if ok else b.errors.splitlines()[:20]}

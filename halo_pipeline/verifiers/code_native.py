@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 import halo_pipeline.sandbox as sbx
-from halo_pipeline.verifiers import VerifyResult, native, native_sources, native_wire, register_verifier
+from halo_pipeline.verifiers import VerifyResult, native, native_sources, register_verifier
 from halo_pipeline.verifiers.code import (
     HARNESSES,
     CompareSettings,
@@ -183,11 +183,17 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _built(settings: Any, language: str, files: dict[str, str], build: list[list[str]], binary: str) -> Callable[[], tuple[Built, bool]]:
+def _build_args(side: dict[str, Any]) -> dict[str, Any]:
+    return {"files": side["files"], "build": side["build"], "binary": side["binary"], "binary_files": side.get("binary_files")}
+
+
+def _built(
+    settings: Any, language: str, files: dict[str, str], build: list[list[str]], binary: str, binary_files: dict[str, str] | None = None
+) -> Callable[[], tuple[Built, bool]]:
     """A build run of one of our programs: (what came back, whether to keep it)."""
 
     def run() -> tuple[Built, bool]:
-        args = {"files": files, "build": build, "binary": binary, "return_binary": True, **_common(settings)}
+        args = {"files": files, "binary_files": binary_files, "build": build, "binary": binary, "return_binary": True, **_common(settings)}
         records = _records(_run(settings, language, role="harness_native:build", args=args, result=True))
         if not records:
             return Built(), False
@@ -202,11 +208,9 @@ def _built(settings: Any, language: str, files: dict[str, str], build: list[list
 
 
 def _wire_object(settings: Any, language: str, compiler: str) -> str | None:
-    """The wire's object for this compiler and flags (C, C++), built once: the solution's program links it."""
-    ext = "cc" if language == "cpp" else "c"
-    files = {"halo_wire.h": native_wire.WIRE_H, f"halo_wire.{ext}": native_wire.WIRE_C}
-    build = [[compiler, *settings.flags, "-c", f"halo_wire.{ext}", "-o", "halo_wire.o"]]
-    return WIRE_OBJECTS.get(_key(files, build), _built(settings, language, files, build, "halo_wire.o")).binary
+    """The wire's code built once for this compiler and flags (C, C++: an object; Rust: an rlib), or None."""
+    files, build, binary = native_sources.wire_build(language, compiler, list(settings.flags))
+    return WIRE_OBJECTS.get(_key(files, build), _built(settings, language, files, build, binary)).binary
 
 
 def _verify_tests(
@@ -215,20 +219,16 @@ def _verify_tests(
     """`test` statements: the solution's program and the tests' program, a pair joined by plain data."""
     prompt = str(sample.get("prompt") or "")
     plan = native_sources.plan(language, compiler, list(settings.flags), code, prompt, str(sample["test"]), sample.get("entry_point"))
-    files, build = plan.driver["files"], plan.driver["build"]
-    tests = TESTS_PROGRAMS.get(_key(files, build), _built(settings, language, files, build, plan.driver["binary"]))
+    wire = _wire_object(settings, language, compiler)
+    tests_side = native_sources.with_wire(plan.driver, language, wire) if wire and language == "rust" else plan.driver
+    tests = TESTS_PROGRAMS.get(_key(plan.driver["files"], plan.driver["build"]), _built(settings, language, **_build_args(tests_side)))
     if tests.errors is not None:
         details["compiler_errors"] = tests.errors
         return VerifyResult(0.0, False, details, "the tests do not compile against the entry points' declarations")
     driver = {**plan.driver, **_common(settings)}
     if tests.binary is not None:
         driver.update(prebuilt=tests.binary, files={}, build=[])
-    candidate = {**plan.candidate, **_common(settings)}
-    if language != "rust" and (wire := _wire_object(settings, language, compiler)) is not None:
-        ext = "cc" if language == "cpp" else "c"
-        candidate["binary_files"] = {"halo_wire.o": wire}
-        candidate["files"] = {k: v for k, v in candidate["files"].items() if k != f"halo_wire.{ext}"}
-        candidate["build"] = [["halo_wire.o" if a == f"halo_wire.{ext}" else a for a in argv] for argv in candidate["build"]]
+    candidate = {**(native_sources.with_wire(plan.candidate, language, wire) if wire else plan.candidate), **_common(settings)}
     run = _run(
         settings, language, pair=("harness_native:driver", "harness_native:candidate"), args={"driver": driver, "candidate": candidate}
     )

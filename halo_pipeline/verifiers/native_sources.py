@@ -6,8 +6,8 @@
   library functions, operators in `namespace std`, constructors, crate attributes, trait impls —
   lives in this program only. It may lie about its return values, nothing else.
 - The **tests' program** (the driver's): the task's tests in their own translation unit / crate,
-  compiled against the standard headers, the prompt's includes and declarations of the entry
-  points (canonical types of the grammar, literal default arguments only), linked with stubs that
+  compiled against the standard headers, the prompt's own code before its first entry point and
+  declarations of the entry points (canonical types of the grammar, literal default arguments only), linked with stubs that
   send each call to the solution's process and decode its reply. It counts its check sites itself
   and reports each site's first pass and first failure on a pipe the solution cannot reach.
 
@@ -28,7 +28,8 @@ CPP_PRELUDE = [
     "cstdio", "cstdlib", "cstring", "cmath", "cstdint", "climits", "cfloat", "cctype", "cstddef", "string", "vector", "map", "set",
     "unordered_map", "unordered_set", "utility", "tuple", "optional", "array", "algorithm", "numeric", "stdexcept", "limits",
 ]  # fmt: skip
-STANDARD_HEADER = re.compile(r"[a-z_][a-z0-9_]*(?:\.h)?|sys/[a-z_]+\.h")
+# a system header's name: relative, no `..` (an angle-bracket include of `/dev/zero` or `../x` never reaches a compiler)
+STANDARD_HEADER = re.compile(r"(?!.*\.\.)[A-Za-z_][A-Za-z0-9_+]*(?:/[A-Za-z_][A-Za-z0-9_+]*)*(?:\.h|\.hpp)?")
 
 
 def _includes(language: str, test: str, prompt_includes: tuple[str, ...]) -> list[str]:
@@ -71,6 +72,38 @@ def plan(language: str, compiler: str, flags: list[str], solution: str, prompt: 
     return Plan(candidate, driver, sites.sources)
 
 
+def wire_build(language: str, compiler: str, flags: list[str]) -> tuple[dict[str, str], list[list[str]], str]:
+    """How to build the wire's code once per compiler and flags: (files, build commands, what is built)."""
+    if language == "rust":
+        files = {"halo_wire.rs": native_wire.WIRE_RS_CRATE}
+        return (
+            files,
+            [[compiler, "--edition", "2021", *flags, "--crate-type", "rlib", "--crate-name", "halo_wire", "-o", RLIB, "halo_wire.rs"]],
+            RLIB,
+        )
+    ext = "cc" if language == "cpp" else "c"
+    files = {"halo_wire.h": native_wire.WIRE_H, f"halo_wire.{ext}": native_wire.WIRE_C}
+    return files, [[compiler, *flags, "-c", f"halo_wire.{ext}", "-o", "halo_wire.o"]], "halo_wire.o"
+
+
+def with_wire(side: dict[str, Any], language: str, built: str) -> dict[str, Any]:
+    """A program's arguments with the wire prebuilt (`built`: base64 of wire_build's output) instead of compiled in."""
+    name = RLIB if language == "rust" else "halo_wire.o"
+    side = {**side, "binary_files": {**side.get("binary_files", {}), name: built}}
+    if language == "rust":
+        side["files"] = {k: v.replace(native_wire.WIRE_RS, "\nextern crate halo_wire;\n") for k, v in side["files"].items()}
+        extern = ["-L", ".", "--extern", f"halo_wire={RLIB}"]
+        side["build"] = [[*argv[:-3], *extern, *argv[-3:]] for argv in side["build"]]  # before `-o out main.rs`
+        return side
+    source = "halo_wire.cc" if language == "cpp" else "halo_wire.c"
+    side["files"] = {k: v for k, v in side["files"].items() if k != source}
+    side["build"] = [[name if a == source else a for a in argv] for argv in side["build"]]
+    return side
+
+
+RLIB = "libhalo_wire.rlib"
+
+
 def _program(language: str, solution: str, prompt: str, entries: native.Entries) -> str:
     """The solution's text: the completion, or the prompt + completion when the completion continues
     a prompt that declares an entry point it does not define itself (HumanEval-X style)."""
@@ -84,7 +117,10 @@ def _program(language: str, solution: str, prompt: str, entries: native.Entries)
 # ---------------------------------------------------------------- C and C++
 
 
-def _c_family(language: str, compiler: str, flags: list[str], program: str, test: str, entries: native.Entries, n_sites: int):  # type: ignore[no-untyped-def]
+Programs = tuple[dict[str, Any], dict[str, Any]]  # (the candidate's arguments, the driver's)
+
+
+def _c_family(language: str, compiler: str, flags: list[str], program: str, test: str, entries: native.Entries, n_sites: int) -> Programs:
     cpp = language == "cpp"
     ext = "cc" if cpp else "c"
     needs = _cpp_needs(entries.signatures) if cpp else set()
@@ -133,7 +169,9 @@ def _c_family(language: str, compiler: str, flags: list[str], program: str, test
         + check
         + f'void halo_tests(void) {{\n#line 1 "test"\n{body}\n}}\n'
     )
-    tests_head = "".join(f"#define HALO_NEED_{n}\n" for n in sorted(needs | {"string"})) + '#define HALO_TESTS_SIDE\n#include "halo_wire.hpp"\n'
+    tests_head = (
+        "".join(f"#define HALO_NEED_{n}\n" for n in sorted(needs | {"string"})) + '#define HALO_TESTS_SIDE\n#include "halo_wire.hpp"\n'
+    )
     stubs = (
         f'#include "halo_wire.{ext}"\n'
         + native_wire.WIRE_CALL_C
@@ -465,7 +503,7 @@ RUST_TESTS_HEAD = """#![allow(unused, dead_code, non_snake_case, unused_imports,
 """
 
 
-def _rust(compiler: str, flags: list[str], program: str, test: str, entries: native.Entries, n_sites: int):  # type: ignore[no-untyped-def]
+def _rust(compiler: str, flags: list[str], program: str, test: str, entries: native.Entries, n_sites: int) -> Programs:
     # the solution in a module of its own: its inner attributes (`forbid(unsafe_code)`, lints) are that
     # module's; its entry points made `pub` so that the dispatcher at the crate root may call them
     visibility = native.scan_rust(program).visibility

@@ -603,346 +603,345 @@ inline void rethrow(halo_in *r) {
 #endif
 """
 
-WIRE_RS = r"""
-#[allow(dead_code, unused_imports)]
-pub mod halo_wire {
-    //! Plain data between the tests' process and the solution's.
-    use ::std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-    use ::std::hash::Hash;
-    use ::std::io::{Read, Write};
+WIRE_RS_CRATE = r"""//! Plain data between the tests' process and the solution's: the crate `halo_wire`.
+#![allow(dead_code, unused_imports)]
+use ::std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use ::std::hash::Hash;
+use ::std::io::{Read, Write};
 
-    pub const MAX_FRAME: usize = 64 << 20;
+pub const MAX_FRAME: usize = 64 << 20;
 
-    pub struct In<'a> {
-        pub b: &'a [u8],
-        pub at: usize,
-        pub bad: bool,
+pub struct In<'a> {
+    pub b: &'a [u8],
+    pub at: usize,
+    pub bad: bool,
+}
+
+impl<'a> In<'a> {
+    pub fn new(b: &'a [u8]) -> Self {
+        In { b, at: 0, bad: false }
     }
-
-    impl<'a> In<'a> {
-        pub fn new(b: &'a [u8]) -> Self {
-            In { b, at: 0, bad: false }
-        }
-        pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-            if self.bad || n > self.b.len() - self.at {
-                self.bad = true;
-                return None;
-            }
-            let s = &self.b[self.at..self.at + n];
-            self.at += n;
-            Some(s)
-        }
-        pub fn u8(&mut self) -> Option<u8> {
-            self.bytes(1).map(|s| s[0])
-        }
-        pub fn u32(&mut self) -> Option<u32> {
-            self.bytes(4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        }
-        pub fn count(&mut self, item: usize) -> Option<usize> {
-            let n = self.u32()? as usize;
-            if n > (self.b.len() - self.at) / item.max(1) {
-                self.bad = true;
-                return None;
-            }
-            Some(n)
-        }
-        pub fn get<T: Wire>(&mut self) -> Option<T> {
-            let v = T::get(self);
-            if v.is_none() {
-                self.bad = true;
-            }
-            v
-        }
-        pub fn done(&self) -> bool {
-            !self.bad && self.at == self.b.len()
-        }
-    }
-
-    pub trait Wire: Sized {
-        fn put(&self, o: &mut Vec<u8>);
-        fn get(r: &mut In) -> Option<Self>;
-    }
-
-    pub fn put_u32(o: &mut Vec<u8>, n: usize) {
-        o.extend_from_slice(&(n as u32).to_le_bytes());
-    }
-
-    pub fn put_str(o: &mut Vec<u8>, s: &str) {
-        put_u32(o, s.len());
-        o.extend_from_slice(s.as_bytes());
-    }
-
-    pub fn put_slice<T: Wire>(o: &mut Vec<u8>, s: &[T]) {
-        put_u32(o, s.len());
-        for x in s {
-            x.put(o);
-        }
-    }
-
-    macro_rules! wire_int {
-        ($($t:ty),*) => {$(
-            impl Wire for $t {
-                fn put(&self, o: &mut Vec<u8>) {
-                    o.extend_from_slice(&(*self as i128).to_le_bytes());
-                }
-                fn get(r: &mut In) -> Option<Self> {
-                    let s = r.bytes(16)?;
-                    let mut b = [0u8; 16];
-                    b.copy_from_slice(s);
-                    <$t>::try_from(i128::from_le_bytes(b)).ok()
-                }
-            }
-        )*};
-    }
-    wire_int!(i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, usize);
-
-    impl Wire for u128 {
-        fn put(&self, o: &mut Vec<u8>) {
-            o.extend_from_slice(&self.to_le_bytes());
-        }
-        fn get(r: &mut In) -> Option<Self> {
-            let s = r.bytes(16)?;
-            let mut b = [0u8; 16];
-            b.copy_from_slice(s);
-            Some(u128::from_le_bytes(b))
-        }
-    }
-
-    impl Wire for bool {
-        fn put(&self, o: &mut Vec<u8>) {
-            o.push(*self as u8);
-        }
-        fn get(r: &mut In) -> Option<Self> {
-            match r.u8()? {
-                0 => Some(false),
-                1 => Some(true),
-                _ => None,
-            }
-        }
-    }
-
-    impl Wire for char {
-        fn put(&self, o: &mut Vec<u8>) {
-            o.extend_from_slice(&(*self as u32).to_le_bytes());
-        }
-        fn get(r: &mut In) -> Option<Self> {
-            char::from_u32(r.u32()?)
-        }
-    }
-
-    impl Wire for f64 {
-        fn put(&self, o: &mut Vec<u8>) {
-            o.extend_from_slice(&self.to_bits().to_le_bytes());
-        }
-        fn get(r: &mut In) -> Option<Self> {
-            let s = r.bytes(8)?;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(s);
-            Some(f64::from_bits(u64::from_le_bytes(b)))
-        }
-    }
-
-    impl Wire for f32 {
-        fn put(&self, o: &mut Vec<u8>) {
-            o.extend_from_slice(&self.to_bits().to_le_bytes());
-        }
-        fn get(r: &mut In) -> Option<Self> {
-            Some(f32::from_bits(r.u32()?))
-        }
-    }
-
-    impl Wire for String {
-        fn put(&self, o: &mut Vec<u8>) {
-            put_str(o, self);
-        }
-        fn get(r: &mut In) -> Option<Self> {
-            let n = r.count(1)?;
-            String::from_utf8(r.bytes(n)?.to_vec()).ok()
-        }
-    }
-
-    impl Wire for () {
-        fn put(&self, _o: &mut Vec<u8>) {}
-        fn get(_r: &mut In) -> Option<Self> {
-            Some(())
-        }
-    }
-
-    impl<T: Wire> Wire for Vec<T> {
-        fn put(&self, o: &mut Vec<u8>) {
-            put_slice(o, self);
-        }
-        fn get(r: &mut In) -> Option<Self> {
-            let n = r.count(1)?;
-            let mut v = Vec::with_capacity(n);
-            for _ in 0..n {
-                v.push(r.get()?);
-            }
-            Some(v)
-        }
-    }
-
-    macro_rules! wire_collection {
-        ($c:ident, $add:ident, $($bound:path),*) => {
-            impl<T: Wire $(+ $bound)*> Wire for $c<T> {
-                fn put(&self, o: &mut Vec<u8>) {
-                    put_u32(o, self.len());
-                    for x in self.iter() {
-                        x.put(o);
-                    }
-                }
-                fn get(r: &mut In) -> Option<Self> {
-                    let n = r.count(1)?;
-                    let mut c = $c::new();
-                    for _ in 0..n {
-                        c.$add(r.get()?);
-                    }
-                    Some(c)
-                }
-            }
-        };
-    }
-    wire_collection!(VecDeque, push_back,);
-    wire_collection!(HashSet, insert, Eq, Hash);
-    wire_collection!(BTreeSet, insert, Ord);
-
-    macro_rules! wire_map {
-        ($c:ident, $($bound:path),*) => {
-            impl<K: Wire $(+ $bound)*, V: Wire> Wire for $c<K, V> {
-                fn put(&self, o: &mut Vec<u8>) {
-                    put_u32(o, self.len());
-                    for (k, v) in self.iter() {
-                        k.put(o);
-                        v.put(o);
-                    }
-                }
-                fn get(r: &mut In) -> Option<Self> {
-                    let n = r.count(2)?;
-                    let mut m = $c::new();
-                    for _ in 0..n {
-                        let k = r.get()?;
-                        m.insert(k, r.get()?);
-                    }
-                    Some(m)
-                }
-            }
-        };
-    }
-    wire_map!(HashMap, Eq, Hash);
-    wire_map!(BTreeMap, Ord);
-
-    impl<T: Wire> Wire for Option<T> {
-        fn put(&self, o: &mut Vec<u8>) {
-            match self {
-                None => o.push(0),
-                Some(v) => {
-                    o.push(1);
-                    v.put(o);
-                }
-            }
-        }
-        fn get(r: &mut In) -> Option<Self> {
-            match r.u8()? {
-                0 => Some(None),
-                1 => Some(Some(r.get()?)),
-                _ => None,
-            }
-        }
-    }
-
-    impl<T: Wire, E: Wire> Wire for Result<T, E> {
-        fn put(&self, o: &mut Vec<u8>) {
-            match self {
-                Ok(v) => {
-                    o.push(0);
-                    v.put(o);
-                }
-                Err(e) => {
-                    o.push(1);
-                    e.put(o);
-                }
-            }
-        }
-        fn get(r: &mut In) -> Option<Self> {
-            match r.u8()? {
-                0 => Some(Ok(r.get()?)),
-                1 => Some(Err(r.get()?)),
-                _ => None,
-            }
-        }
-    }
-
-    impl<T: Wire> Wire for Box<T> {
-        fn put(&self, o: &mut Vec<u8>) {
-            (**self).put(o);
-        }
-        fn get(r: &mut In) -> Option<Self> {
-            Some(Box::new(r.get()?))
-        }
-    }
-
-    impl<T: Wire, const N: usize> Wire for [T; N] {
-        fn put(&self, o: &mut Vec<u8>) {
-            put_slice(o, self);
-        }
-        fn get(r: &mut In) -> Option<Self> {
-            let v: Vec<T> = Vec::get(r)?;
-            v.try_into().ok()
-        }
-    }
-
-    macro_rules! wire_tuple {
-        ($($t:ident),+) => {
-            impl<$($t: Wire),+> Wire for ($($t,)+) {
-                #[allow(non_snake_case)]
-                fn put(&self, o: &mut Vec<u8>) {
-                    let ($($t,)+) = self;
-                    $($t.put(o);)+
-                }
-                fn get(r: &mut In) -> Option<Self> {
-                    Some(($(r.get::<$t>()?,)+))
-                }
-            }
-        };
-    }
-    wire_tuple!(A);
-    wire_tuple!(A, B);
-    wire_tuple!(A, B, C);
-    wire_tuple!(A, B, C, D);
-    wire_tuple!(A, B, C, D, E);
-    wire_tuple!(A, B, C, D, E, F);
-    wire_tuple!(A, B, C, D, E, F, G);
-    wire_tuple!(A, B, C, D, E, F, G, H);
-
-    pub fn send(w: &mut impl Write, payload: &[u8]) -> bool {
-        if payload.len() > MAX_FRAME {
-            return false;
-        }
-        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
-        frame.extend_from_slice(payload);
-        w.write_all(&frame).is_ok() && w.flush().is_ok()
-    }
-
-    pub fn recv(r: &mut impl Read) -> Option<Vec<u8>> {
-        let mut head = [0u8; 4];
-        r.read_exact(&mut head).ok()?;
-        let n = u32::from_le_bytes(head) as usize;
-        if n > MAX_FRAME {
+    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.bad || n > self.b.len() - self.at {
+            self.bad = true;
             return None;
         }
-        let mut body = vec![0u8; n];
-        r.read_exact(&mut body).ok()?;
-        Some(body)
+        let s = &self.b[self.at..self.at + n];
+        self.at += n;
+        Some(s)
     }
+    pub fn u8(&mut self) -> Option<u8> {
+        self.bytes(1).map(|s| s[0])
+    }
+    pub fn u32(&mut self) -> Option<u32> {
+        self.bytes(4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    pub fn count(&mut self, item: usize) -> Option<usize> {
+        let n = self.u32()? as usize;
+        if n > (self.b.len() - self.at) / item.max(1) {
+            self.bad = true;
+            return None;
+        }
+        Some(n)
+    }
+    pub fn get<T: Wire>(&mut self) -> Option<T> {
+        let v = T::get(self);
+        if v.is_none() {
+            self.bad = true;
+        }
+        v
+    }
+    pub fn done(&self) -> bool {
+        !self.bad && self.at == self.b.len()
+    }
+}
 
-    pub fn panic_message(e: &(dyn ::std::any::Any + Send)) -> String {
-        if let Some(s) = e.downcast_ref::<&str>() {
-            s.to_string()
-        } else if let Some(s) = e.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            String::new()
+pub trait Wire: Sized {
+    fn put(&self, o: &mut Vec<u8>);
+    fn get(r: &mut In) -> Option<Self>;
+}
+
+pub fn put_u32(o: &mut Vec<u8>, n: usize) {
+    o.extend_from_slice(&(n as u32).to_le_bytes());
+}
+
+pub fn put_str(o: &mut Vec<u8>, s: &str) {
+    put_u32(o, s.len());
+    o.extend_from_slice(s.as_bytes());
+}
+
+pub fn put_slice<T: Wire>(o: &mut Vec<u8>, s: &[T]) {
+    put_u32(o, s.len());
+    for x in s {
+        x.put(o);
+    }
+}
+
+macro_rules! wire_int {
+    ($($t:ty),*) => {$(
+        impl Wire for $t {
+            fn put(&self, o: &mut Vec<u8>) {
+                o.extend_from_slice(&(*self as i128).to_le_bytes());
+            }
+            fn get(r: &mut In) -> Option<Self> {
+                let s = r.bytes(16)?;
+                let mut b = [0u8; 16];
+                b.copy_from_slice(s);
+                <$t>::try_from(i128::from_le_bytes(b)).ok()
+            }
+        }
+    )*};
+}
+wire_int!(i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, usize);
+
+impl Wire for u128 {
+    fn put(&self, o: &mut Vec<u8>) {
+        o.extend_from_slice(&self.to_le_bytes());
+    }
+    fn get(r: &mut In) -> Option<Self> {
+        let s = r.bytes(16)?;
+        let mut b = [0u8; 16];
+        b.copy_from_slice(s);
+        Some(u128::from_le_bytes(b))
+    }
+}
+
+impl Wire for bool {
+    fn put(&self, o: &mut Vec<u8>) {
+        o.push(*self as u8);
+    }
+    fn get(r: &mut In) -> Option<Self> {
+        match r.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
         }
     }
 }
+
+impl Wire for char {
+    fn put(&self, o: &mut Vec<u8>) {
+        o.extend_from_slice(&(*self as u32).to_le_bytes());
+    }
+    fn get(r: &mut In) -> Option<Self> {
+        char::from_u32(r.u32()?)
+    }
+}
+
+impl Wire for f64 {
+    fn put(&self, o: &mut Vec<u8>) {
+        o.extend_from_slice(&self.to_bits().to_le_bytes());
+    }
+    fn get(r: &mut In) -> Option<Self> {
+        let s = r.bytes(8)?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(s);
+        Some(f64::from_bits(u64::from_le_bytes(b)))
+    }
+}
+
+impl Wire for f32 {
+    fn put(&self, o: &mut Vec<u8>) {
+        o.extend_from_slice(&self.to_bits().to_le_bytes());
+    }
+    fn get(r: &mut In) -> Option<Self> {
+        Some(f32::from_bits(r.u32()?))
+    }
+}
+
+impl Wire for String {
+    fn put(&self, o: &mut Vec<u8>) {
+        put_str(o, self);
+    }
+    fn get(r: &mut In) -> Option<Self> {
+        let n = r.count(1)?;
+        String::from_utf8(r.bytes(n)?.to_vec()).ok()
+    }
+}
+
+impl Wire for () {
+    fn put(&self, _o: &mut Vec<u8>) {}
+    fn get(_r: &mut In) -> Option<Self> {
+        Some(())
+    }
+}
+
+impl<T: Wire> Wire for Vec<T> {
+    fn put(&self, o: &mut Vec<u8>) {
+        put_slice(o, self);
+    }
+    fn get(r: &mut In) -> Option<Self> {
+        let n = r.count(1)?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(r.get()?);
+        }
+        Some(v)
+    }
+}
+
+macro_rules! wire_collection {
+    ($c:ident, $add:ident, $($bound:path),*) => {
+        impl<T: Wire $(+ $bound)*> Wire for $c<T> {
+            fn put(&self, o: &mut Vec<u8>) {
+                put_u32(o, self.len());
+                for x in self.iter() {
+                    x.put(o);
+                }
+            }
+            fn get(r: &mut In) -> Option<Self> {
+                let n = r.count(1)?;
+                let mut c = $c::new();
+                for _ in 0..n {
+                    c.$add(r.get()?);
+                }
+                Some(c)
+            }
+        }
+    };
+}
+wire_collection!(VecDeque, push_back,);
+wire_collection!(HashSet, insert, Eq, Hash);
+wire_collection!(BTreeSet, insert, Ord);
+
+macro_rules! wire_map {
+    ($c:ident, $($bound:path),*) => {
+        impl<K: Wire $(+ $bound)*, V: Wire> Wire for $c<K, V> {
+            fn put(&self, o: &mut Vec<u8>) {
+                put_u32(o, self.len());
+                for (k, v) in self.iter() {
+                    k.put(o);
+                    v.put(o);
+                }
+            }
+            fn get(r: &mut In) -> Option<Self> {
+                let n = r.count(2)?;
+                let mut m = $c::new();
+                for _ in 0..n {
+                    let k = r.get()?;
+                    m.insert(k, r.get()?);
+                }
+                Some(m)
+            }
+        }
+    };
+}
+wire_map!(HashMap, Eq, Hash);
+wire_map!(BTreeMap, Ord);
+
+impl<T: Wire> Wire for Option<T> {
+    fn put(&self, o: &mut Vec<u8>) {
+        match self {
+            None => o.push(0),
+            Some(v) => {
+                o.push(1);
+                v.put(o);
+            }
+        }
+    }
+    fn get(r: &mut In) -> Option<Self> {
+        match r.u8()? {
+            0 => Some(None),
+            1 => Some(Some(r.get()?)),
+            _ => None,
+        }
+    }
+}
+
+impl<T: Wire, E: Wire> Wire for Result<T, E> {
+    fn put(&self, o: &mut Vec<u8>) {
+        match self {
+            Ok(v) => {
+                o.push(0);
+                v.put(o);
+            }
+            Err(e) => {
+                o.push(1);
+                e.put(o);
+            }
+        }
+    }
+    fn get(r: &mut In) -> Option<Self> {
+        match r.u8()? {
+            0 => Some(Ok(r.get()?)),
+            1 => Some(Err(r.get()?)),
+            _ => None,
+        }
+    }
+}
+
+impl<T: Wire> Wire for Box<T> {
+    fn put(&self, o: &mut Vec<u8>) {
+        (**self).put(o);
+    }
+    fn get(r: &mut In) -> Option<Self> {
+        Some(Box::new(r.get()?))
+    }
+}
+
+impl<T: Wire, const N: usize> Wire for [T; N] {
+    fn put(&self, o: &mut Vec<u8>) {
+        put_slice(o, self);
+    }
+    fn get(r: &mut In) -> Option<Self> {
+        let v: Vec<T> = Vec::get(r)?;
+        v.try_into().ok()
+    }
+}
+
+macro_rules! wire_tuple {
+    ($($t:ident),+) => {
+        impl<$($t: Wire),+> Wire for ($($t,)+) {
+            #[allow(non_snake_case)]
+            fn put(&self, o: &mut Vec<u8>) {
+                let ($($t,)+) = self;
+                $($t.put(o);)+
+            }
+            fn get(r: &mut In) -> Option<Self> {
+                Some(($(r.get::<$t>()?,)+))
+            }
+        }
+    };
+}
+wire_tuple!(A);
+wire_tuple!(A, B);
+wire_tuple!(A, B, C);
+wire_tuple!(A, B, C, D);
+wire_tuple!(A, B, C, D, E);
+wire_tuple!(A, B, C, D, E, F);
+wire_tuple!(A, B, C, D, E, F, G);
+wire_tuple!(A, B, C, D, E, F, G, H);
+
+pub fn send(w: &mut impl Write, payload: &[u8]) -> bool {
+    if payload.len() > MAX_FRAME {
+        return false;
+    }
+    let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(payload);
+    w.write_all(&frame).is_ok() && w.flush().is_ok()
+}
+
+pub fn recv(r: &mut impl Read) -> Option<Vec<u8>> {
+    let mut head = [0u8; 4];
+    r.read_exact(&mut head).ok()?;
+    let n = u32::from_le_bytes(head) as usize;
+    if n > MAX_FRAME {
+        return None;
+    }
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+pub fn panic_message(e: &(dyn ::std::any::Any + Send)) -> String {
+    if let Some(s) = e.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = e.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        String::new()
+    }
+}
 """
+# the same, as a module of the crate that uses it (where no prebuilt crate is at hand)
+WIRE_RS = "\n#[allow(dead_code, unused_imports)]\npub mod halo_wire {\n" + WIRE_RS_CRATE.split("\n", 2)[2] + "}\n"
