@@ -300,14 +300,18 @@ def _one_case(binary: str, stdin: str, cap: int, timeout: float) -> tuple[bytes,
     proc = subprocess.Popen(["./prog"], cwd=work, stdin=memfd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     os.close(memfd)
     assert proc.stdout is not None
-    fd = proc.stdout.fileno()
+    fd, exited = proc.stdout.fileno(), os.pidfd_open(proc.pid)
     chunks, size, why = [], 0, None
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            why = "timed out"
+    deadline, ended = time.monotonic() + timeout, None
+    while True:  # stdout until it closes; once the program exited, what it left holding the pipe gets 0.2 s
+        left = (deadline if ended is None else min(deadline, ended + 0.2)) - time.monotonic()
+        ready = select.select([fd, exited] if ended is None else [fd], [], [], max(0.0, left))[0] if left > 0 else []
+        if not ready:
+            why = "timed out" if ended is None else None
             break
+        if exited in ready:
+            ended = time.monotonic()
+            continue
         chunk = os.read(fd, 65536)
         if not chunk:
             break
@@ -316,7 +320,8 @@ def _one_case(binary: str, stdin: str, cap: int, timeout: float) -> tuple[bytes,
             why = "output limit exceeded"
             break
         chunks.append(chunk)
-    if why is None:
+    os.close(exited)
+    if why is None and ended is None:  # stdout closed first: the program still has until the deadline to end
         try:
             proc.wait(timeout=max(0.05, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -328,5 +333,8 @@ def _one_case(binary: str, stdin: str, cap: int, timeout: float) -> tuple[bytes,
     if os.getpid() == 1:  # the run's own pid namespace: nothing a case started survives into the next
         with contextlib.suppress(OSError):
             os.kill(-1, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, 0)[0] > 0:  # as its init, reap them (zombies count against the processes limit)
+                pass
     shutil.rmtree(work, ignore_errors=True)
     return b"".join(chunks), why

@@ -431,6 +431,50 @@ fn add(a: i32, b: i32) -> i32 {
     assert result.reward == pytest.approx(HONEST_WRONG + 0.8 / 5) and result.details.get("passed") == 1, result
 
 
+# ---------------------------------------------------------------- I/O cases
+
+IO_CASES = [{"input": str(i), "output": str(2 * i)} for i in range(1, 6)]
+IO_WRONG = '#include <stdio.h>\nint main(void) { int n; if (scanf("%d", &n) != 1) return 1; printf("%d\\n", n * 3); return 0; }\n'
+IO_ATTACKS = {
+    "case records forged on every fd and on the runner's fds through /proc": (
+        '#include <fcntl.h>\n#include <stdio.h>\n#include <string.h>\n#include <unistd.h>\nint main(void) { int n; if (scanf("%d", &n) != 1) return 1;\n'
+        '  char r[200], path[64]; for (int c = 0; c < 5; c++) { snprintf(r, sizeof r, "{\\"case\\": %d, \\"stdout\\": \\"%d\\\\n\\", \\"why\\": null}\\n", c, 2 * (c + 1));\n'
+        "    for (int fd = 3; fd < 64; fd++) { ssize_t w = write(fd, r, strlen(r)); (void)w; }\n"
+        '    for (int pid = 1; pid < 64; pid++) { snprintf(path, sizeof path, "/proc/%d/fd/3", pid); int fd = open(path, O_WRONLY); '
+        "if (fd >= 0) { ssize_t w = write(fd, r, strlen(r)); (void)w; close(fd); } } }\n"
+        '  printf("%d\\n", n * 3); return 0; }\n'
+    ),
+    "stdout closed early, then spin past the deadline": (
+        '#include <stdio.h>\nint main(void) { int n; if (scanf("%d", &n) != 1) return 1; printf("%d\\n", n * 2); fclose(stdout); for (;;) {} }\n'
+    ),
+}
+
+
+@needs("gcc")
+@pytest.mark.parametrize("attack", list(IO_ATTACKS), ids=list(IO_ATTACKS))
+def test_io_attacks_score_like_the_wrong_answer(attack: str) -> None:
+    """The pipeline judges each case's stdout; the program cannot write another case's record, nor pass by ending late."""
+    v = build_verifier({"name": "gcc", "allow_code_execution": True, "timeout_s": 2})
+    assert v.verify({"completion": IO_WRONG, "tests": IO_CASES}).reward == pytest.approx(HONEST_WRONG)
+    result = v.verify({"completion": IO_ATTACKS[attack], "tests": IO_CASES})
+    assert result.reward == pytest.approx(HONEST_WRONG) and not result.passed, result
+
+
+@needs("gcc")
+def test_what_a_case_leaves_running_does_not_hold_the_next() -> None:
+    """A daemon that keeps the case's stdout open: the case ends with its program (0.2 s grace), the daemon with it."""
+    import time
+
+    daemon = (
+        '#include <stdio.h>\n#include <unistd.h>\nint main(void) { int n; if (scanf("%d", &n) != 1) return 1; '
+        'if (fork() == 0) { setsid(); sleep(30); return 0; } printf("%d\\n", n * 2); return 0; }\n'
+    )
+    started = time.monotonic()
+    result = build_verifier({"name": "gcc", "allow_code_execution": True, "timeout_s": 5}).verify({"completion": daemon, "tests": IO_CASES})
+    assert result.reward == 1.0, result
+    assert time.monotonic() - started < 20
+
+
 # ---------------------------------------------------------------- samples the design cannot run
 
 BAD_SAMPLES = {
