@@ -487,7 +487,9 @@ def c_param(toks: list[Tok], language: Language, aliases: dict[str, list[Tok]], 
     if len(toks) > 1 and last is not None and last.kind == "id" and last.text not in (*_C_TYPE_WORDS, "const") and toks[-2].text != "::":
         name, toks = last.text, toks[:-1]
     if toks and toks[-1].kind == "punct" and toks[-1].text == "]":  # `int a[]`, `int a[10]`: a pointer
-        opening = max(i for i, t in enumerate(toks) if t.text == "[")
+        opening = _opening(toks, len(toks) - 1, "[", "]")
+        if opening < 0:
+            raise _TypeError("an unbalanced `]`")
         if name is None and opening > 0 and toks[opening - 1].kind == "id" and toks[opening - 1].text not in _C_TYPE_WORDS:
             name = toks[opening - 1].text
             toks = toks[: opening - 1] + [Tok("punct", "*", 0, 0)]
@@ -1052,7 +1054,7 @@ def _rust_type(toks: list[Tok], depth: int) -> str:
     path = text.split("<", 1)[0].lstrip(":")
     for prefix in _RUST_PATH_PREFIXES:
         path = path.removeprefix(prefix)
-    if "<" not in text:
+    if all(t.text != "<" for t in toks):
         if path in _RUST_INTS or path in ("f32", "f64", "bool", "char"):
             return path
         if path == "String":

@@ -13,6 +13,7 @@ construct the design cannot carry. Each attack falls back to the wrong answer it
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 
@@ -532,3 +533,32 @@ def test_a_declared_library_name_is_the_solutions() -> None:
     assert verify("gcc", mine, test, sample={"entry_point": "strlen"}).reward == 1.0
     wrong = "#include <stddef.h>\nsize_t strlen(const char *s) { (void)s; return 3; }\n"
     assert verify("gcc", wrong, test, sample={"entry_point": "strlen"}).reward == pytest.approx(0.2 + 0.8 / 2)
+
+
+@needs("gcc", "g++")
+def test_mangled_samples_are_refused_or_planned_never_a_crash() -> None:
+    """The trusted side reads sample text only: on mangled corpus samples it plans the two programs or refuses
+    with a reason; no other exception (which would be a 0 without the real reason)."""
+    import random
+
+    from native_corpus import TASKS
+
+    from halo_pipeline.verifiers import native, native_sources
+
+    pieces = ["template<class T>", "#define int long", "struct S{};", "fn ", "'a", 'r#"', "/*", "//", "operator==", "...", "[", "]", "::"]
+    rng = random.Random(27)
+    for language, tasks in TASKS.items():
+        for task in tasks:
+            for _ in range(25):
+                solution, test = list(task.solution), list(task.test)
+                for text in (solution, test):
+                    for _ in range(rng.randint(1, 8)):
+                        at = rng.randrange(len(text) + 1)
+                        if rng.random() < 0.4 and text:
+                            del text[min(at, len(text) - 1)]
+                        else:
+                            text[at:at] = list(rng.choice([*"{}()[]<>;,*&\"'\\#\n ", *pieces]))
+                entry = rng.choice([None, "add", ["add", "x"], 3])
+                compiler = shutil.which("g++" if language == "cpp" else "gcc") or ""
+                with contextlib.suppress(native.Refused):
+                    native_sources.plan(language, compiler, [], "".join(solution), "", "".join(test), entry)
