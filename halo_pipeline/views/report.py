@@ -305,7 +305,7 @@ def render(run_dir: Path, manifest: dict[str, Any]) -> str:
         + "</p>",
         "<p class='links'>" + " ".join(links) + "</p>",
         _results(run_dir, manifest),
-        "<table><tr><th>step</th><th>kind</th><th>state</th><th>time</th><th>result</th></tr>",
+        "<table class='steps'><tr><th>step</th><th>kind</th><th>state</th><th>time</th><th>result</th></tr>",
         *(_step_row(sid, step) for sid, step in steps.items()),
         "</table>",
     ]

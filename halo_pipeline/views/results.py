@@ -13,7 +13,6 @@ from typing import Any
 # the probe metrics a results table leads with, in this order; the others follow alphabetically
 LEAD = ("pass@1", "valid_json", "field_accuracy", "mean_reward")
 NAMES = {
-    "pass@1": "exact records (pass@1)",
     "valid_json": "valid JSON",
     "field_accuracy": "field accuracy",
     "mean_reward": "mean reward",

@@ -32,8 +32,10 @@ def test_the_tiny_quickstart_report_reads_well(project: Path, tmp_path: Path) ->
     with browser_page(width=1200, height=900) as page:
         _open(page, run_dir)
         assert "tiny-debug" in page.title()
-        rows = page.locator("table").first.locator("tr").all_inner_texts()[1:]
+        rows = page.locator("table.steps").locator("tr").all_inner_texts()[1:]
         assert [r.split("\t")[0] for r in rows] == RUN_ORDER  # steps in the order they run
+        results = page.locator("table").first.locator("tr").all_inner_texts()  # the probe's results lead the page
+        assert results[0].split("\t")[:3] == ["metric", "base", "tuned"] and results[1].startswith("pass@1")
         assert page.evaluate("document.documentElement.scrollWidth") <= 1200, "the page overflows a 1200-px window"
         images = page.evaluate("[...document.images].map(i => [i.alt, i.naturalWidth, i.getBoundingClientRect().width])")
         assert {alt.split(":")[0] for alt, _, _ in images} >= {"train", "probe", "verify", "eval"}  # curves, gate, drift, eval
