@@ -161,12 +161,9 @@ def structured(url: str, model: str, response_format: ResponseFormat, prompt: st
     import openai
 
     client = openai.OpenAI(base_url=url, api_key="smoke", max_retries=0, timeout=120)
-    request = response_format.openai()
-    extra = {"response_format": request.pop("response_format")} if "response_format" in request else {}
     reply = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
-        extra_body=request or None, **extra,
-    )  # fmt: skip
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0, **response_format.openai()
+    )
     text = reply.choices[0].message.content or ""
     if reply.choices[0].finish_reason == "length":
         raise RuntimeError(f"the structured reply did not finish in {max_tokens} tokens (raise structured_max_tokens): {text!r}")

@@ -258,13 +258,15 @@ class ResponseFormat(BaseModel):
         return grammar(self.grammar, param)
 
     def openai(self) -> dict[str, Any]:
-        """The request parameters an OpenAI-compatible endpoint reads: response_format for JSON, vLLM's guided_* else."""
+        """The `openai` client's keyword arguments for this constraint: response_format for JSON, vLLM's guided_* (which
+        `serve` reads too) in extra_body else."""
         if self.type == "json_object":
             return {"response_format": {"type": "json_object"}}
         if self.type == "json_schema":
             spec = {"name": "output", "schema": self.schema_dict, "strict": True, **(self.json_schema or {})}
             return {"response_format": {"type": "json_schema", "json_schema": spec}}
-        return {f"guided_{self.type}": {"regex": self.pattern, "choice": self.choices, "grammar": self.grammar}[self.type]}
+        guided = {"regex": self.pattern, "choice": self.choices, "grammar": self.grammar}[self.type]
+        return {"extra_body": {f"guided_{self.type}": guided}}
 
 
 def response_format_problems(response_format: ResponseFormat | None) -> list[tuple[str, str]]:

@@ -31,10 +31,7 @@ class Endpoint:
         """`sampling.n` completions per conversation; a `response_format` is sent as the request's own constraint
         (OpenAI's response_format for JSON; vLLM's guided_regex/choice/grammar, which `serve` reads too)."""
         jobs = [(i, j) for i in range(len(batch)) for j in range(sampling.n)]
-        constrained: dict[str, Any] = response_format.openai() if response_format is not None else {}
-        extra = {"response_format": constrained.pop("response_format")} if "response_format" in constrained else {}
-        if constrained:
-            extra["extra_body"] = constrained
+        extra: dict[str, Any] = response_format.openai() if response_format is not None else {}
 
         def one(job: tuple[int, int]) -> tuple[str, int]:
             i, j = job
