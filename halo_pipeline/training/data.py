@@ -1,6 +1,6 @@
 """Dataset rows (our artifact JSONL) -> the dataset formats TRL's trainers take.
 
-SFT examples, DPO pairs and KTO samples are tokenized here, not by the trainer: the prompt as inference tokenizes it (the chat template's
+SFT examples, preference pairs (DPO, ORPO, SimPO, reward models) and KTO samples are tokenized here, not by the trainer: the prompt as inference tokenizes it (the chat template's
 rendering with its generation prompt, or the plain prompt with the tokenizer's special tokens), then the
 completion tokenized on its own. Tokenizing the joined text instead lets the prompt's last token merge with the
 completion's first (a newline with the indentation after it, a colon with a bracket), so the model would train
@@ -101,6 +101,28 @@ def preference_examples(rows: list[dict[str, Any]], tokenizer: Any, chat: bool, 
             example[f"{side}_ids"] = _encode(tokenizer, _completion_text(tokenizer, prompt, str(r[side]), chat, system)[0], False)
         out.append(example)
     return out
+
+
+def pair_features(example: dict[str, Any], max_length: int) -> dict[str, list[int]]:
+    """A tokenized pair (`preference_examples`) as ORPOTrainer and CPOTrainer's `tokenize_row` gives it: each side
+    is the prompt's tokens then its own, the prompt masked out of the labels, the completion cut to `max_length`
+    (as they cut it)."""
+    prompt = [int(i) for i in example["prompt_ids"]]
+    out = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+    for side in ("chosen", "rejected"):
+        tail = [int(i) for i in example[f"{side}_ids"]][: max(0, max_length - len(prompt))]
+        ids = prompt + tail
+        out |= {f"{side}_input_ids": ids, f"{side}_attention_mask": [1] * len(ids), f"{side}_labels": [-100] * len(prompt) + tail}
+    return out
+
+
+def reward_examples(rows: list[dict[str, Any]], tokenizer: Any, chat: bool, system: str | None) -> list[dict[str, Any]]:
+    """Pairs as RewardTrainer takes them tokenized (`chosen_ids`, `rejected_ids`: each whole sequence), the
+    prompt as inference tokenizes it and each side on its own after it (see `preference_examples`)."""
+    return [
+        {f"{side}_ids": pair["prompt_ids"] + pair[f"{side}_ids"] for side in ("chosen", "rejected")}
+        for pair in preference_examples(rows, tokenizer, chat, system)
+    ]
 
 
 def text_row(row: dict[str, Any], chat: bool, system: str | None) -> dict[str, Any]:

@@ -202,17 +202,14 @@ def _sft(
 def _dpo(
     params: TrainingParams, rows: list[dict[str, Any]], tokenizer: Any, chat: bool, config: Any, n: int
 ) -> tuple[list[Example], list[dict[str, int]], list[str]]:
-    import trl
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    if params.algorithm.name == "dpo":  # tokenized as the train step tokenizes them (DPOTrainer keeps them)
-        from halo_pipeline.training.algorithms.dpo import trainer_class
+    from halo_pipeline.training.algorithms.dpo import trainer_class
 
-        records = data.preference_examples(rows, tokenizer, chat, params.system_prompt)
-        prepared, full = _pairs_prepared(trainer_class(), records, tokenizer, config)
-    else:  # orpo, simpo: text pairs, as their trainers take them
-        records = data.preference_rows(rows, chat, params.system_prompt)
-        prepared, full = _pairs_prepared(trl.DPOTrainer, records, tokenizer, config)
+    # tokenized as the train step tokenizes them (dpo, orpo and simpo alike), kept and cut as DPOTrainer keeps and
+    # cuts them (ORPO and CPO cut a side's completion where prompt + completion pass max_length too)
+    records = data.preference_examples(rows, tokenizer, chat, params.system_prompt)
+    prepared, full = _pairs_prepared(trainer_class(), records, tokenizer, config)
     collator = DataCollatorForPreference(
         pad_token_id=tokenizer.pad_token_id,
         max_length=config.max_length,
@@ -253,7 +250,7 @@ def _rm(
     import trl
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
-    records = data.preference_rows(rows, chat, params.system_prompt)
+    records = data.reward_examples(rows, tokenizer, chat, params.system_prompt)  # as the train step tokenizes them
     prepared, full = _pairs_prepared(trl.RewardTrainer, records, tokenizer, config)
     collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=config.pad_to_multiple_of)
     examples = []

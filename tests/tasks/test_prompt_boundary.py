@@ -4,7 +4,7 @@ where the prompt's last token merges with the completion's first. Held for a cha
 prompt ends in a space ("Answer: " + "it is…" tokenizes to " it"), the tiny model's ChatML template (its
 newline merges with the indentation of code), and a model trained without a template (a plain prompt ending in
 a newline). The trainer's dataset, the preview, and TRL's own warning about such prompts are checked, for SFT,
-DPO's pairs and KTO's samples."""
+the preference pairs of DPO, ORPO, SimPO and reward models, and KTO's samples."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ def inference_prompt_ids(runtime: HFRuntime, prompt: str) -> list[int]:
 
 def built_trainer(params: TrainParams, rows: list[dict[str, Any]], tmp_path: Path) -> Any:
     """The trainer the train step builds (trl_runner's own code)."""
-    model, tokenizer = model_io.load(params)
+    from halo_pipeline.training import algorithms
+
+    model, tokenizer = model_io.load(params, for_reward_model=algorithms.get(params.algorithm.name).reward_model)
     chat = params.use_chat_template and bool(tokenizer.chat_template)
     ctx = RunContext(step_id="train", kind="train", out_dir=tmp_path, run_dir=tmp_path, seed=0, log=logging.getLogger("test.boundary"))
     return trl_runner._trainer(params, model, tokenizer, chat, rows, trainer_config(params, tmp_path / "ckpt"), ctx)
@@ -148,6 +150,32 @@ def test_dpo_pairs_are_the_prompt_as_inference_tokenizes_it_then_each_side(
     shown = preview(params, rows, n=1).examples[0].sequences
     assert [(seq.side, seq.ids) for seq in shown] == [(s, head + ids) for s, ids in sides.items()]
     assert all(seq.trained == [False] * len(head) + [True] * (len(seq.ids) - len(head)) for seq in shown)
+
+
+@pytest.mark.parametrize("algorithm", ["orpo", "simpo", "rm"])
+def test_orpo_simpo_and_reward_model_pairs_are_the_prompt_as_inference_tokenizes_it_then_each_side(algorithm: str, tmp_path: Path) -> None:
+    template, use_chat, prompt, completion, end = CASES["answer-template"]
+    folder = model_dir(tmp_path, template)
+    params = TrainParams.model_validate({"model": str(folder), "algorithm": {"name": algorithm}})
+    rows = [{"id": "p1", "prompt": prompt, "chosen": completion, "rejected": "it is 3."}]
+    runtime = HFRuntime(folder, use_chat_template=use_chat)
+    head = inference_prompt_ids(runtime, prompt)
+    sides = {
+        s: [int(i) for i in runtime.tokenizer(rows[0][s] + end, add_special_tokens=False)["input_ids"]] for s in ("chosen", "rejected")
+    }
+    joined = runtime.tokenizer(str(runtime.render_chat(to_messages(prompt, None))) + completion + end, add_special_tokens=False)[
+        "input_ids"
+    ]
+    assert joined != head + sides["chosen"], "the case must merge the prompt's last token with the completion's first"
+    prepared = built_trainer(params, rows, tmp_path).train_dataset[0]
+    for side, ids in sides.items():
+        if algorithm == "rm":  # RewardTrainer takes each whole sequence, every token scored
+            assert list(prepared[f"{side}_ids"]) == head + ids
+        else:  # ORPO / CPO: the prompt's tokens then the side's, the prompt masked out of the labels
+            assert list(prepared[f"{side}_input_ids"]) == head + ids
+            assert list(prepared[f"{side}_labels"]) == [-100] * len(head) + ids
+    shown = preview(params, rows, n=1).examples[0].sequences
+    assert [(seq.side, seq.ids) for seq in shown] == [(s, head + ids) for s, ids in sides.items()]
 
 
 def test_kto_samples_are_the_prompt_as_inference_tokenizes_it_then_the_completion(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -14,3 +14,18 @@ def experimental(module: str, *names: str) -> tuple[Any, ...]:
         warnings.filterwarnings("ignore", message=r".*trl\.experimental.*")
         found = importlib.import_module(f"trl.experimental.{module}")
     return tuple(getattr(found, name) for name in names)
+
+
+def on_tokenized_pairs(trainer: Any) -> Any:
+    """ORPOTrainer or CPOTrainer taking pairs already tokenized (`data.preference_examples`: the prompt as inference
+    tokenizes it, each side on its own). Their own `tokenize_row` tokenizes the prompt joined with each side and
+    moves the prompt's last token to the completion where the two merge, so the model would train after a prompt
+    it never sees at inference."""
+    from halo_pipeline.training import data
+
+    class TokenizedPairs(trainer):  # type: ignore[misc,valid-type]
+        def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, list[int]]:
+            return data.pair_features(feature, self.max_length)
+
+    TokenizedPairs.__name__ = TokenizedPairs.__qualname__ = f"Tokenized{trainer.__name__}"
+    return TokenizedPairs

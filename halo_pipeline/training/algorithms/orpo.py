@@ -10,7 +10,7 @@ from pydantic import Field
 
 from halo_pipeline.training import data
 from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings, TrainingParams
-from halo_pipeline.training.algorithms._experimental import experimental
+from halo_pipeline.training.algorithms._experimental import experimental, on_tokenized_pairs
 
 
 class ORPO(Settings):
@@ -28,7 +28,8 @@ def orpo_trainer(algo: ORPO, params: TrainingParams, rows: Rows, chat: bool, com
     from datasets import Dataset
 
     (trainer,) = experimental("orpo", "ORPOTrainer")
-    return trainer(**common, train_dataset=Dataset.from_list(data.preference_rows(rows, chat, params.system_prompt)))
+    pairs = data.preference_examples(rows, common["processing_class"], chat, params.system_prompt)  # the prompt as inference tokenizes it
+    return on_tokenized_pairs(trainer)(**common, train_dataset=Dataset.from_list(pairs))
 
 
 ALGORITHM = Algorithm(settings=ORPO, inputs=("preference_dataset",), data="preference", config=orpo_config, trainer=orpo_trainer)

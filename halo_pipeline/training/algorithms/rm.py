@@ -27,7 +27,8 @@ def rm_trainer(algo: RM, params: TrainingParams, rows: Rows, chat: bool, common:
     import trl
     from datasets import Dataset
 
-    return trl.RewardTrainer(**common, train_dataset=Dataset.from_list(data.preference_rows(rows, chat, params.system_prompt)))
+    pairs = data.reward_examples(rows, common["processing_class"], chat, params.system_prompt)  # the prompt as inference tokenizes it
+    return trl.RewardTrainer(**common, train_dataset=Dataset.from_list(pairs))
 
 
 ALGORITHM = Algorithm(

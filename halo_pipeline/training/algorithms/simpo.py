@@ -10,7 +10,7 @@ from pydantic import Field
 
 from halo_pipeline.training import data
 from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings, TrainingParams
-from halo_pipeline.training.algorithms._experimental import experimental
+from halo_pipeline.training.algorithms._experimental import experimental, on_tokenized_pairs
 
 
 class SimPO(Settings):
@@ -39,7 +39,8 @@ def simpo_trainer(algo: SimPO, params: TrainingParams, rows: Rows, chat: bool, c
     from datasets import Dataset
 
     (trainer,) = experimental("cpo", "CPOTrainer")
-    return trainer(**common, train_dataset=Dataset.from_list(data.preference_rows(rows, chat, params.system_prompt)))
+    pairs = data.preference_examples(rows, common["processing_class"], chat, params.system_prompt)  # the prompt as inference tokenizes it
+    return on_tokenized_pairs(trainer)(**common, train_dataset=Dataset.from_list(pairs))
 
 
 ALGORITHM = Algorithm(settings=SimPO, inputs=("preference_dataset",), data="preference", config=simpo_config, trainer=simpo_trainer)
