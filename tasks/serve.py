@@ -14,23 +14,23 @@ import shlex
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from halo_pipeline.engine.groups import Backend
-from halo_pipeline.engine.step import Artifact, Params, RunContext, step
+from halo_pipeline.engine.step import Artifact, Params, Renamed, RunContext, step
 from halo_pipeline.runtimes.constraints import ResponseFormat, response_format_problems
 
 
 class ServeParams(Params):
+    renamed: ClassVar[dict[str, Renamed]] = {"engine": Renamed("runtime", {"torch": "hf"})}
+
     mode: Literal["smoke", "foreground"] = Field(
         "smoke", description="smoke: start, probe with the openai client, stop; foreground: serve until interrupted."
     )
-    engine: Literal["auto", "torch", "gguf", "mlx"] = Field(
-        "auto", description="Serving engine (auto: by the model's format; HF -> torch)."
-    )
-    backend: Backend = Field(default_factory=Backend, description="Device and precision of the torch engine (usually `${backend}`).")
+    runtime: Literal["auto", "hf", "gguf", "mlx"] = Field("auto", description="What serves the model (auto: by the model's format).")
+    backend: Backend = Field(default_factory=Backend, description="Device and precision of the hf runtime (usually `${backend}`).")
     host: str = Field("127.0.0.1", description="foreground: bind address (non-loopback needs an API key).")
     port: int = Field(8001, ge=1, le=65535, description="foreground: port (smoke uses a free loopback port).")
     api_key_file: str | None = Field(None, description="foreground: file with the bearer key (or $HALO_PIPELINE_API_KEY).")
@@ -51,7 +51,7 @@ def check(params: ServeParams) -> list[Any]:
 @step(
     inputs={"model": "model"},
     outputs={"report": "report"},
-    version="1",
+    version="2",  # 2: serve.json names the runtime
     deterministic=False,
     libraries=("llama-cpp-python", "transformers", "mlx-lm"),
     check=check,
@@ -61,27 +61,27 @@ def run(params: ServeParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     from halo_pipeline.serving.launch import Running, ServeStopped, read_api_key, serve_forever
 
     model = inputs["model"].path
-    engine = pick_engine(model, params.engine)
-    command = ["halo-pipeline", "serve", "--model", str(model), "--engine", engine, "--port", str(params.port)]
-    if engine == "torch" and not params.backend.is_cpu:
+    runtime = pick_engine(model, params.runtime)
+    command = ["halo-pipeline", "serve", "--model", str(model), "--runtime", runtime, "--port", str(params.port)]
+    if runtime == "hf" and not params.backend.is_cpu:
         command += ["--backend", params.backend.name]
     if params.mode == "foreground":
         key = read_api_key(params.api_key_file)
         ctx.summary(f"serving until interrupted: `{shlex.join(command)}`")
         # preflight (a key beyond loopback, no remote code) as for `halo-pipeline serve`; stops on stop_servers()
         # or when the pipeline's main thread ends (Ctrl-C, SIGTERM)
-        serve_forever(model, engine, params.host, params.port, key, params.parallel, backend=params.backend)
+        serve_forever(model, runtime, params.host, params.port, key, params.parallel, backend=params.backend)
         raise ServeStopped(f"serving {model} on {params.host}:{params.port} was stopped")  # nothing to cache: it never finishes
-    with Running(model, engine, backend=params.backend, parallel=params.parallel) as server:
+    with Running(model, runtime, backend=params.backend, parallel=params.parallel) as server:
         found = smoke(server.url, server.model_id, params.max_tokens, params.concurrent)
         if params.response_format is not None:
             found.update(
                 structured(server.url, server.model_id, params.response_format, params.structured_prompt, params.structured_max_tokens)
             )
-    found.update({"mode": "smoke", "engine": engine, "command": shlex.join(command)})
+    found.update({"mode": "smoke", "runtime": runtime, "command": shlex.join(command)})
     ctx.metrics.update({k: found[k] for k in ("ttft_p50_s", "chat_latency_s", "tokens_per_s_1", f"tokens_per_s_{params.concurrent}")})
     ctx.summary(
-        f"{engine}: chat {found['chat_latency_s']} s, TTFT p50 {found['ttft_p50_s']} s, {found['tokens_per_s_1']} tok/s (1 stream), "
+        f"{runtime}: chat {found['chat_latency_s']} s, TTFT p50 {found['ttft_p50_s']} s, {found['tokens_per_s_1']} tok/s (1 stream), "
         f"{found[f'tokens_per_s_{params.concurrent}']} tok/s ({params.concurrent} streams). Serve it with:\n\n    {shlex.join(command)}"
     )
     ctx.meta["report"] = {"command": shlex.join(command)}  # printed at the end of the run: how to serve what it made

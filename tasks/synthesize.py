@@ -21,20 +21,22 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from halo_pipeline.data import load, refs, sources
 from halo_pipeline.data.rows import read_complete_jsonl, write_rows
 from halo_pipeline.engine.groups import Backend, ModelRef, VerifierSpec
-from halo_pipeline.engine.step import Artifact, Params, RunContext, TypeByParam, step
+from halo_pipeline.engine.step import Artifact, Params, Renamed, RunContext, TypeByParam, step
 from halo_pipeline.runtimes.constraints import ResponseFormat, response_format_problems
 
 PROMPT_FIELDS = ("prompt", "question", "instruction", "text")
 
 
 class SynthesizeParams(Params):
+    renamed: ClassVar[dict[str, Renamed]] = {"engine": Renamed("runtime", {"transformers": "hf", "llama_cpp": "gguf"})}
+
     source: str | None = Field(
         None,
         description="Prompts: humaneval[:train|test], records[:train|test] (order notes to extract as JSON), or a Hugging "
@@ -48,10 +50,12 @@ class SynthesizeParams(Params):
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     model: ModelRef = Field(default_factory=lambda: ModelRef.model_validate("tiny"), description="Teacher model (usually `${model}`).")
     backend: Backend = Field(default_factory=Backend, description="Device and precision (usually `${backend}`).")
-    engine: Literal["auto", "transformers", "llama_cpp", "mlx"] = Field(
-        "auto", description="Local engine; auto: mlx on the mlx backend, llama_cpp for GGUF models on cpu, else transformers."
+    runtime: Literal["auto", "hf", "gguf", "mlx", "endpoint"] = Field(
+        "auto",
+        description="What runs the teacher; auto: endpoint when base_url is set, mlx on the mlx backend, gguf (llama.cpp) for "
+        "GGUF models on cpu, else hf (transformers).",
     )
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; the teacher is then remote.")
+    base_url: str | None = Field(None, description="runtime endpoint: an OpenAI-compatible endpoint; the teacher is then remote.")
     endpoint_model: str | None = Field(None, description="Model name sent to the endpoint.")
     api_key_env: str | None = Field(None, description="Env var holding the endpoint's API key (never the key itself).")
     concurrency: int = Field(8, ge=1, description="Concurrent endpoint requests.")
@@ -84,6 +88,14 @@ class SynthesizeParams(Params):
                     raise
                 raise refs.RefError(exc.message, f"{exc.hint}; a local data file goes in `inputs: {{prompts: file:...}}`") from None
         return value
+
+    @model_validator(mode="after")
+    def _endpoint_with_its_url(self) -> SynthesizeParams:
+        if self.runtime == "endpoint" and not self.base_url:
+            raise ValueError("runtime: endpoint needs base_url (an OpenAI-compatible endpoint's /v1 URL)")
+        if self.base_url and self.runtime not in ("auto", "endpoint"):
+            raise ValueError(f"base_url is for runtime: endpoint, not {self.runtime} (leave runtime at auto or set it to endpoint)")
+        return self
 
     @property
     def source_ref(self) -> refs.DatasetRef | None:
@@ -243,7 +255,7 @@ def run(params: SynthesizeParams, inputs: dict[str, Artifact], ctx: RunContext) 
     tokens, started = 0, time.time()
     if todo:
         generate = teacher(
-            params.model, params.backend, params.engine, base_url=params.base_url, endpoint_model=params.endpoint_model,
+            params.model, params.backend, params.runtime, base_url=params.base_url, endpoint_model=params.endpoint_model,
             api_key_env=params.api_key_env, concurrency=params.concurrency, use_chat_template=params.use_chat_template,
         ).generate  # fmt: skip
         index = {p["id"]: i for i, p in enumerate(prompts)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +14,26 @@ def add_parser(sub: Any) -> None:
     s = sub.add_parser("serve", help="OpenAI-compatible server (chat, completions, streaming) for a model or a run's final model")
     s.add_argument("--model", help="model directory, GGUF export or .gguf file, or catalog name")
     s.add_argument("--run", help="serve this run directory's final model (outputs/<recipe>/<run>)")
-    s.add_argument("--engine", choices=["auto", "torch", "gguf", "mlx"], default="auto", help="auto: by the model's format (HF -> torch)")
-    s.add_argument("--backend", default="cpu", help="device group for the torch engine: cpu (default), cuda, rocm, mps")
+    s.add_argument("--runtime", choices=["auto", "hf", "gguf", "mlx"], default="auto", help="what serves the model (auto: by its format)")
+    s.add_argument("--engine", choices=["auto", "torch", "hf", "gguf", "mlx"], help=argparse.SUPPRESS)  # the old spelling of --runtime
+    s.add_argument("--backend", default="cpu", help="device group for the hf runtime: cpu (default), cuda, rocm, mps")
     s.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs an API key)")
     s.add_argument("--port", type=int, default=8001)
     s.add_argument("--api-key-file", help="file holding the bearer key (or set $HALO_PIPELINE_API_KEY; never on argv)")
     s.add_argument("--model-name", help="the model id clients send (default: halo-<format>-<quant> for exports, else the file name)")
-    s.add_argument("--parallel", type=int, default=4, help="concurrent sequences (GGUF contexts; torch batch = 2x)")
+    s.add_argument("--parallel", type=int, default=4, help="concurrent sequences (GGUF contexts; hf and mlx batch = 2x)")
     s.add_argument("--no-prefix-reuse", action="store_true", help="disable prompt-prefix KV reuse (to measure what it buys)")
     s.add_argument(
         "--lora",
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="serve a LoRA adapter unmerged next to the base, as model NAME (repeatable): PEFT dir (torch), GGUF LoRA (gguf), mlx-lm dir (mlx)",
+        help="serve a LoRA adapter unmerged next to the base, as model NAME (repeatable): PEFT dir (hf), GGUF LoRA (gguf), mlx-lm dir (mlx)",
     )
     s.add_argument("--ctx-size", type=int, help="context length in tokens (default: what the model was trained for; GGUF: at most 2048)")
     s.add_argument("--threads", type=int, help="gguf: threads for a lone generation (default: every core; several at once get one each)")
     s.add_argument(
-        "--check", action="store_true", help="preflight only: model, engine, device, bind, auth; no weights loaded, nothing bound"
+        "--check", action="store_true", help="preflight only: model, runtime, device, bind, auth; no weights loaded, nothing bound"
     )
 
 
@@ -52,10 +54,10 @@ def cmd_serve(args: argparse.Namespace, console: Any) -> int:
         else:
             model = _model(args.model)
         api_key = read_api_key(args.api_key_file)
-        engine, backend = _engine_and_backend(args.engine, args.backend)
-        facts = preflight(model, engine, args.host, args.port, api_key, backend, adapters)
-        if args.threads is not None and facts["engine"] != "gguf":
-            raise ServeRefused(f"--threads sets the gguf engine's llama.cpp threads; the {facts['engine']} engine does not take it")
+        runtime, backend = _runtime_and_backend(_runtime(args.runtime, args.engine), args.backend)
+        facts = preflight(model, runtime, args.host, args.port, api_key, backend, adapters)
+        if args.threads is not None and facts["runtime"] != "gguf":
+            raise ServeRefused(f"--threads sets the gguf runtime's llama.cpp threads; the {facts['runtime']} runtime does not take it")
         if args.check:
             for key, value in facts.items():
                 console.print(f"{key:18} {value}")
@@ -64,7 +66,7 @@ def cmd_serve(args: argparse.Namespace, console: Any) -> int:
         # serve_forever runs the same preflight again, as every way of starting a server does
         signum = serve_forever(
             model,
-            facts["engine"],
+            facts["runtime"],
             args.host,
             args.port,
             api_key,
@@ -95,25 +97,34 @@ def _adapters(specs: list[str]) -> dict[str, Path]:
     return adapters
 
 
-def _engine_and_backend(engine: str, backend: str) -> tuple[str, Any]:
-    """`--backend` is the device group (conf/backend/<name>.yaml); an engine name there is the old spelling of --engine."""
-    import sys
+def _runtime(runtime: str, engine: str | None) -> str:
+    """`--engine` (torch for hf) is the old spelling of `--runtime`: it works for one more release, with a warning."""
+    if engine is None:
+        return runtime
+    new = "hf" if engine == "torch" else engine
+    print(f"warning: --engine {engine} is the old spelling: write --runtime {new}", file=sys.stderr)
+    if runtime not in ("auto", new):
+        from halo_pipeline.serving.launch import ServeRefused
 
+        raise ServeRefused(f"--engine {engine} and --runtime {runtime} disagree: give --runtime alone")
+    return new
+
+
+def _runtime_and_backend(runtime: str, backend: str) -> tuple[str, Any]:
+    """`--backend` is the device group (conf/backend/<name>.yaml); a runtime name there is the old spelling of --runtime."""
     from halo_pipeline.engine.groups import Backend, _conf_file
     from halo_pipeline.serving.launch import ServeRefused
 
-    if backend in ("auto", "torch", "gguf", "mlx") and backend != "mlx":
-        print(
-            f"warning: --backend {backend} chooses the engine: write --engine {backend} (--backend is the device group now)",
-            file=sys.stderr,
-        )
-        return backend, Backend()
+    if backend in ("auto", "torch", "hf", "gguf"):
+        new = "hf" if backend == "torch" else backend
+        print(f"warning: --backend {backend} chooses the runtime: write --runtime {new} (--backend is the device group)", file=sys.stderr)
+        return new, Backend()
     path = _conf_file("backend", backend)
     if path is None:
         raise ServeRefused(f"--backend {backend}: not a device group (cpu, cuda, rocm, mps, mlx)")
     import yaml
 
-    return engine, Backend.model_validate(yaml.safe_load(path.read_text()))
+    return runtime, Backend.model_validate(yaml.safe_load(path.read_text()))
 
 
 def _model(ref: str) -> Path:

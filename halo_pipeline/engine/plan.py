@@ -235,6 +235,9 @@ def _kinds_and_params(d: _Draft) -> None:
         except ValidationError as exc:
             d.issues += pydantic_issues(exc, ("steps", sid, "with"), smap, kind.params)
             continue
+        if kind.params.renamed and isinstance(spec.with_, dict):
+            for key, message, fix in kind.params.old_spellings(spec.with_)[1]:
+                d.warnings.append(smap.issue(("steps", sid, "with", key), message, fix))
         if kind.check:  # a problem is text, or (key under `with`, text) to report it at that key
             for problem in kind.check(d.params[sid]):
                 if isinstance(problem, Warn):

@@ -7,9 +7,9 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, ClassVar, TypeVar, get_type_hints
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 SAME_AS = "same:"  # an output typed "same:dataset" has the type of the input named "dataset"
 SCRATCH = ".scratch"  # a step's scratch area in its work dir: kept for a resume, removed once the result is committed
@@ -26,10 +26,40 @@ class TypeByParam:
         return "|".join(dict.fromkeys(self.types.values()))
 
 
+@dataclass(frozen=True)
+class Renamed:
+    """A setting's old spelling that still reads for one release: the key it is now, and its values' new names."""
+
+    key: str
+    values: dict[str, str] = field(default_factory=dict)
+
+
 class Params(BaseModel):
-    """Base of every step kind's parameters: unknown keys are errors."""
+    """Base of every step kind's parameters: unknown keys are errors; old spellings (`renamed`) read as the new
+    ones, and validation warns with the new spelling (`old_spellings`)."""
 
     model_config = ConfigDict(extra="forbid")
+    renamed: ClassVar[dict[str, Renamed]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_old_spellings(cls, data: Any) -> Any:
+        return cls.old_spellings(data)[0] if cls.renamed and isinstance(data, dict) else data
+
+    @classmethod
+    def old_spellings(cls, data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+        """`data` in today's spelling, and (key, message, fix) for each old spelling in it."""
+        data, found = dict(data), []
+        for old, now in cls.renamed.items():
+            if old not in data:
+                continue
+            if now.key in data:
+                raise ValueError(f"`{old}` is the old spelling of `{now.key}`: give only `{now.key}`")
+            value = data.pop(old)
+            data[now.key] = now.values.get(value, value) if isinstance(value, str) else value
+            found.append((old, f"`{old}: {value}` is the old spelling of `{now.key}: {data[now.key]}` (it reads for one more release)",
+                          f"write `{now.key}: {data[now.key]}`"))  # fmt: skip
+        return data, found
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 from halo_pipeline.runtimes.formats import gguf_file, is_adapter, model_format
 
 if TYPE_CHECKING:
-    from halo_pipeline.runtimes.constraints import ResponseFormat
+    from halo_pipeline.runtimes.constraints import Grammars, Guide, ResponseFormat
 
 Messages = list[dict[str, str]]
 
@@ -36,6 +36,7 @@ class Sampling:
 class Runtime(Protocol):
     name: str  # the library: transformers, llama-cpp-python, mlx-lm
     format: str  # hf, gguf, mlx
+    grammars: Grammars  # its compiled output constraints (response_format), by grammar
 
     @property
     def eos_id(self) -> int: ...
@@ -47,7 +48,9 @@ class Runtime(Protocol):
     def encode(self, text: str) -> list[int]: ...  # as the model's tokenizer encodes a document (BOS when it adds one)
     def detokenize(self, ids: list[int]) -> str: ...
     def logprobs(self, ids: list[int]) -> np.ndarray: ...  # [len(ids), vocab]: log P(next | ids[:i+1])
-    def greedy(self, ids: list[int], n: int) -> list[int]: ...  # n argmax tokens; end-of-sequence is just a token
+    # n argmax tokens; end-of-sequence is just a token — unless a `guide` constrains them: then each is the most likely
+    # token the guide allows, the guide takes it, and generation stops once the guide's output is complete
+    def greedy(self, ids: list[int], n: int, guide: Guide | None = None) -> list[int]: ...
     def chat_template(self) -> str | None: ...
     def render_chat(self, messages: Messages) -> str | None: ...
     def generate(
@@ -115,7 +118,7 @@ def load(
 def teacher(
     model: Any,
     backend: Any,
-    engine: str = "auto",
+    runtime: str = "auto",
     *,
     base_url: str | None = None,
     endpoint_model: str | None = None,
@@ -123,8 +126,8 @@ def teacher(
     concurrency: int = 8,
     use_chat_template: bool = True,
 ) -> Any:
-    """What generates completions for a step: a local runtime for a model reference (`engine: auto` picks
-    MLX on the mlx backend, llama.cpp for a GGUF model on the CPU, transformers otherwise), or an endpoint."""
+    """What generates completions for a step: a local runtime for a model reference (`runtime: auto` picks
+    mlx on the mlx backend, gguf (llama.cpp) for a GGUF model on the CPU, hf (transformers) otherwise), or an endpoint."""
     if base_url:
         from halo_pipeline.runtimes.endpoint import Endpoint
 
@@ -132,11 +135,11 @@ def teacher(
     from halo_pipeline.runtimes.catalog import gguf_source, resolve
 
     backend = as_backend(backend)
-    chosen = choose_engine(engine, model, backend)
-    if chosen == "llama_cpp":
+    chosen = choose_runtime(runtime, model, backend)
+    if chosen == "gguf":
         gguf = gguf_source(model)
         if gguf is None:
-            raise RuntimeError("engine llama_cpp needs a GGUF model (a .gguf path or a catalog entry whose source is one)")
+            raise RuntimeError("runtime gguf needs a GGUF model (a .gguf path or a catalog entry whose source is one)")
         return load(gguf, backend, use_chat_template=use_chat_template)
     if chosen == "mlx":
         from halo_pipeline.runtimes.mlx import MLXRuntime
@@ -147,16 +150,16 @@ def teacher(
     return HFRuntime(resolve(model), backend.device, backend.dtype, use_chat_template=use_chat_template)
 
 
-def choose_engine(engine: str, model: Any, backend: Any) -> str:
-    """`auto`: mlx on the mlx backend, llama.cpp for a GGUF model on the CPU backend, transformers otherwise."""
-    if engine != "auto":
-        return engine
+def choose_runtime(runtime: str, model: Any, backend: Any) -> str:
+    """`auto`: mlx on the mlx backend, gguf (llama.cpp) for a GGUF model on the CPU backend, hf (transformers) otherwise."""
+    if runtime != "auto":
+        return runtime
     from halo_pipeline.runtimes.catalog import gguf_source
 
     backend = as_backend(backend)
     if backend.engine == "mlx":
         return "mlx"
-    return "llama_cpp" if backend.is_cpu and gguf_source(model) is not None else "transformers"
+    return "gguf" if backend.is_cpu and gguf_source(model) is not None else "hf"
 
 
 def as_backend(backend: Any) -> Any:

@@ -1,6 +1,6 @@
-"""Engines behind the server: one interface (`core.Engine`), one engine per model format.
+"""Engines behind the server: one interface (`core.Engine`), one engine per runtime (model format).
 
-torch (transformers, `torch_engine`), gguf (llama.cpp, `gguf_engine`) and mlx (mlx-lm, `mlx_engine`) all
+hf (transformers on torch, `torch_engine`), gguf (llama.cpp, `gguf_engine`) and mlx (mlx-lm, `mlx_engine`) all
 load their model through the runtime layer and answer the same questions: generate (streamed steps with
 optional log-probs), score a prompt, embed, and serve LoRA adapters next to the base model.
 """
@@ -14,20 +14,21 @@ from halo_pipeline.serving.core import END, Engine, Generation, Sampling, Step
 
 __all__ = ["END", "ENGINES", "Engine", "Generation", "Sampling", "Step", "load_engine", "pick_engine"]
 
-ENGINES = ("torch", "gguf", "mlx")  # the serving engine of each model format: hf -> torch, gguf, mlx
+ENGINES = ("hf", "gguf", "mlx")  # one serving engine per runtime, named as the runtimes are: by model format
 
 
-def pick_engine(path: Path, engine: str = "auto") -> str:
+def pick_engine(path: Path, runtime: str = "auto") -> str:
+    """The runtime that serves this model: the one asked for, or (auto) its format's."""
     from halo_pipeline.runtimes.formats import model_format
 
-    if engine != "auto":
-        return engine
-    return {"gguf": "gguf", "mlx": "mlx", "hf": "torch"}.get(model_format(path), "unknown")
+    if runtime != "auto":
+        return runtime
+    return model_format(path)
 
 
 def load_engine(
     path: Path,
-    engine: str = "auto",
+    runtime: str = "auto",
     parallel: int = 4,
     backend: Any = None,
     *,
@@ -35,11 +36,11 @@ def load_engine(
     ctx_size: int | None = None,
     threads: int | None = None,
 ) -> Engine:
-    """The engine for the model's format; `backend` (the device group) puts the torch engine on its device and
-    dtype; `adapters` are LoRA adapters served next to the base (by name); `ctx_size` caps the context."""
+    """The engine for the model's format (or `runtime`); `backend` (the device group) puts the hf engine on its device
+    and dtype; `adapters` are LoRA adapters served next to the base (by name); `ctx_size` caps the context."""
     from halo_pipeline.runtimes import as_backend
 
-    chosen = pick_engine(path, engine)
+    chosen = pick_engine(path, runtime)
     if chosen == "gguf":
         from halo_pipeline.serving.gguf_engine import GGUFEngine
 
@@ -48,7 +49,7 @@ def load_engine(
         from halo_pipeline.serving.mlx_engine import MLXEngine
 
         return MLXEngine(path, parallel=max(parallel, 1) * 2, adapters=adapters, ctx_size=ctx_size)
-    if chosen == "torch":
+    if chosen == "hf":
         from halo_pipeline.serving.torch_engine import TorchEngine
 
         device = as_backend(backend)

@@ -1,4 +1,4 @@
-"""Starting the server: which model, which engine, where to bind, and whether that is safe."""
+"""Starting the server: which model, which runtime, where to bind, and whether that is safe."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 API_KEY_ENV = "HALO_PIPELINE_API_KEY"
-ENGINE_LIBRARIES = {"torch": "transformers", "gguf": "llama_cpp", "mlx": "mlx_lm"}
+ENGINE_LIBRARIES = {"hf": "transformers", "gguf": "llama_cpp", "mlx": "mlx_lm"}
 
 
 class ServeRefused(ValueError):
-    """The server will not start: a bad model, an unavailable engine or device, or an unsafe bind."""
+    """The server will not start: a bad model, an unavailable runtime or device, or an unsafe bind."""
 
 
 def is_loopback(host: str) -> bool:
@@ -121,17 +121,17 @@ def check_adapters(engine: str, adapters: dict[str, Path], base: Path | None = N
 
             if not (path.is_file() and path.suffix == ".gguf" and gguf_kind(path) == "adapter"):
                 raise ServeRefused(
-                    f"{where}: the gguf engine applies GGUF LoRA files (llama.cpp's convert_lora_to_gguf.py makes one from "
-                    "a PEFT adapter); serve the HF base model with --engine torch to use a PEFT adapter as it is"
+                    f"{where}: the gguf runtime applies GGUF LoRA files (llama.cpp's convert_lora_to_gguf.py makes one from "
+                    "a PEFT adapter); serve the HF base model with --runtime hf to use a PEFT adapter as it is"
                 )
             continue
         config = path / "adapter_config.json"
         if engine == "mlx":
             if not (config.is_file() and (path / "adapters.safetensors").is_file()):
-                raise ServeRefused(f"{where}: the mlx engine applies mlx-lm adapters (adapter_config.json + adapters.safetensors)")
+                raise ServeRefused(f"{where}: the mlx runtime applies mlx-lm adapters (adapter_config.json + adapters.safetensors)")
             continue
         if not (config.is_file() and any(path.glob("adapter_model.*"))):
-            raise ServeRefused(f"{where}: the torch engine applies PEFT adapters (adapter_config.json + adapter_model.safetensors)")
+            raise ServeRefused(f"{where}: the hf runtime applies PEFT adapters (adapter_config.json + adapter_model.safetensors)")
         peft = json.loads(config.read_text())
         if peft.get("peft_type", "LORA") != "LORA":
             raise ServeRefused(f"{where}: a {peft.get('peft_type')} adapter; only LoRA adapters are served unmerged")
@@ -140,7 +140,7 @@ def check_adapters(engine: str, adapters: dict[str, Path], base: Path | None = N
 
 
 def preflight(
-    model: Path, engine: str, host: str, port: int, api_key: str | None, backend: Any = None, adapters: dict[str, Path] | None = None
+    model: Path, runtime: str, host: str, port: int, api_key: str | None, backend: Any = None, adapters: dict[str, Path] | None = None
 ) -> dict[str, Any]:
     """Everything `serve` checks before loading weights; raises ServeRefused with the fix."""
     from halo_pipeline.runtimes import as_backend
@@ -152,20 +152,20 @@ def preflight(
     info = export_info(model)
     if info["format"] == "unknown":
         raise ServeRefused(f"{model} is not a model: expected an HF directory (config.json), a .gguf file or an MLX directory")
-    chosen = pick_engine(model, engine)
-    compatible = {"hf": {"torch", "mlx"}, "gguf": {"gguf"}, "mlx": {"mlx"}}[info["format"]]
+    chosen = pick_engine(model, runtime)
+    compatible = {"hf": {"hf", "mlx"}, "gguf": {"gguf"}, "mlx": {"mlx"}}[info["format"]]
     if chosen not in compatible:
         raise ServeRefused(
-            f"engine {chosen} cannot load a {info['format']} model; use --engine {' or '.join(sorted(compatible))} (or auto)"
+            f"runtime {chosen} cannot load a {info['format']} model; use --runtime {' or '.join(sorted(compatible))} (or auto)"
         )
     if adapters:
-        if chosen == "torch" and importlib.util.find_spec("peft") is None:
-            raise ServeRefused("serving adapters unmerged on the torch engine needs peft, which is not installed")
+        if chosen == "hf" and importlib.util.find_spec("peft") is None:
+            raise ServeRefused("serving adapters unmerged on the hf runtime needs peft, which is not installed")
         check_adapters(chosen, adapters, model)
     if importlib.util.find_spec(ENGINE_LIBRARIES[chosen]) is None:
-        raise ServeRefused(f"engine {chosen} needs {ENGINE_LIBRARIES[chosen]}, which is not installed")
+        raise ServeRefused(f"runtime {chosen} needs {ENGINE_LIBRARIES[chosen]}, which is not installed")
     device = as_backend(backend)
-    if chosen == "torch" and (why := device.unavailable()):
+    if chosen == "hf" and (why := device.unavailable()):
         raise ServeRefused(why)
     remote_code = False
     config = model / "config.json" if model.is_dir() else None
@@ -185,8 +185,8 @@ def preflight(
         "model": str(model),
         "format": info["format"],
         "quant": info.get("quant"),
-        "engine": chosen,
-        "device": f"{device.device} {device.dtype}" if chosen == "torch" else "cpu (llama.cpp)" if chosen == "gguf" else "mlx default",
+        "runtime": chosen,
+        "device": f"{device.device} {device.dtype}" if chosen == "hf" else "cpu (llama.cpp)" if chosen == "gguf" else "mlx default",
         "bind": f"{host}:{port}",
         "loopback": is_loopback(host),
         "auth": "bearer API key" if api_key else "none (loopback only)",
@@ -261,7 +261,7 @@ class Running:
     def __init__(
         self,
         model: Path,
-        engine: str = "auto",
+        runtime: str = "auto",
         host: str = "127.0.0.1",
         port: int = 0,
         api_key: str | None = None,
@@ -286,9 +286,9 @@ class Running:
         self.model_id = name or model_id(model)
         if self.model_id in (adapters or {}):
             raise ServeRefused(f"--lora {self.model_id}: the base model is served under that name already (see --model-name)")
-        self.facts = preflight(model, engine, host, self.port, api_key, backend, adapters)
+        self.facts = preflight(model, runtime, host, self.port, api_key, backend, adapters)
         self.engine = load_engine(
-            model, self.facts["engine"], parallel=parallel, backend=backend, adapters=adapters, ctx_size=ctx_size, threads=threads
+            model, self.facts["runtime"], parallel=parallel, backend=backend, adapters=adapters, ctx_size=ctx_size, threads=threads
         )
         if not prefix_reuse:  # benchmarks measure what reuse buys
             self.engine.reuse_prefix = False
@@ -337,7 +337,7 @@ class Running:
 
 def serve_forever(
     model: Path,
-    engine: str,
+    runtime: str,
     host: str,
     port: int,
     api_key: str | None,
@@ -360,7 +360,7 @@ def serve_forever(
     try:
         with Running(
             model,
-            engine,
+            runtime,
             host,
             port,
             api_key,

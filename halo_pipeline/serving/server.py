@@ -89,7 +89,8 @@ class Server:
             "status": "stopping" if self.closing else "ok",
             "model": self.settings.model_id,
             "adapters": list(self.engine.adapters),
-            "engine": self.engine.name,
+            "runtime": self.engine.name,
+            "engine": self.engine.name,  # the old name of "runtime", kept for one more release
             "loaded": True,
             "started_at": self.started_at,
             "streaming": self.engine.streaming,

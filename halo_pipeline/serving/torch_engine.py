@@ -21,7 +21,7 @@ class TorchEngine(Engine):
     runs through its own adapter (peft's mixed-batch forward), so the base and every adapter share batches.
     """
 
-    name = "torch"
+    name = "hf"
 
     def __init__(
         self,

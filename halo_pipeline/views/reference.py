@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 from pydantic_core import PydanticUndefined
@@ -29,8 +30,12 @@ def _constraint(meta: Any) -> str:
 
 
 def param_rows(kind: StepKind) -> list[tuple[str, str, str, str]]:
+    return model_rows(kind.params)
+
+
+def model_rows(model: Any) -> list[tuple[str, str, str, str]]:
     rows = []
-    for name, field in kind.params.model_fields.items():
+    for name, field in model.model_fields.items():
         required = field.default is PydanticUndefined and field.default_factory is None
         value = field.get_default(call_default_factory=True)
         # a group node by its name: `backend: cpu`, `model: tiny`
@@ -45,6 +50,39 @@ def param_rows(kind: StepKind) -> list[tuple[str, str, str, str]]:
             )
         )
     return rows
+
+
+def group_options(kind: StepKind) -> dict[str, list[Any]]:
+    """The params holding one of several settings models picked by `name` (the train step's `algorithm`): each option's
+    model, so its settings and defaults are documented from the code that reads them (the group's YAML names it)."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    found: dict[str, list[Any]] = {}
+    for name, field in kind.params.model_fields.items():
+        union = field.annotation
+        if typing.get_origin(union) not in (typing.Union, types.UnionType):
+            continue
+        members = [m for m in typing.get_args(union) if isinstance(m, type) and issubclass(m, BaseModel) and "name" in m.model_fields]
+        if len(members) > 1:
+            found[name] = members
+    return found
+
+
+def _option_name(model: Any) -> str:
+    import typing
+
+    return str(typing.get_args(model.model_fields["name"].annotation)[0])
+
+
+def _old_spellings(kind: Any) -> str:
+    parts = []
+    for old, now in kind.params.renamed.items():
+        values = ", ".join(f"`{a}` → `{b}`" for a, b in now.values.items())
+        parts.append(f"`{old}` → `{now.key}`" + (f" ({values})" if values else ""))
+    return "; ".join(parts)
 
 
 def render_steps(markdown: bool = False) -> str:
@@ -72,6 +110,16 @@ def render_steps(markdown: bool = False) -> str:
             out += ["| param | type | default | description |", "|---|---|---|---|"]
             out += [f"| `{p}` | `{t}` | `{d}` | {desc} |" for p, t, d, desc in param_rows(kind)]
             out.append("")
+            if old := _old_spellings(kind):
+                out += [f"Old spellings, read for one more release (validation warns): {old}.", ""]
+            for param, options in group_options(kind).items():
+                for option in options:
+                    choice = _option_name(option)
+                    about = " ".join((sys.modules[option.__module__].__doc__ or "").split("\n\n")[0].split())
+                    out += [f"### `{param}={choice}` (`{param}.<setting>=<value>` overrides one)", "", about, ""]
+                    out += ["| setting | type | default | description |", "|---|---|---|---|"]
+                    out += [f"| `{p}` | `{t}` | `{d}` | {desc} |" for p, t, d, desc in model_rows(option) if p != "name"]
+                    out.append("")
         else:
             out += [f"{name}  (v{kind.version})  {first_line}", f"  inputs:  {ins}", f"  outputs: {outs}"]
             out += [f"  - {p}: {t} = {d}  {desc}" for p, t, d, desc in param_rows(kind)]

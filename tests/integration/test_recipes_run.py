@@ -35,8 +35,8 @@ def test_tiny_debug_recipe_runs_every_step(project: Path) -> None:
     assert export["format"] == "gguf" and export["quant"] == "q8" and "llama.cpp" in export["converter"]
     assert m["steps"]["verify"]["metrics"]["passed"] is True and m["steps"]["verify"]["metrics"]["kl_mean"] < 0.03
     assert 0.0 <= m["steps"]["eval"]["metrics"]["halo_arith/acc"] <= 1.0
-    assert json.loads((run_dir / "steps/eval/report/eval_run.json").read_text())["engine"] == "gguf"
-    assert json.loads((run_dir / "steps/serve/report/serve.json").read_text())["engine"] == "gguf"
+    assert json.loads((run_dir / "steps/eval/report/eval_run.json").read_text())["runtime"] == "gguf"
+    assert json.loads((run_dir / "steps/serve/report/serve.json").read_text())["runtime"] == "gguf"
     served = cli("serve", "--run", str(run_dir), "--check", "--port", "0", cwd=project)  # the run's final model: its GGUF
     assert served.returncode == 0 and "gguf" in served.stdout and "preflight ok" in served.stdout, served.stdout + served.stderr
     q4 = cli("run", "recipes/tiny_debug.yaml", "-q", "quant=q4", cwd=project)  # only convert, verify, eval rerun

@@ -13,7 +13,7 @@ TARGETS = ["q_proj", "v_proj", "o_proj"]
 
 
 def make_loras(base: Path, root: Path) -> dict[str, dict[str, Path]]:
-    """{"a1": {"torch": peft_dir, "gguf": file, "mlx": dir}, "a2": {...}}: random (non-zero) LoRA weights, so
+    """{"a1": {"hf": peft_dir, "gguf": file, "mlx": dir}, "a2": {...}}: random (non-zero) LoRA weights, so
     each adapter visibly changes the greedy output."""
     out: dict[str, dict[str, Path]] = {}
     for seed, name in enumerate(("a1", "a2"), start=1):
@@ -26,7 +26,7 @@ def make_loras(base: Path, root: Path) -> dict[str, dict[str, Path]]:
         mlx = root / name / "mlx"
         if not (mlx / "adapters.safetensors").is_file():
             _mlx(peft_dir, mlx)
-        out[name] = {"torch": peft_dir, "gguf": gguf, "mlx": mlx}
+        out[name] = {"hf": peft_dir, "gguf": gguf, "mlx": mlx}
     return out
 
 

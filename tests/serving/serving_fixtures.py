@@ -20,7 +20,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         convert(tiny, "gguf", "fp32", root / "gguf")
         convert(tiny, "mlx", "fp32", root / "mlx")
         (root / "done").touch()
-    return {"torch": tiny, "gguf": root / "gguf", "mlx": root / "mlx"}
+    return {"hf": tiny, "gguf": root / "gguf", "mlx": root / "mlx"}
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,7 @@ def tool_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         with_special_markers(hf, root / "torch-special")
         (root / "done").touch()
     return {
-        "torch": hf,
+        "hf": hf,
         "gguf": root / "gguf",
         "mlx": root / "mlx",
         "gguf-file": next((root / "gguf-file").glob("*.gguf")),
@@ -65,7 +65,7 @@ def loras(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     (torch), GGUF LoRA files made by llama.cpp's own converter (gguf), mlx-lm adapter directories (mlx)."""
     from lora_adapters import make_loras
 
-    return make_loras(models["torch"], tmp_path_factory.getbasetemp() / "serving-loras")
+    return make_loras(models["hf"], tmp_path_factory.getbasetemp() / "serving-loras")
 
 
 def logprob_tolerance(engine: str, path: Path, ids: list[int]) -> float:

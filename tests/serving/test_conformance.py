@@ -22,7 +22,7 @@ from tool_model import ANSWER, CALL, QUESTION, TOOLS, answered
 from halo_pipeline.serving.launch import Running
 
 models, tool_models, loras = serving_fixtures.models, serving_fixtures.tool_models, serving_fixtures.loras
-ENGINES = ["torch", "gguf", "mlx"]
+ENGINES = ["hf", "gguf", "mlx"]
 CHAT = [{"role": "user", "content": "Say hello."}]
 
 
@@ -151,7 +151,7 @@ def test_a_template_that_refuses_the_messages_is_a_400(models: dict[str, Path], 
     import shutil
 
     model = tmp_path / "strict"
-    shutil.copytree(models["torch"], model)
+    shutil.copytree(models["hf"], model)
     template = model / "chat_template.jinja"
     template.write_text(
         "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" + template.read_text()
@@ -397,7 +397,7 @@ def test_bookkeeping_parameters_are_accepted_and_ignored(torch_server: Running) 
 @pytest.fixture(scope="module")
 def torch_server(models: dict[str, Path]) -> Any:
     """One torch server for the many small checks."""
-    with Running(models["torch"]) as running:
+    with Running(models["hf"]) as running:
         yield running
 
 
@@ -438,7 +438,7 @@ def test_adapters_are_served_unmerged_next_to_the_base(models: dict[str, Path], 
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     want = {None: reference_greedy(tiny, ids, 8, {}, 0, 0)}
     for name in ("a1", "a2"):  # what the adapter merged into the base generates
-        merged = _merged(tiny, loras[name]["torch"])
+        merged = _merged(tiny, loras[name]["hf"])
         want[name] = reference_greedy(merged, ids, 8, {}, 0, 0)
     assert len({tuple(v) for v in want.values()}) == 3  # each adapter changes the output
     with Running(models[engine], name="base", adapters={n: loras[n][engine] for n in ("a1", "a2")}) as srv:
@@ -455,8 +455,8 @@ def test_adapters_are_served_unmerged_next_to_the_base(models: dict[str, Path], 
         texts = asyncio.run(mixed())
         assert texts == [tokenizer.decode(want[k]) for k in (None, "a1", "a2", "a1")]
         scored = client(srv).completions.create(model="a1", prompt=prompt, max_tokens=0, echo=True, logprobs=1).choices[0].logprobs
-        logp = hf_logprobs(tiny, ids, loras["a1"]["torch"])
-        tol = logprob_tolerance(engine, _merged(tiny, loras["a1"]["torch"]), ids)
+        logp = hf_logprobs(tiny, ids, loras["a1"]["hf"])
+        tol = logprob_tolerance(engine, _merged(tiny, loras["a1"]["hf"]), ids)
         assert np.allclose(scored.token_logprobs[1:], [logp[i - 1, ids[i]] for i in range(1, len(ids))], rtol=1e-3, atol=tol)
         with pytest.raises(openai.NotFoundError):
             client(srv).completions.create(model="a3", prompt=prompt, max_tokens=2)
@@ -481,7 +481,7 @@ def test_serve_run_serves_a_runs_final_adapter_on_its_base(loras: dict[str, dict
 
     run = tmp_path / "run"
     adapter = run / "steps" / "sft" / "model"
-    shutil.copytree(loras["a1"]["torch"], adapter)
+    shutil.copytree(loras["a1"]["hf"], adapter)
     (adapter / "halo_provenance.json").write_text(json.dumps({"base": {"name": "tiny", "source": "builtin:tiny"}, "kind": "adapter"}))
     steps = {"sft": {"state": "ran", "ended": "2026-11-28T10:00:00", "outputs": {"model": {"type": "adapter"}}, "inputs": {}}}
     (run / "replay.json").write_text(json.dumps({"steps": steps}))
@@ -494,7 +494,7 @@ def test_serve_run_serves_a_runs_final_adapter_on_its_base(loras: dict[str, dict
     refused = cli("serve", "--model", str(serving_fixtures_tiny()), "--lora", f"x={loras['a1']['gguf']}", "--check")
     assert refused.returncode == 2 and "PEFT adapters" in refused.stderr
     threads = cli("serve", "--model", str(serving_fixtures_tiny()), "--threads", "2", "--check")
-    assert threads.returncode == 2 and "gguf engine" in threads.stderr
+    assert threads.returncode == 2 and "gguf runtime" in threads.stderr
 
 
 # -- engines' own knobs ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def python_snippets(doc: Path) -> list[str]:
 def tiny_server() -> Running:
     from halo_pipeline.runtimes.catalog import build_tiny
 
-    with Running(build_tiny(), "torch") as running:
+    with Running(build_tiny(), "hf") as running:
         yield running
 
 

@@ -45,7 +45,7 @@ def raw_request(srv: Running, path: str, body: dict[str, Any]) -> None:
 
 def test_clients_that_hang_up_give_every_queue_slot_back(models: dict[str, Path]) -> None:
     # capacity 8 + queue 16: before the fix, three n=8 streams that hung up before their first token held the queue forever
-    with Running(models["torch"], parallel=4, max_queue=16) as srv:
+    with Running(models["hf"], parallel=4, max_queue=16) as srv:
         chat = {"model": srv.model_id, "messages": CHAT, "n": 8, "max_tokens": 400, "ignore_eos": True, "stream": True}
         completion = {"model": srv.model_id, "prompt": "Once", "n": 8, "max_tokens": 400, "ignore_eos": True, "stream": True}
         statuses = []
@@ -119,7 +119,7 @@ def test_echo_scoring_is_bounded_admitted_and_off_the_event_loop(smollm2_gguf: P
 
 
 def test_bad_token_ids_are_400_and_never_a_500(models: dict[str, Path]) -> None:
-    for engine in ("torch", "gguf"):
+    for engine in ("hf", "gguf"):
         with Running(models[engine]) as srv:
             c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0)
             for prompt in ([1, 2, 10**6], [5, -1], [2**70]):
@@ -132,7 +132,7 @@ def test_bad_token_ids_are_400_and_never_a_500(models: dict[str, Path]) -> None:
 
 
 def test_embeddings_are_admitted_and_bounded(models: dict[str, Path]) -> None:
-    with Running(models["torch"], parallel=1, max_queue=0, max_embedding_inputs=4) as srv:  # capacity 2, no queue
+    with Running(models["hf"], parallel=1, max_queue=0, max_embedding_inputs=4) as srv:  # capacity 2, no queue
         c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0)
         with pytest.raises(openai.BadRequestError) as many:
             c.embeddings.create(model=srv.model_id, input=["a"] * 5)
@@ -151,7 +151,7 @@ def test_embeddings_are_admitted_and_bounded(models: dict[str, Path]) -> None:
 
 
 def test_echo_tokens_and_offsets_match_decoding_the_prefixes(models: dict[str, Path]) -> None:
-    with Running(models["torch"]) as srv:
+    with Running(models["hf"]) as srv:
         prompt = "naïve 🦙 café: def f(x):\n    return x * 2\n" * 3
         r = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0).completions.create(
             model=srv.model_id, prompt=prompt, max_tokens=0, echo=True, logprobs=2

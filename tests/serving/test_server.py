@@ -23,7 +23,7 @@ models, smollm2_gguf = serving_fixtures.models, serving_fixtures.smollm2_gguf  #
 CHAT = [{"role": "user", "content": "Say hello."}]
 
 
-@pytest.fixture(scope="module", params=["torch", "gguf", "mlx"])
+@pytest.fixture(scope="module", params=["hf", "gguf", "mlx"])
 def server(request: pytest.FixtureRequest, models: dict[str, Path]) -> Running:
     with Running(models[request.param]) as running:
         yield running
@@ -109,10 +109,10 @@ def test_errors_map_to_openai_classes(server: Running) -> None:
     assert big.value.status_code == 413
 
 
-def test_health_reports_the_engine(server: Running) -> None:
+def test_health_reports_the_runtime(server: Running) -> None:
     h = httpx.get(server.url.removesuffix("/v1") + "/health").json()
     assert h["status"] == "ok" and h["loaded"] and h["streaming"] and h["model"] == server.model_id
-    assert {"engine", "started_at", "queue_depth", "active_requests"} <= set(h)
+    assert {"runtime", "started_at", "queue_depth", "active_requests"} <= set(h) and h["runtime"] in ("hf", "gguf", "mlx")
 
 
 def test_api_key_is_required_on_every_route_but_health(models: dict[str, Path]) -> None:
@@ -161,7 +161,7 @@ def test_disconnect_frees_the_slot(smollm2_gguf: Path) -> None:
 
 
 def test_64_requests_8_at_a_time_without_5xx(models: dict[str, Path]) -> None:
-    with Running(models["torch"], max_queue=64) as srv:
+    with Running(models["hf"], max_queue=64) as srv:
         statuses: list[int] = []
         lock = threading.Lock()
 
@@ -205,9 +205,8 @@ def test_lm_eval_local_chat_completions_against_the_server(models: dict[str, Pat
 
     with Running(models["gguf"]) as srv:
         params = {
-            "engine": "api",
             "base_url": f"{srv.url}/chat/completions",
-            "api_model": srv.model_id,
+            "endpoint_model": srv.model_id,
             "tasks": ["halo_capitals"],
             "limit": 4,
         }
@@ -222,15 +221,15 @@ def test_serve_step_smoke_and_cli(models: dict[str, Path], tmp_path: Path) -> No
 
     outputs, ctx = run_kind("serve", {"max_tokens": 8, "concurrent": 2}, {"model": Artifact("model", models["gguf"])}, tmp_path)
     report = json.loads((outputs["report"] / "serve.json").read_text())
-    assert report["engine"] == "gguf" and report["command"].startswith("halo-pipeline serve --model ")
+    assert report["runtime"] == "gguf" and report["command"].startswith("halo-pipeline serve --model ")
     assert ctx.metrics["tokens_per_s_1"] > 0 and report["echo_prompt_tokens"] > 1
     check = cli("serve", "--model", str(models["mlx"]), "--check")
     assert check.returncode == 0 and "preflight ok" in check.stdout and "mlx" in check.stdout
-    refused = cli("serve", "--model", str(models["torch"]), "--host", "0.0.0.0", "--check", env={"HALO_PIPELINE_API_KEY": ""})
+    refused = cli("serve", "--model", str(models["hf"]), "--host", "0.0.0.0", "--check", env={"HALO_PIPELINE_API_KEY": ""})
     assert refused.returncode == 2 and "API key" in refused.stderr
 
 
-@pytest.mark.parametrize("engine", ["torch", "gguf", "mlx"])
+@pytest.mark.parametrize("engine", ["hf", "gguf", "mlx"])
 def test_prefix_reuse_changes_speed_not_answers(models: dict[str, Path], engine: str) -> None:
     shared = "def f(x):\n    return x * 2\n" * 6  # a long common prefix, then different endings
     prompts = [shared + "for i in range(10):\n", shared + "print(i)\n"]
@@ -247,10 +246,10 @@ def test_prefix_reuse_changes_speed_not_answers(models: dict[str, Path], engine:
 
 
 def test_the_torch_engine_runs_on_the_backends_device_and_dtype(models: dict[str, Path]) -> None:
-    """`--backend` is the device group: the torch engine loads the model in its dtype (bf16 here, on the CPU)."""
+    """`--backend` is the device group: the hf runtime loads the model in its dtype (bf16 here, on the CPU)."""
     import torch
 
-    with Running(models["torch"], backend={"name": "cpu", "dtype": "bfloat16"}) as srv:
+    with Running(models["hf"], backend={"name": "cpu", "dtype": "bfloat16"}) as srv:
         assert srv.engine.model.dtype == torch.bfloat16 and srv.facts["device"] == "cpu bfloat16"
         client = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0)
         reply = client.chat.completions.create(model=srv.model_id, messages=CHAT, max_tokens=4, temperature=0)

@@ -174,7 +174,7 @@ def test_the_serve_step_refuses_a_public_bind_without_a_key_in_every_mode(
     key = tmp_path / "key"
     key.write_text("s3cret\n")
     remote = tmp_path / "remote-code-model"  # a config that asks for the model's own code
-    shutil.copytree(models["torch"], remote)
+    shutil.copytree(models["hf"], remote)
     config = json.loads((remote / "config.json").read_text())
     (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "modeling.Model"}}))
     for mode in ("smoke", "foreground"):

@@ -23,7 +23,7 @@ from tool_model import QUESTION, TOOLS
 from halo_pipeline.serving.launch import Running
 
 models, tool_models = serving_fixtures.models, serving_fixtures.tool_models
-ENGINES = ["torch", "gguf", "mlx"]
+ENGINES = ["hf", "gguf", "mlx"]
 ASK = [{"role": "user", "content": "Give me a person as JSON."}]
 PERSON = {
     "type": "object",

