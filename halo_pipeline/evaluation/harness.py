@@ -1,7 +1,7 @@
 """Run lm-evaluation-harness on a model and normalize what it returns.
 
-Engines: `hf` (an HF directory, or a PEFT adapter on its base), `gguf` and `mlx` (in-process in their
-runtime, `runtime_lm.RuntimeLM`), `api` (lm-eval's `local-chat-completions` against an OpenAI-compatible
+Runtimes: `hf` (an HF directory, or a PEFT adapter on its base), `gguf` and `mlx` (in-process in their
+runtime, `runtime_lm.RuntimeLM`), `endpoint` (lm-eval's `local-chat-completions` against an OpenAI-compatible
 endpoint; generation tasks). Tasks: lm-eval's own (they need their datasets: offline, a clear error)
 and local task YAMLs from include paths — the shipped ones in `conf/eval_tasks/` always.
 """
@@ -12,9 +12,12 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from halo_pipeline.runtimes.constraints import ResponseFormat
 
 SHIPPED_TASKS = Path(__file__).resolve().parent.parent / "conf" / "eval_tasks"
 
@@ -152,7 +155,7 @@ def normalize(raw: dict[str, Any]) -> dict[str, dict[str, dict[str, float | None
 
 
 def evaluate(
-    engine: str,
+    runtime: str,
     tasks: list[str],
     work: Path,
     model_path: Path | None = None,
@@ -162,13 +165,16 @@ def evaluate(
     num_fewshot: int | None = None,
     batch_size: int = 8,
     base_url: str | None = None,
-    api_model: str | None = None,
+    endpoint_model: str | None = None,
     apply_chat_template: bool | None = None,
     seed: int = 0,
     backend: Any = None,
     base: Any = None,
+    response_format: ResponseFormat | None = None,
 ) -> dict[str, Any]:
-    """simple_evaluate on one engine; returns lm-eval's raw output (with per-sample logs under "samples")."""
+    """simple_evaluate on one runtime; returns lm-eval's raw output (with per-sample logs under "samples"). A
+    `response_format` constrains every generated answer: in process (hf then runs in its runtime too, not through
+    lm-eval's batched hf), or sent with each request to an endpoint."""
     import lm_eval
     import lm_eval.evaluator
     from lm_eval.tasks import TaskManager
@@ -193,34 +199,39 @@ def evaluate(
         )
     model: Any
     model_args: dict[str, Any] = {}
-    if engine in ("gguf", "mlx"):  # in-process in their own runtime (log-likelihoods scored as hf does)
+    if runtime in ("gguf", "mlx") or (runtime == "hf" and response_format is not None):
+        # in-process in their own runtime (log-likelihoods scored as hf does; a constraint masks each greedy token)
         from halo_pipeline import runtimes
         from halo_pipeline.evaluation.runtime_lm import RuntimeLM
 
-        model = RuntimeLM(runtimes.load(adapter or model_path, backend, base=base))  # type: ignore[arg-type]
-    elif engine == "hf":  # lm-eval's own, batched; on the backend's device and dtype
+        loaded = runtimes.load(adapter or model_path, backend, base=base)  # type: ignore[arg-type]
+        constraint = loaded.grammars.compile(response_format.spec()) if response_format is not None else None
+        model = RuntimeLM(loaded, constraint=constraint)
+    elif runtime == "hf":  # lm-eval's own, batched; on the backend's device and dtype
         model, model_args = "hf", {"pretrained": str(model_path), "dtype": backend.dtype, "device": backend.device}
         if adapter is not None:
             model_args["peft"] = str(adapter)
-    elif engine == "api":
+    elif runtime == "endpoint":
         model = "local-chat-completions"
         model_args = {
-            "model": api_model or "default",
+            "model": endpoint_model or "default",
             "base_url": base_url,
             "num_concurrent": 2,
             "max_retries": 2,
             "tokenized_requests": False,
         }
         apply_chat_template = True if apply_chat_template is None else apply_chat_template
+        if response_format is not None:
+            model, model_args = constrained_api(model_args, response_format), {}
     else:
-        raise ValueError(f"unknown eval engine '{engine}' (hf, gguf, mlx, api)")
+        raise ValueError(f"unknown eval runtime '{runtime}' (hf, gguf, mlx, endpoint)")
     try:
         raw = lm_eval.simple_evaluate(
             model=model,
             model_args=model_args or None,
             tasks=tasks,
             num_fewshot=num_fewshot,
-            batch_size=batch_size if engine == "hf" else None,
+            batch_size=batch_size if runtime == "hf" else None,
             limit=limit,
             task_manager=manager,
             apply_chat_template=bool(apply_chat_template),
@@ -236,6 +247,23 @@ def evaluate(
     if raw is None:
         raise RuntimeError("lm-eval returned no results")
     return dict(raw)
+
+
+def constrained_api(model_args: dict[str, Any], response_format: ResponseFormat) -> Any:
+    """lm-eval's `local-chat-completions` whose every request carries the constraint (OpenAI's response_format, or
+    vLLM's guided_* that `serve` reads too) and no stop strings (they would cut a constrained answer short)."""
+    from lm_eval.models.openai_completions import LocalChatCompletion
+
+    fields = response_format.openai()
+    fields |= fields.pop("extra_body", {})  # over HTTP the client's extra_body is the request's own fields
+
+    class ConstrainedChatCompletion(LocalChatCompletion):
+        def _create_payload(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            payload = dict(super()._create_payload(*args, **kwargs))
+            payload.pop("stop", None)
+            return payload | fields
+
+    return ConstrainedChatCompletion(**model_args)
 
 
 def _explain(exc: Exception, tasks: list[str], manager: Any, dirs: list[Path]) -> Exception:

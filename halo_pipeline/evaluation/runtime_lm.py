@@ -4,7 +4,10 @@ Every continuation token is scored from the log-probs at the position before it,
 lm-eval's `hf` backend does (the context as the tokenizer encodes a document, the continuation
 appended; trailing context spaces belong to the continuation) — so the same model gives the same
 scores through this and through `hf`. (`llama_cpp.server` returns prompt log-probs with `echo`
-shifted by one position, so log-likelihood tasks score wrong through it.) Generation is greedy.
+shifted by one position, so log-likelihood tasks score wrong through it.) Generation is greedy; under a
+`response_format` each generated token is the most likely one the constraint allows, and an answer ends where the
+constraint's output is complete (the task's stop strings would cut a JSON object or a pattern short, so they are not
+applied to it).
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from typing import Any
 
 from lm_eval.api.model import LM
 
+from halo_pipeline.runtimes.constraints import Constraint
+
 GENERATE_CHUNK = 16  # tokens decoded between checks for a stop string
 
 
 class RuntimeLM(LM):
-    def __init__(self, runtime: Any, n_ctx: int = 2048, max_gen_toks: int = 256) -> None:
+    def __init__(self, runtime: Any, n_ctx: int = 2048, max_gen_toks: int = 256, constraint: Constraint | None = None) -> None:
         super().__init__()
         self.runtime, self.n_ctx, self.max_gen_toks = runtime, n_ctx, max_gen_toks
+        self.constraint = constraint
         # what lm-eval's hf puts before an empty context: the model's BOS when it has one, else end-of-text
         self.prefix_token = runtime.bos_id if runtime.bos_id is not None else runtime.eos_id
 
@@ -75,11 +81,18 @@ class RuntimeLM(LM):
             until = [until] if isinstance(until, str) else list(until)
             max_tokens = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
             prompt = self.runtime.encode(context)[-(self.n_ctx - max_tokens) :]
+            guide = self.constraint.start() if self.constraint is not None else None
             out: list[int] = []
             text = ""
             while len(out) < max_tokens:
-                out += self.runtime.greedy(prompt + out, min(GENERATE_CHUNK, max_tokens - len(out)))
+                wanted = min(GENERATE_CHUNK, max_tokens - len(out))
+                new = self.runtime.greedy(prompt + out, wanted, guide)
+                out += new
                 text = self.runtime.detokenize(out)
+                if guide is not None:
+                    if len(new) < wanted:  # the constraint's output is complete
+                        break
+                    continue
                 cut = min((text.find(s) for s in until if s in text), default=-1)
                 if cut >= 0:
                     text = text[:cut]

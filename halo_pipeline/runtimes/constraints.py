@@ -134,6 +134,16 @@ class Guide:
     def done(self) -> bool:
         return bool(self.matcher.is_stopped())
 
+    def pick(self, logits: np.ndarray, eos_id: int) -> int | None:
+        """Greedy decoding under the grammar: the most likely token it allows next, taken; None once the output is
+        complete (the grammar stopped, or end-of-sequence was the pick)."""
+        if self.done:
+            return None
+        allowed = self.allowed(logits.shape[-1])
+        token = int(np.argmax(np.where(allowed, logits, -np.inf)))
+        self.advance(token)
+        return None if token == eos_id else token
+
 
 class Grammars:
     """An engine's compiled grammars, LRU-cached by grammar text (a repeated schema compiles once), built against

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from halo_pipeline.runtimes import Messages, Sampling, log_softmax
-from halo_pipeline.runtimes.constraints import Grammars, ResponseFormat
+from halo_pipeline.runtimes.constraints import Grammars, Guide, ResponseFormat
 from halo_pipeline.runtimes.formats import gguf_context_length
 
 
@@ -233,13 +233,17 @@ class GGUFRuntime:
         self.scorer.eval(ids)
         return log_softmax(np.array(self.scorer.scores[: len(ids)], dtype=np.float32))
 
-    def greedy(self, ids: list[int], n: int) -> list[int]:
+    def greedy(self, ids: list[int], n: int, guide: Guide | None = None) -> list[int]:
         llm = self.scorer
         llm.reset()
         llm.eval(ids)
         out: list[int] = []
         for _ in range(n):
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            row = llm.scores[llm.n_tokens - 1]
+            picked = int(np.argmax(row)) if guide is None else guide.pick(np.asarray(row), self.eos_id)
+            if picked is None:
+                break
+            token = picked
             out.append(token)
             llm.eval([token])
         return out

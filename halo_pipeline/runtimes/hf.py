@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from halo_pipeline.runtimes import Messages, Sampling, log_softmax
-from halo_pipeline.runtimes.constraints import Constraint, Grammars, ResponseFormat
+from halo_pipeline.runtimes.constraints import Constraint, Grammars, Guide, ResponseFormat
 
 
 def load_causal_lm(path: Path, device: str = "cpu", dtype: str = "float32", adapter: Path | None = None) -> tuple[Any, Any]:
@@ -82,13 +82,18 @@ class HFRuntime:
             logits = self.model(self.torch.tensor([ids], device=self.device)).logits[0].float().cpu().numpy()
         return log_softmax(logits)
 
-    def greedy(self, ids: list[int], n: int) -> list[int]:
+    def greedy(self, ids: list[int], n: int, guide: Guide | None = None) -> list[int]:
         torch = self.torch
         out: list[int] = []
         with torch.no_grad():
             step = self.model(torch.tensor([ids], device=self.device), use_cache=True)
             for _ in range(n):
-                out.append(int(step.logits[0, -1].argmax()))
+                if guide is None:
+                    out.append(int(step.logits[0, -1].argmax()))
+                elif (token := guide.pick(step.logits[0, -1].float().cpu().numpy(), self.eos_id)) is None:
+                    break
+                else:
+                    out.append(token)
                 step = self.model(torch.tensor([out[-1:]], device=self.device), past_key_values=step.past_key_values, use_cache=True)
         return out
 

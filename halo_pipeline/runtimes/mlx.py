@@ -89,7 +89,7 @@ class MLXRuntime:
         logits = self.model(mx.array([ids]))[0].astype(mx.float32)
         return log_softmax(np.array(logits))
 
-    def greedy(self, ids: list[int], n: int) -> list[int]:
+    def greedy(self, ids: list[int], n: int, guide: Guide | None = None) -> list[int]:
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
 
@@ -97,7 +97,12 @@ class MLXRuntime:
         logits = self.model(mx.array([ids]), cache=cache)
         out: list[int] = []
         for _ in range(n):
-            out.append(int(mx.argmax(logits[0, -1]).item()))  # type: ignore[arg-type]
+            if guide is None:
+                out.append(int(mx.argmax(logits[0, -1]).item()))  # type: ignore[arg-type]
+            elif (token := guide.pick(np.array(logits[0, -1].astype(mx.float32)), self.eos_id)) is None:
+                break
+            else:
+                out.append(token)
             logits = self.model(mx.array([out[-1:]]), cache=cache)
         return out
 

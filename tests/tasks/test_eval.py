@@ -34,7 +34,7 @@ def evaluate(tmp: Path, model: Path | None, **params: object) -> tuple[dict, Pat
 def test_hf_and_gguf_give_the_same_scores(tmp_path: Path, tiny_gguf: Path) -> None:
     hf, hf_dir, metrics = evaluate(tmp_path / "hf", build_tiny())
     gg, gg_dir, _ = evaluate(tmp_path / "gguf", tiny_gguf)
-    assert json.loads((gg_dir / "eval_run.json").read_text())["engine"] == "gguf"
+    assert json.loads((gg_dir / "eval_run.json").read_text())["runtime"] == "gguf"
     assert set(hf) == set(gg) == {"halo_arith", "halo_prose_ppl"}
     assert hf["halo_arith"]["acc"]["value"] == gg["halo_arith"]["acc"]["value"]
     assert hf["halo_arith"]["acc"]["stderr"] is not None and "acc_norm" in hf["halo_arith"]
@@ -71,7 +71,7 @@ def test_generation_task_and_an_adapter_on_its_base(tmp_path: Path) -> None:
 
 def test_local_chat_completions_against_an_endpoint(tmp_path: Path, tiny_gguf: Path) -> None:
     with llama_cpp_server(next(tiny_gguf.glob("*.gguf")), n_ctx=512) as url:
-        result, _, _ = evaluate(tmp_path, None, engine="api", base_url=f"{url}/chat/completions", tasks=["halo_capitals"], limit=4)
+        result, _, _ = evaluate(tmp_path, None, runtime="endpoint", base_url=f"{url}/chat/completions", tasks=["halo_capitals"], limit=4)
     assert "exact_match" in result["halo_capitals"]
 
 
@@ -121,7 +121,7 @@ def test_an_mlx_model_evaluates_in_its_own_runtime_with_the_same_scores(tmp_path
     convert(build_tiny(), "mlx", "fp32", mlx_dir)
     hf, _, _ = evaluate(tmp_path / "hf", build_tiny(), tasks=["halo_arith"])
     mx, mx_dir, _ = evaluate(tmp_path / "mx", mlx_dir, tasks=["halo_arith"])
-    assert json.loads((mx_dir / "eval_run.json").read_text())["engine"] == "mlx"
+    assert json.loads((mx_dir / "eval_run.json").read_text())["runtime"] == "mlx"
     assert mx["halo_arith"]["acc"]["value"] == hf["halo_arith"]["acc"]["value"]
     hf_rows = {r["doc_id"]: r for r in read_jsonl(tmp_path / "hf" / "report" / "samples.jsonl")}
     for row in read_jsonl(mx_dir / "samples.jsonl"):
