@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import math
 import os
 import platform
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Backend(BaseModel):
@@ -100,6 +101,25 @@ class VerifierSpec(BaseModel):
             return {"name": value}
         if isinstance(value, dict) and "uses" in value and "name" not in value:
             return {**{k: v for k, v in value.items() if k != "uses"}, "name": value["uses"]}
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_schema_files(cls, value: Any, info: ValidationInfo) -> Any:
+        """A schema setting (`json_schema: schemas/order.json`) given as a .json file is read now, relative to the
+        recipe's folder (as steps read `response_format`'s): the schema itself is in the settings and the cache key."""
+        if not isinstance(value, dict):
+            return value
+        given = {k: v for k, v in value.items() if k.endswith("schema") and isinstance(v, str) and v.endswith(".json")}
+        for key, name in given.items():
+            path = Path(name).expanduser()
+            path = path if path.is_absolute() else Path((info.context or {}).get("base_dir") or ".") / path
+            try:
+                value = {**value, key: json.loads(path.read_text(encoding="utf-8"))}
+            except OSError as exc:
+                raise ValueError(f"{key}: schema file {path}: {exc.strerror or exc}; give a path relative to the recipe's folder") from None
+            except ValueError as exc:
+                raise ValueError(f"{key}: schema file {path} is not JSON: {exc}") from None
         return value
 
     def settings(self) -> dict[str, Any]:

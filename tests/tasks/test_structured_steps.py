@@ -60,7 +60,7 @@ def test_synthesize_regex_and_choice_on_the_gguf_teacher(tmp_path: Path) -> None
     gguf = tmp_path / "tiny-gguf"
     convert(build_tiny(), "gguf", "fp32", gguf)
     prompts = {"prompts": Artifact("prompts", write_jsonl(tmp_path / "prompts.jsonl", PROMPTS))}
-    base = {"model": str(gguf_file(gguf)), "engine": "llama_cpp", "samples_per_prompt": 2, "max_new_tokens": 24, "keep_unverified": True}
+    base = {"model": str(gguf_file(gguf)), "runtime": "gguf", "samples_per_prompt": 2, "max_new_tokens": 24, "keep_unverified": True}
     out, _ = run_kind(
         "synthesize", {**base, "response_format": {"type": "regex", "pattern": "[A-Z][a-z]{2,6} [0-9]{1,3}"}}, prompts, tmp_path / "r"
     )
@@ -152,7 +152,57 @@ def test_validation_reads_a_schema_file_beside_the_recipe_and_names_what_is_wron
     assert res.returncode != 0 and "type json_schema needs schema or json_schema" in res.stdout + res.stderr
 
 
+def test_the_json_schema_verifier_reads_the_same_schema_file(project: Path) -> None:
+    write(project / "recipes" / "schemas" / "small.json", json.dumps(SMALL))
+    recipe = """
+    name: s
+    steps:
+      synthesize:
+        with:
+          source: records:train
+          limit: 2
+          model: tiny
+          response_format: {type: json_schema, schema: schemas/small.json}
+          verifier: {name: json_schema, json_schema: schemas/small.json}
+    """
+    write(project / "recipes" / "ok.yaml", recipe)
+    res = cli("plan", "recipes/ok.yaml", "--format", "json", cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["synthesize"]["params"]["verifier"]["json_schema"] == SMALL  # the schema, not its path
+    write(project / "recipes" / "missing.yaml", recipe.replace("json_schema: schemas/small.json", "json_schema: schemas/nope.json"))
+    res = cli("validate", "recipes/missing.yaml", cwd=project)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2 and "json_schema: schema file" in out and "nope.json" in out and "relative to the recipe" in out, out
+
+
 @pytest.mark.parametrize("bad", [{"type": "regex"}, {"type": "choice", "choices": ["a"], "pattern": "x"}, {"type": "xml"}])
 def test_a_response_format_that_cannot_be_is_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ResponseFormat.model_validate(bad)
+
+
+def test_eval_generates_under_a_constraint_on_every_engine(tmp_path: Path) -> None:
+    from halo_pipeline.engine.step import Artifact
+    from halo_pipeline.export.converting import convert
+    from halo_pipeline.runtimes.catalog import build_tiny
+    from halo_pipeline.serving.launch import Running
+
+    word = "[A-Z][a-z]{2,9}"
+    base = {"tasks": ["halo_capitals"], "limit": 4}
+
+    def answers(params: dict[str, Any], inputs: dict[str, Any], name: str) -> list[str]:
+        out, _ = run_kind("eval", {**base, **params}, inputs, tmp_path / name)
+        assert "exact_match" in json.loads((out["report"] / "eval.json").read_text())["halo_capitals"]
+        return [r["resps"][0][0] if isinstance(r["resps"][0], list) else r["resps"][0] for r in read_jsonl(out["report"] / "samples.jsonl")]
+
+    tiny = {"model": Artifact("model", build_tiny())}
+    assert not all(re.fullmatch(word, a) for a in answers({}, tiny, "free"))  # the model alone writes no such word
+    constrained = {"response_format": {"type": "regex", "pattern": word}}
+    gguf = tmp_path / "gguf"
+    convert(build_tiny(), "gguf", "fp32", gguf)
+    for name, inputs in (("hf", tiny), ("gguf", {"model": Artifact("model", gguf)})):
+        got = answers(constrained, inputs, name)
+        assert len(got) == 4 and all(re.fullmatch(word, a) for a in got), (name, got)
+    with Running(build_tiny()) as server:  # an endpoint gets the constraint with each request (vLLM's guided_regex)
+        got = answers({**constrained, "base_url": f"{server.url}/chat/completions"}, {}, "api")
+    assert len(got) == 4 and all(re.fullmatch(word, a) for a in got), got
