@@ -100,7 +100,10 @@ def _group_key(
         ok = False
     if ok:
         return True, None
-    others = sorted(name for name, data in _options(group, conf_dirs).items() if name != choice and path[0] in data)
+    fields = {name: set(data) for name, data in _options(group, conf_dirs).items()}
+    for name, typed in _typed_options(group).items():  # an option's settings are its model's fields, not only what its YAML writes
+        fields[name] = fields.get(name, set()) | typed
+    others = sorted(name for name, keys in fields.items() if name != choice and path[0] in keys)
     if others:
         has = ", ".join(f"{group}={o}" for o in others)
         return False, f"'{path[0]}' is not a field of {group}={choice}; {has} {'has' if len(others) == 1 else 'have'} it"
@@ -127,6 +130,22 @@ def _options(group: str, conf_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]
                 except (OSError, yaml.YAMLError):
                     continue
                 found[item.name[:-5]] = data if isinstance(data, dict) else {}
+    return found
+
+
+def _typed_options(group: str) -> dict[str, set[str]]:
+    """The options of a group that a step kind types: a param named as the group whose type is a union of settings
+    models picked by `name` (the train step's `algorithm`), each option with its model's fields."""
+    from halo_pipeline.engine import registry
+
+    found: dict[str, set[str]] = {}
+    for kind in registry.all_kinds().values():
+        field = kind.params.model_fields.get(group)
+        members = get_args(field.annotation) if field is not None and get_origin(field.annotation) in (Union, types.UnionType) else ()
+        for model in members:
+            if isinstance(model, type) and issubclass(model, BaseModel) and "name" in model.model_fields:
+                for choice in get_args(model.model_fields["name"].annotation):
+                    found.setdefault(str(choice), set()).update(model.model_fields)
     return found
 
 

@@ -20,7 +20,7 @@ def test_project_conf_is_searched_before_the_packaged_one(project: Path) -> None
     recipe = write(project / "recipes/fake.yaml", FAKE_RECIPE)
     assert compose(recipe, []).config["algorithm"]["learning_rate"] == 0.5
     assert compose(recipe, ["algorithm=mine"]).config["algorithm"]["name"] == "mine"
-    assert compose(recipe, ["algorithm=dpo"]).config["algorithm"]["beta"] == 0.1  # packaged
+    assert compose(recipe, ["algorithm=dpo"]).config["algorithm"] == {"name": "dpo"}  # packaged: its settings' defaults are the code's
 
 
 def test_run_dir_defaults_and_hydra_override(project: Path) -> None:

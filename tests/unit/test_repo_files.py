@@ -41,3 +41,12 @@ def test_step_reference_in_docs_is_current() -> None:
     assert (REPO / "docs/steps.md").read_text() == render_steps(markdown=True) + "\n", (
         "regenerate: halo-pipeline steps --markdown > docs/steps.md"
     )
+
+
+def test_an_algorithm_option_names_its_module_and_the_module_holds_the_defaults() -> None:
+    """One source: an algorithm's settings and defaults are its module's; its YAML file only names it."""
+    from halo_pipeline.training.algorithms import REGISTRY
+
+    files = {path.stem: yaml.safe_load(path.read_text()) for path in (REPO / "conf" / "algorithm").glob("*.yaml")}
+    assert set(files) == set(REGISTRY)
+    assert all(data == {"name": name} for name, data in files.items()), files

@@ -1,7 +1,7 @@
 """The `algorithm` config group: one module per algorithm, registered by its file name (`dpo.py` is
-`algorithm=dpo` is `name: dpo`, with `conf/algorithm/dpo.yaml` its defaults). A module holds its settings, the
-artifact types it trains on, and its TRL `<algo>_config` / `<algo>_trainer` pair; a new algorithm is one module
-here and one YAML file there."""
+`algorithm=dpo` is `name: dpo`, which is all `conf/algorithm/dpo.yaml` holds). A module holds its settings with
+their defaults (the one source: docs/steps.md lists them from here), the artifact types it trains on, and its TRL
+`<algo>_config` / `<algo>_trainer` pair; a new algorithm is one module here and a one-line YAML file there."""
 
 from __future__ import annotations
 
