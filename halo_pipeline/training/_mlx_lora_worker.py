@@ -122,7 +122,7 @@ def main() -> None:
     spec = json.loads(Path(spec_path).read_text())
     settings, algorithm = spec["settings"], spec["algorithm"]
 
-    class Report(TrainingCallback):  # type: ignore[misc]
+    class Report(TrainingCallback):
         def on_train_loss_report(self, info: dict) -> None:
             row = report_row(info)
             with open(metrics_path, "a", encoding="utf-8") as out:

@@ -30,7 +30,7 @@ def main() -> None:
     with open(config_path, encoding="utf-8") as f:
         args = types.SimpleNamespace(**{**CONFIG_DEFAULTS, **yaml.safe_load(f)})
 
-    class Report(TrainingCallback):  # type: ignore[misc]
+    class Report(TrainingCallback):
         def on_train_loss_report(self, info: dict) -> None:
             row = {
                 "step": int(info["iteration"]),

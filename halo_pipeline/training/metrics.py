@@ -77,11 +77,11 @@ def callback(metrics_path: Path, on_progress: Callable[..., None] | None, log: A
 
     pace = Pace(log, on_progress)
 
-    class Recorder(TrainerCallback):  # type: ignore[misc]
-        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    class Recorder(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
             pace.begin(state.global_step)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+        def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "train_loss" in logs or not state.is_world_process_zero:  # a summary, or a rank other than 0
                 return
             row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
@@ -91,7 +91,7 @@ def callback(metrics_path: Path, on_progress: Callable[..., None] | None, log: A
             pace.logged(state.global_step, state.max_steps, row)
             pace.step(state.global_step, state.max_steps)  # on_step_end came first, with the previous figures
 
-        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        def on_step_end(self, args, state, control, **kwargs):
             if state.is_world_process_zero:  # distributed: progress comes from rank 0 only
                 pace.step(state.global_step, state.max_steps)
 

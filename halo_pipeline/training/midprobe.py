@@ -38,12 +38,12 @@ def callback(params: TrainingParams, tokenizer: Any, chat: bool, metrics_path: P
             f.write(json.dumps(row) + "\n")
         log.info("probe at step %d: pass@1 %.3f, mean reward %.3f", step, row["probe/pass@1"], row["probe/mean_reward"])
 
-    class MidTrainingProbe(TrainerCallback):  # type: ignore[misc]
-        def on_train_begin(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+    class MidTrainingProbe(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
             if state.global_step == 0 and state.is_world_process_zero:  # the starting point (a resumed run has it); rank 0 probes
                 probe(model, 0)
 
-        def on_step_end(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+        def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step % params.probe_every == 0 and state.is_world_process_zero:
                 probe(model, state.global_step)
 

@@ -40,8 +40,8 @@ def completion_marker() -> Any:
 
     from halo_pipeline.engine.cache import atomic_write_json
 
-    class MarkComplete(TrainerCallback):  # type: ignore[misc]
-        def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    class MarkComplete(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
             barrier()
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and folder.is_dir():

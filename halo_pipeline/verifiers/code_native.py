@@ -330,7 +330,7 @@ class CompiledSettings(CompareSettings):
     )
 
 
-def _compiled(driver: dict[str, str]):  # type: ignore[no-untyped-def]
+def _compiled(driver: dict[str, str]):
     def verify(settings: CompiledSettings, sample: Mapping[str, Any]) -> VerifyResult:
         if refused := _refuse(settings):
             return refused

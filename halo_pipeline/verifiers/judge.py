@@ -81,7 +81,7 @@ def llm_judge(settings: JudgeSettings, sample: Mapping[str, Any]) -> VerifyResul
 
 
 @functools.lru_cache(maxsize=4)
-def _judge(settings: JudgeSettings):  # type: ignore[no-untyped-def]
+def _judge(settings: JudgeSettings):
     """One loaded judge per settings (local models stay in memory; calls are serialized for them)."""
     from halo_pipeline.runtimes import Sampling, teacher
 
@@ -153,7 +153,7 @@ def reward_model(settings: RewardModelSettings, sample: Mapping[str, Any]) -> Ve
 
 
 @functools.lru_cache(maxsize=2)
-def _reward_model(path: str):  # type: ignore[no-untyped-def]
+def _reward_model(path: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)

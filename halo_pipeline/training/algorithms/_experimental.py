@@ -23,7 +23,7 @@ def on_tokenized_pairs(trainer: Any) -> Any:
     it never sees at inference."""
     from halo_pipeline.training import data
 
-    class TokenizedPairs(trainer):  # type: ignore[misc,valid-type]
+    class TokenizedPairs(trainer):
         def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, list[int]]:
             return data.pair_features(feature, self.max_length)
 

@@ -43,7 +43,7 @@ def trainer_class() -> Any:
     alone fills `max_length` (the collator would truncate every completion token away)."""
     import trl
 
-    class PretokenizedDPOTrainer(trl.DPOTrainer):  # type: ignore[misc]
+    class PretokenizedDPOTrainer(trl.DPOTrainer):
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             if "prompt_ids" not in dataset.column_names:
                 return trl.DPOTrainer._prepare_dataset(self, dataset, processing_class, args, dataset_name)

@@ -123,17 +123,17 @@ def trainer_class() -> Any:
     import trl
     from trl.trainer.utils import nanstd
 
-    class GRPOTrainer(trl.GRPOTrainer):  # type: ignore[misc]
+    class GRPOTrainer(trl.GRPOTrainer):
         def __init__(self, *args: Any, zero_variance_groups: str = "keep", **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.zero_variance_groups = zero_variance_groups
             self.last_rewards: Any = None
 
-        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[no-untyped-def]
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             self.last_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
             return self.last_rewards  # every rank's, gathered: (completions, reward functions)
 
-        def _generate_and_score_completions(self, inputs):  # type: ignore[no-untyped-def]
+        def _generate_and_score_completions(self, inputs):
             output = super()._generate_and_score_completions(inputs)
             mode = "train" if self.model.training else "eval"
             size = self.num_generations if mode == "train" else self.num_generations_eval

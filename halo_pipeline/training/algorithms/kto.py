@@ -45,7 +45,7 @@ def trainer_class() -> Any:
     of prompts that fill `max_length`, and each batch's KL completions (the completions rotated by one)."""
     import trl
 
-    class PretokenizedKTOTrainer(trl.KTOTrainer):  # type: ignore[misc]
+    class PretokenizedKTOTrainer(trl.KTOTrainer):
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             if "prompt_ids" not in dataset.column_names:
                 return trl.KTOTrainer._prepare_dataset(self, dataset, processing_class, args, dataset_name)
