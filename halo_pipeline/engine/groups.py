@@ -44,6 +44,12 @@ class Backend(BaseModel):
         """torch on the CPU (deterministic kernels; llama.cpp may run GGUF models in its place)."""
         return self.engine == "torch" and self.device == "cpu"
 
+    @property
+    def on_gpu(self) -> bool:
+        """torch on an NVIDIA or AMD GPU (ROCm builds of torch name theirs `cuda` too): judged by the device, so a
+        backend file of any name (`conf/backend/cuda_fp16.yaml`) is what its fields say."""
+        return self.engine == "torch" and self.device.split(":")[0] == "cuda"
+
     def unavailable(self) -> str | None:
         """None when the backend can run here, else why not (with the fix)."""
         if self.engine == "mlx":
@@ -53,12 +59,11 @@ class Backend(BaseModel):
         device = self.device.split(":")[0]
         if device == "cpu":
             return None
-        if device == "cuda" and self.name == "rocm":  # ROCm builds of torch expose the AMD GPU as "cuda"
-            return None if os.path.exists("/dev/kfd") else "backend 'rocm' needs an AMD GPU (/dev/kfd), and none was found; use backend=cpu"
-        if device == "cuda":
-            if os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi"):
+        if device == "cuda":  # an NVIDIA GPU, or an AMD one (ROCm builds of torch expose it as "cuda")
+            nvidia = os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi")
+            if nvidia or os.path.exists("/dev/kfd"):
                 return None
-            return f"backend '{self.name}' needs an NVIDIA GPU and driver, and none was found; use backend=cpu"
+            return f"backend '{self.name}' needs a GPU (NVIDIA with its driver, or AMD with ROCm: /dev/kfd), and none was found; use backend=cpu"
         if device == "mps":
             ok = platform.system() == "Darwin" and platform.machine() == "arm64"
             return None if ok else f"backend '{self.name}' needs Apple silicon (macOS arm64); use backend=cpu"

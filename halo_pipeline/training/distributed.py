@@ -189,13 +189,13 @@ def problems(params: Any) -> list[tuple[str, str]]:
     if backend.engine == "mlx":
         out.append(("distributed", "backend=mlx trains in one process (mlx-lm); distributed training needs a torch backend (cpu or cuda)"))
         return out
-    if backend.name in ("mps",) and d.launched:
+    if backend.device.startswith("mps") and d.launched:
         out.append(("distributed", "backend=mps has one device and no collective backend: drop distributed, or use backend=cuda or cpu"))
     if d.mixed_precision in ("bf16", "fp16") and backend.is_cpu:
         out.append(
             ("distributed.mixed_precision", f"mixed_precision={d.mixed_precision} needs a GPU backend; on backend=cpu use no (or auto)")
         )
-    if backend.name in ("cuda", "rocm") and d.launched:
+    if backend.on_gpu and d.launched:
         gpus = _gpu_count()
         if gpus and d.per_machine > gpus:
             out.append(

@@ -32,11 +32,11 @@ def problems(params: TrainingParams) -> list[tuple[str, str]]:
     if backend.engine == "mlx":
         return out
     build = torch_build() or ""
-    if backend.name == "cuda" and build.endswith("+cpu"):
+    if backend.on_gpu and build.endswith("+cpu"):
         out.append(
             (
                 "backend",
-                f"backend=cuda, but the installed torch is a CPU-only build ({build}): install a CUDA build of the same "
+                f"backend={backend.name} runs on a GPU, but the installed torch is a CPU-only build ({build}): install a CUDA build of the same "
                 "version (pip install torch==<version> --index-url <the PyTorch CUDA index>), or use backend=cpu",
             )
         )
@@ -45,7 +45,7 @@ def problems(params: TrainingParams) -> list[tuple[str, str]]:
             ("adapter", "adapter qlora quantizes the base with bitsandbytes, which is not installed: pip install 'halo-pipeline[gpu]'")
         )
     if backend.attention == "flash_attention_2":
-        if backend.name not in ("cuda", "rocm"):
+        if not backend.on_gpu:
             out.append(
                 ("backend.attention", f"flash_attention_2 runs on NVIDIA/AMD GPUs, not backend={backend.name}: use backend.attention=sdpa")
             )
@@ -67,7 +67,7 @@ def problems(params: TrainingParams) -> list[tuple[str, str]]:
             )
     algo: Any = params.algorithm  # grpo's vLLM fields; other algorithms have none
     if getattr(algo, "use_vllm", False):
-        if backend.name != "cuda":
+        if not backend.on_gpu:
             out.append(
                 ("algorithm.use_vllm", f"vLLM generates on CUDA GPUs, not backend={backend.name}: use backend=cuda, or use_vllm=false")
             )

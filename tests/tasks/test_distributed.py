@@ -235,7 +235,7 @@ def test_distributed_mistakes_are_validate_time_errors() -> None:
 def test_gpu_paths_are_validated_without_a_gpu() -> None:
     cuda = {"name": "cuda", "engine": "torch", "device": "cuda", "dtype": "bfloat16", "attention": "flash_attention_2"}
     problems = dict(_problems(backend=cuda, adapter="qlora"))
-    assert "needs an NVIDIA GPU" in problems["backend"] or "CPU-only build" in problems["backend"]
+    assert "needs a GPU (NVIDIA" in problems["backend"] or "CPU-only build" in problems["backend"]
     from halo_pipeline.training.gpu import torch_build
 
     if (torch_build() or "").endswith("+cpu"):
@@ -249,6 +249,12 @@ def test_gpu_paths_are_validated_without_a_gpu() -> None:
     assert any("trains in fp32" in t for k, t in _problems(backend=cpu_flash) if k == "backend.attention")
     vllm = {"name": "grpo", "batch_size": 4, "use_vllm": True}
     assert any(k == "algorithm.use_vllm" and "CUDA" in t for k, t in _problems(algorithm=vllm, verifier=REWARD))
+    # a backend is judged by its device, not its file's name: a GPU backend of another name gets the GPU paths
+    own = {"name": "nvidia_fp16", "engine": "torch", "device": "cuda", "dtype": "float16", "attention": "flash_attention_2"}
+    assert not any("NVIDIA/AMD GPUs" in t for _, t in _problems(backend=own))
+    assert not any("generates on CUDA GPUs" in t for _, t in _problems(backend=own, algorithm=vllm, verifier=REWARD))
+    renamed_cpu = {"name": "cuda", "engine": "torch", "device": "cpu", "attention": "flash_attention_2"}
+    assert any("NVIDIA/AMD GPUs" in t for k, t in _problems(backend=renamed_cpu) if k == "backend.attention")
     from halo_pipeline.training.algorithms import trainer_config
 
     server = _params(algorithm={**vllm, "vllm_mode": "server", "vllm_server_base_url": "http://gpu-box:8000"}, verifier=REWARD)
