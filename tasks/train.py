@@ -84,7 +84,7 @@ def check(params: TrainParams) -> list[Any]:
             problems += check_spec(reward.verifier, f"rewards.{i}.verifier")
     if backend.engine == "mlx" and getattr(params.algorithm, "zero_variance_groups", "keep") != "keep":
         problems.append(("algorithm.zero_variance_groups", "drop runs in TRL's GRPO trainer (torch backends): keep it `keep` on mlx"))
-    if params.adapter == "qlora" and backend.name != "cuda":
+    if params.adapter == "qlora" and not backend.on_gpu:
         problems.append(
             ("adapter", "adapter qlora quantizes the base to 4 bits with bitsandbytes, which needs CUDA: use backend=cuda, or adapter=lora")
         )
