@@ -19,7 +19,10 @@ Several rewards (`grpo-rewards`): GRPO with two verifiers as weighted reward fun
 against GRPOTrainer with two reward functions and `reward_weights`. `--model tiny` runs every torch row on
 the tiny model instead of SmolLM2-135M-Instruct (run more `--steps` there: its steps take milliseconds).
 
-Usage: python benchmarks/train.py [--algorithms sft,dpo,grpo,rm,gkd,grpo-rewards] [--model tiny] [--steps 6] [--repeat 1] [--json out.json]
+ORPO, SimPO, KTO (`orpo`, `simpo`, `kto`): ORPOTrainer and CPOTrainer (loss_type simpo) from trl.experimental, and
+KTOTrainer, on the same pairs (KTO: the 32 samples, every other one undesirable), against our train step.
+
+Usage: python benchmarks/train.py [--algorithms sft,dpo,grpo,rm,gkd,grpo-rewards,orpo,simpo,kto] [--model tiny] [--steps 6] [--repeat 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 
 MODEL = os.environ.get("HALO_BENCH_MODEL", "smollm2-135m-instruct")  # --model
-SEQ = {"sft": 6, "dpo": 4, "grpo": 3, "rm": 6, "gkd": 4, "grpo-rewards": 3}  # steps per algorithm (scaled by --steps / 6)
+SEQ = {"sft": 6, "dpo": 4, "grpo": 3, "rm": 6, "gkd": 4, "grpo-rewards": 3, "orpo": 4, "simpo": 4, "kto": 4}  # scaled by --steps / 6
 HYPER = {
     "sft": {"name": "sft", "batch_size": 4, "learning_rate": 2e-4},
     "dpo": {"name": "dpo", "batch_size": 4, "learning_rate": 5e-6, "beta": 0.1},
@@ -44,6 +47,12 @@ HYPER = {
     "gkd": {"name": "gkd", "teacher": MODEL, "batch_size": 4, "learning_rate": 5e-5, "lmbda": 0.5, "beta": 0.5, "max_new_tokens": 16},
 }
 HYPER["grpo-rewards"] = HYPER["grpo"]
+HYPER |= {
+    "orpo": {"name": "orpo", "batch_size": 4, "learning_rate": 8e-6, "beta": 0.1},
+    "simpo": {"name": "simpo", "batch_size": 4, "learning_rate": 1e-6, "beta": 2.0, "simpo_gamma": 1.0},
+    "kto": {"name": "kto", "batch_size": 4, "learning_rate": 5e-6, "beta": 0.1},
+}
+PAIRS = ("dpo", "rm", "orpo", "simpo")  # trained on preference pairs
 REWARDS = [({"name": "regex_format", "pattern": "return"}, 1.0), ({"name": "regex_format", "pattern": "def "}, 0.5)]
 
 
@@ -64,6 +73,10 @@ def rows(kind: str) -> list[dict]:
         good = f"def f():\n    return {i} * {i + 1}\n"
         if kind == "preference":
             data.append({"id": f"p{i}", "prompt": prompt, "chosen": good, "rejected": "I cannot help with that."})
+        elif kind == "labelled":  # KTO: every other sample undesirable
+            data.append(
+                {"id": f"k{i}", "prompt": prompt, "completion": good if i % 2 else "I cannot help with that.", "verified": bool(i % 2)}
+            )
         else:
             data.append({"id": f"s{i}", "prompt": prompt, "completion": good})
     return data
@@ -85,9 +98,9 @@ def child_ours(algo: str, steps: int, out: Path) -> dict:
     from halo_pipeline.engine.step import Artifact, RunContext
     from halo_pipeline.training import trl_runner  # noqa: F401  (imports, untimed)
 
-    kind = "preference_dataset" if algo in ("dpo", "rm") else "sft_dataset"
+    kind = "preference_dataset" if algo in PAIRS else "sft_dataset"
     path = out / "data.jsonl"
-    write_rows(path, rows("preference" if kind == "preference_dataset" else "sft"))
+    write_rows(path, rows("preference" if kind == "preference_dataset" else "labelled" if algo == "kto" else "sft"))
     params = {"model": MODEL, "algorithm": HYPER[algo], "max_steps": steps, "save_every": 1000, "max_length": 256}
     if algo == "grpo":
         params["verifier"] = {"name": "regex_format", "pattern": "return"}
@@ -148,20 +161,39 @@ def child_direct(algo: str, steps: int, out: Path) -> dict:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(**common, max_length=256), train_dataset=data, processing_class=tokenizer,
                                  peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))  # fmt: skip
-    elif algo in ("dpo", "rm"):
+    elif algo in PAIRS:
         prefs = [{"prompt": user(r["prompt"]), "chosen": bot(r["chosen"]), "rejected": bot(r["rejected"])} for r in rows("preference")]
         data = Dataset.from_list(prefs)
+        lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
         if algo == "dpo":
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             config = trl.DPOConfig(**common, max_length=256, beta=h["beta"])
-            lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
             trainer = trl.DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)
+        elif algo == "orpo":
+            from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            config = ORPOConfig(**common, max_length=256, beta=h["beta"])
+            trainer = ORPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)
+        elif algo == "simpo":
+            from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            config = CPOConfig(**common, max_length=256, loss_type="simpo", beta=h["beta"], simpo_gamma=h["simpo_gamma"], cpo_alpha=0.0)
+            trainer = CPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
             model.config.pad_token_id = tokenizer.pad_token_id
             lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="SEQ_CLS")
             trainer = trl.RewardTrainer(model=model, args=trl.RewardConfig(**common, max_length=256), train_dataset=data,
                                         processing_class=tokenizer, peft_config=lora)  # fmt: skip
+    elif algo == "kto":
+        labelled = [{"prompt": user(r["prompt"]), "completion": bot(r["completion"]), "label": r["verified"]} for r in rows("labelled")]
+        data = Dataset.from_list(labelled)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+        config = trl.KTOConfig(**common, max_length=256, beta=h["beta"])
+        trainer = trl.KTOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)
     elif algo == "gkd":
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
@@ -312,12 +344,15 @@ def child(side: str, algo: str, steps: int) -> None:
     import transformers  # noqa: F401
     import trl  # noqa: F401
 
-    if algo == "gkd":  # the trainer's module too (it imports TRL's trainer base, and wandb when installed)
-        from halo_pipeline.training.algorithms._experimental import experimental
+    experimental = {"gkd": ("gkd", "GKDTrainer"), "orpo": ("orpo", "ORPOTrainer"), "simpo": ("cpo", "CPOTrainer")}
+    if algo in experimental:  # the trainer's module too (it imports TRL's trainer base, and wandb when installed)
+        from halo_pipeline.training.algorithms._experimental import experimental as load
 
-        experimental("gkd", "GKDTrainer")
+        load(*experimental[algo])
     elif algo.startswith("grpo"):
         trl.GRPOTrainer  # noqa: B018
+    elif algo == "kto":
+        trl.KTOTrainer  # noqa: B018
     with tempfile.TemporaryDirectory() as tmp:
         result = (child_ours if side == "ours" else child_direct)(algo, steps, Path(tmp))
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
