@@ -118,6 +118,8 @@ def _runtime_and_backend(runtime: str, backend: str) -> tuple[str, Any]:
     if backend in ("auto", "torch", "hf", "gguf"):
         new = "hf" if backend == "torch" else backend
         print(f"warning: --backend {backend} chooses the runtime: write --runtime {new} (--backend is the device group)", file=sys.stderr)
+        if runtime not in ("auto", new):
+            raise ServeRefused(f"--backend {backend} and --runtime {runtime} disagree: give --runtime alone")
         return new, Backend()
     path = _conf_file("backend", backend)
     if path is None:

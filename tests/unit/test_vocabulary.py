@@ -70,6 +70,26 @@ def test_serve_takes_runtime_and_the_old_engine_flag_with_a_warning(flags: list[
     assert (warning in res.stderr) if warning else "warning" not in res.stderr
 
 
-def test_serve_refuses_an_engine_and_a_runtime_that_disagree() -> None:
-    res = cli("serve", "--model", "tiny", "--engine", "gguf", "--runtime", "hf", "--check")
+@pytest.mark.parametrize("old", [["--engine", "gguf"], ["--backend", "gguf"]])
+def test_serve_refuses_an_old_and_a_new_spelling_that_disagree(old: list[str]) -> None:
+    res = cli("serve", "--model", "tiny", *old, "--runtime", "hf", "--check")
     assert res.returncode == 2 and "give --runtime alone" in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "error"),
+    [
+        ("synthesize", {"runtime": "endpoint"}, "runtime: endpoint needs base_url"),
+        ("synthesize", {"runtime": "gguf", "base_url": "http://127.0.0.1:9/v1"}, "base_url is for runtime: endpoint"),
+        ("eval", {"runtime": "endpoint"}, "runtime: endpoint needs base_url"),
+        ("eval", {"runtime": "hf", "base_url": "http://127.0.0.1:9/v1/chat/completions"}, "base_url is for runtime: endpoint"),
+    ],
+)
+def test_an_endpoint_is_a_base_url_and_a_base_url_is_an_endpoint(kind: str, params: dict[str, Any], error: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=error):
+        registry.get(kind).params.model_validate(params)
+    if "base_url" in params:  # left at auto, a base_url means the endpoint
+        auto = registry.get(kind).params.model_validate({**params, "runtime": "auto"})
+        assert auto.runtime == "endpoint"
