@@ -219,8 +219,11 @@ def _run(worker: str, spec_path: Any, metrics_path: Any, iters: int, ctx: Any) -
 
 
 def _mlx_changed(weights: Any) -> bool:
-    """LoRA B matrices start at zero: any non-zero one means training moved the weights."""
-    import mlx.core as mx
-
-    arrays: Any = mx.load(str(weights))
-    return any(bool(mx.any(v != 0).item()) for k, v in arrays.items() if k.endswith("lora_b"))
+    """LoRA B matrices start at zero: a non-zero byte in one means training moved the weights. Read from the
+    safetensors file itself (an 8-byte header length, a JSON header, the raw tensors), so the pipeline process
+    never imports MLX (its worker trains)."""
+    with open(weights, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        data = f.read()
+    spans = [meta["data_offsets"] for name, meta in header.items() if name.endswith("lora_b")]
+    return any(data[start:end].strip(b"\0") for start, end in spans)

@@ -500,3 +500,18 @@ def test_the_quickstart_with_kto_trains_on_its_own_passed_and_failed_samples(tmp
     desirable, undesirable = (int(w) for w in note.split() if w.isdigit())
     rows = json.loads(checks.read_text())["stats"]["rows"]
     assert undesirable >= 1 and desirable + undesirable == rows, note  # the tiny model's code fails python_syntax: few pass, if any
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_mlx_weights_moved_is_read_from_the_adapter_file_without_mlx(tmp_path: Path, dtype: str) -> None:
+    """The pipeline process tells whether training moved the LoRA B matrices from the safetensors bytes alone."""
+    import mlx.core as mx
+
+    from halo_pipeline.training.mlx import _mlx_changed
+
+    kind = getattr(mx, dtype)
+    still = {"l.lora_a": mx.ones((4, 2), dtype=kind), "l.lora_b": mx.zeros((2, 4), dtype=kind)}
+    moved = {**still, "m.lora_b": mx.zeros((2, 4), dtype=kind).at[1, 2].add(1e-3)}
+    mx.save_safetensors(str(tmp_path / "still.safetensors"), still)
+    mx.save_safetensors(str(tmp_path / "moved.safetensors"), moved)
+    assert not _mlx_changed(tmp_path / "still.safetensors") and _mlx_changed(tmp_path / "moved.safetensors")
