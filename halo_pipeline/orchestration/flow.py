@@ -13,9 +13,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
-import sys
-import threading
 import time
 from typing import Any
 
@@ -125,34 +122,33 @@ def _run_steps(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, A
     runner = make_task_runner(plan.composed.config.get("runner", {}))
     futures: dict[str, Any] = {}
     with runner, tags(*tag_list, plan.recipe.name):
-        try:  # from the first submission: a step may be running before the last one is submitted (Ctrl-C then too)
-            for sid, ps in plan.steps.items():
-                if sid not in selected:
-                    continue
-                call = calls[sid]
-                up = {d: futures.get(d, results.get(d)) for d in ps.deps if d in futures or d in results}
-                t = run_step.with_options(
-                    name=f"{sid}:{ps.kind.name}",
-                    task_run_name=f"{sid}:{ps.kind.name}",
-                    retries=ps.spec.retries,
-                    retry_delay_seconds=ps.spec.retry_delay_seconds,
-                    retry_condition_fn=_retry_transient,
-                )
-                futures[sid] = runner.submit(
-                    t, parameters={"call": call, "upstream": up}, wait_for=[futures[d] for d in ps.deps if d in futures]
-                )
+        for sid, ps in plan.steps.items():
+            if sid not in selected:
+                continue
+            call = calls[sid]
+            up = {d: futures.get(d, results.get(d)) for d in ps.deps if d in futures or d in results}
+            t = run_step.with_options(
+                name=f"{sid}:{ps.kind.name}",
+                task_run_name=f"{sid}:{ps.kind.name}",
+                retries=ps.spec.retries,
+                retry_delay_seconds=ps.spec.retry_delay_seconds,
+                retry_condition_fn=_retry_transient,
+            )
+            futures[sid] = runner.submit(
+                t, parameters={"call": call, "upstream": up}, wait_for=[futures[d] for d in ps.deps if d in futures]
+            )
+        try:
             if opts.progress:
                 opts.progress(run_dir, plan, futures, selected)
             for f in futures.values():
                 f.wait()
-        except (KeyboardInterrupt, TerminationSignal) as exc:  # Ctrl-C, or SIGTERM (Prefect raises its own inside a flow)
+        except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C, or SIGTERM (Prefect raises its own inside a flow)
             results.update(finished_results(futures))  # finished steps stay in the cache and are recorded as such
             for sid in futures:
                 if sid not in results:
                     results[sid] = StepResult(id=sid, kind=plan.steps[sid].kind.name, state="interrupted", error="interrupted")
             record(run_dir, manifest.build(plan, results, opts.command, "interrupted", extra))
             _abandon(runner)
-            _exit_soon(130 if type(exc) is KeyboardInterrupt else 143)
             raise
     results.update(finished_results(futures))
     failed = False
@@ -185,26 +181,6 @@ def _run_steps(plan: Plan, opts: RunOptions, tag_list: list[str]) -> dict[str, A
         "objective": objective,
         "steps": {sid: r.state for sid, r in results.items()},
     }
-
-
-EXIT_GRACE_S = 5.0  # after an interrupt, for Prefect to record the flow run's end before the process goes
-
-
-def _exit_soon(code: int) -> None:
-    """An interrupted run ends within seconds even if what unwinds it stalls (Prefect reporting the flow run's end to
-    a busy server): the manifest already says where it stopped, so after a grace period the process exits with the
-    interrupt's code (130 for Ctrl-C, 143 for SIGTERM), as the CLI would. Only in the process that runs the flow
-    in the foreground (a CLI run); a worker or a served deployment decides for itself."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def leave() -> None:
-        print("interrupted: the run's end could not be recorded with Prefect in time; leaving", file=sys.stderr, flush=True)
-        os._exit(code)
-
-    timer = threading.Timer(EXIT_GRACE_S, leave)
-    timer.daemon = True
-    timer.start()
 
 
 def _abandon(runner: Any) -> None:

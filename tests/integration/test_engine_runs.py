@@ -331,18 +331,6 @@ def test_a_signal_ends_the_run_within_seconds_with_a_truthful_manifest(project: 
     assert m["steps"]["make"]["state"] == "ran" and m["steps"]["copy"]["state"] == "interrupted"
 
 
-def test_an_interrupted_run_leaves_within_seconds_even_if_unwinding_stalls() -> None:
-    """After an interrupt the manifest is written first; if what unwinds the run then stalls (Prefect recording the
-    flow run's end with a busy server), the process still leaves with the interrupt's code after a grace period."""
-    code = "from halo_pipeline.orchestration.flow import _exit_soon\nimport time\n_exit_soon(130)\ntime.sleep(60)\n"
-    started = time.time()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    from halo_pipeline.orchestration.flow import EXIT_GRACE_S
-
-    assert proc.returncode == 130 and EXIT_GRACE_S <= time.time() - started < EXIT_GRACE_S + 15, (proc.returncode, proc.stderr)
-    assert "could not be recorded with Prefect in time" in proc.stderr
-
-
 def test_runs_diff_between_two_git_revisions_shows_the_recipe_change(project: Path) -> None:
     def git(*args: str) -> None:
         subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
