@@ -312,6 +312,8 @@ def test_a_signal_ends_the_run_within_seconds_with_a_truthful_manifest(project: 
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "halo-pipeline"), "run", str(recipe)], cwd=project, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as from a terminal: a suite started in the background (`make test &`) hands its children SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.time() + 120
     state = None
