@@ -62,12 +62,9 @@ class EvalParams(Params):
 
     @model_validator(mode="after")
     def _consistent(self) -> EvalParams:
-        if self.runtime == "auto" and self.base_url:
-            self.runtime = "endpoint"
-        if self.runtime == "endpoint" and not self.base_url:
-            raise ValueError("runtime: endpoint needs base_url (an OpenAI-compatible /v1/chat/completions URL)")
-        if self.base_url and self.runtime != "endpoint":
-            raise ValueError(f"base_url is for runtime: endpoint, not {self.runtime}")
+        from halo_pipeline.runtimes import with_endpoint
+
+        self.runtime = with_endpoint(self.runtime, self.base_url, "an OpenAI-compatible /v1/chat/completions URL")  # type: ignore[assignment]
         return self
 
 

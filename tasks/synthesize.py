@@ -91,12 +91,9 @@ class SynthesizeParams(Params):
 
     @model_validator(mode="after")
     def _endpoint_with_its_url(self) -> SynthesizeParams:
-        if self.runtime == "auto" and self.base_url:
-            self.runtime = "endpoint"
-        if self.runtime == "endpoint" and not self.base_url:
-            raise ValueError("runtime: endpoint needs base_url (an OpenAI-compatible endpoint's /v1 URL)")
-        if self.base_url and self.runtime not in ("auto", "endpoint"):
-            raise ValueError(f"base_url is for runtime: endpoint, not {self.runtime} (leave runtime at auto or set it to endpoint)")
+        from halo_pipeline.runtimes import with_endpoint
+
+        self.runtime = with_endpoint(self.runtime, self.base_url, "an OpenAI-compatible endpoint's /v1 URL")  # type: ignore[assignment]
         return self
 
     @property

@@ -99,14 +99,17 @@ def _adapters(specs: list[str]) -> dict[str, Path]:
 
 def _runtime(runtime: str, engine: str | None) -> str:
     """`--engine` (torch for hf) is the old spelling of `--runtime`: it works for one more release, with a warning."""
-    if engine is None:
-        return runtime
-    new = "hf" if engine == "torch" else engine
-    print(f"warning: --engine {engine} is the old spelling: write --runtime {new}", file=sys.stderr)
-    if runtime not in ("auto", new):
-        from halo_pipeline.serving.launch import ServeRefused
+    return runtime if engine is None else _old_runtime_flag("--engine", engine, runtime, "is the old spelling")
 
-        raise ServeRefused(f"--engine {engine} and --runtime {runtime} disagree: give --runtime alone")
+
+def _old_runtime_flag(flag: str, value: str, runtime: str, why: str) -> str:
+    """The runtime an old flag names (torch is hf), said with a warning; refused when --runtime says another."""
+    from halo_pipeline.serving.launch import ServeRefused
+
+    new = "hf" if value == "torch" else value
+    print(f"warning: {flag} {value} {why}: write --runtime {new}", file=sys.stderr)
+    if runtime not in ("auto", new):
+        raise ServeRefused(f"{flag} {value} and --runtime {runtime} disagree: give --runtime alone")
     return new
 
 
@@ -116,11 +119,7 @@ def _runtime_and_backend(runtime: str, backend: str) -> tuple[str, Any]:
     from halo_pipeline.serving.launch import ServeRefused
 
     if backend in ("auto", "torch", "hf", "gguf"):
-        new = "hf" if backend == "torch" else backend
-        print(f"warning: --backend {backend} chooses the runtime: write --runtime {new} (--backend is the device group)", file=sys.stderr)
-        if runtime not in ("auto", new):
-            raise ServeRefused(f"--backend {backend} and --runtime {runtime} disagree: give --runtime alone")
-        return new, Backend()
+        return _old_runtime_flag("--backend", backend, runtime, "chooses the runtime (--backend is the device group)"), Backend()
     path = _conf_file("backend", backend)
     if path is None:
         raise ServeRefused(f"--backend {backend}: not a device group (cpu, cuda, rocm, mps, mlx)")

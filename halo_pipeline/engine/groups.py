@@ -117,18 +117,27 @@ class VerifierSpec(BaseModel):
             return value
         given = {k: v for k, v in value.items() if k.endswith("schema") and isinstance(v, str) and v.endswith(".json")}
         for key, name in given.items():
-            path = Path(name).expanduser()
-            path = path if path.is_absolute() else Path((info.context or {}).get("base_dir") or ".") / path
             try:
-                value = {**value, key: json.loads(path.read_text(encoding="utf-8"))}
-            except OSError as exc:
-                raise ValueError(f"{key}: schema file {path}: {exc.strerror or exc}; give a path relative to the recipe's folder") from None
+                value = {**value, key: recipe_json_file(name, info)}
             except ValueError as exc:
-                raise ValueError(f"{key}: schema file {path} is not JSON: {exc}") from None
+                raise ValueError(f"{key}: {exc}") from None
         return value
 
     def settings(self) -> dict[str, Any]:
         return self.model_dump()
+
+
+def recipe_json_file(name: str, info: ValidationInfo) -> Any:
+    """A schema file a recipe names, read while the recipe is validated: relative to the recipe's folder (the
+    validation context's `base_dir`), so its content, not its path, is in the settings and the cache key."""
+    path = Path(name).expanduser()
+    path = path if path.is_absolute() else Path((info.context or {}).get("base_dir") or ".") / path
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"schema file {path}: {exc.strerror or exc}; give a path relative to the recipe's folder") from None
+    except ValueError as exc:
+        raise ValueError(f"schema file {path} is not JSON: {exc}") from None
 
 
 class QuantFormat(BaseModel):

@@ -141,12 +141,17 @@ def _typed_options(group: str) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for kind in registry.all_kinds().values():
         field = kind.params.model_fields.get(group)
-        members = get_args(field.annotation) if field is not None and get_origin(field.annotation) in (Union, types.UnionType) else ()
-        for model in members:
-            if isinstance(model, type) and issubclass(model, BaseModel) and "name" in model.model_fields:
-                for choice in get_args(model.model_fields["name"].annotation):
-                    found.setdefault(str(choice), set()).update(model.model_fields)
+        for model in option_models(field.annotation) if field is not None else []:
+            for choice in get_args(model.model_fields["name"].annotation):
+                found.setdefault(str(choice), set()).update(model.model_fields)
     return found
+
+
+def option_models(annotation: Any) -> list[Any]:
+    """The settings models a union picks among by `name` (the train step's `algorithm`); none for any other type."""
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return []
+    return [m for m in get_args(annotation) if isinstance(m, type) and issubclass(m, BaseModel) and "name" in m.model_fields]
 
 
 def walk(annotation: Any, path: list[str], value: Any) -> bool:

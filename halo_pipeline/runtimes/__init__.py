@@ -150,6 +150,18 @@ def teacher(
     return HFRuntime(resolve(model), backend.device, backend.dtype, use_chat_template=use_chat_template)
 
 
+def with_endpoint(runtime: str, base_url: str | None, url: str) -> str:
+    """A step's runtime given its `base_url` (synthesize, eval): auto with a base_url is the endpoint; an endpoint
+    needs one, and only an endpoint takes one. `url` says which URL the step wants."""
+    if runtime == "auto" and base_url:
+        return "endpoint"
+    if runtime == "endpoint" and not base_url:
+        raise ValueError(f"runtime: endpoint needs base_url ({url})")
+    if base_url and runtime != "endpoint":
+        raise ValueError(f"base_url is for runtime: endpoint, not {runtime} (leave runtime at auto or set it to endpoint)")
+    return runtime
+
+
 def choose_runtime(runtime: str, model: Any, backend: Any) -> str:
     """`auto`: mlx on the mlx backend, gguf (llama.cpp) for a GGUF model on the CPU backend, hf (transformers) otherwise."""
     if runtime != "auto":

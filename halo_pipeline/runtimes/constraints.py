@@ -14,11 +14,12 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from halo_pipeline.engine.groups import recipe_json_file
 
 # Whitespace a JSON constraint allows between tokens: at most one space (JSON on one line, as OpenAI's structured
 # outputs write it), so a model cannot fill its budget with whitespace. A schema's own "x-guidance" overrides it.
@@ -221,15 +222,7 @@ class ResponseFormat(BaseModel):
     def _read_schema_file(cls, data: Any, info: ValidationInfo) -> Any:
         if not isinstance(data, dict) or not isinstance(data.get("schema"), str):
             return data
-        base = Path((info.context or {}).get("base_dir") or ".")
-        path = Path(data["schema"]).expanduser()
-        path = path if path.is_absolute() else base / path
-        try:
-            schema = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ValueError(f"schema file {path}: {exc.strerror or exc}; give a path relative to the recipe's folder") from None
-        except ValueError as exc:
-            raise ValueError(f"schema file {path} is not JSON: {exc}") from None
+        schema = recipe_json_file(data["schema"], info)
         return {**data, "schema": schema, "schema_file": data["schema"]}  # as written: the key holds the schema, not where it lay
 
     @model_validator(mode="after")

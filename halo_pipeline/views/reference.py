@@ -55,20 +55,10 @@ def model_rows(model: Any) -> list[tuple[str, str, str, str]]:
 def group_options(kind: StepKind) -> dict[str, list[Any]]:
     """The params holding one of several settings models picked by `name` (the train step's `algorithm`): each option's
     model, so its settings and defaults are documented from the code that reads them (the group's YAML names it)."""
-    import types
-    import typing
+    from halo_pipeline.engine.keys import option_models
 
-    from pydantic import BaseModel
-
-    found: dict[str, list[Any]] = {}
-    for name, field in kind.params.model_fields.items():
-        union = field.annotation
-        if typing.get_origin(union) not in (typing.Union, types.UnionType):
-            continue
-        members = [m for m in typing.get_args(union) if isinstance(m, type) and issubclass(m, BaseModel) and "name" in m.model_fields]
-        if len(members) > 1:
-            found[name] = members
-    return found
+    found = {name: option_models(field.annotation) for name, field in kind.params.model_fields.items()}
+    return {name: members for name, members in found.items() if len(members) > 1}
 
 
 def _option_name(model: Any) -> str:
