@@ -189,7 +189,7 @@ def child_direct(algo: str, steps: int, out: Path) -> dict:
                                         processing_class=tokenizer, peft_config=lora)  # fmt: skip
     elif algo == "kto":
         labelled = [{"prompt": user(r["prompt"]), "completion": bot(r["completion"]), "label": r["verified"]} for r in rows("labelled")]
-        data = Dataset.from_list(labelled)
+        data = Dataset.from_list(labelled).shuffle(seed=0)  # as the step shuffles KTO's samples (with its seed)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
         config = trl.KTOConfig(**common, max_length=256, beta=h["beta"])

@@ -5,7 +5,9 @@ sides are the same); a recipe tightens them, or sets `on_fail: warn` to record a
 
 from __future__ import annotations
 
+import contextvars
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from halo_pipeline.training.params import DataChecks, TrainingParams
@@ -71,7 +73,7 @@ def failure(step: str, results: list[dict[str, Any]]) -> str | None:
     return "the training dataset fails its checks: " + "; ".join(parts) + f" ({fix})"
 
 
-def before_training(params: TrainingParams, rows: list[dict[str, Any]], bad_rows: int, ctx: Any) -> None:
+def before_training(params: TrainingParams, rows: list[dict[str, Any]], bad_rows: int, ctx: Any, tokenizer: Any = None) -> None:
     """Measure the dataset as the trainer will prepare it, keep the measures and the first examples
     (`data_checks.json`, shown on the report page), and stop (or warn) when a check fails."""
     checks: DataChecks = params.data_checks
@@ -82,7 +84,7 @@ def before_training(params: TrainingParams, rows: list[dict[str, Any]], bad_rows
         return
     from halo_pipeline.training.preview import preview
 
-    shown = preview(params, rows, EXAMPLES, bad_rows=bad_rows)
+    shown = preview(params, rows, EXAMPLES, tokenizer=tokenizer, bad_rows=bad_rows)
     results = evaluate(checks, shown.stats)
     record = {**shown.to_json(), "checks": results, "on_fail": checks.on_fail}
     ctx.path("data_checks.json").write_text(json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
@@ -95,3 +97,33 @@ def before_training(params: TrainingParams, rows: list[dict[str, Any]], bad_rows
         raise ValueError(message)
     ctx.log.warning(message)
     ctx.summary(f"warning: {message}")
+
+
+class Pending:
+    """The data checks, running on a side thread while the model loads and the trainer is built. `wait()` returns
+    once they passed (or warned) and raises their error when they stop the step.
+
+    `tokenizer` is the step's own, loaded here first: that load imports what a tokenizer needs, so the checks'
+    thread can load its own (a fast tokenizer is not to be shared between threads) without importing anything
+    while the main thread does (two threads importing modules that import each other can deadlock, which Python
+    reports as an import error); what the preview imports is imported here too."""
+
+    def __init__(self, params: TrainingParams, rows: list[dict[str, Any]], bad_rows: int, ctx: Any):
+        self.tokenizer: Any = None
+        if params.data_checks.on_fail == "off" or params.backend.engine == "mlx":
+            before_training(params, rows, bad_rows, ctx)  # says why it does not check
+            self._verdict: Future[None] = Future()
+            self._verdict.set_result(None)
+            return
+        from halo_pipeline.training.preview import import_modules
+        from halo_pipeline.training.tokenization import load_tokenizer
+
+        import_modules(params)
+        self.tokenizer = load_tokenizer(params)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="halo-data-checks")
+        run = contextvars.copy_context().run
+        self._verdict = pool.submit(run, lambda: before_training(params, rows, bad_rows, ctx, load_tokenizer(params)))
+        pool.shutdown(wait=False)  # the checks run on; the thread ends with them
+
+    def wait(self) -> None:
+        self._verdict.result()

@@ -13,15 +13,16 @@ from halo_pipeline.training.params import TrainingParams
 from halo_pipeline.training.tokenization import load_tokenizer
 
 
-def load(params: TrainingParams, for_reward_model: bool = False) -> tuple[Any, Any]:
-    """The base model (a sequence classifier with one label for a reward model) and its tokenizer."""
+def load(params: TrainingParams, for_reward_model: bool = False, tokenizer: Any = None) -> tuple[Any, Any]:
+    """The base model (a sequence classifier with one label for a reward model) and its tokenizer (loaded here
+    unless given)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from halo_pipeline.runtimes.catalog import resolve
 
     path = resolve(params.model)
-    tokenizer = load_tokenizer(params)  # the one `halo-pipeline preview` shows the examples with
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(params)  # the one `preview` shows the examples with
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if params.backend.attention:
         kwargs["attn_implementation"] = params.backend.attention

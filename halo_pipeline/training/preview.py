@@ -123,6 +123,29 @@ def preview(params: TrainingParams, rows: list[dict[str, Any]], n: int = 3, toke
     return Preview(algo.name, chat, max_length, examples, stats, notes)
 
 
+def import_modules(params: TrainingParams) -> None:
+    """Import what the preview of this step's algorithm imports: before it runs on a side thread (the train step's
+    checks, beside the model's load), as two threads importing at once can deadlock."""
+    import datasets  # noqa: F401
+    import trl
+
+    algo = params.algorithm
+    kind = algorithms.get(algo.name).data
+    if kind != "prompts":
+        with tempfile.TemporaryDirectory(prefix="halo-preview-") as tmp:
+            algorithms.trainer_config(params, Path(tmp))  # the algorithm's TRL config (trl.experimental's, for some)
+    if algo.name == "rm":
+        import trl.trainer.reward_trainer  # noqa: F401
+    elif kind == "preference":
+        import trl.trainer.dpo_trainer  # noqa: F401
+
+        from halo_pipeline.training.algorithms.dpo import trainer_class
+
+        trainer_class()
+    elif algo.name == "sft" or kind == "labelled":
+        trl.SFTTrainer  # noqa: B018  (its module, with the collator)
+
+
 # ------------------------------------------------------------------ per algorithm, through TRL's own preparation
 
 

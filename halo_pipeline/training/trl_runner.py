@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,19 @@ def last_checkpoint(root: Path) -> Path | None:
 
 def completion_marker() -> Any:
     """A callback that marks each checkpoint complete after Trainer has written all of it (every rank's
-    share of it, when distributed: rank 0 writes the marker once all ranks are past their writes)."""
+    share of it, when distributed: rank 0 writes the marker once all ranks are past their writes), and
+    writes none at the last step: the trained model is saved right after, so that checkpoint would be written
+    only to be thrown away (Trainer's own rule saves one there; with full fine-tuning it holds twice the model
+    in optimizer state)."""
     from transformers import TrainerCallback
 
     from halo_pipeline.engine.cache import atomic_write_json
 
     class MarkComplete(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                control.should_save = False  # every rank decides alike: the same step on each
+
         def on_save(self, args, state, control, **kwargs):
             barrier()
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -65,7 +73,16 @@ def _full_state(trainer: Any) -> dict[str, Any]:
     return dict(trainer.accelerator.get_state_dict(wrapped) or {})
 
 
-def train_torch(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, init: Path | None = None) -> dict[str, Any]:
+def train_torch(
+    params: TrainingParams,
+    rows: list[dict[str, Any]],
+    ctx: Any,
+    init: Path | None = None,
+    tokenizer: Any = None,
+    ready: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Train and save. `tokenizer`: the step's, when already loaded. `ready` is called once the trainer is built,
+    before it trains (the train step's data checks, which run meanwhile: it raises when they stop the step)."""
     import warnings
 
     import datasets
@@ -74,13 +91,19 @@ def train_torch(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, in
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")  # TRL's use of renamed APIs
     algorithm = algorithms.get(params.algorithm.name)
     if algorithm.train is not None:  # its own loop (raft)
+        ready()
         return algorithm.train(params.algorithm, params, rows, ctx, init)
-    model, tokenizer = load(params, for_reward_model=algorithm.reward_model)
+    model, tokenizer = load(params, for_reward_model=algorithm.reward_model, tokenizer=tokenizer)
     if init is not None:
         model = continue_adapter(model, init)
     chat = params.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
     config = algorithms.trainer_config(params, ctx.scratch("checkpoints"), ctx.tracking)
-    trainer = _trainer(params, model, tokenizer, chat, rows, config, ctx, new_adapter=init is None)
+    try:
+        trainer = _trainer(params, model, tokenizer, chat, rows, config, ctx, new_adapter=init is None)
+    except Exception:
+        ready()  # data the checks stop on can fail the trainer's own preparation too: their error says what is wrong
+        raise
+    ready()
     quiet(trainer)
     before = snapshot(trainer.model)
     resume = last_checkpoint(ctx.scratch("checkpoints"))

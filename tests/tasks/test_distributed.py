@@ -63,7 +63,7 @@ def test_ddp_on_two_cpu_ranks_matches_one_process_with_the_same_global_batch(tmp
     loaded = load_config_from_file(str(config))
     assert (loaded.num_processes, loaded.num_machines, loaded.distributed_type.value) == (2, 1, "MULTI_GPU")
     checkpoints = tmp_path / "two/.scratch/checkpoints"
-    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2"]  # none at the last: the model is saved
     assert all((c / "halo_complete.json").is_file() and (c / "rng_state_1.pth").is_file() for c in checkpoints.glob("checkpoint-*"))
     from peft import AutoPeftModelForCausalLM
 

@@ -3,11 +3,13 @@ unstable: the pinned TRL version is what the tests train with."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from typing import Any
 
 
+@functools.cache  # catch_warnings once: it swaps the process's filters, which another thread may be changing
 def experimental(module: str, *names: str) -> tuple[Any, ...]:
     """`names` from `trl.experimental.<module>`."""
     with warnings.catch_warnings():
