@@ -7,7 +7,7 @@ and rm, a verifier's samples (an `sft_dataset` with `verified` / `reward` / `lab
 `prompts` or `sft_dataset` artifact, task fields kept) for grpo and raft, which reward with the recipe's
 verifier (grpo: or several, `rewards:`), an `sft_dataset` for gkd, which distils from
 `algorithm.teacher`. An optional `init` adapter is trained on instead of a new one (an SFT
-warm-up before GRPO; docs/training.md). The output `model` is a PEFT `adapter` that records its base model, or
+warm-up before GRPO; docs/training.md): a PEFT adapter on a torch backend, an MLX one on backend=mlx. The output `model` is a PEFT `adapter` that records its base model, or
 a full `model` directory (full fine-tuning, and reward models, which are merged so the
 `reward_model` verifier loads them directly).
 
@@ -106,13 +106,21 @@ def check(params: TrainParams) -> list[Any]:
 
 
 def check_init(params: TrainParams, init: Artifact) -> None:
-    """The `init` adapter must have been trained on this step's base model, and be continuable here."""
+    """The `init` adapter must have been trained on this step's base model, and be continuable here: a PEFT adapter
+    by a torch backend (adapter lora, dora, rslora or pissa), an MLX adapter (mlx-lm's) by backend=mlx."""
+    from halo_pipeline.export.merging import is_mlx_adapter
     from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
 
-    if params.backend.engine == "mlx" or params.adapter in ("none", "qlora"):
+    made_by_mlx, here_mlx = is_mlx_adapter(init.path), params.backend.engine == "mlx"
+    if made_by_mlx != here_mlx:
+        made = "an MLX adapter (mlx-lm's adapters.safetensors)" if made_by_mlx else "a PEFT adapter (trained on a torch backend)"
         raise ValueError(
-            f"input init continues a LoRA adapter with a torch backend; this step has backend={params.backend.name}, "
-            f"adapter={params.adapter}: drop init, or use a torch backend with adapter lora/dora/rslora/pissa"
+            f"input init ({init.path}) is {made}, which backend={params.backend.name} does not continue: train the step "
+            "that made it on the same backend as this one (`backend: ${backend}` in both), or drop init"
+        )
+    if not here_mlx and params.adapter in ("none", "qlora"):
+        raise ValueError(
+            f"input init continues a LoRA adapter; this step has adapter={params.adapter}: drop init, or use adapter lora/dora/rslora/pissa"
         )
     provenance = init.path / "halo_provenance.json"
     recorded = json.loads(provenance.read_text()).get("base_fingerprint") if provenance.is_file() else None
@@ -171,7 +179,6 @@ def decontaminate(
     decontaminate=decontaminate,
 )
 def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> dict[str, Any]:
-    _warm_plotting()
     src = inputs["dataset"]
     init = inputs.get("init")
     if init is not None:
@@ -180,46 +187,52 @@ def run(params: TrainParams, inputs: dict[str, Artifact], ctx: RunContext) -> di
     rows = list(read_rows(src.path, src.type, "skip", bad, params.columns))
     if not rows:
         raise ValueError(f"the training dataset {src.path} has no usable rows")
-    from halo_pipeline.training.checks import before_training
+    from halo_pipeline.training.checks import Pending
+    from halo_pipeline.training.curves import Plotter
 
-    before_training(params, rows, len(bad), ctx)  # stops here when the data fails a check (data_checks.json keeps why)
+    plotter = Plotter()  # imports matplotlib in a process of its own while the model loads and trains
+    try:
+        checks = Pending(params, rows, len(bad), ctx)  # beside the model's load; data_checks.json keeps their verdict
+        summary = _train(params, rows, len(bad), src, init, ctx, checks)
+        _report(params, ctx, summary, plotter)
+    finally:
+        plotter.close()
+    return {"model": ctx.path("model")}
+
+
+def _train(
+    params: TrainParams, rows: list[dict[str, Any]], bad_rows: int, src: Artifact, init: Artifact | None, ctx: RunContext, checks: Any
+) -> dict[str, Any]:
+    """Train on the step's backend (the checks' verdict before the first step), and write training_summary.json."""
     started = time.time()
     if params.backend.engine == "mlx":
         from halo_pipeline.training.mlx import train_mlx
 
-        summary = train_mlx(params, rows, ctx)
+        checks.wait()
+        summary = train_mlx(params, rows, ctx, init=init.path if init else None)
     elif params.distributed.launched:  # ranks in child processes, started by `accelerate launch`
         from halo_pipeline.training.distributed import launch
 
+        checks.wait()
         summary = launch(params, (src.path, src.type), init.path if init else None, ctx)
     else:
         from halo_pipeline.training.trl_runner import train_torch
 
-        summary = train_torch(params, rows, ctx, init=init.path if init else None)
+        summary = train_torch(params, rows, ctx, init=init.path if init else None, tokenizer=checks.tokenizer, ready=checks.wait)
     summary["wall_s"] = round(time.time() - started, 2)
     if summary.get("tokens") and summary.get("train_s"):
         summary["tokens_per_s"] = round(summary["tokens"] / max(summary["train_s"], 1e-9), 1)
-    summary["bad_rows"] = len(bad)
+    summary["bad_rows"] = bad_rows
     ctx.path("training_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    _report(params, ctx, summary)
-    return {"model": ctx.path("model")}
+    return summary
 
 
-def _warm_plotting() -> None:
-    """Import matplotlib on the side while the model loads and trains, so that the curves PNG at the end
-    costs only its drawing (the import is most of the step's fixed overhead on a short run)."""
-    import importlib
-    import threading
-
-    threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), daemon=True, name="halo-warm-matplotlib").start()
-
-
-def _report(params: TrainParams, ctx: RunContext, summary: dict[str, Any]) -> None:
+def _report(params: TrainParams, ctx: RunContext, summary: dict[str, Any], plotter: Any) -> None:
     from halo_pipeline.training import metrics
 
     rows = metrics.read(ctx.path("metrics.jsonl"))
     title = f"{params.algorithm.name} · {params.adapter}"
-    if metrics.plot(rows, ctx.path("curves.png"), title):
+    if plotter.draw(rows, ctx.path("curves.png"), title):
         ctx.summary(metrics.inline_image(ctx.path("curves.png")))
     ctx.metrics.update(
         {k: summary[k] for k in ("steps", "final_loss", "weights_changed", "tokens", "tokens_per_s", "mean_reward") if k in summary}

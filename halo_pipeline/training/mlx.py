@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -58,18 +59,18 @@ def problems(params: TrainingParams) -> list[tuple[str, str]]:
     return out
 
 
-def train_mlx(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any) -> dict[str, Any]:
+def train_mlx(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, init: Path | None = None) -> dict[str, Any]:
+    """Train in a worker process; `init`: an MLX adapter (mlx-lm's) to continue, with its own LoRA settings."""
     from halo_pipeline.runtimes.catalog import fingerprint
 
     algo = params.algorithm
     adapter_dir = ctx.path("model")
-    resume = adapter_dir / "adapters.safetensors"
-    lora = {"rank": params.lora_r, "scale": params.lora_alpha / params.lora_r, "dropout": params.lora_dropout}
+    adapter, start = _adapter(params, adapter_dir, init)
     if algo.name == "sft":
         iters = params.max_steps or max(1, int(algo.epochs * len(rows) / algo.batch_size))
-        worker, spec_path = "_mlx_worker", _sft_config(params, rows, ctx, iters, lora)
+        worker, spec_path = "_mlx_worker", _sft_config(params, rows, ctx, iters, adapter, start)
     else:
-        iters, spec_path = _lora_spec(params, rows, ctx, lora)
+        iters, spec_path = _lora_spec(params, rows, ctx, adapter, start)
         worker = "_mlx_lora_worker"
     metrics_path = ctx.path("metrics.jsonl")
     started = time.time()
@@ -85,7 +86,7 @@ def train_mlx(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any) -> d
                 "base": params.model.model_dump(exclude_none=True),
                 "base_fingerprint": fingerprint(params.model),
                 "algorithm": algo.model_dump(),
-                "adapter": params.adapter,
+                "adapter": adapter["fine_tune_type"],
                 "kind": "adapter",
                 "format": "mlx",
             },
@@ -97,7 +98,7 @@ def train_mlx(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any) -> d
     summary = {
         "steps": iters,
         "final_loss": losses[-1] if losses else None,
-        "weights_changed": _mlx_changed(resume),
+        "weights_changed": _mlx_changed(adapter_dir / ADAPTER_FILE, init / ADAPTER_FILE if init is not None else None),
         "tokens": tokens,
         "train_s": round(time.time() - started, 3),
     }
@@ -107,7 +108,28 @@ def train_mlx(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any) -> d
     return summary
 
 
-def _sft_config(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, iters: int, lora: dict[str, Any]) -> Any:
+ADAPTER_FILE = "adapters.safetensors"  # mlx-lm's adapter weights (beside its adapter_config.json)
+
+
+def _adapter(params: TrainingParams, adapter_dir: Path, init: Path | None) -> tuple[dict[str, Any], Path | None]:
+    """The adapter to train, as mlx-lm records one (`fine_tune_type`, `num_layers`, `lora_parameters`): this step's
+    settings, or the `init` adapter's own (its rank, not this step's lora_r, as on the torch path); and the weights
+    it starts from: a killed run's last save (weights only: mlx-lm does not checkpoint its optimizer), else the init
+    adapter's, else none (a new adapter: B at zero)."""
+    if init is not None:
+        config = json.loads((init / "adapter_config.json").read_text())
+        adapter = {key: config[key] for key in ("fine_tune_type", "num_layers", "lora_parameters")}
+    else:
+        lora = {"rank": params.lora_r, "scale": params.lora_alpha / params.lora_r, "dropout": params.lora_dropout}
+        adapter = {"fine_tune_type": params.adapter, "num_layers": -1, "lora_parameters": lora}
+    saved = adapter_dir / ADAPTER_FILE
+    start = saved if saved.is_file() else init / ADAPTER_FILE if init is not None else None
+    return adapter, start
+
+
+def _sft_config(
+    params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, iters: int, adapter: dict[str, Any], start: Path | None
+) -> Any:
     """mlx-lm's `lora -c` config (and its data directory) for SFT."""
     from halo_pipeline.runtimes.catalog import resolve
 
@@ -117,36 +139,34 @@ def _sft_config(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, it
     lines = [json.dumps({"prompt": str(r["prompt"]), "completion": str(r["completion"])}) for r in rows]
     (data_dir / "train.jsonl").write_text("\n".join(lines) + "\n")
     (data_dir / "valid.jsonl").write_text("\n".join(lines[: max(1, min(8, len(lines)))]) + "\n")
-    adapter_dir = ctx.path("model")
-    resume = adapter_dir / "adapters.safetensors"
     config = {
         "model": str(resolve(params.model)),
         "train": True,
         "data": str(data_dir),
-        "fine_tune_type": params.adapter,
+        **adapter,
         "batch_size": min(algo.batch_size, len(rows)),
         "iters": iters,
         "learning_rate": algo.learning_rate,
-        "num_layers": -1,
         "grad_accumulation_steps": params.grad_accum,
         "steps_per_report": params.logging_steps,
         "steps_per_eval": max(iters, 1) + 1,
         "val_batches": 1,
         "save_every": params.save_every,
-        "adapter_path": str(adapter_dir),
+        "adapter_path": str(ctx.path("model")),
         "max_seq_length": params.max_length,
         "mask_prompt": getattr(algo, "completion_only_loss", True),
         "seed": params.seed,
-        "lora_parameters": lora,
     }
-    if resume.is_file():
-        config["resume_adapter_file"] = str(resume)  # weights only: mlx-lm does not checkpoint its optimizer
+    if start is not None:
+        config["resume_adapter_file"] = str(start)
     config_path = ctx.path("mlx_lora.yaml")
     config_path.write_text(yaml.safe_dump(config))
     return config_path
 
 
-def _lora_spec(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, lora: dict[str, Any]) -> tuple[int, Any]:
+def _lora_spec(
+    params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, adapter: dict[str, Any], start: Path | None
+) -> tuple[int, Any]:
     """The spec `_mlx_lora_worker` trains from: the rows, the adapter (as mlx-lm records one), mlx-lm-lora's
     arguments. GRPO's batch is of completions, as TRL's is: batch_size / num_generations prompts a step."""
     from halo_pipeline.runtimes.catalog import resolve
@@ -163,21 +183,12 @@ def _lora_spec(params: TrainingParams, rows: list[dict[str, Any]], ctx: Any, lor
         batch = algo.batch_size
     batch = min(batch, len(rows))
     iters = params.max_steps or max(1, int(algo.epochs * len(rows) / batch))
-    adapter_dir = ctx.path("model")
-    resume = adapter_dir / "adapters.safetensors"
     model = str(resolve(params.model))
     spec = {
         "algorithm": algo.name,
         "model": model,
-        "adapter": {
-            "model": model,
-            "fine_tune_type": params.adapter,
-            "num_layers": -1,
-            "lora_parameters": lora,
-            "adapter_path": str(adapter_dir),
-            "train_mode": algo.name,
-        },
-        "resume_adapter_file": str(resume) if resume.is_file() else None,  # weights only, as on the sft path
+        "adapter": {"model": model, **adapter, "adapter_path": str(ctx.path("model")), "train_mode": algo.name},
+        "resume_adapter_file": str(start) if start is not None else None,
         "seed": params.seed,
         "learning_rate": algo.learning_rate,
         "iters": iters,
@@ -218,12 +229,19 @@ def _run(worker: str, spec_path: Any, metrics_path: Any, iters: int, ctx: Any) -
         raise RuntimeError(f"{library} training failed:\n" + "\n".join(tail))
 
 
-def _mlx_changed(weights: Any) -> bool:
-    """LoRA B matrices start at zero: a non-zero byte in one means training moved the weights. Read from the
-    safetensors file itself (an 8-byte header length, a JSON header, the raw tensors), so the pipeline process
-    never imports MLX (its worker trains)."""
-    with open(weights, "rb") as f:
+def _mlx_changed(weights: Path, start: Path | None = None) -> bool:
+    """Whether training moved the adapter's weights: from the init adapter's, or (a new adapter) from LoRA's start,
+    where every B matrix is zero. Read from the safetensors files themselves (an 8-byte header length, a JSON
+    header, the raw tensors), so the pipeline process never imports MLX (its worker trains)."""
+    after = _tensor_bytes(weights)
+    if start is None:
+        return any(data.strip(b"\0") for name, data in after.items() if name.endswith("lora_b"))
+    before = _tensor_bytes(start)
+    return any(before.get(name) != data for name, data in after.items())
+
+
+def _tensor_bytes(path: Path) -> dict[str, bytes]:
+    with open(path, "rb") as f:
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
         data = f.read()
-    spans = [meta["data_offsets"] for name, meta in header.items() if name.endswith("lora_b")]
-    return any(data[start:end].strip(b"\0") for start, end in spans)
+    return {name: data[slice(*meta["data_offsets"])] for name, meta in header.items() if name != "__metadata__"}

@@ -104,6 +104,21 @@ def test_grpo_code_flagship_runs_every_step_on_the_tiny_model_and_sweeps_its_obj
         assert "merge" not in job["steps"]
 
 
+def test_grpo_code_flagship_runs_on_backend_mlx(project: Path) -> None:
+    """The laptop's way: warm-up and GRPO with MLX (mlx-lm, then mlx-lm-lora continuing the warm-up's adapter),
+    then probe, merge (mlx_lm fuse), convert, verify, eval and serve, as on torch."""
+    copy_project(project)
+    res = cli("run", "recipes/grpo_code.yaml", "backend=mlx", "model=tiny", "-q", cwd=project, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = json.loads((Path(res.stdout.strip()) / "replay.json").read_text())
+    assert all(step["state"] == "ran" for step in m["steps"].values()), {s: v["state"] for s, v in m["steps"].items()}
+    assert m["steps"]["train"]["inputs"] == {"dataset": "prompts.dataset", "init": "warmup.model"}
+    warmup, train = (m["steps"][s]["outputs"]["model"]["path"] for s in ("warmup", "train"))
+    configs = [json.loads((Path(p) / "adapter_config.json").read_text()) for p in (warmup, train)]
+    assert configs[0]["lora_parameters"] == configs[1]["lora_parameters"] and configs[1]["train_mode"] == "grpo"
+    assert m["steps"]["train"]["metrics"]["weights_changed"] is True and m["steps"]["verify"]["metrics"]["passed"] is True
+
+
 @pytest.mark.slow
 def test_grpo_code_flagship_with_smollm2(project: Path) -> None:
     copy_project(project)

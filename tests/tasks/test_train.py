@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from halo_pipeline.engine.step import Artifact
@@ -41,6 +42,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifact]:
     }
 
 
+MLX = {"name": "mlx", "engine": "mlx", "device": "default", "dtype": "float16"}
 ALGORITHMS = {
     "sft": ({"name": "sft", "batch_size": 2}, "sft"),
     "dpo": ({"name": "dpo", "batch_size": 2, "learning_rate": 1e-3}, "preference"),
@@ -73,7 +75,9 @@ def test_each_algorithm_trains_with_lora_and_the_adapter_loads(algo: str, tmp_pa
     summary, model_dir = train(tmp_path, datasets, algo)
     assert summary["weights_changed"] is True, summary
     assert summary["steps"] >= 2 and summary["final_loss"] is not None
-    assert not (tmp_path / "checkpoints").exists()  # resumability is for unfinished runs
+    if algo != "raft":  # raft keeps its cycles
+        saved = sorted(p.name for p in (tmp_path / ".scratch/checkpoints").glob("checkpoint-*"))
+        assert saved == ["checkpoint-1"], saved  # save_every 1, and none at the last step: the model is saved instead
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert rows and all("step" in r for r in rows)
     assert (tmp_path / "curves.png").stat().st_size > 1000
@@ -115,6 +119,40 @@ def test_init_continues_a_warm_up_adapter(algo: str, tmp_path: Path, datasets: d
     assert summary["trainable_params"] == sum(t.numel() for t in start.values())
 
 
+def test_mlx_grpo_continues_an_mlx_warm_up_adapter(tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    """grpo_code's warm-up then GRPO, both on backend=mlx: GRPO trains the warm-up's adapter (its rank, its weights)."""
+    from safetensors.numpy import load_file
+
+    _, warm = train(tmp_path / "warmup", datasets, "sft", backend=MLX, lora_r=8, seed=1)
+    node, data = ALGORITHMS["grpo"]
+    params = {"model": "tiny", "backend": MLX, "algorithm": node, "max_steps": 2, "verifier": REWARD, "lora_r": 4, "seed": 0}
+    outputs, _ = run_kind("train", params, {"dataset": datasets[data], "init": Artifact("adapter", warm)}, tmp_path / "rl")
+    assert json.loads((outputs["model"] / "adapter_config.json").read_text())["lora_parameters"]["rank"] == 8
+    summary = json.loads((tmp_path / "rl" / "training_summary.json").read_text())
+    assert summary["weights_changed"] is True and summary["steps"] == 2
+    start, end = load_file(warm / "adapters.safetensors"), load_file(outputs["model"] / "adapters.safetensors")
+    assert start.keys() == end.keys()
+    for name in (
+        k for k in start if k.endswith("lora_a")
+    ):  # A starts random: a fresh A (another seed) is as far from these as they are from 0
+        a, b = start[name].astype("float32"), end[name].astype("float32")
+        assert float(np.abs(b - a).sum()) < 0.5 * float(np.abs(a).sum()), name  # a fresh one: ~1.1x apart
+
+
+def test_an_adapter_from_the_other_kind_of_backend_is_refused(tmp_path: Path, datasets: dict[str, Artifact]) -> None:
+    node, data = ALGORITHMS["grpo"]
+    params = {"model": "tiny", "algorithm": node, "max_steps": 1, "verifier": REWARD}
+    mlx_made, peft_made = tmp_path / "mlx", tmp_path / "peft"
+    mlx_made.mkdir()
+    (mlx_made / "adapters.safetensors").write_bytes(b"")
+    peft_made.mkdir()
+    (peft_made / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"is an MLX adapter .* backend=cpu does not continue: .*backend: \$\{backend\}"):
+        run_kind("train", params, {"dataset": datasets[data], "init": Artifact("adapter", mlx_made)}, tmp_path / "a")
+    with pytest.raises(ValueError, match=r"is a PEFT adapter .* backend=mlx does not continue"):
+        run_kind("train", {**params, "backend": MLX}, {"dataset": datasets[data], "init": Artifact("adapter", peft_made)}, tmp_path / "b")
+
+
 def test_init_from_another_base_model_is_refused(tmp_path: Path, datasets: dict[str, Artifact]) -> None:
     import shutil
 
@@ -152,14 +190,10 @@ def test_raft_never_trains_on_zero_reward(tmp_path: Path, datasets: dict[str, Ar
 
 
 def test_mlx_sft_trains_the_tiny_model(tmp_path: Path, datasets: dict[str, Artifact]) -> None:
-    backend = {"name": "mlx", "engine": "mlx", "device": "default", "dtype": "float16"}
-    summary, model_dir = train(tmp_path, datasets, "sft", backend=backend, max_steps=3)
+    summary, model_dir = train(tmp_path, datasets, "sft", backend=MLX, max_steps=3)
     assert summary["weights_changed"] and summary["steps"] == 3 and summary["final_loss"] is not None
     assert (model_dir / "adapters.safetensors").is_file() and (model_dir / "adapter_config.json").is_file()
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
-
-
-MLX = {"name": "mlx", "engine": "mlx", "device": "default", "dtype": "float16"}
 
 
 @pytest.mark.parametrize("algo", ["dpo", "grpo", "orpo"])
