@@ -20,7 +20,8 @@ against GRPOTrainer with two reward functions and `reward_weights`. `--model tin
 the tiny model instead of SmolLM2-135M-Instruct (run more `--steps` there: its steps take milliseconds).
 
 ORPO, SimPO, KTO (`orpo`, `simpo`, `kto`): ORPOTrainer and CPOTrainer (loss_type simpo) from trl.experimental, and
-KTOTrainer, on the same pairs (KTO: the 32 samples, every other one undesirable), against our train step.
+KTOTrainer, on the same pairs (KTO: the 32 samples, every other one undesirable, shuffled with the seed as the
+step shuffles them), against our train step.
 
 Usage: python benchmarks/train.py [--algorithms sft,dpo,grpo,rm,gkd,grpo-rewards,orpo,simpo,kto] [--model tiny] [--steps 6] [--repeat 1] [--json out.json]
 """
