@@ -7,9 +7,9 @@ and rm, a verifier's samples (an `sft_dataset` with `verified` / `reward` / `lab
 `prompts` or `sft_dataset` artifact, task fields kept) for grpo and raft, which reward with the recipe's
 verifier (grpo: or several, `rewards:`), an `sft_dataset` for gkd, which distils from
 `algorithm.teacher`. An optional `init` adapter is trained on instead of a new one (an SFT
-warm-up before GRPO; docs/training.md): a PEFT adapter on a torch backend, an MLX one on backend=mlx. The output `model` is a PEFT `adapter` that records its base model, or
-a full `model` directory (full fine-tuning, and reward models, which are merged so the
-`reward_model` verifier loads them directly).
+warm-up before GRPO; docs/training.md): a PEFT adapter on a torch backend, an MLX one on backend=mlx.
+The output `model` is a PEFT `adapter` that records its base model, or a full `model` directory (full
+fine-tuning, and reward models, which are merged so the `reward_model` verifier loads them directly).
 
 Checkpoints are written every `save_every` steps; a killed run, rerun, resumes from the last
 complete checkpoint (same global step, optimizer and scheduler state; RAFT from its last complete
