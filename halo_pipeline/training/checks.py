@@ -110,10 +110,9 @@ class Pending:
 
     def __init__(self, params: TrainingParams, rows: list[dict[str, Any]], bad_rows: int, ctx: Any):
         self.tokenizer: Any = None
+        self._verdict: Future[None] | None = None
         if params.data_checks.on_fail == "off" or params.backend.engine == "mlx":
             before_training(params, rows, bad_rows, ctx)  # says why it does not check
-            self._verdict: Future[None] = Future()
-            self._verdict.set_result(None)
             return
         from halo_pipeline.training.preview import import_modules
         from halo_pipeline.training.tokenization import load_tokenizer
@@ -126,4 +125,5 @@ class Pending:
         pool.shutdown(wait=False)  # the checks run on; the thread ends with them
 
     def wait(self) -> None:
-        self._verdict.result()
+        if self._verdict is not None:
+            self._verdict.result()
