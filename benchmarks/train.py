@@ -267,17 +267,21 @@ def child_ours_mlx(algo: str, steps: int, out: Path) -> dict:
 
 def child_direct_mlx(algo: str, steps: int, out: Path) -> dict:
     from halo_pipeline.runtimes.catalog import resolve
-    from halo_pipeline.runtimes.mlx import use_fast_blas
+    from halo_pipeline.runtimes.mlx_blas import use_fast_blas
 
     use_fast_blas()  # the BLAS our worker gives MLX on Linux
     h = HYPER[algo]
     started, cpu = time.perf_counter(), cpu_s()  # before MLX's imports: our worker process pays them too
+    import mlx.core as mx
     import mlx.optimizers as optim
+    import numpy as np
     from mlx_lm.tuner.callbacks import TrainingCallback
     from mlx_lm.utils import load
     from mlx_lm_lora.trainer.datasets import CacheDataset, DPODataset, ORPODataset
     from mlx_lm_lora.utils import from_pretrained
 
+    np.random.seed(0)  # as our worker seeds: the same LoRA init, batch order and sampled completions
+    mx.random.seed(0)
     lora = {"rank": 16, "scale": 2.0, "dropout": 0.0, "num_layers": -1}
     path = str(resolve(MLX_MODEL))
     model, tokenizer, adapter_file = from_pretrained(path, new_adapter_path=str(out / "direct"), lora_config=lora)
@@ -307,8 +311,6 @@ def child_direct_mlx(algo: str, steps: int, out: Path) -> dict:
         train_grpo(model, reference, tokenizer, optimizer, data, reward_funcs=[reward_contains_return], args=args,
                    training_callback=Tokens(), end_answer_token="")  # fmt: skip
     else:
-        import mlx.core as mx
-
         if "max_recommended_working_set_size" not in mx.device_info():  # MLX's CPU build (as our worker does)
             own = mx.device_info
             mx.device_info = lambda *a: {**own(*a), "max_recommended_working_set_size": 0}

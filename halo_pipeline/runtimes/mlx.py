@@ -10,12 +10,6 @@ one sequence's (95 vs 66 ms). Quantized (q4/q8) weights do not go through BLAS o
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-import logging
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,33 +18,7 @@ import numpy as np
 
 from halo_pipeline.runtimes import Messages, Sampling, log_softmax
 from halo_pipeline.runtimes.constraints import Grammars, Guide, ResponseFormat
-
-BLAS_ENV = "HALO_PIPELINE_MLX_BLAS"  # a BLAS library to load for MLX on Linux; "reference": keep MLX's own
-
-
-@functools.cache
-def use_fast_blas() -> str | None:
-    """On Linux, before MLX is first imported: load an optimized BLAS (`$HALO_PIPELINE_MLX_BLAS`, else the
-    system's OpenBLAS) with its symbols global, so MLX's matrix products bind to it rather than to the
-    reference BLAS its wheel ships. Once per process; returns the library loaded (None: MLX keeps its own)."""
-    if sys.platform != "linux":
-        return None
-    named = os.environ.get(BLAS_ENV)
-    chosen = named or ctypes.util.find_library("openblas")
-    if not chosen or chosen == "reference":
-        return None
-    if "mlx.core" in sys.modules:  # too late: MLX bound its BLAS when it was loaded
-        logging.getLogger(__name__).warning("MLX was imported before %s could be loaded: it keeps its reference BLAS", chosen)
-        return None
-    try:
-        ctypes.CDLL(chosen, mode=ctypes.RTLD_GLOBAL)
-    except OSError as e:
-        if named:
-            raise RuntimeError(f"{BLAS_ENV}={chosen}: cannot load it ({e}); unset it, or set it to 'reference'") from e
-        raise RuntimeError(
-            f"the system's OpenBLAS ({chosen}): cannot load it ({e}); set {BLAS_ENV}=reference, or to another library"
-        ) from e
-    return chosen
+from halo_pipeline.runtimes.mlx_blas import use_fast_blas
 
 
 class MLXRuntime:

@@ -53,7 +53,8 @@ class MLXEngine(Engine):
         prompt_cache: int = 8,
     ) -> None:
         super().__init__(path)
-        from halo_pipeline.runtimes.mlx import MLXRuntime, use_fast_blas
+        from halo_pipeline.runtimes.mlx import MLXRuntime
+        from halo_pipeline.runtimes.mlx_blas import use_fast_blas
 
         use_fast_blas()  # before MLX is imported
         from mlx_lm.models.cache import LRUPromptCache

@@ -7,7 +7,7 @@ The adapter is made as mlx-lm's own LoRA trainer makes it (`linear_to_lora_layer
 so what the SFT path writes and what this one writes load, fuse and convert the same way; the training
 itself is mlx-lm-lora's `train_dpo` / `train_orpo` / `train_grpo`, called with its own datasets and
 argument classes. GRPO's reward is the recipe's verifier, through the same reward function the torch
-GRPO uses (`algorithms.grpo.reward_fn`).
+GRPO uses (`training.rewards.reward_fn`).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def prompt_data(spec: dict[str, Any], tokenizer: Any) -> list[tuple[Any, ...]]:
 
 def reward_function(spec: dict[str, Any]) -> Any:
     """The torch GRPO's reward function (the recipe's verifier), called the way mlx-lm-lora calls one."""
-    from halo_pipeline.training.algorithms.grpo import reward_fn
+    from halo_pipeline.training.rewards import reward_fn
 
     verifier_reward = reward_fn(spec["verifier"])
     rows = spec["rows"]
@@ -108,7 +108,7 @@ def reward_function(spec: dict[str, Any]) -> Any:
 
 
 def main() -> None:
-    from halo_pipeline.runtimes.mlx import use_fast_blas
+    from halo_pipeline.runtimes.mlx_blas import use_fast_blas
 
     use_fast_blas()  # before MLX is imported: its products on OpenBLAS rather than the wheel's reference BLAS
     import mlx.core as mx

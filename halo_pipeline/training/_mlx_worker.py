@@ -18,7 +18,7 @@ import yaml
 
 
 def main() -> None:
-    from halo_pipeline.runtimes.mlx import use_fast_blas
+    from halo_pipeline.runtimes.mlx_blas import use_fast_blas
 
     use_fast_blas()  # before MLX is imported: its products on OpenBLAS rather than the wheel's reference BLAS
     from mlx_lm.lora import CONFIG_DEFAULTS, train_model

@@ -74,9 +74,12 @@ def register_verifier(
     return wrap
 
 
-def registry() -> dict[str, Registered]:
-    from halo_pipeline.verifiers import builtin, code_native, code_python, compose, judge, maths, text  # noqa: F401  (registers the built-ins)
+BUILTIN_MODULES = ("builtin", "text", "maths", "compose", "judge", "code_python", "code_native")  # each registers its verifiers
 
+
+def registry() -> dict[str, Registered]:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"halo_pipeline.verifiers.{module}")
     _load_plugins()
     return dict(_REGISTRY)
 
@@ -95,6 +98,10 @@ class UnknownVerifier(LookupError):
 
 
 def lookup(name: str) -> Registered:
+    for module in BUILTIN_MODULES:  # the built-ins first, one module at a time: a GRPO worker needs only its own
+        if name in _REGISTRY:
+            return _REGISTRY[name]
+        importlib.import_module(f"halo_pipeline.verifiers.{module}")
     known = registry()
     if name in known:
         return known[name]

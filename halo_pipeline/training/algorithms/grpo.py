@@ -16,6 +16,7 @@ from pydantic import Field
 from halo_pipeline.training import data
 from halo_pipeline.training.algorithms._base import Algorithm, Rows, Settings, TrainingParams
 from halo_pipeline.training.gpu import vllm_args
+from halo_pipeline.training.rewards import reward_fn
 
 
 class GRPO(Settings):
@@ -94,25 +95,6 @@ def rewards(params: TrainingParams) -> list[tuple[Any, float]]:
     if params.rewards:
         return [(r.verifier, r.weight) for r in params.rewards]
     return [(params.verifier, 1.0)]
-
-
-def reward_fn(spec: Any) -> Any:
-    """A verifier as a TRL reward function (the task's own fields reach it as dataset columns)."""
-    from halo_pipeline.verifiers import build_verifier
-
-    verifier = build_verifier(spec)
-    skip = {"prompts", "prompt", "completion_ids", "trainer_state", "log_extra", "log_metric"}
-
-    def verifier_reward(completions: list[Any], **columns: Any) -> list[float]:
-        samples = []
-        for i, completion in enumerate(completions):
-            task = {k: v[i] for k, v in columns.items() if k not in skip and isinstance(v, list) and len(v) == len(completions)}
-            task["prompt"] = task.pop("task_prompt", "")
-            samples.append({**task, "completion": data.completion_text(completion)})
-        return [r.reward for r in verifier.verify_batch(samples)]
-
-    verifier_reward.__name__ = f"verifier_{verifier.name}"  # TRL logs rewards under the function's name
-    return verifier_reward
 
 
 @functools.cache

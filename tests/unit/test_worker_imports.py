@@ -1,0 +1,36 @@
+"""The MLX training worker starts with what it trains with and no more: a fixed second of imports is a measurable
+share of a short run (benchmarks/train.py's mlx rows)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport json, sys; print(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_the_grpo_worker_imports_the_verifier_it_rewards_with_and_not_the_algorithms_or_the_runtime() -> None:
+    loaded = _modules_after(
+        "from halo_pipeline.training import _mlx_lora_worker as w\n"
+        "from halo_pipeline.runtimes.mlx_blas import use_fast_blas\n"
+        "reward = w.reward_function({'verifier': {'name': 'regex_format', 'pattern': 'return'}, 'rows': [{'task_prompt': 'p'}]})\n"
+        "assert reward(['p'], ['return 1'], [''], [0]) == [1.0]"
+    )
+    assert "halo_pipeline.verifiers.builtin" in loaded
+    heavy = {"halo_pipeline.training.algorithms", "halo_pipeline.runtimes.mlx", "halo_pipeline.runtimes.constraints"}
+    heavy |= {"halo_pipeline.verifiers.code_native", "halo_pipeline.verifiers.judge", "mlx.core", "torch"}
+    assert not heavy & loaded
+
+
+def test_a_verifier_of_a_later_module_is_still_found_and_the_full_registry_lists_every_one() -> None:
+    loaded = _modules_after(
+        "from halo_pipeline.verifiers import build_verifier, registry\n"
+        "assert build_verifier('rust').name == 'rust'\n"
+        "assert {'regex_format', 'math', 'reward_model', 'pytest', 'rust'} <= set(registry())"
+    )
+    assert "halo_pipeline.verifiers.code_native" in loaded
