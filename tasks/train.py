@@ -9,7 +9,8 @@ verifier (grpo: or several, `rewards:`), an `sft_dataset` for gkd, which distils
 `algorithm.teacher`. An optional `init` adapter is trained on instead of a new one (an SFT
 warm-up before GRPO; docs/training.md): a PEFT adapter on a torch backend, an MLX one on backend=mlx.
 The output `model` is a PEFT `adapter` that records its base model, or a full `model` directory (full
-fine-tuning, and reward models, which are merged so the `reward_model` verifier loads them directly).
+fine-tuning); with algorithm=rm a `reward_model` (the adapter with its score head, or the whole model), which
+the `reward_model` verifier loads.
 
 Checkpoints are written every `save_every` steps; a killed run, rerun, resumes from the last
 complete checkpoint (same global step, optimizer and scheduler state; RAFT from its last complete
@@ -41,7 +42,9 @@ class TrainParams(TrainingParams):
 
     @property
     def output_kind(self) -> str:
-        return "model" if self.adapter == "none" or algorithms.get(self.algorithm.name).reward_model else "adapter"
+        if algorithms.get(self.algorithm.name).reward_model:
+            return "reward_model"  # scores text, generates none: a verifier's model, not one to serve, probe or convert
+        return "model" if self.adapter == "none" else "adapter"
 
     @model_validator(mode="after")
     def _algorithm_fits(self) -> TrainParams:
@@ -140,6 +143,8 @@ def fingerprint(params: TrainParams) -> dict[str, Any]:
     found = {"base": model_fingerprint(params.model), "tokenizer": tokenizer_fingerprint(params.model)}
     if (teacher := getattr(params.algorithm, "teacher", None)) is not None:  # gkd learns the teacher's distributions
         found["teacher"] = model_fingerprint(teacher)
+    if algorithms.get(params.algorithm.name).reward_model:  # was a merged `model`: a cached one must not stand in for it
+        found["output"] = "reward_model"
     return found
 
 
@@ -166,7 +171,7 @@ def decontaminate(
 @step(
     inputs={"dataset": ("sft_dataset", "preference_dataset", "prompts"), "init": "adapter"},
     optional_inputs={"init"},
-    outputs={"model": TypeByParam("output_kind", {"adapter": "adapter", "model": "model"})},
+    outputs={"model": TypeByParam("output_kind", {"adapter": "adapter", "model": "model", "reward_model": "reward_model"})},
     version="1",
     libraries=("torch", "transformers", "trl", "peft", "accelerate", "mlx-lm", "mlx-lm-lora"),
     deterministic=lambda p: p.backend.is_cpu,  # seeded; GPU kernels are not bit-reproducible

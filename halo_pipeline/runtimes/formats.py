@@ -47,6 +47,18 @@ def is_adapter(path: Path) -> bool:
     return path.is_dir() and (path / "adapter_config.json").is_file()
 
 
+def adapter_base_ref(adapter: Path) -> Any:
+    """The base model an adapter was trained on, as it records it: the model reference in its provenance (a
+    train step's), else PEFT's base_model_name_or_path; None when it records neither."""
+    provenance = adapter / "halo_provenance.json"
+    if provenance.is_file() and (base := json.loads(provenance.read_text()).get("base")):
+        return base
+    config = adapter / "adapter_config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("base_model_name_or_path") or None
+    return None
+
+
 def gguf_context_length(path: Path) -> int | None:
     """The context length a GGUF model was trained with (its metadata), without loading the weights."""
     from gguf import GGUFReader

@@ -88,14 +88,9 @@ def adapter_base(adapter: Path) -> Path:
     """The base model an adapter was trained on: the model reference its provenance records (a train step's),
     else PEFT's base_model_name_or_path."""
     from halo_pipeline.runtimes.catalog import ModelNotFound, resolve
+    from halo_pipeline.runtimes.formats import adapter_base_ref
 
-    provenance = adapter / "halo_provenance.json"
-    config = adapter / "adapter_config.json"
-    base: Any = None
-    if provenance.is_file():
-        base = json.loads(provenance.read_text()).get("base")
-    if base is None and config.is_file():
-        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    base = adapter_base_ref(adapter)
     if not base:
         raise ServeRefused(f"{adapter} is an adapter that does not say which base model it was trained on; serve the base with --lora")
     try:

@@ -68,15 +68,13 @@ def quiet(trainer: Any) -> None:
 
 
 def save(
-    params: TrainingParams, model: Any, tokenizer: Any, out: Path, state_dict: dict[str, Any] | None = None, merge: bool = False
+    params: TrainingParams, model: Any, tokenizer: Any, out: Path, state_dict: dict[str, Any] | None = None, reward_model: bool = False
 ) -> None:
-    """The trained adapter (or model) with its tokenizer and provenance; `merge`: the adapter merged into the base
-    (reward models ship merged, so the reward_model verifier loads them as one directory)."""
+    """The trained adapter (or model) with its tokenizer and provenance. A reward model's adapter holds its score
+    head too (PEFT's modules_to_save); the `reward_model` verifier merges it into the base when it loads it, so the
+    step writes megabytes, not the whole model."""
     from halo_pipeline.runtimes.catalog import fingerprint, stable_adapter_config
 
-    merge = merge and params.adapter != "none"
-    if merge:
-        model = model.merge_and_unload()
     model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(out)
     stable_adapter_config(out)
@@ -85,6 +83,7 @@ def save(
         "base_fingerprint": fingerprint(params.model),
         "algorithm": params.algorithm.model_dump(),
         "adapter": params.adapter,
-        "kind": "adapter" if params.adapter != "none" and not merge else "model",
+        "kind": "adapter" if params.adapter != "none" else "model",
+        **({"task": "reward_model"} if reward_model else {}),
     }
     (out / "halo_provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")

@@ -119,7 +119,7 @@ def train_torch(
     full = _full_state(trainer) if sharded(params) else None
     summary = _summary(trainer, output, before, resume, full)
     if is_main():
-        save(params, trainer.model, tokenizer, ctx.path("model"), full, merge=algorithm.reward_model)
+        save(params, trainer.model, tokenizer, ctx.path("model"), full, reward_model=algorithm.reward_model)
     barrier()  # no rank leaves (and takes the process group down) before the model is saved
     return summary
 

@@ -109,7 +109,9 @@ class _NoLock:
 
 
 class RewardModelSettings(VerifierSettings):
-    model: str | None = Field(None, description="Reward model directory (a `train` step with algorithm=rm writes one).")
+    model: str | None = Field(
+        None, description="Reward model directory: what a `train` step with algorithm=rm writes (an adapter on its base, or a whole model)."
+    )
     scale: float = Field(1.0, gt=0, description="reward = sigmoid(score / scale).")
     max_length: int = Field(1024, ge=8, description="Tokens of prompt + completion scored (longer inputs are truncated).")
     pass_threshold: float = Field(0.5, ge=0, le=1, description="Reward at or above which a sample counts as passed.")
@@ -120,9 +122,18 @@ def _check_rm(settings: RewardModelSettings) -> list[str]:
 
     if settings.model is None:
         return ["reward_model needs `model:`, the directory a train step with algorithm=rm wrote (e.g. verifier.model=PATH)"]
+    from halo_pipeline.runtimes.formats import adapter_base_ref, is_adapter
+
     path = Path(settings.model)
+    if is_adapter(path):
+        if not adapter_base_ref(path):
+            return [f"reward model '{settings.model}' is an adapter that does not say which base model it was trained on"]
+        return []
     if not (path / "config.json").is_file():
-        return [f"reward model '{settings.model}' is not a model directory (no config.json); train one with algorithm=rm"]
+        return [
+            f"reward model '{settings.model}' is not a model directory (no config.json) nor an adapter (no adapter_config.json); "
+            "train one with algorithm=rm"
+        ]
     return []
 
 
@@ -154,10 +165,31 @@ def reward_model(settings: RewardModelSettings, sample: Mapping[str, Any]) -> Ve
 
 @functools.lru_cache(maxsize=2)
 def _reward_model(path: str):
+    """The scoring model: a whole directory, or (what algorithm=rm writes with LoRA) its adapter and score head merged
+    into the base it records, once per process."""
+    from pathlib import Path
+
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from halo_pipeline.runtimes.formats import adapter_base_ref, is_adapter
+
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
+    if is_adapter(Path(path)):
+        import json
+
+        from peft import PeftModel
+
+        from halo_pipeline.runtimes.catalog import fingerprint, resolve
+
+        ref = adapter_base_ref(Path(path))
+        provenance = Path(path) / "halo_provenance.json"
+        recorded = json.loads(provenance.read_text()).get("base_fingerprint") if provenance.is_file() else None
+        if recorded is not None and recorded != fingerprint(ref):  # an adapter on another base scores nonsense
+            raise ValueError(f"reward model {path}: its base model {ref} is not the one it was trained on; train it again")
+        base = AutoModelForSequenceClassification.from_pretrained(resolve(ref), num_labels=1)
+        model = PeftModel.from_pretrained(base, path).merge_and_unload().eval()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return model, tokenizer, threading.Lock()

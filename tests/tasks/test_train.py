@@ -4,6 +4,7 @@ weights change, the artifact loads; recipe params reach TRL/peft; a killed run r
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -70,6 +71,38 @@ def train(tmp: Path, datasets: dict[str, Artifact], algo: str, **params: object)
     return json.loads((tmp / "training_summary.json").read_text()), outputs["model"]
 
 
+def check_reward_model_adapter(model_dir: Path, provenance: dict) -> None:
+    import torch
+    from peft import AutoPeftModelForSequenceClassification
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from halo_pipeline.verifiers import build_verifier
+
+    assert provenance["kind"] == "adapter" and provenance["task"] == "reward_model"
+    assert json.loads((model_dir / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    with safe_open(str(model_dir / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any(".score." in key for key in keys), keys  # the trained head travels with the adapter
+    assert not (model_dir / "model.safetensors").exists()  # not the whole model
+    sample = {"prompt": "hi", "completion": "ok"}
+    reward = build_verifier({"name": "reward_model", "model": str(model_dir)}).verify(sample)
+    assert 0 < reward.reward < 1 and reward.error is None
+    # the same score as PEFT's own unmerged load of the adapter (a head left behind would be drawn at random there)
+    unmerged = AutoPeftModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False) if tokenizer.chat_template else "hi\nok"
+    with torch.no_grad():
+        score = float(unmerged(**tokenizer(text, return_tensors="pt")).logits[0, 0])
+    assert abs(score - reward.details["score"]) < 1e-3, (score, reward.details)
+    moved = model_dir.parent / "rm_on_another_base"  # an adapter whose base changed since: an error, not a score
+    shutil.copytree(model_dir, moved)
+    (moved / "halo_provenance.json").write_text(json.dumps({**provenance, "base_fingerprint": {"model": "other"}}))
+    other = build_verifier({"name": "reward_model", "model": str(moved)}).verify(sample)
+    assert other.reward == 0 and "is not the one it was trained on" in str(other.error), other
+
+
 @pytest.mark.parametrize("algo", list(ALGORITHMS))
 def test_each_algorithm_trains_with_lora_and_the_adapter_loads(algo: str, tmp_path: Path, datasets: dict[str, Artifact]) -> None:
     summary, model_dir = train(tmp_path, datasets, algo)
@@ -83,11 +116,8 @@ def test_each_algorithm_trains_with_lora_and_the_adapter_loads(algo: str, tmp_pa
     assert (tmp_path / "curves.png").stat().st_size > 1000
     provenance = json.loads((model_dir / "halo_provenance.json").read_text())
     assert provenance["base"]["name"] == "tiny" and provenance["algorithm"]["name"] == algo
-    if algo == "rm":  # merged, so the reward_model verifier loads it directly
-        from halo_pipeline.verifiers import build_verifier
-
-        reward = build_verifier({"name": "reward_model", "model": str(model_dir)}).verify({"prompt": "hi", "completion": "ok"})
-        assert 0 < reward.reward < 1 and reward.error is None
+    if algo == "rm":  # the adapter and its score head: the reward_model verifier merges them into the base it records
+        check_reward_model_adapter(model_dir, provenance)
     else:
         from peft import AutoPeftModelForCausalLM
 
@@ -549,3 +579,36 @@ def test_mlx_weights_moved_is_read_from_the_adapter_file_without_mlx(tmp_path: P
     mx.save_safetensors(str(tmp_path / "still.safetensors"), still)
     mx.save_safetensors(str(tmp_path / "moved.safetensors"), moved)
     assert not _mlx_changed(tmp_path / "still.safetensors") and _mlx_changed(tmp_path / "moved.safetensors")
+
+
+def test_a_reward_model_is_its_own_artifact_type_which_steps_that_generate_refuse_at_validate_time(tmp_path: Path) -> None:
+    from halo_pipeline.engine.config import compose
+    from halo_pipeline.engine.errors import RecipeError
+    from halo_pipeline.engine.plan import build_plan
+
+    recipe = tmp_path / "rm.yaml"
+    recipe.write_text(
+        """
+defaults: [{backend: cpu}, {algorithm: rm}, {verifier: python_syntax}, {model: tiny}, _self_]
+name: rm
+steps:
+  synthesize:
+    with:
+      source: humaneval:train
+      limit: 4
+      model: ${model}
+      verifier: ${verifier}
+      output: preference
+  train:
+    inputs: {dataset: synthesize.dataset}
+    with:
+      model: ${model}
+      algorithm: ${algorithm}
+  eval:
+    inputs: {model: train.model}
+"""
+    )
+    with pytest.raises(RecipeError) as info:
+        build_plan(compose(recipe, []))
+    (issue,) = [i for i in info.value.issues if i.key == "steps.eval.inputs.model"]
+    assert "is a reward_model" in issue.message, info.value.format()

@@ -1,5 +1,5 @@
 """algorithm=rm: a Bradley-Terry reward model trained on preference pairs (TRL's RewardConfig / RewardTrainer),
-saved merged so that `verifier=reward_model` loads it."""
+saved as its LoRA adapter with the score head (merged into the base where `verifier=reward_model` loads it)."""
 
 from __future__ import annotations
 
