@@ -140,7 +140,7 @@ def fingerprint(params: TrainParams) -> dict[str, Any]:
     from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
     from halo_pipeline.training.tokenization import fingerprint as tokenizer_fingerprint
 
-    found = {"base": model_fingerprint(params.model), "tokenizer": tokenizer_fingerprint(params.model)}
+    found: dict[str, Any] = {"base": model_fingerprint(params.model), "tokenizer": tokenizer_fingerprint(params.model)}
     if (teacher := getattr(params.algorithm, "teacher", None)) is not None:  # gkd learns the teacher's distributions
         found["teacher"] = model_fingerprint(teacher)
     if algorithms.get(params.algorithm.name).reward_model:  # was a merged `model`: a cached one must not stand in for it
