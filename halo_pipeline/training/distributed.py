@@ -214,7 +214,8 @@ def problems(params: Any) -> list[tuple[str, str]]:
             out.append(
                 (
                     "distributed.strategy",
-                    f"rm merges its adapter into the saved model, which {d.strategy} shards: use strategy=ddp, or adapter=none",
+                    f"rm with an adapter trains with strategy=ddp, not {d.strategy}: its adapter carries the score head (a module PEFT "
+                    "saves whole), not supported sharded; use strategy=ddp, or adapter=none",
                 )
             )
         if adapter == "qlora":
