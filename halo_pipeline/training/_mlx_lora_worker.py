@@ -48,6 +48,18 @@ def _cpu_device_info() -> None:
     setattr(mx, "device_info", device_info)  # noqa: B010  (in this worker process only)
 
 
+def no_progress_bar(trainer_module: Any) -> None:
+    """The trainer's tqdm bar is redrawn every step into a pipe nobody shows (the train step draws its own progress
+    from the reports): drawn no more. Its `tqdm.write` lines (each report, as text) still reach the step's log tail."""
+    from tqdm import tqdm
+
+    class Hidden(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+    trainer_module.tqdm = Hidden
+
+
 def report_row(info: dict[str, Any]) -> dict[str, Any]:
     """mlx-lm-lora's report of a logged step as a metrics.jsonl row (TRL's names: `reward`, `kl`,
     `rewards/accuracies`, `rewards/verifier_<name>/mean`)."""
@@ -122,12 +134,15 @@ def main() -> None:
     spec = json.loads(Path(spec_path).read_text())
     settings, algorithm = spec["settings"], spec["algorithm"]
 
+    metrics = open(metrics_path, "a", encoding="utf-8")  # noqa: SIM115  (open for the whole run, flushed each report)
+
     class Report(TrainingCallback):
         def on_train_loss_report(self, info: dict) -> None:
             row = report_row(info)
-            with open(metrics_path, "a", encoding="utf-8") as out:
-                out.write(json.dumps(row) + "\n")
-            print(json.dumps({"progress": row["step"], "row": row}), flush=True)
+            line = json.dumps(row)
+            metrics.write(line + "\n")
+            metrics.flush()  # a killed run keeps every row reported so far
+            print(f'{{"progress": {row["step"]}, "row": {line}}}', flush=True)
 
     _cpu_device_info()
     np.random.seed(spec["seed"])
@@ -162,17 +177,26 @@ def main() -> None:
         "gradient_accumulation_steps": spec["grad_accum"],
     }
     if algorithm == "dpo":
+        from mlx_lm_lora.trainer import dpo_trainer
+
+        no_progress_bar(dpo_trainer)
         from mlx_lm_lora.trainer.dpo_trainer import DPOTrainingArgs, train_dpo
 
         dpo_args = DPOTrainingArgs(**common, beta=settings["beta"], loss_type=settings["loss_type"])
         data = preference_data(spec, tokenizer)
         train_dpo(model, reference, optimizer, data, args=dpo_args, training_callback=Report(), loss_type=settings["loss_type"])
     elif algorithm == "orpo":
+        from mlx_lm_lora.trainer import orpo_trainer
+
+        no_progress_bar(orpo_trainer)
         from mlx_lm_lora.trainer.orpo_trainer import ORPOTrainingArgs, train_orpo
 
         orpo_args = ORPOTrainingArgs(**common, beta=settings["beta"])
         train_orpo(model, optimizer, preference_data(spec, tokenizer), args=orpo_args, training_callback=Report())
     elif algorithm == "grpo":
+        from mlx_lm_lora.trainer import grpo_trainer
+
+        no_progress_bar(grpo_trainer)
         from mlx_lm_lora.trainer.grpo_trainer import GRPOTrainingArgs, train_grpo
 
         grpo_args = GRPOTrainingArgs(

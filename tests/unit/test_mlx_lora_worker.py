@@ -1,5 +1,5 @@
-"""The MLX training worker starts with what it trains with and no more: a fixed second of imports is a measurable
-share of a short run (benchmarks/train.py's mlx rows)."""
+"""The MLX training worker does what it trains with and no more: a fixed second of imports, or a progress bar
+redrawn every step into a pipe, is a measurable share of a short run (benchmarks/train.py's mlx rows)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,20 @@ def test_a_verifier_of_a_later_module_is_still_found_and_the_full_registry_lists
         "assert {'regex_format', 'math', 'reward_model', 'pytest', 'rust'} <= set(registry())"
     )
     assert "halo_pipeline.verifiers.code_native" in loaded
+
+
+def test_the_trainers_progress_bar_is_not_drawn_but_its_report_lines_still_are(capsys: object) -> None:
+    import types
+
+    from tqdm import tqdm
+
+    from halo_pipeline.training._mlx_lora_worker import no_progress_bar
+
+    trainer = types.SimpleNamespace(tqdm=tqdm)  # as mlx-lm-lora's trainer modules hold it: `from tqdm import tqdm`
+    no_progress_bar(trainer)
+    bar = trainer.tqdm(range(1, 4), desc="Training", disable=False)  # what train_orpo asks for on rank 0
+    assert list(bar) == [1, 2, 3]
+    bar.set_postfix({"loss": "1.0"})
+    trainer.tqdm.write("Iter 3: loss 1.000")
+    out, err = capsys.readouterr()  # type: ignore[attr-defined]
+    assert "Training" not in out + err and "Iter 3: loss 1.000" in out
