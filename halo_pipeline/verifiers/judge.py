@@ -185,7 +185,8 @@ def _reward_model(path: str):
         provenance = Path(path) / "halo_provenance.json"
         recorded = json.loads(provenance.read_text()).get("base_fingerprint") if provenance.is_file() else None
         if recorded is not None and recorded != fingerprint(ref):  # an adapter on another base scores nonsense
-            raise ValueError(f"reward model {path}: its base model {ref} is not the one it was trained on; train it again")
+            named = ref.get("name", ref) if isinstance(ref, dict) else ref
+            raise ValueError(f"reward model {path}: its base model '{named}' is not the one it was trained on; train it again")
         base = AutoModelForSequenceClassification.from_pretrained(resolve(ref), num_labels=1)
         model = PeftModel.from_pretrained(base, path).merge_and_unload().eval()
     else:
