@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from halo_pipeline.training.worker_exit import exit_now
+
 # mlx-lm-lora's name for each metric it reports -> the one our metrics.jsonl (and its curves) use
 RENAMED = {
     "train_total_rewards_mean": "reward",
@@ -232,3 +234,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now()  # a failure above exits the usual way, with its traceback

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from halo_pipeline.training.worker_exit import exit_now
+
 
 def main() -> None:
     from halo_pipeline.runtimes.mlx_blas import use_fast_blas
@@ -51,3 +53,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now()  # a failure above exits the usual way, with its traceback

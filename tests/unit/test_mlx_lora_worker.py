@@ -51,3 +51,16 @@ def test_the_trainers_progress_bar_is_not_drawn_but_its_report_lines_still_are(c
     trainer.tqdm.write("Iter 3: loss 1.000")
     out, err = capsys.readouterr()  # type: ignore[attr-defined]
     assert "Training" not in out + err and "Iter 3: loss 1.000" in out
+
+
+def test_a_worker_that_exits_now_has_written_and_flushed_what_it_reported(tmp_path: object) -> None:
+    script = (
+        "import sys\n"
+        "from halo_pipeline.training.worker_exit import exit_now\n"
+        "print('{\"progress\": 3}')\n"  # no flush: exit_now flushes
+        "sys.stderr.write('tail line')\n"
+        "exit_now()\n"
+        "print('never')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == '{"progress": 3}\n' and done.stderr == "tail line"
