@@ -113,6 +113,7 @@ def check_init(params: TrainParams, init: Artifact) -> None:
     by a torch backend (adapter lora, dora, rslora or pissa), an MLX adapter (mlx-lm's) by backend=mlx."""
     from halo_pipeline.export.merging import is_mlx_adapter
     from halo_pipeline.runtimes.catalog import fingerprint as model_fingerprint
+    from halo_pipeline.runtimes.formats import recorded_base_fingerprint
 
     made_by_mlx, here_mlx = is_mlx_adapter(init.path), params.backend.engine == "mlx"
     if made_by_mlx != here_mlx:
@@ -125,8 +126,7 @@ def check_init(params: TrainParams, init: Artifact) -> None:
         raise ValueError(
             f"input init continues a LoRA adapter; this step has adapter={params.adapter}: drop init, or use adapter lora/dora/rslora/pissa"
         )
-    provenance = init.path / "halo_provenance.json"
-    recorded = json.loads(provenance.read_text()).get("base_fingerprint") if provenance.is_file() else None
+    recorded = recorded_base_fingerprint(init.path)
     if recorded is not None and recorded != model_fingerprint(params.model):
         raise ValueError(
             f"input init ({init.path}) was trained on another base model than this step's model "

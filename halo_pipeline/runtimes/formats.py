@@ -59,6 +59,12 @@ def adapter_base_ref(adapter: Path) -> Any:
     return None
 
 
+def recorded_base_fingerprint(adapter: Path) -> Any:
+    """The base model's fingerprint a train step recorded with its adapter (None: it recorded none)."""
+    provenance = adapter / "halo_provenance.json"
+    return json.loads(provenance.read_text()).get("base_fingerprint") if provenance.is_file() else None
+
+
 def gguf_context_length(path: Path) -> int | None:
     """The context length a GGUF model was trained with (its metadata), without loading the weights."""
     from gguf import GGUFReader

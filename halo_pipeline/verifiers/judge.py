@@ -171,19 +171,16 @@ def _reward_model(path: str):
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from halo_pipeline.runtimes.formats import adapter_base_ref, is_adapter
+    from halo_pipeline.runtimes.formats import adapter_base_ref, is_adapter, recorded_base_fingerprint
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if is_adapter(Path(path)):
-        import json
-
         from peft import PeftModel
 
         from halo_pipeline.runtimes.catalog import fingerprint, resolve
 
         ref = adapter_base_ref(Path(path))
-        provenance = Path(path) / "halo_provenance.json"
-        recorded = json.loads(provenance.read_text()).get("base_fingerprint") if provenance.is_file() else None
+        recorded = recorded_base_fingerprint(Path(path))
         if recorded is not None and recorded != fingerprint(ref):  # an adapter on another base scores nonsense
             named = ref.get("name", ref) if isinstance(ref, dict) else ref
             raise ValueError(f"reward model {path}: its base model '{named}' is not the one it was trained on; train it again")
